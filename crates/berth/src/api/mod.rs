@@ -1,0 +1,1 @@
+//! API: berth's HTTP surface (webhooks, delegate, jobs, metrics, health).

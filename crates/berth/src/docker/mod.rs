@@ -1,0 +1,2 @@
+//! Docker: the controller that creates hardened, single-use worker containers,
+//! and the local worker-image builder used by tests and `berth demo`.

@@ -1,0 +1,2 @@
+//! Observability: Prometheus metrics and JSON logs correlated by repository,
+//! workflow, run and job.

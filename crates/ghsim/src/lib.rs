@@ -1,0 +1,1 @@
+//! ghsim: a GitHub simulator for berth's tests and `berth demo`.
