@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod dispatch;
 pub mod docker;
 pub mod github;

@@ -1,0 +1,1014 @@
+//! Configuration: one TOML file, every key also settable as
+//! `BERTH_<SECTION>__<KEY>` (DESIGN.md's contract).
+//!
+//! The environment is passed in rather than read from the process, so tests
+//! (and embedders such as `berth demo`) can load a configuration without
+//! touching global state. Loading never stops at the first problem: every
+//! error names the key and where its value came from (the file or the
+//! environment), because an operator fixing a config wants the whole list.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::Deserialize;
+
+/// Exit code of `berth config check` and `berth serve` on a bad configuration.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "BERTH_";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub github: GithubConfig,
+    pub docker: DockerConfig,
+    pub dispatch: DispatchConfig,
+    pub reconcile: ReconcileConfig,
+    pub logs: LogsConfig,
+    #[serde(rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+    #[serde(rename = "scale_set")]
+    pub scale_sets: Vec<ScaleSetConfig>,
+    /// Only for a standalone `berth proxy`: where to delegate jobs.
+    pub orchestrator: Option<OrchestratorConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `host:port` the HTTP API listens on.
+    pub listen: String,
+    /// Serve `/metrics` without a bearer token.
+    pub public_metrics: bool,
+    /// Serve `/healthz` and `/readyz` without a bearer token.
+    pub public_health: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_metrics: true,
+            public_health: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created if missing) or `postgres://user@host/db`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://berth.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubConfig {
+    /// `https://api.github.com`, or `https://HOST/api/v3` for GHES.
+    pub api_url: String,
+    pub app_id: Option<u64>,
+    /// The App's client id; accepted by GitHub as the JWT issuer too.
+    pub client_id: Option<String>,
+    pub private_key_path: Option<PathBuf>,
+    /// The App's PEM private key itself (for `BERTH_GITHUB__PRIVATE_KEY`).
+    pub private_key: Option<Secret>,
+    pub webhook_secret: Option<Secret>,
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Timeout of one GitHub API request.
+    #[serde(with = "secs")]
+    pub request_timeout: Duration,
+    /// Attempts per GitHub API call on 5xx, timeouts and rate limits.
+    pub max_attempts: u32,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.github.com".into(),
+            app_id: None,
+            client_id: None,
+            private_key_path: None,
+            private_key: None,
+            webhook_secret: None,
+            webhook_secret_file: None,
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    /// `unix:///var/run/docker.sock` or `tcp://socket-proxy:2375`.
+    pub host: String,
+    /// The bridge network worker containers join unless a pool asks for host networking.
+    pub network: String,
+    /// Timeout of one Docker API call (image pulls excepted).
+    #[serde(with = "secs")]
+    pub call_timeout: Duration,
+    /// Extra `/etc/hosts` entries for workers, as `name:address`
+    /// (`host.docker.internal:host-gateway` lets workers reach a service on the host).
+    pub extra_hosts: Vec<String>,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            host: "unix:///var/run/docker.sock".into(),
+            network: "berth".into(),
+            call_timeout: Duration::from_secs(30),
+            extra_hosts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Jobs provisioning, starting or running at once across all pools.
+    pub global_max_runners: u32,
+    /// How long a claim holds a job before another worker may take it over.
+    #[serde(with = "secs")]
+    pub lease: Duration,
+    /// Attempts to create a container before the job fails.
+    pub create_attempts: u32,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            global_max_runners: 50,
+            lease: Duration::from_secs(60),
+            create_attempts: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Period of the reconcile pass (it also runs on demand).
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    /// A `berth.managed` container with no live job is removed after this long.
+    #[serde(with = "secs")]
+    pub orphan_grace: Duration,
+    /// A queued job is checked against GitHub once it has waited this long.
+    #[serde(with = "secs")]
+    pub queued_check_after: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            orphan_grace: Duration::from_secs(120),
+            queued_check_after: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// `tracing` filter, e.g. `info` or `berth=debug,info`.
+    pub level: String,
+    /// Bytes of container output kept per job; the rest is dropped and marked truncated.
+    pub job_log_cap_bytes: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            job_log_cap_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// `org:NAME` or `repo:OWNER/NAME`.
+    pub scope: Scope,
+    /// A job is for this pool when all its labels are among these (case-insensitive).
+    pub labels: Vec<String>,
+    pub image: String,
+    #[serde(default = "defaults::max_runners")]
+    pub max_runners: u32,
+    #[serde(default = "defaults::runner_group_id")]
+    pub runner_group_id: u64,
+    #[serde(default = "defaults::cpus")]
+    pub cpus: f64,
+    /// Bytes, or with a suffix: `512m`, `4g`.
+    #[serde(default = "defaults::memory")]
+    pub memory: ByteSize,
+    #[serde(default = "defaults::pids_limit")]
+    pub pids_limit: i64,
+    /// Capabilities added back after dropping all (e.g. `CHOWN`).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Run workers on the host network instead of berth's bridge network.
+    #[serde(default)]
+    pub host_network: bool,
+    /// Read-only root filesystem with tmpfs work folders.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    /// A job running longer than this is stopped and failed.
+    #[serde(default = "defaults::job_timeout", with = "secs")]
+    pub job_timeout: Duration,
+    /// A runner that got no job within this long is removed and deregistered.
+    #[serde(default = "defaults::idle_timeout", with = "secs")]
+    pub idle_timeout: Duration,
+    #[serde(default = "defaults::work_folder")]
+    pub work_folder: String,
+}
+
+mod defaults {
+    use super::ByteSize;
+    use std::time::Duration;
+
+    pub fn max_runners() -> u32 {
+        10
+    }
+    pub fn runner_group_id() -> u64 {
+        1
+    }
+    pub fn cpus() -> f64 {
+        2.0
+    }
+    pub fn memory() -> ByteSize {
+        ByteSize(4 * 1024 * 1024 * 1024)
+    }
+    pub fn pids_limit() -> i64 {
+        4096
+    }
+    pub fn job_timeout() -> Duration {
+        Duration::from_secs(6 * 3600)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn work_folder() -> String {
+        "_work".into()
+    }
+    pub fn scale_set_max() -> u32 {
+        10
+    }
+    pub fn runner_group() -> String {
+        "Default".into()
+    }
+}
+
+impl PoolConfig {
+    /// The pool rule: a job belongs to a pool when every label the job asks
+    /// for is one of the pool's labels, compared case-insensitively, as GitHub
+    /// matches `runs-on` against runner labels. `self-hosted` is implied.
+    pub fn serves(&self, job_labels: &[String]) -> bool {
+        job_labels.iter().all(|wanted| {
+            wanted.eq_ignore_ascii_case("self-hosted")
+                || self.labels.iter().any(|l| l.eq_ignore_ascii_case(wanted))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleSetConfig {
+    /// Jobs use `runs-on: <name>`.
+    pub name: String,
+    /// Org, repo or enterprise URL, e.g. `https://github.com/my-org`.
+    pub github_config_url: String,
+    #[serde(default = "defaults::runner_group")]
+    pub runner_group: String,
+    /// Whose image and limits its runners use.
+    pub pool: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub min_runners: u32,
+    #[serde(default = "defaults::scale_set_max")]
+    pub max_runners: u32,
+    /// Idle runners kept ready on top of the busy ones.
+    #[serde(default)]
+    pub idle_runners: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestratorConfig {
+    pub url: String,
+    pub token_file: Option<PathBuf>,
+    pub token: Option<Secret>,
+}
+
+/// Who a pool's runners register with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Org(String),
+    Repo { owner: String, name: String },
+}
+
+impl Scope {
+    /// Whether a job of `repository` (`owner/name`) can run on this scope's runners.
+    pub fn covers(&self, repository: &str) -> bool {
+        match self {
+            Scope::Org(org) => repository
+                .split_once('/')
+                .is_some_and(|(owner, _)| owner.eq_ignore_ascii_case(org)),
+            Scope::Repo { owner, name } => repository
+                .split_once('/')
+                .is_some_and(|(o, n)| o.eq_ignore_ascii_case(owner) && n.eq_ignore_ascii_case(name)),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Org(org) => write!(f, "org:{org}"),
+            Scope::Repo { owner, name } => write!(f, "repo:{owner}/{name}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid_part = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        match s.split_once(':') {
+            Some(("org", org)) if valid_part(org) => Ok(Scope::Org(org.to_string())),
+            Some(("repo", repo)) => match repo.split_once('/') {
+                Some((owner, name)) if valid_part(owner) && valid_part(name) => Ok(Scope::Repo {
+                    owner: owner.into(),
+                    name: name.into(),
+                }),
+                _ => Err(format!("`{s}` is not `repo:OWNER/NAME`")),
+            },
+            _ => Err(format!("`{s}` is neither `org:NAME` nor `repo:OWNER/NAME`")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes, written as an integer or with a `k`, `m` or `g` suffix (powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        let t = t.strip_suffix('b').unwrap_or(&t);
+        let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            Some((i, _)) => t.split_at(i),
+            None => (t, ""),
+        };
+        let factor: u64 = match unit.trim() {
+            "" => 1,
+            "k" | "ki" => 1 << 10,
+            "m" | "mi" => 1 << 20,
+            "g" | "gi" => 1 << 30,
+            other => return Err(format!("unknown size unit `{other}` in `{s}` (use k, m or g)")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size such as 512m or 4g"))?;
+        n.checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A secret value: never printed by `Debug` or `Display`, so it cannot leak
+/// through a log line or an error message by accident.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call sites are few and deliberate.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Durations in configuration files are whole seconds.
+mod secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(serde::de::Error::custom("must be a non-negative number of seconds"));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+/// One problem with a configuration, naming the key and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// e.g. `pool[0].max_runners` or `github.webhook_secret`.
+    pub key: String,
+    /// The file path, `environment variable BERTH_…`, or `defaults`.
+    pub source: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.message)
+        } else {
+            write!(f, "{}: `{}`: {}", self.source, self.key, self.message)
+        }
+    }
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+/// What the loaded configuration is going to be used for: the checks differ
+/// (a standalone proxy needs an orchestrator; the service needs App credentials
+/// only once it has pools).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Proxy,
+}
+
+/// A loaded configuration plus warnings that do not stop berth from starting.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigProblem>,
+}
+
+impl Config {
+    /// Loads `file` (if any) overlaid with `BERTH_<SECTION>__<KEY>` variables
+    /// from `env`, then validates the result for `role`.
+    pub fn load<I, K, V>(file: Option<&Path>, env: I, role: Role) -> Result<Loaded, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError {
+                    problems: vec![ConfigProblem {
+                        key: String::new(),
+                        source: path.display().to_string(),
+                        message: "no such file".into(),
+                    }],
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = EnvSource::new(env);
+        figment = figment.merge(env);
+        let config: Config = figment.extract().map_err(|e| ConfigError {
+            problems: figment_problems(&figment, e, file),
+        })?;
+        let source_of = |key: &str| source_for(&figment, key, file);
+        let (problems, warnings) = config.validate(role, &source_of);
+        if problems.is_empty() {
+            Ok(Loaded { config, warnings })
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The pools a job with these labels may run in, in configuration order.
+    pub fn pool_for(&self, repository: &str, labels: &[String]) -> Option<&PoolConfig> {
+        self.pools
+            .iter()
+            .find(|p| p.scope.covers(repository) && p.serves(labels))
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    fn validate(
+        &self,
+        role: Role,
+        source_of: &dyn Fn(&str) -> String,
+    ) -> (Vec<ConfigProblem>, Vec<ConfigProblem>) {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        let mut bad = |key: String, message: String| {
+            let source = source_of(&key);
+            problems.push(ConfigProblem {
+                key,
+                source,
+                message,
+            })
+        };
+
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "server.listen".into(),
+                format!("`{}` is not an address such as 127.0.0.1:8080", self.server.listen),
+            );
+        }
+        let store = &self.store.url;
+        if !(store.starts_with("sqlite:")
+            || store.starts_with("postgres://")
+            || store.starts_with("postgresql://"))
+        {
+            bad(
+                "store.url".into(),
+                "must start with sqlite: or postgres://".into(),
+            );
+        }
+        if url::Url::parse(&self.github.api_url).is_err() {
+            bad("github.api_url".into(), "is not a URL".into());
+        }
+        if self.github.webhook_secret.is_some() && self.github.webhook_secret_file.is_some() {
+            bad(
+                "github.webhook_secret_file".into(),
+                "set either webhook_secret or webhook_secret_file, not both".into(),
+            );
+        }
+        if let Some(path) = &self.github.webhook_secret_file
+            && !path.is_file()
+        {
+            bad(
+                "github.webhook_secret_file".into(),
+                format!("{} does not exist", path.display()),
+            );
+        }
+        if self.github.private_key.is_some() && self.github.private_key_path.is_some() {
+            bad(
+                "github.private_key_path".into(),
+                "set either private_key or private_key_path, not both".into(),
+            );
+        }
+        if let Some(path) = &self.github.private_key_path
+            && !path.is_file()
+        {
+            bad(
+                "github.private_key_path".into(),
+                format!("{} does not exist", path.display()),
+            );
+        }
+        let needs_app = role == Role::Serve && !(self.pools.is_empty() && self.scale_sets.is_empty())
+            || role == Role::Proxy;
+        if needs_app {
+            if self.github.app_id.is_none() && self.github.client_id.is_none() {
+                bad(
+                    "github.app_id".into(),
+                    "required to run pools or scale sets (or set github.client_id)".into(),
+                );
+            }
+            if self.github.private_key.is_none() && self.github.private_key_path.is_none() {
+                bad(
+                    "github.private_key_path".into(),
+                    "required to run pools or scale sets".into(),
+                );
+            }
+        }
+        if !(self.docker.host.starts_with("unix://")
+            || self.docker.host.starts_with("tcp://")
+            || self.docker.host.starts_with("http://"))
+        {
+            bad(
+                "docker.host".into(),
+                "must be unix:///path, tcp://host:port or http://host:port".into(),
+            );
+        }
+        if self.dispatch.global_max_runners == 0 {
+            bad("dispatch.global_max_runners".into(), "must be at least 1".into());
+        }
+        if self.dispatch.create_attempts == 0 {
+            bad("dispatch.create_attempts".into(), "must be at least 1".into());
+        }
+        if self.dispatch.lease < std::time::Duration::from_secs(5) {
+            bad("dispatch.lease".into(), "must be at least 5 seconds".into());
+        }
+        if self.reconcile.interval.is_zero() {
+            bad("reconcile.interval".into(), "must be more than 0".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logs.level) {
+            bad("logs.level".into(), format!("not a log filter: {e}"));
+        }
+
+        let mut names = BTreeSet::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            let key = |field: &str| format!("pool[{i}].{field}");
+            let valid_name = !pool.name.is_empty()
+                && pool.name.len() <= 40
+                && pool
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid_name {
+                bad(
+                    key("name"),
+                    "1 to 40 characters of letters, digits, - and _".into(),
+                );
+            }
+            if !names.insert(pool.name.as_str()) {
+                bad(key("name"), format!("pool `{}` is defined twice", pool.name));
+            }
+            if pool.labels.is_empty() || pool.labels.len() > 100 {
+                bad(key("labels"), "needs 1 to 100 labels".into());
+            }
+            if pool.labels.iter().any(|l| l.trim().is_empty()) {
+                bad(key("labels"), "labels must not be empty".into());
+            }
+            if pool.image.trim().is_empty() {
+                bad(key("image"), "must name an image".into());
+            }
+            if pool.max_runners == 0 {
+                bad(key("max_runners"), "must be at least 1".into());
+            }
+            if !(pool.cpus > 0.0 && pool.cpus <= 1024.0) {
+                bad(key("cpus"), "must be more than 0".into());
+            }
+            if pool.memory.0 < 6 * 1024 * 1024 {
+                bad(key("memory"), "must be at least 6m (Docker's minimum)".into());
+            }
+            if pool.pids_limit < 16 {
+                bad(key("pids_limit"), "must be at least 16".into());
+            }
+            if pool.job_timeout.is_zero() {
+                bad(key("job_timeout"), "must be more than 0".into());
+            }
+            for cap in &pool.cap_add {
+                if cap.eq_ignore_ascii_case("ALL")
+                    || cap.to_ascii_uppercase().trim_start_matches("CAP_") == "SYS_ADMIN"
+                {
+                    bad(key("cap_add"), format!("`{cap}` cannot be added back"));
+                }
+            }
+            if !pool.image.contains("@sha256:") && !pool.image.starts_with("sha256:") {
+                warnings.push(ConfigProblem {
+                    source: source_of(&key("image")),
+                    key: key("image"),
+                    message: format!(
+                        "`{}` is not pinned by digest; pin it (name@sha256:…) so every job runs the image you reviewed",
+                        pool.image
+                    ),
+                });
+            }
+        }
+
+        let mut scale_set_names = BTreeSet::new();
+        for (i, set) in self.scale_sets.iter().enumerate() {
+            let key = |field: &str| format!("scale_set[{i}].{field}");
+            if set.name.trim().is_empty() {
+                bad(key("name"), "must not be empty".into());
+            }
+            if !scale_set_names.insert(set.name.as_str()) {
+                bad(key("name"), format!("scale set `{}` is defined twice", set.name));
+            }
+            if url::Url::parse(&set.github_config_url).is_err() {
+                bad(key("github_config_url"), "is not a URL".into());
+            }
+            if self.pool(&set.pool).is_none() && role == Role::Serve {
+                bad(key("pool"), format!("no pool named `{}`", set.pool));
+            }
+            if set.max_runners == 0 || set.min_runners > set.max_runners {
+                bad(
+                    key("max_runners"),
+                    "must be at least 1 and at least min_runners".into(),
+                );
+            }
+        }
+        if role == Role::Proxy {
+            match &self.orchestrator {
+                None => bad(
+                    "orchestrator.url".into(),
+                    "required for `berth proxy`".into(),
+                ),
+                Some(o) => {
+                    if url::Url::parse(&o.url).is_err() {
+                        bad("orchestrator.url".into(), "is not a URL".into());
+                    }
+                    if o.token.is_none() && o.token_file.is_none() {
+                        bad(
+                            "orchestrator.token_file".into(),
+                            "a token with the delegate scope is required".into(),
+                        );
+                    }
+                }
+            }
+            if self.scale_sets.is_empty() {
+                bad("scale_set".into(), "`berth proxy` needs at least one [[scale_set]]".into());
+            }
+        }
+        (problems, warnings)
+    }
+}
+
+/// Maps figment's errors to problems that name the key and the source.
+fn figment_problems(figment: &Figment, error: figment::Error, file: Option<&Path>) -> Vec<ConfigProblem> {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = match &e.metadata {
+                Some(md) if md.name.contains("environment") => env_source_name(&key),
+                Some(md) => md
+                    .source
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| md.name.to_string()),
+                None => source_for(figment, &key, file),
+            };
+            ConfigProblem {
+                key,
+                source,
+                message: e.kind.to_string(),
+            }
+        })
+        .collect()
+}
+
+fn env_source_name(key: &str) -> String {
+    let var = key
+        .split('.')
+        .map(|k| k.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join("__");
+    format!("environment variable {ENV_PREFIX}{var}")
+}
+
+/// Where the value of `key` came from, for messages.
+fn source_for(figment: &Figment, key: &str, file: Option<&Path>) -> String {
+    // Array elements (`pool[0].x`) are looked up by their table name.
+    let lookup: String = key
+        .split('.')
+        .map(|part| part.split('[').next().unwrap_or(part))
+        .collect::<Vec<_>>()
+        .join(".");
+    match figment.find_metadata(&lookup) {
+        Some(md) if md.name.contains("environment") => env_source_name(&lookup),
+        Some(md) => md
+            .source
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| md.name.to_string()),
+        None => file
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "defaults".into()),
+    }
+}
+
+/// `BERTH_<SECTION>__<KEY>=value` pairs as a figment provider. Values are
+/// parsed like figment's own `Env` (numbers, booleans, arrays `[a, b]`).
+struct EnvSource {
+    vars: Vec<(String, String)>,
+}
+
+impl EnvSource {
+    fn new<I, K, V>(env: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars = env
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix(ENV_PREFIX)?;
+                // Only `SECTION__KEY…` names configure berth; BERTH_RUNNER_STANDIN and
+                // other single-word variables belong to other parts of the program.
+                rest.contains("__").then(|| (rest.to_ascii_lowercase(), v))
+            })
+            .collect();
+        Self { vars }
+    }
+}
+
+impl Provider for EnvSource {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (key, raw) in &self.vars {
+            let path: Vec<&str> = key.split("__").collect();
+            let value: Value = raw.parse().expect("figment value parsing is infallible");
+            insert_path(&mut root, &path, value);
+        }
+        let mut map = Map::new();
+        map.insert(Profile::Default, root);
+        Ok(map)
+    }
+}
+
+fn insert_path(dict: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry((*first).to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            } else {
+                let mut inner = Dict::new();
+                insert_path(&mut inner, rest, value);
+                *entry = Value::from(inner);
+            }
+        }
+    }
+}
+
+/// Reads a secret that may be given inline or as a file; files lose one trailing newline.
+pub fn read_secret(inline: Option<&Secret>, file: Option<&Path>) -> std::io::Result<Option<Secret>> {
+    if let Some(s) = inline {
+        return Ok(Some(s.clone()));
+    }
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)?;
+            let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+            let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+            Ok(Some(Secret::new(trimmed)))
+        }
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    #[test]
+    fn defaults_serve_a_laptop() {
+        let loaded = Config::load(None, NO_ENV, Role::Serve).unwrap();
+        let c = loaded.config;
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.store.url, "sqlite://berth.db");
+        assert_eq!(c.docker.host, "unix:///var/run/docker.sock");
+        assert!(c.pools.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_file_and_names_nested_keys() {
+        let f = file("[server]\nlisten = \"127.0.0.1:9000\"\n[store]\nurl = \"sqlite://x.db\"\n");
+        let env = [
+            ("BERTH_SERVER__LISTEN", "0.0.0.0:7000"),
+            ("BERTH_DISPATCH__GLOBAL_MAX_RUNNERS", "7"),
+            ("BERTH_RUNNER_STANDIN", "/ignored"),
+            ("PATH", "/bin"),
+        ];
+        let c = Config::load(Some(f.path()), env, Role::Serve).unwrap().config;
+        assert_eq!(c.server.listen, "0.0.0.0:7000");
+        assert_eq!(c.store.url, "sqlite://x.db");
+        assert_eq!(c.dispatch.global_max_runners, 7);
+    }
+
+    #[test]
+    fn problems_name_key_and_file() {
+        let f = file(
+            "[server]\nlisten = \"nowhere\"\n[[pool]]\nname = \"linux\"\nscope = \"org:acme\"\nlabels = [\"linux\"]\nimage = \"img\"\nmax_runners = 0\n",
+        );
+        let err = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap_err();
+        let text = err.to_string();
+        let path = f.path().display().to_string();
+        assert!(text.contains(&format!("{path}: `server.listen`")), "{text}");
+        assert!(text.contains(&format!("{path}: `pool[0].max_runners`")), "{text}");
+        // pools need App credentials
+        assert!(text.contains("`github.app_id`"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_reported_with_their_source() {
+        let f = file("[server]\nlisen = \"127.0.0.1:1\"\n");
+        let err = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        assert!(err.to_string().contains(&f.path().display().to_string()), "{err}");
+
+        let err = Config::load(
+            None,
+            [("BERTH_DISPATCH__GLOBAL_MAX_RUNNERS", "many")],
+            Role::Serve,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("environment variable BERTH_DISPATCH__GLOBAL_MAX_RUNNERS"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pool_rule_is_label_subset_case_insensitive() {
+        let f = file(
+            "[github]\napp_id = 1\nprivate_key = \"k\"\n[[pool]]\nname = \"linux\"\nscope = \"org:acme\"\nlabels = [\"Linux\", \"x64\"]\nimage = \"img@sha256:00\"\n",
+        );
+        let c = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap().config;
+        let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(c.pool_for("acme/widgets", &labels(&["self-hosted", "linux"])).is_some());
+        assert!(c.pool_for("acme/widgets", &labels(&["linux", "X64"])).is_some());
+        assert!(c.pool_for("acme/widgets", &labels(&["linux", "gpu"])).is_none());
+        assert!(c.pool_for("other/widgets", &labels(&["linux"])).is_none());
+    }
+
+    #[test]
+    fn sizes_scopes_and_secrets() {
+        assert_eq!("512m".parse::<ByteSize>().unwrap(), ByteSize(512 << 20));
+        assert_eq!("4g".parse::<ByteSize>().unwrap(), ByteSize(4 << 30));
+        assert!("4x".parse::<ByteSize>().is_err());
+        assert_eq!(
+            "repo:o/n".parse::<Scope>().unwrap(),
+            Scope::Repo {
+                owner: "o".into(),
+                name: "n".into()
+            }
+        );
+        assert!("team:x".parse::<Scope>().is_err());
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unpinned_images_warn() {
+        let f = file(
+            "[github]\napp_id = 1\nprivate_key = \"k\"\n[[pool]]\nname = \"linux\"\nscope = \"org:acme\"\nlabels = [\"linux\"]\nimage = \"ubuntu:latest\"\n",
+        );
+        let loaded = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(loaded.warnings[0].key, "pool[0].image");
+    }
+}
