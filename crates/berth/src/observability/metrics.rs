@@ -1,0 +1,262 @@
+//! Prometheus metrics, namespace `berth_`.
+//!
+//! One [`Metrics`] value holds every family; components get a clone (the
+//! families are reference-counted) and record into it. Gauges that mirror the
+//! store (queue size, active containers) are refreshed when `/metrics` is
+//! scraped, so they are never stale and cost nothing between scrapes.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// Histogram buckets from 10 ms to 1 h: container creation is tens of
+/// milliseconds, queue waits and job runs go up to hours.
+pub const DURATION_BUCKETS: [f64; 17] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolStateLabels {
+    pub pool: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GithubLabels {
+    pub endpoint: &'static str,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric berth exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Calls of `POST /v1/jobs/delegate`, by outcome (accepted, duplicate, invalid, unauthorized).
+    pub delegation_requests: Family<OutcomeLabels, Counter>,
+    /// Webhook deliveries, by outcome (accepted, duplicate, ignored, invalid, unauthorized).
+    pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+    /// Jobs waiting in the queue, per pool.
+    pub job_queue_size: Family<PoolLabels, Gauge>,
+    /// Worker containers provisioning, starting or running, per pool.
+    pub active_worker_containers: Family<PoolLabels, Gauge>,
+    /// Claim → container running.
+    pub container_creation_duration: HistogramFamily<PoolLabels>,
+    /// Container running → container exited.
+    pub job_execution_duration: HistogramFamily<PoolLabels>,
+    /// Job accepted → container running.
+    pub queue_wait: HistogramFamily<PoolLabels>,
+    /// Jobs that reached a terminal state, per pool and state.
+    pub jobs_finished: Family<PoolStateLabels, Counter>,
+    /// Requests to GitHub, per endpoint and HTTP status (or `error`).
+    pub github_api_requests: Family<GithubLabels, Counter>,
+    /// The lowest `X-RateLimit-Remaining` GitHub reported most recently.
+    pub github_rate_limit_remaining: Gauge,
+    /// Docker API calls that failed, per operation.
+    pub docker_api_errors: Family<OpLabels, Counter>,
+    /// What reconcilers did, per kind of action.
+    pub reconciler_actions: Family<KindLabels, Counter>,
+    /// Reconcile passes that failed, per reconciler.
+    pub reconciler_failures: Family<KindLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("berth");
+        let delegation_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "job_delegation_requests",
+            "Job delegation requests received, by outcome",
+            delegation_requests.clone(),
+        );
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "GitHub webhook deliveries received, by outcome",
+            webhook_deliveries.clone(),
+        );
+        let job_queue_size = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "job_queue_size",
+            "Jobs queued and not yet claimed, per pool",
+            job_queue_size.clone(),
+        );
+        let active_worker_containers = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "active_worker_containers",
+            "Worker containers provisioning, starting or running, per pool",
+            active_worker_containers.clone(),
+        );
+        let container_creation_duration =
+            HistogramFamily::<PoolLabels>::new_with_constructor(duration_histogram);
+        registry.register(
+            "container_creation_duration_seconds",
+            "Time from claiming a job to its worker container running",
+            container_creation_duration.clone(),
+        );
+        let job_execution_duration =
+            HistogramFamily::<PoolLabels>::new_with_constructor(duration_histogram);
+        registry.register(
+            "job_execution_duration_seconds",
+            "Time from a worker container running to its exit",
+            job_execution_duration.clone(),
+        );
+        let queue_wait = HistogramFamily::<PoolLabels>::new_with_constructor(duration_histogram);
+        registry.register(
+            "job_queue_wait_seconds",
+            "Time from a job being accepted to its worker container running",
+            queue_wait.clone(),
+        );
+        let jobs_finished = Family::<PoolStateLabels, Counter>::default();
+        registry.register(
+            "jobs_finished",
+            "Jobs that reached a terminal state",
+            jobs_finished.clone(),
+        );
+        let github_api_requests = Family::<GithubLabels, Counter>::default();
+        registry.register(
+            "github_api_requests",
+            "Requests made to the GitHub API, per endpoint and status",
+            github_api_requests.clone(),
+        );
+        let github_rate_limit_remaining = Gauge::default();
+        registry.register(
+            "github_rate_limit_remaining",
+            "X-RateLimit-Remaining of the latest GitHub API answer",
+            github_rate_limit_remaining.clone(),
+        );
+        let docker_api_errors = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "docker_api_errors",
+            "Docker API calls that failed, per operation",
+            docker_api_errors.clone(),
+        );
+        let reconciler_actions = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "reconciler_actions",
+            "Corrective actions taken by reconcilers, per kind",
+            reconciler_actions.clone(),
+        );
+        let reconciler_failures = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "reconciler_failures",
+            "Reconcile passes that failed, per reconciler",
+            reconciler_failures.clone(),
+        );
+        registry.register(
+            "build",
+            "berth build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Self {
+            registry: Arc::new(registry),
+            delegation_requests,
+            webhook_deliveries,
+            job_queue_size,
+            active_worker_containers,
+            container_creation_duration,
+            job_execution_duration,
+            queue_wait,
+            jobs_finished,
+            github_api_requests,
+            github_rate_limit_remaining,
+            docker_api_errors,
+            reconciler_actions,
+            reconciler_failures,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn pool(pool: &str) -> PoolLabels {
+        PoolLabels {
+            pool: pool.to_string(),
+        }
+    }
+
+    pub fn outcome(outcome: &'static str) -> OutcomeLabels {
+        OutcomeLabels { outcome }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_metric_names_are_exported() {
+        let m = Metrics::new();
+        m.delegation_requests.get_or_create(&Metrics::outcome("accepted")).inc();
+        m.job_queue_size.get_or_create(&Metrics::pool("linux")).set(3);
+        m.active_worker_containers.get_or_create(&Metrics::pool("linux")).set(1);
+        m.container_creation_duration
+            .get_or_create(&Metrics::pool("linux"))
+            .observe(0.2);
+        m.job_execution_duration
+            .get_or_create(&Metrics::pool("linux"))
+            .observe(12.0);
+        m.github_api_requests
+            .get_or_create(&GithubLabels {
+                endpoint: "generate_jitconfig",
+                status: "201".into(),
+            })
+            .inc();
+        let text = m.encode();
+        for name in [
+            "berth_job_delegation_requests_total{outcome=\"accepted\"} 1",
+            "berth_job_queue_size{pool=\"linux\"} 3",
+            "berth_active_worker_containers{pool=\"linux\"} 1",
+            "berth_container_creation_duration_seconds_bucket",
+            "berth_job_execution_duration_seconds_count{pool=\"linux\"} 1",
+            "berth_github_api_requests_total{endpoint=\"generate_jitconfig\",status=\"201\"} 1",
+            "berth_build_info",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+        assert!(text.contains("le=\"0.01\"") && text.contains("le=\"3600.0\""));
+    }
+}
