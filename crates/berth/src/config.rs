@@ -149,6 +149,8 @@ pub struct DispatchConfig {
     pub lease: Duration,
     /// Attempts to create a container before the job fails.
     pub create_attempts: u32,
+    /// Times a job may be claimed (each claim mints a runner) before it fails.
+    pub max_attempts: u32,
 }
 
 impl Default for DispatchConfig {
@@ -157,6 +159,7 @@ impl Default for DispatchConfig {
             global_max_runners: 50,
             lease: Duration::from_secs(60),
             create_attempts: 3,
+            max_attempts: 5,
         }
     }
 }
@@ -641,6 +644,9 @@ impl Config {
         }
         if self.dispatch.global_max_runners == 0 {
             bad("dispatch.global_max_runners".into(), "must be at least 1".into());
+        }
+        if self.dispatch.max_attempts == 0 {
+            bad("dispatch.max_attempts".into(), "must be at least 1".into());
         }
         if self.dispatch.create_attempts == 0 {
             bad("dispatch.create_attempts".into(), "must be at least 1".into());

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod dispatch;
 pub mod docker;
 pub mod github;
@@ -25,4 +26,5 @@ pub mod intake;
 pub mod observability;
 pub mod reconcile;
 pub mod scaleset;
+pub mod service;
 pub mod store;

@@ -1,1 +1,348 @@
 //! API: berth's HTTP surface (webhooks, delegate, jobs, metrics, health).
+//!
+//! Handlers are thin: they authenticate, parse, call intake or the store, and
+//! map the result to a status code. Errors are JSON `{"error": "..."}` naming
+//! what is wrong; nothing secret is ever echoed back.
+
+pub mod auth;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::intake::{self, Accepted, DelegateRequest, DeliveryHeaders, IntakeError, webhook::MAX_WEBHOOK_BYTES};
+use crate::observability::Metrics;
+use crate::store::{JobFilter, JobState};
+use auth::{AuthError, Need};
+
+/// An API error: a status and a message for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = match e {
+            AuthError::Missing | AuthError::Invalid => StatusCode::UNAUTHORIZED,
+            AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        let status = match &e {
+            IntakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            IntakeError::Invalid(_) => StatusCode::BAD_REQUEST,
+            IntakeError::NoPool(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            IntakeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store error while serving a request");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router of `berth serve`.
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route(
+            "/v1/webhooks/github",
+            // One byte over GitHub's cap is enough to answer 413.
+            post(webhook).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),
+        )
+        .route("/v1/jobs/delegate", post(delegate))
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/logs", get(job_logs))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/", get(dashboard))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(ctx)
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    ctx: Arc<Context>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn webhook(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let accepted = intake::accept_webhook(
+        &ctx,
+        DeliveryHeaders {
+            event: header("x-github-event"),
+            delivery_id: header("x-github-delivery"),
+            signature: header("x-hub-signature-256"),
+        },
+        &body,
+    )
+    .await?;
+    let status = if accepted == Accepted::Pong {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(accepted)).into_response())
+}
+
+async fn delegate(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Delegate).await?;
+    let request: DelegateRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid delegate request: {e}")))?;
+    let (job, inserted) = intake::accept_delegate(&ctx, request).await?;
+    let status = if inserted { StatusCode::ACCEPTED } else { StatusCode::OK };
+    Ok((status, Json(job)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    pool: Option<String>,
+    repository: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_jobs(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    let mut states = Vec::new();
+    for s in q.state.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+        states.push(
+            s.parse::<JobState>()
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
+        );
+    }
+    let jobs = ctx
+        .store
+        .job_list(&JobFilter {
+            states,
+            pool: q.pool,
+            repository: q.repository,
+            limit: Some(q.limit.unwrap_or(500).min(5000)),
+        })
+        .await?;
+    Ok(Json(json!({ "jobs": jobs })).into_response())
+}
+
+fn parse_id(id: &str) -> ApiResult<uuid::Uuid> {
+    id.parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("`{id}` is not a job id")))
+}
+
+async fn find_job(ctx: &Context, id: &str) -> ApiResult<crate::store::Job> {
+    ctx.store
+        .job_get(parse_id(id)?)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))
+}
+
+async fn get_job(State(ctx): State<Arc<Context>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    Ok(Json(find_job(&ctx, &id).await?).into_response())
+}
+
+async fn cancel_job(State(ctx): State<Arc<Context>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Admin).await?;
+    let job = find_job(&ctx, &id).await?;
+    if job.state.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job `{id}` is already {}", job.state),
+        ));
+    }
+    ctx.store.job_request_cancel(job.id).await?;
+    ctx.wake_reconciler();
+    let job = find_job(&ctx, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn job_logs(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    let job = find_job(&ctx, &id).await?;
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !q.follow {
+        let logs = ctx.store.job_logs_get(job.id).await?;
+        let content = logs.map(|l| l.content).unwrap_or_default();
+        return Ok((text, content).into_response());
+    }
+    // Follow: stream what is stored, then what is appended, until the job ends.
+    let stream = futures::stream::unfold((ctx, job.id, 0u64, false), |(ctx, id, offset, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let finished = matches!(ctx.store.job_get(id).await, Ok(Some(j)) if j.state.is_terminal());
+            let chunk = match ctx.store.job_logs_get_from(id, offset).await {
+                Ok(Some(logs)) => logs.content,
+                Ok(None) => Vec::new(),
+                Err(_) => return None,
+            };
+            if !chunk.is_empty() {
+                let next = offset + chunk.len() as u64;
+                return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (ctx, id, next, false)));
+            }
+            if finished {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    Ok((text, Body::from_stream(stream)).into_response())
+}
+
+/// Refreshes the gauges that mirror the store, then encodes every metric.
+async fn metrics(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
+    if !ctx.config.server.public_metrics {
+        auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    }
+    refresh_gauges(&ctx).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        ctx.metrics.encode(),
+    )
+        .into_response())
+}
+
+pub async fn refresh_gauges(ctx: &Context) -> Result<(), crate::store::StoreError> {
+    let counts = ctx.store.job_counts().await?;
+    for pool in &ctx.config.pools {
+        let of = |states: &[JobState]| -> i64 {
+            counts
+                .iter()
+                .filter(|c| c.pool == pool.name && states.contains(&c.state))
+                .map(|c| c.count)
+                .sum()
+        };
+        let labels = Metrics::pool(&pool.name);
+        ctx.metrics.job_queue_size.get_or_create(&labels).set(of(&[JobState::Queued]));
+        ctx.metrics
+            .active_worker_containers
+            .get_or_create(&labels)
+            .set(of(JobState::ACTIVE));
+    }
+    Ok(())
+}
+
+async fn healthz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
+    if !ctx.config.server.public_health {
+        auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    }
+    Ok(Json(json!({ "status": "ok" })).into_response())
+}
+
+/// Ready when the store and Docker answer.
+async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
+    if !ctx.config.server.public_health {
+        auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    }
+    let store = ctx.store.ping().await.map_err(|e| e.to_string());
+    let docker = ctx.docker.ping().await.map_err(|e| e.to_string());
+    let status = if store.is_ok() && docker.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.clone(),
+    };
+    Ok((status, Json(json!({ "store": show(&store), "docker": show(&docker) }))).into_response())
+}
+
+/// A minimal server-rendered job list (no scripts, no external assets).
+async fn dashboard(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    let jobs = ctx
+        .store
+        .job_list(&JobFilter {
+            limit: Some(100),
+            ..JobFilter::default()
+        })
+        .await?;
+    let mut rows = String::new();
+    for j in &jobs {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html_escape(&j.id.to_string()),
+            html_escape(j.state.as_str()),
+            html_escape(&j.repository),
+            html_escape(&j.pool),
+            html_escape(j.error.as_deref().unwrap_or("")),
+        ));
+    }
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>berth</title></head><body><h1>berth</h1>\
+         <table><thead><tr><th>job</th><th>state</th><th>repository</th><th>pool</th><th>error</th></tr></thead>\
+         <tbody>{rows}</tbody></table></body></html>"
+    );
+    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response())
+}
+
+pub fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}

@@ -1,2 +1,94 @@
 //! Dispatch: claims queued jobs (leases), mints a JIT runner config, and drives
 //! each job's container through create → start → watch → remove.
+//!
+//! * [`run`] is the claim loop: it takes the oldest queued job of each pool in
+//!   turn, as long as the pool's and the global limits allow, and hands each
+//!   to a provisioning task ([`provision`]). It wakes when intake queues a job
+//!   or a slot frees, and once a second regardless.
+//! * [`watch`] follows Docker's event stream and, for every worker that
+//!   exits, decides what the exit means for its job ([`exit`]).
+//! * [`binding`] applies what GitHub says about which runner took which job:
+//!   a JIT runner takes *any* job whose labels match, so the runner berth
+//!   started for job A may run job B; the bookkeeping follows GitHub.
+//! * [`logs`] keeps each job's container output in the store.
+//!
+//! Every step is a conditional update of the job's row. When one fails, some
+//! other actor (a reconciler, another replica, a webhook) changed the job
+//! first; the step cleans up what it made and leaves the job to them.
+
+pub mod binding;
+pub mod exit;
+pub mod logs;
+pub mod provision;
+pub mod resources;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::context::Context;
+use crate::store::Job;
+
+pub use provision::provision;
+pub use watch::watch;
+
+/// How often the claim loop looks for work when nothing wakes it.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The claim loop. Returns after `shutdown`, once in-flight provisioning has
+/// finished or `drain` has passed (whatever is left is recovered by the
+/// lease reconciler on the next start).
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, drain: Duration) {
+    let tasks = TaskTracker::new();
+    'outer: loop {
+        let mut claimed = false;
+        for pool in &ctx.config.pools {
+            if shutdown.is_cancelled() {
+                break 'outer;
+            }
+            match claim(&ctx, &pool.name, pool.max_runners).await {
+                Ok(Some(job)) => {
+                    claimed = true;
+                    let ctx = ctx.clone();
+                    let span = crate::job_span!(job);
+                    tasks.spawn(async move { provision(ctx, job).await }.instrument(span));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(pool = %pool.name, error = %e, "claiming a job failed");
+                }
+            }
+        }
+        if claimed {
+            continue;
+        }
+        tokio::select! {
+            _ = ctx.dispatch_wake.notified() => {}
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    tasks.close();
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        tracing::warn!("provisioning still in progress at shutdown; leases will expire and the jobs be recovered");
+    }
+}
+
+async fn claim(ctx: &Context, pool: &str, max_in_pool: u32) -> Result<Option<Job>, crate::store::StoreError> {
+    let now = ctx.store.now();
+    let lease = time::Duration::try_from(ctx.config.dispatch.lease).unwrap_or(time::Duration::MINUTE);
+    ctx.store
+        .job_claim(
+            pool,
+            max_in_pool,
+            ctx.config.dispatch.global_max_runners,
+            &ctx.replica_id,
+            now + lease,
+            now,
+        )
+        .await
+}

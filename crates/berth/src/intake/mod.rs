@@ -1,5 +1,327 @@
 //! Intake: the two doors into berth's queue — GitHub `workflow_job` webhooks
 //! and the delegate API used by `berth proxy` and anything else that can name
 //! a job. Both only accept work durably; dispatching happens elsewhere.
+//!
+//! Intake is idempotent on GitHub's job id: a redelivered webhook, a webhook
+//! and a delegate call for the same job, or a retried delegate call all end
+//! in one job row, so never in two runners.
 
 pub mod webhook;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::Context;
+use crate::dispatch::binding;
+use crate::observability::Metrics;
+use crate::store::{GithubStatus, Job, JobSource, NewJob, StoreError};
+use webhook::{Action, WebhookError, WorkflowJobEvent};
+
+/// What became of a request at intake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Accepted {
+    /// A new job was queued.
+    Queued { id: uuid::Uuid },
+    /// The delivery or the job was seen before; nothing changed.
+    Duplicate { id: Option<uuid::Uuid> },
+    /// A status update for a known job was recorded.
+    Recorded { id: uuid::Uuid },
+    /// Deliberately not acted on, with the reason.
+    Ignored { reason: String },
+    /// GitHub's `ping` event.
+    Pong,
+}
+
+impl Accepted {
+    fn metric(&self) -> &'static str {
+        match self {
+            Accepted::Queued { .. } | Accepted::Recorded { .. } | Accepted::Pong => "accepted",
+            Accepted::Duplicate { .. } => "duplicate",
+            Accepted::Ignored { .. } => "ignored",
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no pool serves this job: {0}")]
+    NoPool(String),
+    #[error("the store is unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The headers of a webhook delivery berth reads.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryHeaders<'a> {
+    pub event: Option<&'a str>,
+    pub delivery_id: Option<&'a str>,
+    pub signature: Option<&'a str>,
+}
+
+/// Verifies, parses and records one webhook delivery.
+pub async fn accept_webhook(
+    ctx: &Arc<Context>,
+    headers: DeliveryHeaders<'_>,
+    body: &[u8],
+) -> Result<Accepted, IntakeError> {
+    let result = accept_webhook_inner(ctx, &headers, body).await;
+    let outcome = match &result {
+        Ok(accepted) => accepted.metric(),
+        Err(IntakeError::Unauthorized(_)) => "unauthorized",
+        Err(IntakeError::Invalid(_) | IntakeError::NoPool(_)) => "invalid",
+        Err(IntakeError::Store(_)) => "error",
+    };
+    ctx.metrics
+        .webhook_deliveries
+        .get_or_create(&Metrics::outcome(outcome))
+        .inc();
+    result
+}
+
+async fn accept_webhook_inner(
+    ctx: &Arc<Context>,
+    headers: &DeliveryHeaders<'_>,
+    body: &[u8],
+) -> Result<Accepted, IntakeError> {
+    let secret = ctx.webhook_secret.as_ref().ok_or_else(|| {
+        IntakeError::Unauthorized("webhooks are not accepted: no webhook secret is configured".into())
+    })?;
+    webhook::verify_signature(secret.expose().as_bytes(), body, headers.signature).map_err(|e| match e {
+        WebhookError::Malformed(m) => IntakeError::Invalid(m),
+        other => IntakeError::Unauthorized(other.to_string()),
+    })?;
+    match headers.event {
+        Some("ping") => return Ok(Accepted::Pong),
+        Some("workflow_job") => {}
+        Some(other) => {
+            return Ok(Accepted::Ignored {
+                reason: format!("berth acts on workflow_job events, not `{other}`"),
+            });
+        }
+        None => return Err(IntakeError::Invalid("missing X-GitHub-Event header".into())),
+    }
+    let Some(event) = webhook::parse_workflow_job(body).map_err(|e| IntakeError::Invalid(e.to_string()))? else {
+        return Ok(Accepted::Ignored {
+            reason: "workflow_job action berth does not act on".into(),
+        });
+    };
+    let accepted = apply_event(ctx, &event).await?;
+    // Processing is idempotent; the delivery log only tells a redelivery apart.
+    if let Some(delivery) = headers.delivery_id.filter(|d| !d.is_empty()) {
+        let new = ctx.store.delivery_record(delivery, ctx.store.now()).await?;
+        if !new {
+            let id = match &accepted {
+                Accepted::Queued { id } | Accepted::Recorded { id } => Some(*id),
+                Accepted::Duplicate { id } => *id,
+                _ => None,
+            };
+            return Ok(Accepted::Duplicate { id });
+        }
+    }
+    Ok(accepted)
+}
+
+/// Applies what one `workflow_job` event says.
+async fn apply_event(ctx: &Arc<Context>, event: &WorkflowJobEvent) -> Result<Accepted, IntakeError> {
+    let span = tracing::info_span!(
+        "webhook",
+        repository = %event.repository,
+        workflow = event.workflow.as_deref().unwrap_or(""),
+        run_id = event.run_id,
+        job_id = event.job_id,
+        action = ?event.action,
+    );
+    let _enter = span.enter();
+    match event.action {
+        Action::Queued => queue_from_event(ctx, event, GithubStatus::Queued).await,
+        Action::Waiting => record(ctx, event, GithubStatus::Waiting).await,
+        Action::InProgress => {
+            // A job first heard of here (its `queued` delivery was lost) is
+            // queued now, so a berth runner that took it can be bound to it.
+            if event.runner_name.as_deref().is_some_and(|r| r.starts_with("berth-")) {
+                queue_from_event(ctx, event, GithubStatus::Queued).await?;
+            }
+            let accepted = record(ctx, event, GithubStatus::InProgress).await?;
+            if let Some(runner) = &event.runner_name {
+                binding::runner_took_job(ctx, event.job_id, runner).await;
+            }
+            Ok(accepted)
+        }
+        Action::Completed => {
+            let accepted = record(ctx, event, GithubStatus::Completed).await?;
+            if let Some(runner) = &event.runner_name {
+                binding::runner_took_job(ctx, event.job_id, runner).await;
+            }
+            if let Some(job) = ctx.store.job_get_by_github_id(event.job_id).await? {
+                binding::job_completed(ctx, &job).await;
+            }
+            Ok(accepted)
+        }
+    }
+}
+
+async fn queue_from_event(
+    ctx: &Arc<Context>,
+    event: &WorkflowJobEvent,
+    status: GithubStatus,
+) -> Result<Accepted, IntakeError> {
+    let Some(pool) = ctx.config.pool_for(&event.repository, &event.labels) else {
+        let reason = format!(
+            "no pool serves labels {:?} of repository {}",
+            event.labels, event.repository
+        );
+        tracing::info!(reason = %reason, "job ignored");
+        return Ok(Accepted::Ignored { reason });
+    };
+    let (job, inserted) = ctx
+        .store
+        .job_insert(NewJob {
+            github_job_id: event.job_id,
+            run_id: event.run_id,
+            repository: event.repository.clone(),
+            workflow: event.workflow.clone(),
+            job_name: event.job_name.clone(),
+            labels: event.labels.clone(),
+            pool: pool.name.clone(),
+            source: JobSource::Webhook,
+            scale_set: None,
+            github_status: Some(status),
+            timeout_secs: Some(pool.job_timeout.as_secs() as i64),
+        })
+        .await?;
+    if inserted {
+        tracing::info!(berth_job_id = %job.id, pool = %job.pool, "job queued");
+        ctx.wake_dispatcher();
+        Ok(Accepted::Queued { id: job.id })
+    } else {
+        Ok(Accepted::Duplicate { id: Some(job.id) })
+    }
+}
+
+async fn record(ctx: &Arc<Context>, event: &WorkflowJobEvent, status: GithubStatus) -> Result<Accepted, IntakeError> {
+    let changed = ctx
+        .store
+        .job_record_github_status(
+            event.job_id,
+            status,
+            event.conclusion.as_deref(),
+            event.runner_name.as_deref(),
+            event.runner_id,
+        )
+        .await?;
+    match ctx.store.job_get_by_github_id(event.job_id).await? {
+        Some(job) if changed => Ok(Accepted::Recorded { id: job.id }),
+        Some(job) => Ok(Accepted::Duplicate { id: Some(job.id) }),
+        None => Ok(Accepted::Ignored {
+            reason: "a job berth does not track".into(),
+        }),
+    }
+}
+
+/// The body of `POST /v1/jobs/delegate`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegateRequest {
+    /// `owner/name`.
+    pub repository: String,
+    /// GitHub's job id: the idempotency key.
+    pub github_job_id: i64,
+    pub run_id: i64,
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub workflow: Option<String>,
+    #[serde(default)]
+    pub job_name: Option<String>,
+    /// The pool to run in; chosen from the labels when absent.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// The scale set a proxy runner delegates for.
+    #[serde(default)]
+    pub scale_set: Option<String>,
+}
+
+impl DelegateRequest {
+    fn validate(&self) -> Result<(), IntakeError> {
+        let bad = |m: &str| Err(IntakeError::Invalid(m.to_string()));
+        match self.repository.split_once('/') {
+            Some((o, n)) if !o.is_empty() && !n.is_empty() && !n.contains('/') => {}
+            _ => return bad("`repository` must be `owner/name`"),
+        }
+        if self.github_job_id <= 0 {
+            return bad("`github_job_id` must be a positive integer");
+        }
+        if self.run_id <= 0 {
+            return bad("`run_id` must be a positive integer");
+        }
+        if self.labels.is_empty() || self.labels.len() > 100 {
+            return bad("`labels` must hold 1 to 100 labels");
+        }
+        if self.labels.iter().any(|l| l.trim().is_empty() || l.len() > 256) {
+            return bad("`labels` must not hold empty or over-long labels");
+        }
+        Ok(())
+    }
+}
+
+/// Accepts a delegated job. Returns the job and whether it is new.
+pub async fn accept_delegate(ctx: &Arc<Context>, request: DelegateRequest) -> Result<(Job, bool), IntakeError> {
+    let result = accept_delegate_inner(ctx, request).await;
+    let outcome = match &result {
+        Ok((_, true)) => "accepted",
+        Ok((_, false)) => "duplicate",
+        Err(IntakeError::Store(_)) => "error",
+        Err(_) => "invalid",
+    };
+    ctx.metrics
+        .delegation_requests
+        .get_or_create(&Metrics::outcome(outcome))
+        .inc();
+    result
+}
+
+async fn accept_delegate_inner(ctx: &Arc<Context>, request: DelegateRequest) -> Result<(Job, bool), IntakeError> {
+    request.validate()?;
+    let pool = match &request.pool {
+        Some(name) => ctx
+            .config
+            .pool(name)
+            .ok_or_else(|| IntakeError::NoPool(format!("no pool named `{name}`")))?,
+        None => ctx
+            .config
+            .pool_for(&request.repository, &request.labels)
+            .ok_or_else(|| {
+                IntakeError::NoPool(format!(
+                    "no pool serves labels {:?} of repository {}",
+                    request.labels, request.repository
+                ))
+            })?,
+    };
+    let (job, inserted) = ctx
+        .store
+        .job_insert(NewJob {
+            github_job_id: request.github_job_id,
+            run_id: request.run_id,
+            repository: request.repository,
+            workflow: request.workflow,
+            job_name: request.job_name,
+            labels: request.labels,
+            pool: pool.name.clone(),
+            source: JobSource::Delegate,
+            scale_set: request.scale_set,
+            github_status: None,
+            timeout_secs: Some(pool.job_timeout.as_secs() as i64),
+        })
+        .await?;
+    if inserted {
+        tracing::info!(berth_job_id = %job.id, pool = %job.pool, repository = %job.repository, job_id = job.github_job_id, "delegated job queued");
+        ctx.wake_dispatcher();
+    }
+    Ok((job, inserted))
+}

@@ -1,2 +1,353 @@
 //! Reconcilers: periodic and on-demand, idempotent passes that finish or clean
 //! up whatever a crash or a lost event left behind.
+//!
+//! The same pass runs at start-up, every `reconcile.interval`, and whenever a
+//! component wakes it. It compares what should be (the store) with what is
+//! (Docker's containers, GitHub's runners and jobs) and closes the gap:
+//!
+//! | what is found                                   | what is done                                   |
+//! |-------------------------------------------------|------------------------------------------------|
+//! | a claim whose lease ran out                     | job requeued, or running if its worker runs    |
+//! | a `berth.managed` container no live job owns    | removed after `orphan_grace`                   |
+//! | an offline `berth-` runner no live job owns     | registration deleted                           |
+//! | a job queued longer than `queued_check_after`   | checked on GitHub; expired if no longer queued |
+//! | a job past its pool's `job_timeout`             | worker stopped (SIGTERM, then kill); failed    |
+//! | a runner idle past its pool's `idle_timeout`    | worker stopped; job requeued or finished       |
+//! | a cancelled job                                 | worker stopped; job cancelled                  |
+//! | a job GitHub completed without its own runner   | that runner torn down; job finished            |
+//! | a running job whose worker exited unseen        | exit handled                                   |
+//!
+//! Each action is a conditional update or an idempotent Docker/GitHub call,
+//! so two replicas (or a reconciler racing the dispatcher) can run this at
+//! once without harm. Normal running and crash recovery share this one code
+//! path: there is no separate "recovery mode".
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::dispatch::exit::{Outcome, after_github_completion, apply, handle_exit};
+use crate::dispatch::{logs, resources, watch};
+use crate::docker::controller::{LABEL_POOL, LABEL_RUNNER, NAME_PREFIX};
+use crate::observability::metrics::KindLabels;
+use crate::store::{GithubStatus, Job, JobChanges, JobSource, JobState};
+
+/// Grace given to a worker between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What one pass did, per kind of action.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub leases_expired: u32,
+    pub orphan_containers: u32,
+    pub orphan_runners: u32,
+    pub queued_expired: u32,
+    pub timed_out: u32,
+    pub idle_runners: u32,
+    pub cancelled: u32,
+    pub completed_elsewhere: u32,
+    pub failures: u32,
+}
+
+/// Runs a pass now, then every `interval` and whenever woken.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    loop {
+        reconcile_once(&ctx).await;
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.reconcile.interval) => {}
+            _ = ctx.reconcile_wake.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One full pass over every reconciler.
+pub async fn reconcile_once(ctx: &Arc<Context>) -> Report {
+    let mut report = Report::default();
+    macro_rules! step {
+        ($kind:literal, $field:ident, $call:expr) => {
+            match $call.await {
+                Ok(n) => {
+                    report.$field += n;
+                    if n > 0 {
+                        ctx.metrics
+                            .reconciler_actions
+                            .get_or_create(&KindLabels { kind: $kind })
+                            .inc_by(u64::from(n));
+                    }
+                }
+                Err(e) => {
+                    report.failures += 1;
+                    ctx.metrics
+                        .reconciler_failures
+                        .get_or_create(&KindLabels { kind: $kind })
+                        .inc();
+                    tracing::warn!(reconciler = $kind, error = %e, "reconciler failed");
+                }
+            }
+        };
+    }
+    step!("lease_expired", leases_expired, expired_leases(ctx));
+    step!("cancelled", cancelled, cancellations(ctx));
+    step!("completed_elsewhere", completed_elsewhere, completed_elsewhere(ctx));
+    step!("timeout", timed_out, timeouts(ctx));
+    step!("idle_runner", idle_runners, idle_runners(ctx));
+    watch::catch_up(ctx).await;
+    step!("queued_expired", queued_expired, queued_too_long(ctx));
+    step!("orphan_container", orphan_containers, orphan_containers(ctx));
+    step!("orphan_runner", orphan_runners, orphan_runners(ctx));
+    if report != Report::default() {
+        tracing::info!(?report, "reconcile pass acted");
+    }
+    report
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn err<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// Claims whose holder died: a running worker is adopted, anything else is
+/// released and the job requeued.
+async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
+    let now = ctx.store.now();
+    let mut acted = 0;
+    for job in ctx.store.jobs_with_expired_leases(now).await.map_err(err)? {
+        if job.state == JobState::Starting
+            && let Some(container_id) = &job.container_id
+            && matches!(ctx.docker.inspect(container_id).await, Ok(info) if info.running)
+        {
+            // The worker got its config and runs: adopt it.
+            let changes = JobChanges::new().started_at(now).clear_lease();
+            if ctx
+                .store
+                .job_transition(job.id, &[JobState::Starting], JobState::Running, changes)
+                .await
+                .map_err(err)?
+            {
+                logs::spawn_capture(ctx, job.id, container_id);
+                acted += 1;
+            }
+            continue;
+        }
+        let reason = "the claim's lease expired before the worker was running";
+        let max = i64::from(ctx.config.dispatch.max_attempts);
+        let released = if job.attempts >= max {
+            let error = format!("gave up after {} attempts: {reason}", job.attempts);
+            ctx.store
+                .job_finish(job.id, JobState::Failed, None, Some(&error))
+                .await
+                .map_err(err)?
+        } else {
+            ctx.store
+                .job_requeue_if_lease_expired(job.id, &[JobState::Provisioning, JobState::Starting], now, reason)
+                .await
+                .map_err(err)?
+        };
+        if released {
+            release(ctx, &job).await;
+            acted += 1;
+            ctx.wake_dispatcher();
+        }
+    }
+    Ok(acted)
+}
+
+/// Frees a job's container and runner registration (the job no longer has them).
+async fn release(ctx: &Context, job: &Job) {
+    if let Some(container_id) = &job.container_id {
+        resources::remove_container(ctx, container_id).await;
+    }
+    if let (Ok(pool), Some(name)) = (ctx.pool_of(job), job.runner_name.as_deref()) {
+        resources::deregister_runner(ctx, pool, job.runner_id, name).await;
+    }
+}
+
+/// Stops a worker and handles its exit right away (the exit handler is
+/// idempotent, so the Docker event that follows changes nothing).
+async fn stop_and_settle(ctx: &Arc<Context>, container_id: &str) {
+    resources::stop_container(ctx, container_id, STOP_GRACE).await;
+    handle_exit(ctx, container_id, None).await;
+}
+
+async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
+    let now = ctx.store.now();
+    let mut acted = 0;
+    for job in ctx.store.jobs_cancel_requested().await.map_err(err)? {
+        let lease_live = job.lease_expires_at.is_some_and(|t| t > now);
+        match (job.state, &job.container_id) {
+            (JobState::Running, Some(container_id)) => {
+                stop_and_settle(ctx, container_id).await;
+                acted += 1;
+            }
+            // A claim in flight finishes provisioning first; the next pass stops it.
+            (JobState::Provisioning | JobState::Starting, _) if lease_live => {}
+            _ => {
+                if ctx
+                    .store
+                    .job_finish(job.id, JobState::Cancelled, None, Some("cancelled on request"))
+                    .await
+                    .map_err(err)?
+                {
+                    release(ctx, &job).await;
+                    acted += 1;
+                }
+            }
+        }
+    }
+    Ok(acted)
+}
+
+/// Jobs GitHub completed while their own runner never took them (cancelled
+/// before it started, or run by another runner): the runner is not needed.
+async fn completed_elsewhere(ctx: &Arc<Context>) -> Result<u32> {
+    let now = ctx.store.now();
+    let mut acted = 0;
+    for job in ctx.store.jobs_in_states(JobState::ACTIVE).await.map_err(err)? {
+        let done_elsewhere = job.github_status == Some(GithubStatus::Completed)
+            && (job.runner_name.is_none() || job.github_runner_name != job.runner_name);
+        let lease_live = job.lease_expires_at.is_some_and(|t| t > now);
+        if !done_elsewhere || lease_live {
+            continue;
+        }
+        let outcome = after_github_completion(job.github_conclusion.as_deref(), job.github_runner_name.as_deref());
+        if let Some(container_id) = &job.container_id {
+            resources::stop_container(ctx, container_id, Duration::from_secs(1)).await;
+        }
+        release(ctx, &job).await;
+        apply(ctx, &job, outcome, None).await;
+        acted += 1;
+    }
+    Ok(acted)
+}
+
+async fn timeouts(ctx: &Arc<Context>) -> Result<u32> {
+    let now = ctx.store.now();
+    let mut acted = 0;
+    for job in ctx.store.jobs_running_past_timeout(now).await.map_err(err)? {
+        tracing::warn!(berth_job_id = %job.id, "job timed out; stopping its worker");
+        match &job.container_id {
+            Some(container_id) => stop_and_settle(ctx, container_id).await,
+            None => {
+                let secs = job.timeout_secs.unwrap_or_default();
+                apply(
+                    ctx,
+                    &job,
+                    Outcome::Finish {
+                        state: JobState::Failed,
+                        error: Some(format!("timed out after {secs} s")),
+                    },
+                    None,
+                )
+                .await;
+            }
+        }
+        acted += 1;
+    }
+    Ok(acted)
+}
+
+/// Runners that never got their job within the pool's idle time.
+async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
+    let now = ctx.store.now();
+    let mut acted = 0;
+    for job in ctx.store.jobs_in_states(&[JobState::Running]).await.map_err(err)? {
+        let Ok(pool) = ctx.pool_of(&job) else { continue };
+        let taken = job.runner_name.is_some() && job.github_runner_name == job.runner_name;
+        let idle_since = job.started_at.unwrap_or(job.updated_at);
+        let idle_for = (now - idle_since).as_seconds_f64();
+        if taken || idle_for < pool.idle_timeout.as_secs_f64() {
+            continue;
+        }
+        let Some(container_id) = &job.container_id else { continue };
+        tracing::info!(berth_job_id = %job.id, idle_secs = idle_for as u64, "runner got no job within the idle timeout; removing it");
+        stop_and_settle(ctx, container_id).await;
+        acted += 1;
+    }
+    Ok(acted)
+}
+
+/// Jobs waiting a long time: still wanted on GitHub?
+async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
+    let Some(github) = ctx.github.as_ref() else { return Ok(0) };
+    let limit = time::Duration::try_from(ctx.config.reconcile.queued_check_after).map_err(err)?;
+    let before = ctx.store.now() - limit;
+    let mut acted = 0;
+    for job in ctx.store.jobs_queued_before(before).await.map_err(err)? {
+        if job.source == JobSource::ScaleSet {
+            continue;
+        }
+        let outcome = match github.get_job(&job.repository, job.github_job_id as u64).await {
+            Ok(None) => Outcome::Finish {
+                state: JobState::Expired,
+                error: Some("GitHub no longer knows this job".into()),
+            },
+            Ok(Some(remote)) if remote.status == "completed" => {
+                after_github_completion(remote.conclusion.as_deref(), remote.runner_name.as_deref())
+            }
+            Ok(Some(remote)) if remote.status == "in_progress" => Outcome::Finish {
+                state: JobState::Expired,
+                error: Some(format!(
+                    "GitHub gave the job to runner `{}` before berth started one",
+                    remote.runner_name.unwrap_or_default()
+                )),
+            },
+            Ok(Some(_)) => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        apply(ctx, &job, outcome, None).await;
+        acted += 1;
+    }
+    Ok(acted)
+}
+
+/// Containers labelled `berth.managed` that no live job owns.
+async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
+    let grace = time::Duration::try_from(ctx.config.reconcile.orphan_grace).map_err(err)?;
+    let now = ctx.store.now();
+    let containers = ctx.docker.list_managed().await.map_err(err)?;
+    let owned = ctx.store.active_container_ids().await.map_err(err)?;
+    let live_runners = ctx.store.active_runner_names().await.map_err(err)?;
+    let mut acted = 0;
+    for c in containers {
+        if owned.contains(&c.id) || now - c.created < grace {
+            continue;
+        }
+        tracing::info!(container_id = %c.id, name = %c.name, "removing an orphan worker container");
+        resources::remove_container(ctx, &c.id).await;
+        if let (Some(runner), Some(pool)) = (c.labels.get(LABEL_RUNNER), c.labels.get(LABEL_POOL))
+            && !live_runners.contains(runner)
+            && let Some(pool) = ctx.pool(pool)
+        {
+            resources::deregister_runner(ctx, pool, None, runner).await;
+        }
+        acted += 1;
+    }
+    Ok(acted)
+}
+
+/// Offline `berth-` runner registrations that no live job owns.
+async fn orphan_runners(ctx: &Arc<Context>) -> Result<u32> {
+    let Some(github) = ctx.github.as_ref() else { return Ok(0) };
+    let live = ctx.store.active_runner_names().await.map_err(err)?;
+    let mut seen_scopes = BTreeSet::new();
+    let mut acted = 0;
+    for pool in &ctx.config.pools {
+        if !seen_scopes.insert(pool.scope.to_string()) {
+            continue;
+        }
+        for runner in github.list_runners(&pool.scope).await.map_err(err)? {
+            if !runner.name.starts_with(NAME_PREFIX) || live.contains(&runner.name) || runner.status != "offline" {
+                continue;
+            }
+            tracing::info!(runner_name = %runner.name, "deleting an orphan runner registration");
+            github.delete_runner(&pool.scope, runner.id).await.map_err(err)?;
+            acted += 1;
+        }
+    }
+    Ok(acted)
+}

@@ -1,0 +1,72 @@
+//! The shared context every component of `berth serve` works with: the
+//! configuration, the store, the Docker controller, the GitHub client, the
+//! metrics, and the wake-up signals that make dispatching and reconciling
+//! run on demand as well as periodically.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::{Config, PoolConfig, Secret};
+use crate::docker::controller::Controller;
+use crate::github::GithubClient;
+use crate::observability::Metrics;
+use crate::observability::logging::LogLevelHandle;
+use crate::store::{Job, Store};
+
+/// Everything a component needs; cheap to share behind an `Arc`.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub docker: Controller,
+    /// `None` only when no pool is configured (nothing to mint runners for).
+    pub github: Option<GithubClient>,
+    pub metrics: Metrics,
+    pub webhook_secret: Option<Secret>,
+    /// This process's identity in leases (`hostname-pid-random`).
+    pub replica_id: String,
+    /// Wakes the dispatcher: a job was queued or a slot freed.
+    pub dispatch_wake: Notify,
+    /// Wakes the reconcilers: something needs cleaning up now.
+    pub reconcile_wake: Notify,
+    pub log_level: Option<LogLevelHandle>,
+    /// Containers whose output is being captured, with the token cancelled
+    /// when a capture has stored everything.
+    pub log_captures: std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+}
+
+impl Context {
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.config.pool(name)
+    }
+
+    /// The pool configuration of a job, or the reason it cannot run.
+    pub fn pool_of(&self, job: &Job) -> Result<&PoolConfig, String> {
+        self.pool(&job.pool)
+            .ok_or_else(|| format!("pool `{}` is no longer configured", job.pool))
+    }
+
+    pub fn github(&self) -> Result<&GithubClient, String> {
+        self.github
+            .as_ref()
+            .ok_or_else(|| "no GitHub App is configured".to_string())
+    }
+
+    pub fn wake_dispatcher(&self) {
+        self.dispatch_wake.notify_one();
+    }
+
+    pub fn wake_reconciler(&self) {
+        self.reconcile_wake.notify_one();
+    }
+}
+
+/// A lease owner id unique to this process.
+pub fn new_replica_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "berth".into());
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}

@@ -1,0 +1,205 @@
+//! What a worker's exit means for its job.
+//!
+//! A JIT runner runs one job and exits. But which job it ran is GitHub's
+//! choice: any job whose labels match. So the exit of the container berth
+//! started for job J finishes J only when J ran on it; otherwise J still needs
+//! a runner and goes back to the queue. What the runner ran comes from
+//! GitHub's `in_progress`/`completed` events (recorded on the job as
+//! `github_runner_name`), and when those were lost, from asking GitHub.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{logs, resources};
+use crate::context::Context;
+use crate::observability::Metrics;
+use crate::observability::metrics::PoolStateLabels;
+use crate::store::{GithubStatus, Job, JobState};
+
+/// What to do with a job whose worker exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Finish {
+        state: JobState,
+        error: Option<String>,
+    },
+    Requeue(String),
+}
+
+/// Handles the exit of a worker container: keeps its output, removes it and
+/// its runner registration, and finishes or requeues its job. Idempotent:
+/// Docker events can arrive twice, and reconcilers call this too.
+pub async fn handle_exit(ctx: &Arc<Context>, container_id: &str, exit_code: Option<i64>) {
+    let job = match ctx.store.job_get_by_container_id(container_id).await {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::error!(container_id, error = %e, "looking up the job of an exited worker failed");
+            return;
+        }
+    };
+    let Some(job) = job.filter(|j| j.state.is_active()) else {
+        // No live job owns it: an orphan, or a job already finished. Removing
+        // it is all there is to do (the runner reconciler handles registrations).
+        resources::remove_container(ctx, container_id).await;
+        return;
+    };
+    let span = crate::job_span!(job);
+    span.record("container_id", container_id);
+    let _enter = span.enter();
+
+    logs::wait_captured(ctx, container_id, Duration::from_secs(5)).await;
+    let exit_code = match exit_code {
+        Some(code) => Some(code),
+        None => ctx.docker.inspect(container_id).await.ok().and_then(|i| i.exit_code),
+    };
+    let outcome = decide(ctx, &job, exit_code).await;
+    resources::remove_container(ctx, container_id).await;
+    if let (Ok(pool), Some(name)) = (ctx.pool_of(&job), job.runner_name.as_deref()) {
+        resources::deregister_runner(ctx, pool, job.runner_id, name).await;
+    }
+    apply(ctx, &job, outcome, exit_code).await;
+}
+
+/// Applies an outcome with a conditional update, and counts it.
+pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option<i64>) {
+    let now = ctx.store.now();
+    match outcome {
+        Outcome::Finish { state, error } => {
+            match ctx
+                .store
+                .job_finish(job.id, state, exit_code, error.as_deref())
+                .await
+            {
+                Ok(true) => {
+                    if let Some(started) = job.started_at {
+                        ctx.metrics
+                            .job_execution_duration
+                            .get_or_create(&Metrics::pool(&job.pool))
+                            .observe((now - started).as_seconds_f64().max(0.0));
+                    }
+                    ctx.metrics
+                        .jobs_finished
+                        .get_or_create(&PoolStateLabels {
+                            pool: job.pool.clone(),
+                            state: state.as_str(),
+                        })
+                        .inc();
+                    tracing::info!(state = %state, exit_code, error = error.as_deref().unwrap_or(""), "job finished");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "finishing a job failed; the reconciler will retry"),
+            }
+        }
+        Outcome::Requeue(reason) => {
+            let max = ctx.config.dispatch.max_attempts;
+            if job.attempts >= i64::from(max) {
+                let error = format!("gave up after {} attempts: {reason}", job.attempts);
+                Box::pin(apply(
+                    ctx,
+                    job,
+                    Outcome::Finish {
+                        state: JobState::Failed,
+                        error: Some(error),
+                    },
+                    exit_code,
+                ))
+                .await;
+                return;
+            }
+            match ctx.store.job_requeue(job.id, JobState::ACTIVE, &reason).await {
+                Ok(true) => tracing::info!(reason = %reason, "job goes back to the queue"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "requeueing a job failed"),
+            }
+        }
+    }
+    ctx.wake_dispatcher();
+}
+
+/// Decides what a worker exit means for the job it was started for.
+pub async fn decide(ctx: &Context, job: &Job, exit_code: Option<i64>) -> Outcome {
+    if job.cancel_requested {
+        return Outcome::Finish {
+            state: JobState::Cancelled,
+            error: Some("cancelled on request".into()),
+        };
+    }
+    if let Some(deadline) = job.deadline()
+        && ctx.store.now() >= deadline
+    {
+        let secs = job.timeout_secs.unwrap_or_default();
+        return Outcome::Finish {
+            state: JobState::Failed,
+            error: Some(format!("timed out after {secs} s")),
+        };
+    }
+    let ran_here = job.runner_name.is_some() && job.github_runner_name == job.runner_name;
+    if ran_here {
+        return by_exit_code(exit_code);
+    }
+    if job.github_status == Some(GithubStatus::Completed) {
+        return after_github_completion(job.github_conclusion.as_deref(), job.github_runner_name.as_deref());
+    }
+    // GitHub's events did not say where the job ran: ask.
+    let Some(github) = ctx.github.as_ref() else {
+        return by_exit_code(exit_code);
+    };
+    match github.get_job(&job.repository, job.github_job_id as u64).await {
+        Ok(Some(remote)) => {
+            let remote_runner = remote.runner_name.as_deref().filter(|n| !n.is_empty());
+            let ours = remote_runner.is_some() && remote_runner == job.runner_name.as_deref();
+            match remote.status.as_str() {
+                _ if ours => by_exit_code(exit_code),
+                "completed" => after_github_completion(remote.conclusion.as_deref(), remote_runner),
+                "in_progress" => Outcome::Finish {
+                    state: JobState::Expired,
+                    error: Some(format!(
+                        "GitHub gave the job to runner `{}`, which berth does not manage",
+                        remote_runner.unwrap_or("?")
+                    )),
+                },
+                _ => Outcome::Requeue(format!(
+                    "runner `{}` exited (code {}) without taking the job",
+                    job.runner_name.as_deref().unwrap_or("?"),
+                    exit_code.map_or("unknown".into(), |c| c.to_string())
+                )),
+            }
+        }
+        Ok(None) => Outcome::Finish {
+            state: JobState::Expired,
+            error: Some("GitHub no longer knows this job".into()),
+        },
+        Err(e) => Outcome::Requeue(format!("the worker exited and GitHub could not be asked about the job: {e}")),
+    }
+}
+
+fn by_exit_code(exit_code: Option<i64>) -> Outcome {
+    match exit_code {
+        Some(0) => Outcome::Finish {
+            state: JobState::Completed,
+            error: None,
+        },
+        Some(code) => Outcome::Finish {
+            state: JobState::Failed,
+            error: Some(format!("the runner exited with code {code}")),
+        },
+        None => Outcome::Finish {
+            state: JobState::Failed,
+            error: Some("the worker container disappeared".into()),
+        },
+    }
+}
+
+/// The job completed on GitHub, but not on the runner berth started for it.
+pub fn after_github_completion(conclusion: Option<&str>, runner: Option<&str>) -> Outcome {
+    match conclusion {
+        Some("cancelled") => Outcome::Finish {
+            state: JobState::Cancelled,
+            error: Some("cancelled on GitHub".into()),
+        },
+        _ => Outcome::Finish {
+            state: JobState::Completed,
+            error: runner.map(|r| format!("ran on runner `{r}`")),
+        },
+    }
+}

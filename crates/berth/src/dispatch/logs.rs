@@ -1,0 +1,138 @@
+//! Keeping each job's container output, from the first byte, capped per job.
+//!
+//! One capture task per running container follows its log stream and
+//! appends to the job's log in the store in small batches. Docker keeps a
+//! container's whole output until the container is removed, so a capture can
+//! always start over from the beginning: each container's output is preceded
+//! in the job log by a marker line, and a capture resumed after a restart
+//! skips as many bytes as the log already holds after that marker. Nothing is
+//! lost and nothing is stored twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::context::Context;
+use crate::docker::controller::LogOptions;
+
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+const FLUSH_BYTES: usize = 64 * 1024;
+
+fn marker(container_id: &str) -> String {
+    let short: String = container_id.chars().take(12).collect();
+    format!("--- berth: output of container {short} ---\n")
+}
+
+/// Starts capturing `container_id`'s output into `job_id`'s log, unless a
+/// capture of it already runs in this process.
+pub fn spawn_capture(ctx: &Arc<Context>, job_id: Uuid, container_id: &str) {
+    let done = CancellationToken::new();
+    {
+        let mut captures = ctx.log_captures.lock().expect("log capture registry");
+        if captures.contains_key(container_id) {
+            return;
+        }
+        captures.insert(container_id.to_string(), done.clone());
+    }
+    let ctx = ctx.clone();
+    let container_id = container_id.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = capture(&ctx, job_id, &container_id).await {
+            tracing::warn!(container_id, error = %e, "capturing worker output stopped");
+        }
+        ctx.log_captures
+            .lock()
+            .expect("log capture registry")
+            .remove(&container_id);
+        done.cancel();
+    });
+}
+
+/// Waits (at most `limit`) for the capture of `container_id` to have stored
+/// everything the container wrote.
+pub async fn wait_captured(ctx: &Context, container_id: &str, limit: Duration) {
+    let done = ctx
+        .log_captures
+        .lock()
+        .expect("log capture registry")
+        .get(container_id)
+        .cloned();
+    if let Some(done) = done {
+        let _ = tokio::time::timeout(limit, done.cancelled()).await;
+    }
+}
+
+async fn capture(ctx: &Context, job_id: Uuid, container_id: &str) -> Result<(), String> {
+    let cap = ctx.config.logs.job_log_cap_bytes;
+    let marker = marker(container_id);
+    let stored = ctx
+        .store
+        .job_logs_get(job_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|l| l.content)
+        .unwrap_or_default();
+    let mut skip = match find(&stored, marker.as_bytes()) {
+        Some(at) => stored.len() - (at + marker.len()),
+        None => {
+            ctx.store
+                .job_logs_append(job_id, marker.as_bytes(), cap)
+                .await
+                .map_err(|e| e.to_string())?;
+            0
+        }
+    };
+    let mut stream = ctx.docker.logs(container_id, LogOptions::follow());
+    let mut pending: Vec<u8> = Vec::new();
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            next = stream.next() => match next {
+                Some(Ok(bytes)) => {
+                    let mut chunk: &[u8] = &bytes;
+                    if skip > 0 {
+                        let n = skip.min(chunk.len());
+                        skip -= n;
+                        chunk = &chunk[n..];
+                    }
+                    pending.extend_from_slice(chunk);
+                    if pending.len() >= FLUSH_BYTES {
+                        flush(ctx, job_id, container_id, &mut pending, cap).await?;
+                    }
+                }
+                Some(Err(e)) => {
+                    flush(ctx, job_id, container_id, &mut pending, cap).await?;
+                    return Err(e.to_string());
+                }
+                None => break,
+            },
+            _ = tick.tick() => flush(ctx, job_id, container_id, &mut pending, cap).await?,
+        }
+    }
+    flush(ctx, job_id, container_id, &mut pending, cap).await
+}
+
+/// Appends to the log of the job that owns the container now (GitHub may
+/// have rebound the runner to another job since the capture started).
+async fn flush(ctx: &Context, job_id: Uuid, container_id: &str, pending: &mut Vec<u8>, cap: u64) -> Result<(), String> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let owner = match ctx.store.job_get_by_container_id(container_id).await {
+        Ok(Some(job)) => job.id,
+        _ => job_id,
+    };
+    ctx.store
+        .job_logs_append(owner, pending, cap)
+        .await
+        .map_err(|e| e.to_string())?;
+    pending.clear();
+    Ok(())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
+}

@@ -1,0 +1,277 @@
+//! Provisioning one claimed job: mint a JIT runner, create its hardened
+//! container, hand it the JIT config over stdin, start it.
+//!
+//! The order is chosen for crash safety:
+//! 1. the runner's *name* is recorded before the runner is minted, so the
+//!    runner reconciler never mistakes a registration being made for an
+//!    orphan;
+//! 2. the container is created with the job's labels before its id is
+//!    recorded; a crash in between leaves a labelled container the orphan
+//!    reconciler removes after its grace period;
+//! 3. the JIT config exists only in memory here and in the container's stdin.
+//!
+//! The claim is a lease, renewed while this runs. If it is lost (this
+//! process stalled and a reconciler requeued the job), provisioning stops
+//! and releases what it made.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::resources;
+use crate::config::PoolConfig;
+use crate::context::Context;
+use crate::docker::controller::{
+    DockerError, LABEL_GITHUB_JOB_ID, LABEL_JOB, LABEL_POOL, LABEL_REPOSITORY, LABEL_RUNNER,
+    WorkerNetwork, WorkerSpec,
+};
+use crate::github::JitConfig;
+use crate::observability::Metrics;
+use crate::store::{Job, JobChanges, JobState};
+
+/// Why provisioning stopped.
+#[derive(Debug)]
+enum Stop {
+    /// Someone else changed the job (lease expired, cancelled, rebound).
+    Lost,
+    /// Worth another attempt later (GitHub or Docker unavailable).
+    Transient(String),
+    /// Will not work however often it is tried (missing image, bad pool).
+    Permanent(String),
+}
+
+/// What provisioning made, to release if it does not finish.
+#[derive(Default)]
+struct Made {
+    runner: Option<(String, Option<i64>)>,
+    container: Option<String>,
+}
+
+/// Drives a claimed job (state `provisioning`) to `running`, or back to the
+/// queue, or to `failed`.
+pub async fn provision(ctx: Arc<Context>, job: Job) {
+    let claimed_at = Instant::now();
+    let lost = CancellationToken::new();
+    let renewer = tokio::spawn(renew_lease(ctx.clone(), job.id, lost.clone()));
+    let mut made = Made::default();
+    let outcome = tokio::select! {
+        outcome = steps(&ctx, &job, &mut made, claimed_at) => outcome,
+        _ = lost.cancelled() => Err(Stop::Lost),
+    };
+    renewer.abort();
+    let Err(stop) = outcome else { return };
+    release(&ctx, &job, &made).await;
+    match stop {
+        Stop::Lost => {
+            tracing::info!("lost the claim while provisioning; released what was made");
+        }
+        Stop::Transient(reason) => {
+            let max = ctx.config.dispatch.max_attempts;
+            if job.attempts >= i64::from(max) {
+                let error = format!("gave up after {} attempts: {reason}", job.attempts);
+                tracing::error!(error = %error, "job failed");
+                finish_failed(&ctx, &job, &error).await;
+            } else {
+                tracing::warn!(reason = %reason, attempts = job.attempts, "provisioning failed; job goes back to the queue");
+                let _ = ctx
+                    .store
+                    .job_requeue(job.id, &[JobState::Provisioning, JobState::Starting], &reason)
+                    .await;
+                // A short pause before the job can be claimed again, so an
+                // outage is not hammered in a tight loop.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                ctx.wake_dispatcher();
+            }
+        }
+        Stop::Permanent(reason) => {
+            tracing::error!(error = %reason, "job failed");
+            finish_failed(&ctx, &job, &reason).await;
+        }
+    }
+}
+
+async fn finish_failed(ctx: &Context, job: &Job, error: &str) {
+    if let Ok(true) = ctx
+        .store
+        .job_finish(job.id, JobState::Failed, None, Some(error))
+        .await
+    {
+        ctx.metrics
+            .jobs_finished
+            .get_or_create(&crate::observability::metrics::PoolStateLabels {
+                pool: job.pool.clone(),
+                state: JobState::Failed.as_str(),
+            })
+            .inc();
+    }
+    ctx.wake_dispatcher();
+}
+
+async fn steps(ctx: &Context, job: &Job, made: &mut Made, claimed_at: Instant) -> Result<(), Stop> {
+    let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
+    let github = ctx.github().map_err(Stop::Permanent)?;
+    let runner_name = runner_name(pool, job);
+
+    // 1. Record the name, then mint.
+    transition(ctx, job, JobState::Provisioning, JobState::Provisioning, JobChanges::new().runner_name(&runner_name)).await?;
+    made.runner = Some((runner_name.clone(), None));
+    let jit: JitConfig = github
+        .generate_jitconfig(&pool.scope, &runner_name, pool.runner_group_id, &pool.labels, &pool.work_folder)
+        .await
+        .map_err(|e| {
+            let reason = format!("minting a JIT runner failed: {e}");
+            if e.is_transient() { Stop::Transient(reason) } else { Stop::Permanent(reason) }
+        })?;
+    made.runner = Some((runner_name.clone(), Some(jit.runner_id as i64)));
+    tracing::Span::current().record("runner_name", runner_name.as_str());
+    transition(ctx, job, JobState::Provisioning, JobState::Provisioning, JobChanges::new().runner(&runner_name, jit.runner_id as i64)).await?;
+
+    // 2. Create the container.
+    let spec = worker_spec(ctx, job, pool, &runner_name);
+    let container_id = create_with_retries(ctx, &spec).await?;
+    made.container = Some(container_id.clone());
+    tracing::Span::current().record("container_id", container_id.as_str());
+    transition(ctx, job, JobState::Provisioning, JobState::Starting, JobChanges::new().container_id(&container_id)).await?;
+
+    // 3. Deliver the JIT config and start.
+    ctx.docker
+        .start_with_secret(&container_id, jit.encoded.expose().as_bytes())
+        .await
+        .map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
+    let now = ctx.store.now();
+    transition(ctx, job, JobState::Starting, JobState::Running, JobChanges::new().started_at(now).clear_lease()).await?;
+
+    let labels = Metrics::pool(&job.pool);
+    ctx.metrics
+        .container_creation_duration
+        .get_or_create(&labels)
+        .observe(claimed_at.elapsed().as_secs_f64());
+    let waited = (now - job.queued_at).as_seconds_f64().max(0.0);
+    ctx.metrics.queue_wait.get_or_create(&labels).observe(waited);
+    tracing::info!(queue_wait_ms = (waited * 1000.0) as u64, "worker container running");
+    super::logs::spawn_capture(ctx, job.id, &container_id);
+    Ok(())
+}
+
+/// One conditional transition of the claimed job; `Lost` when it did not apply.
+async fn transition(ctx: &Context, job: &Job, from: JobState, to: JobState, changes: JobChanges) -> Result<(), Stop> {
+    match ctx.store.job_transition(job.id, &[from], to, changes).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Stop::Lost),
+        Err(e) => Err(Stop::Transient(format!("the store failed: {e}"))),
+    }
+}
+
+async fn create_with_retries(ctx: &Context, spec: &WorkerSpec) -> Result<String, Stop> {
+    let attempts = ctx.config.dispatch.create_attempts.max(1);
+    let mut last = None;
+    for attempt in 1..=attempts {
+        match ctx.docker.create_worker(spec).await {
+            Ok(id) => return Ok(id),
+            Err(DockerError::InvalidSpec(msg)) => {
+                return Err(Stop::Permanent(format!("the pool's worker settings are invalid: {msg}")));
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "creating the worker container failed");
+                last = Some(e);
+                if attempt < attempts {
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+    Err(match last {
+        Some(DockerError::ImageMissing { image }) => Stop::Permanent(format!(
+            "the worker image `{image}` is not on the Docker host (berth does not pull it; build or load it there)"
+        )),
+        Some(e) if e.is_transient() => Stop::Transient(format!("creating the worker container failed: {e}")),
+        Some(e) => Stop::Permanent(format!("creating the worker container failed: {e}")),
+        None => Stop::Transient("creating the worker container failed".into()),
+    })
+}
+
+/// Releases the runner registration and container a failed attempt made,
+/// unless another job owns them by now (a runner rebound by GitHub's choice).
+async fn release(ctx: &Context, job: &Job, made: &Made) {
+    let Ok(pool) = ctx.pool_of(job) else { return };
+    if let Some(container_id) = &made.container {
+        let owned_by_other = matches!(
+            ctx.store.job_get_by_container_id(container_id).await,
+            Ok(Some(other)) if other.id != job.id
+        );
+        if owned_by_other {
+            return;
+        }
+        resources::remove_container(ctx, container_id).await;
+    }
+    if let Some((name, id)) = &made.runner {
+        let owned_by_other = matches!(
+            ctx.store.job_get_by_runner_name(name).await,
+            Ok(Some(other)) if other.id != job.id
+        );
+        if !owned_by_other {
+            resources::deregister_runner(ctx, pool, *id, name).await;
+        }
+    }
+}
+
+/// Keeps the claim alive; cancels `lost` when it cannot.
+async fn renew_lease(ctx: Arc<Context>, id: uuid::Uuid, lost: CancellationToken) {
+    let lease = ctx.config.dispatch.lease;
+    let every = lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let until = ctx.store.now() + time::Duration::try_from(lease).unwrap_or(time::Duration::MINUTE);
+        match ctx.store.job_lease_renew(id, &ctx.replica_id, until).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lost.cancel();
+                return;
+            }
+            // A store hiccup: try again at the next tick; the lease has slack.
+            Err(e) => tracing::warn!(error = %e, "renewing a lease failed"),
+        }
+    }
+}
+
+/// `berth-<pool>-<job id tail>-<attempt>`: unique per attempt, recognisable
+/// by the `berth-` prefix, within GitHub's 64-character limit.
+pub fn runner_name(pool: &PoolConfig, job: &Job) -> String {
+    let id = job.id.simple().to_string();
+    let tail = &id[id.len() - 12..];
+    let pool_part: String = pool.name.chars().take(24).collect();
+    format!("berth-{pool_part}-{tail}-{}", job.attempts.max(1))
+}
+
+/// The container for a job, from its pool's settings and the contract labels.
+pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &str) -> WorkerSpec {
+    let id = job.id.simple().to_string();
+    let name = format!("berth-{}-{}", &id[id.len() - 12..], job.attempts.max(1));
+    let network = if pool.host_network {
+        WorkerNetwork::Host
+    } else {
+        WorkerNetwork::Bridge(ctx.config.docker.network.clone())
+    };
+    let mut spec = WorkerSpec::new(name, pool.image.clone(), network);
+    spec.labels.extend(BTreeMap::from([
+        (LABEL_JOB.to_string(), job.id.to_string()),
+        (LABEL_POOL.to_string(), job.pool.clone()),
+        (LABEL_REPOSITORY.to_string(), job.repository.clone()),
+        (LABEL_GITHUB_JOB_ID.to_string(), job.github_job_id.to_string()),
+        (LABEL_RUNNER.to_string(), runner_name.to_string()),
+    ]));
+    spec.cpus = pool.cpus;
+    spec.memory_bytes = pool.memory.0 as i64;
+    spec.pids_limit = pool.pids_limit;
+    spec.cap_add = pool.cap_add.clone();
+    spec.read_only_rootfs = pool.read_only_rootfs;
+    spec.work_folder = if pool.work_folder.starts_with('/') {
+        pool.work_folder.clone()
+    } else {
+        format!("/home/runner/{}", pool.work_folder)
+    };
+    spec.extra_hosts = ctx.config.docker.extra_hosts.clone();
+    spec
+}

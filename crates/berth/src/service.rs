@@ -1,0 +1,142 @@
+//! `berth serve`: wires the store, Docker, GitHub and metrics into a
+//! [`Context`] and runs the API, the dispatcher, the watcher and the
+//! reconcilers until shutdown.
+//!
+//! The listener is bound by the caller and passed in (tests bind port 0), and
+//! shutdown is a token the caller cancels (on SIGTERM in `main`). Shutting
+//! down stops taking work and leaves running jobs running: their containers
+//! keep going, and the next start picks them up from the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, read_secret};
+use crate::context::{Context, new_replica_id};
+use crate::docker::controller::Controller;
+use crate::github::{AppAuth, GithubClient, RetryPolicy};
+use crate::observability::Metrics;
+use crate::observability::logging::LogLevelHandle;
+use crate::observability::metrics::OpLabels;
+use crate::store::Store;
+use crate::{api, dispatch, reconcile};
+
+/// How long shutdown waits for in-flight provisioning before leaving it to
+/// lease recovery; the whole shutdown stays under 10 s.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Connects everything a configuration names.
+pub async fn build(config: Config, log_level: Option<LogLevelHandle>) -> anyhow::Result<Arc<Context>> {
+    let metrics = Metrics::new();
+    let store = Store::connect(&config.store.url)
+        .await
+        .with_context(|| format!("opening the store at {}", redact_url(&config.store.url)))?;
+    let hook_metrics = metrics.clone();
+    let docker = Controller::connect(&config.docker.host, config.docker.call_timeout)
+        .await
+        .with_context(|| format!("connecting to Docker at {}", config.docker.host))?
+        .with_error_hook(Arc::new(move |op| {
+            hook_metrics.docker_api_errors.get_or_create(&OpLabels { op }).inc();
+        }));
+    if config.pools.iter().any(|p| !p.host_network) {
+        docker
+            .ensure_network(&config.docker.network)
+            .await
+            .with_context(|| format!("creating the Docker network `{}`", config.docker.network))?;
+    }
+    let github = if config.pools.is_empty() && config.scale_sets.is_empty() {
+        None
+    } else {
+        Some(github_client(&config, metrics.clone())?)
+    };
+    let webhook_secret = read_secret(
+        config.github.webhook_secret.as_ref(),
+        config.github.webhook_secret_file.as_deref(),
+    )
+    .context("reading github.webhook_secret_file")?;
+    Ok(Arc::new(Context {
+        config: Arc::new(config),
+        store,
+        docker,
+        github,
+        metrics,
+        webhook_secret,
+        replica_id: new_replica_id(),
+        dispatch_wake: Notify::new(),
+        reconcile_wake: Notify::new(),
+        log_level,
+        log_captures: Default::default(),
+    }))
+}
+
+/// The GitHub App client of a configuration.
+pub fn github_client(config: &Config, metrics: Metrics) -> anyhow::Result<GithubClient> {
+    let issuer = match (&config.github.app_id, &config.github.client_id) {
+        (Some(id), _) => id.to_string(),
+        (None, Some(client_id)) => client_id.clone(),
+        (None, None) => anyhow::bail!("github.app_id is required"),
+    };
+    let key = read_secret(config.github.private_key.as_ref(), config.github.private_key_path.as_deref())
+        .context("reading github.private_key_path")?
+        .context("github.private_key_path is required")?;
+    let app = AppAuth::new(issuer, &key)?;
+    let retry = RetryPolicy {
+        max_attempts: config.github.max_attempts.max(1),
+        ..RetryPolicy::default()
+    };
+    Ok(GithubClient::new(
+        &config.github.api_url,
+        app,
+        config.github.request_timeout,
+        retry,
+        metrics,
+    )?)
+}
+
+/// Runs every component until `shutdown`.
+pub async fn run(
+    ctx: Arc<Context>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        replica = %ctx.replica_id,
+        store = %redact_url(&ctx.config.store.url),
+        docker = %ctx.config.docker.host,
+        pools = ctx.config.pools.len(),
+        "berth serving"
+    );
+    let watcher = tokio::spawn(dispatch::watch(ctx.clone(), shutdown.clone()));
+    let reconciler = tokio::spawn(reconcile::run(ctx.clone(), shutdown.clone()));
+    let dispatcher = tokio::spawn(dispatch::run(ctx.clone(), shutdown.clone(), DRAIN));
+    let api = api::serve(ctx.clone(), listener, shutdown.clone());
+    // Streaming responses (followed logs) could hold graceful shutdown open.
+    let api_result = tokio::select! {
+        r = api => r,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => Ok(()),
+    };
+    let _ = tokio::time::timeout(DRAIN, async {
+        let _ = dispatcher.await;
+        let _ = watcher.await;
+        let _ = reconciler.await;
+    })
+    .await;
+    ctx.store.close().await;
+    tracing::info!("berth stopped; running jobs keep running and are picked up at the next start");
+    api_result.context("serving the API")
+}
+
+/// A store URL without its password, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
