@@ -65,7 +65,12 @@ pub enum WorkerImageCommand {
 /// Runs a parsed command line and maps the outcome to the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
-        other => Err(anyhow::anyhow!("`{other:?}` is not available in this build yet")),
+        Command::WorkerImage(WorkerImageCommand::Build { docker }) => {
+            build_worker_image(docker.as_deref()).await
+        }
+        other => Err(anyhow::anyhow!(
+            "`{other:?}` is not available in this build yet"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,4 +79,28 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `berth worker-image build`: builds (or finds) the local worker image and
+/// prints its reference and the image ID a pool pins.
+async fn build_worker_image(docker: Option<&str>) -> anyhow::Result<()> {
+    use crate::docker::worker_image;
+
+    let sources = worker_image::ImageSources::locate()?;
+    eprintln!(
+        "berth: building the local worker image from {} and {}…",
+        sources.runner.display(),
+        sources.busybox.display()
+    );
+    let docker = worker_image::connect(docker).await?;
+    let image = worker_image::build_worker_image(&docker, &sources).await?;
+    let how = if image.built {
+        "built"
+    } else {
+        "already present"
+    };
+    eprintln!("berth: image {how}");
+    println!("image: {}", image.reference);
+    println!("id:    {}", image.id);
+    Ok(())
 }

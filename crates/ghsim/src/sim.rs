@@ -161,10 +161,7 @@ impl Simulator {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    let rest = crate::rest::router().layer(axum::middleware::from_fn_with_state(
-        shared.clone(),
-        crate::faults::rate_limit_layer,
-    ));
+    let rest = crate::rest::router();
     Router::new()
         .merge(rest.clone())
         .nest("/api/v3", rest)
@@ -175,6 +172,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             crate::faults::fault_layer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::faults::rate_limit_layer,
         ))
         .with_state(shared)
 }

@@ -1,0 +1,943 @@
+//! The local worker image: a worker image built on this machine with no
+//! registry and no network, for tests and `berth demo`.
+//!
+//! # Why it exists
+//!
+//! berth runs each job in a container made from a pool's worker image. In
+//! production that image holds the real actions runner (`deploy/worker/`). The
+//! real runner cannot be downloaded here and the Docker engine has no registry,
+//! so tests and the demo use an image assembled from files already on this
+//! machine:
+//!
+//! - the runner stand-in (`ghsim-runner`, from the `ghsim` crate) installed as
+//!   `/home/runner/bin/Runner.Listener`, with the shared libraries it links
+//!   against and the dynamic loader (resolved with `ldd`);
+//! - Debian's `busybox-static` as `/bin/busybox` with a symlink per applet, so
+//!   job steps have `/bin/sh`, `cat`, `wget`, `nc`…;
+//! - `/etc/passwd`, `/etc/group` with the non-root user `runner` (1001:1001),
+//!   `/etc/nsswitch.conf`, `/etc/hosts`, `/tmp` (1777);
+//! - `/home/runner/run.sh`, which starts the listener as the real runner's
+//!   `run.sh` does, and `/home/runner/entrypoint.sh`, the image's ENTRYPOINT.
+//!   The entrypoint is the very file `deploy/worker/entrypoint.sh` that the
+//!   production image ships, so every test of this image also tests the
+//!   production entrypoint.
+//!
+//! # The JIT config contract
+//!
+//! berth delivers the runner's JIT config over the container's stdin: the
+//! container is created with `OpenStdin` and `StdinOnce`; berth attaches,
+//! starts it, writes the base64 config and a newline, and closes stdin. The
+//! entrypoint reads that one line, exports it as
+//! `ACTIONS_RUNNER_INPUT_JITCONFIG` for the runner process only, and execs
+//! `run.sh`. So the config is never in the container's env, command or labels
+//! (nothing `docker inspect` shows), and delivery needs no writable file
+//! system. With no line (end of input) the entrypoint exits 66 with a message.
+//! `docs/worker-image.md` has the full contract for custom images.
+//!
+//! # How it is built
+//!
+//! The whole root file system is one deterministic tar archive built in
+//! memory (sorted entries, fixed owners and timestamps) and imported as a
+//! single-layer image (`POST /images/create?fromSrc=-`), with `changes` for
+//! `USER`, `WORKDIR`, `ENV` and `ENTRYPOINT`. The image is tagged
+//! `berth-worker-local:<short content hash>` and `berth-worker-local:latest`.
+//! The hash covers the archive (every file, mode and owner) and the config
+//! changes, so a rebuilt stand-in gives a new tag, and building again with
+//! unchanged inputs costs one image inspect. Pools pin the returned image ID
+//! (`sha256:…`); Docker's import stamps a creation time into the image config,
+//! so the ID of a re-import differs even when the tag is the same.
+//!
+//! The image works under berth's hardening: read-only root file system with
+//! tmpfs on `/tmp` and `/home/runner/_work`, all capabilities dropped,
+//! `no-new-privileges`, user 1001. It has no init process; run it with
+//! `HostConfig.Init` (Docker's `--init`) so the runner gets signals.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{CreateImageOptionsBuilder, TagImageOptionsBuilder};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use sha2::{Digest, Sha256};
+
+/// The repository every local worker image is tagged in.
+pub const LOCAL_IMAGE_REPOSITORY: &str = "berth-worker-local";
+/// The moving tag that always names the most recently built local image.
+pub const LATEST_TAG: &str = "latest";
+/// Environment variable naming the runner stand-in binary; it wins over every
+/// other place the locator looks.
+pub const RUNNER_STANDIN_ENV: &str = "BERTH_RUNNER_STANDIN";
+/// File name of the runner stand-in built by the `ghsim` crate.
+pub const RUNNER_STANDIN_NAME: &str = "ghsim-runner";
+/// Where Debian's `busybox-static` puts its binary (before and after usrmerge).
+pub const BUSYBOX_PATHS: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
+
+/// The runner user's name, uid and gid, as in GitHub's own runner images.
+pub const RUNNER_USER: &str = "runner";
+pub const RUNNER_UID: u64 = 1001;
+pub const RUNNER_GID: u64 = 1001;
+/// The runner's home and root folder (holds `run.sh`, `bin/`, `entrypoint.sh`).
+pub const RUNNER_HOME: &str = "/home/runner";
+/// The runner's work folder; give it a tmpfs when the root file system is read-only.
+pub const RUNNER_WORK_FOLDER: &str = "/home/runner/_work";
+/// The image's entrypoint.
+pub const ENTRYPOINT_PATH: &str = "/home/runner/entrypoint.sh";
+/// Where the runner binary (here the stand-in) lives in the image.
+pub const RUNNER_LISTENER_PATH: &str = "/home/runner/bin/Runner.Listener";
+/// Exit status of the entrypoint when stdin holds no JIT config (EX_NOINPUT).
+pub const ENTRYPOINT_NO_CONFIG_EXIT: i64 = 66;
+
+/// The entrypoint, shared byte for byte with the production image.
+pub const ENTRYPOINT_SCRIPT: &str = include_str!("../../../../deploy/worker/entrypoint.sh");
+
+/// `run.sh` as the production image has it (there it comes from the runner
+/// tarball): start the listener in `run` mode with the caller's arguments.
+pub const RUN_SCRIPT: &str = "#!/bin/sh\n\
+# Starts the runner, as the actions runner's run.sh does: `run.sh [--jitconfig B64]`,\n\
+# or with the config in ACTIONS_RUNNER_INPUT_JITCONFIG.\n\
+cd \"$(dirname -- \"$0\")\"\n\
+exec ./bin/Runner.Listener run \"$@\"\n";
+
+/// Applets the image must have, whatever else the host's busybox offers.
+pub const REQUIRED_APPLETS: [&str; 13] = [
+    "sh", "cat", "echo", "ls", "env", "id", "sleep", "mkdir", "rm", "wget", "nc", "dirname",
+    "printf",
+];
+
+/// The `PATH` inside the image.
+const IMAGE_PATH: &str = "/home/runner/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+
+/// Time limits for each Docker call. Import gets longest: the body is the
+/// whole root file system.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
+const TAG_TIMEOUT: Duration = Duration::from_secs(15);
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(300);
+/// bollard's own per-request limit, a backstop behind the ones above (seconds).
+const CLIENT_TIMEOUT_SECS: u64 = 320;
+
+/// Serialises builds in this process, so concurrent callers (parallel tests,
+/// the demo) import once and all get the same image ID.
+static BUILD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What can go wrong while locating inputs or building the image.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerImageError {
+    #[error(
+        "the runner stand-in `{RUNNER_STANDIN_NAME}` was not found; tried {}. \
+         Build it with `cargo build -p ghsim --bins`, or set {RUNNER_STANDIN_ENV} to its path",
+        list_paths(.tried)
+    )]
+    StandinNotFound { tried: Vec<PathBuf> },
+
+    #[error("{RUNNER_STANDIN_ENV} names {path}, which is not a file")]
+    StandinEnvNotAFile { path: PathBuf },
+
+    #[error(
+        "busybox was not found at {}; install Debian's `busybox-static` package \
+         (apt-get install busybox-static)",
+        list_paths(.tried)
+    )]
+    BusyboxNotFound { tried: Vec<PathBuf> },
+
+    #[error(
+        "{path} is not a usable static busybox ({detail}); install Debian's `busybox-static` package"
+    )]
+    BusyboxUnusable { path: PathBuf, detail: String },
+
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+
+    #[error("cannot resolve the shared libraries of {binary} with ldd: {detail}")]
+    Ldd { binary: PathBuf, detail: String },
+
+    #[error("{binary} needs the shared library {library}, which is not installed on this machine")]
+    MissingLibrary { binary: PathBuf, library: String },
+
+    #[error("cannot assemble the image archive: {0}")]
+    Archive(#[source] io::Error),
+
+    #[error("cannot connect to the Docker engine at {address}: {source}")]
+    Connect {
+        address: String,
+        source: bollard::errors::Error,
+    },
+
+    #[error("Docker {operation} failed: {source}")]
+    Docker {
+        operation: String,
+        source: bollard::errors::Error,
+    },
+
+    #[error("Docker {operation} did not finish within {}s", .after.as_secs())]
+    Timeout { operation: String, after: Duration },
+
+    #[error("the image import finished but {reference} is not in the engine")]
+    ImportLost { reference: String },
+
+    #[error("assembling the root file system stopped unexpectedly: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "nothing".to_owned();
+    }
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A worker image present in the Docker engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerImage {
+    /// `berth-worker-local:<short content hash>`.
+    pub reference: String,
+    /// The image ID (`sha256:…`): what a pool pins.
+    pub id: String,
+    /// `true` when this call imported the image, `false` when it already existed.
+    pub built: bool,
+}
+
+/// The files the local image is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSources {
+    /// The runner stand-in, installed as `Runner.Listener`.
+    pub runner: PathBuf,
+    /// A statically linked busybox.
+    pub busybox: PathBuf,
+}
+
+impl ImageSources {
+    /// Finds both inputs on this machine (see [`locate_runner_standin`] and
+    /// [`locate_busybox`]).
+    pub fn locate() -> Result<Self, WorkerImageError> {
+        Ok(Self {
+            runner: locate_runner_standin()?,
+            busybox: locate_busybox()?,
+        })
+    }
+}
+
+/// Finds the runner stand-in binary. In order:
+/// 1. `$BERTH_RUNNER_STANDIN` (an error if set but not a file);
+/// 2. next to the current executable (an installed `berth` beside
+///    `ghsim-runner`, or `target/debug/berth` beside `target/debug/ghsim-runner`);
+/// 3. the cargo target folders found from the current executable's
+///    ancestors: an ancestor named `debug` or `release` (tests run from
+///    `target/debug/deps/`), `debug` and `release` in an ancestor named
+///    `target`, and `target/debug`, `target/release` in any other ancestor.
+pub fn locate_runner_standin() -> Result<PathBuf, WorkerImageError> {
+    if let Some(path) = std::env::var_os(RUNNER_STANDIN_ENV) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(WorkerImageError::StandinEnvNotAFile { path })
+        };
+    }
+    let exe = std::env::current_exe().ok();
+    let tried = standin_candidates(exe.as_deref());
+    match tried.iter().find(|p| p.is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => Err(WorkerImageError::StandinNotFound { tried }),
+    }
+}
+
+/// The places [`locate_runner_standin`] looks, given the current executable,
+/// most specific first and without duplicates.
+fn standin_candidates(current_exe: Option<&Path>) -> Vec<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    let mut push = |p: PathBuf| {
+        if !candidates.contains(&p) {
+            candidates.push(p);
+        }
+    };
+    let Some(exe_dir) = current_exe.and_then(Path::parent) else {
+        return candidates;
+    };
+    push(exe_dir.join(RUNNER_STANDIN_NAME));
+    let in_folder = |folder: &Path, profile: &str| folder.join(profile).join(RUNNER_STANDIN_NAME);
+    for ancestor in exe_dir.ancestors() {
+        match ancestor.file_name().and_then(|n| n.to_str()) {
+            Some("debug" | "release") => push(ancestor.join(RUNNER_STANDIN_NAME)),
+            Some("target") => {
+                push(in_folder(ancestor, "debug"));
+                push(in_folder(ancestor, "release"));
+            }
+            Some("deps") => {}
+            _ => {
+                push(in_folder(&ancestor.join("target"), "debug"));
+                push(in_folder(&ancestor.join("target"), "release"));
+            }
+        }
+    }
+    candidates
+}
+
+/// Finds Debian's static busybox at `/bin/busybox` or `/usr/bin/busybox`.
+pub fn locate_busybox() -> Result<PathBuf, WorkerImageError> {
+    let tried: Vec<PathBuf> = BUSYBOX_PATHS.iter().map(PathBuf::from).collect();
+    match tried.iter().find(|p| p.is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => Err(WorkerImageError::BusyboxNotFound { tried }),
+    }
+}
+
+/// Connects to a Docker engine and negotiates the API version (the engine
+/// here speaks 1.41, older than bollard's default).
+///
+/// `address` is `unix:///path`, `unix:/path`, a bare socket path, or
+/// `tcp://host:port` / `http://host:port`; `None` means `DOCKER_HOST`, else the
+/// local socket.
+pub async fn connect(address: Option<&str>) -> Result<Docker, WorkerImageError> {
+    let shown = address
+        .map(str::to_owned)
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+    let connect_error = |source| WorkerImageError::Connect {
+        address: shown.clone(),
+        source,
+    };
+    let api = bollard::API_DEFAULT_VERSION;
+    let docker = match address {
+        None => Docker::connect_with_defaults(),
+        Some(a) if a.starts_with("tcp://") || a.starts_with("http://") => {
+            Docker::connect_with_http(a, CLIENT_TIMEOUT_SECS, api)
+        }
+        Some(a) => {
+            let path = a
+                .strip_prefix("unix://")
+                .or_else(|| a.strip_prefix("unix:"))
+                .unwrap_or(a);
+            Docker::connect_with_unix(path, CLIENT_TIMEOUT_SECS, api)
+        }
+    }
+    .map_err(connect_error)?
+    .with_timeout(Duration::from_secs(CLIENT_TIMEOUT_SECS));
+    let negotiated = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
+        .await
+        .map_err(|_| WorkerImageError::Timeout {
+            operation: format!("version negotiation with {shown}"),
+            after: CONNECT_TIMEOUT,
+        })?;
+    negotiated.map_err(connect_error)
+}
+
+/// Locates the inputs on this machine and builds (or finds) the local worker
+/// image. What tests and `berth demo` call.
+pub async fn ensure_local_worker_image(docker: &Docker) -> Result<WorkerImage, WorkerImageError> {
+    let sources = ImageSources::locate()?;
+    build_worker_image(docker, &sources).await
+}
+
+/// Builds the local worker image from `sources`, or returns the existing one.
+///
+/// The root file system is assembled first (local files only); when
+/// `berth-worker-local:<hash>` already exists the only Docker call is that one
+/// inspect (plus a tag, if `latest` has moved elsewhere). Otherwise the archive
+/// is imported, and both tags are set.
+pub async fn build_worker_image(
+    docker: &Docker,
+    sources: &ImageSources,
+) -> Result<WorkerImage, WorkerImageError> {
+    let sources = sources.clone();
+    let rootfs = tokio::task::spawn_blocking(move || Rootfs::assemble(&sources)).await??;
+    let reference = rootfs.reference();
+
+    let _serialised = BUILD_LOCK.lock().await;
+    if let Some(existing) = inspect_image(docker, &reference).await? {
+        let id = existing.id.unwrap_or_default();
+        let latest = format!("{LOCAL_IMAGE_REPOSITORY}:{LATEST_TAG}");
+        if !existing.repo_tags.unwrap_or_default().contains(&latest) {
+            tag_latest(docker, &id).await?;
+        }
+        return Ok(WorkerImage {
+            reference,
+            id,
+            built: false,
+        });
+    }
+
+    import(docker, &rootfs).await?;
+    let Some(imported) = inspect_image(docker, &reference).await? else {
+        return Err(WorkerImageError::ImportLost { reference });
+    };
+    let id = imported.id.unwrap_or_default();
+    tag_latest(docker, &id).await?;
+    Ok(WorkerImage {
+        reference,
+        id,
+        built: true,
+    })
+}
+
+/// Runs one Docker call under a time limit, naming the call in any error.
+async fn docker_call<T>(
+    operation: impl Into<String>,
+    limit: Duration,
+    call: impl Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, WorkerImageError> {
+    let operation = operation.into();
+    match tokio::time::timeout(limit, call).await {
+        Err(_) => Err(WorkerImageError::Timeout {
+            operation,
+            after: limit,
+        }),
+        Ok(Err(source)) => Err(WorkerImageError::Docker { operation, source }),
+        Ok(Ok(value)) => Ok(value),
+    }
+}
+
+/// Inspects an image; `None` when the engine does not have it.
+async fn inspect_image(
+    docker: &Docker,
+    reference: &str,
+) -> Result<Option<bollard::models::ImageInspect>, WorkerImageError> {
+    let result = docker_call(
+        format!("image inspect of {reference}"),
+        INSPECT_TIMEOUT,
+        docker.inspect_image(reference),
+    )
+    .await;
+    match result {
+        Ok(image) => Ok(Some(image)),
+        Err(WorkerImageError::Docker {
+            source:
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                },
+            ..
+        }) => Ok(None),
+        Err(other) => Err(other),
+    }
+}
+
+/// Imports the archive as a single-layer image tagged with its content hash.
+async fn import(docker: &Docker, rootfs: &Rootfs) -> Result<(), WorkerImageError> {
+    let options = CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(LOCAL_IMAGE_REPOSITORY)
+        .tag(&rootfs.short_hash())
+        .message("berth local worker image (runner stand-in + busybox)")
+        .changes(rootfs.changes.clone())
+        .build();
+    let body = bollard::body_full(rootfs.tar.clone());
+    let stream = docker.create_image(Some(options), Some(body), None);
+    docker_call(
+        format!("image import of {}", rootfs.reference()),
+        IMPORT_TIMEOUT,
+        stream.try_collect::<Vec<_>>(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Points `berth-worker-local:latest` at `id`.
+async fn tag_latest(docker: &Docker, id: &str) -> Result<(), WorkerImageError> {
+    let options = TagImageOptionsBuilder::default()
+        .repo(LOCAL_IMAGE_REPOSITORY)
+        .tag(LATEST_TAG)
+        .build();
+    docker_call(
+        format!("tag of {id} as {LOCAL_IMAGE_REPOSITORY}:{LATEST_TAG}"),
+        TAG_TIMEOUT,
+        docker.tag_image(id, Some(options)),
+    )
+    .await
+}
+
+/// The image's root file system as a deterministic tar archive, with the
+/// config changes applied on import and the content hash of both.
+#[derive(Debug, Clone)]
+pub struct Rootfs {
+    /// The uncompressed tar archive of the whole file system.
+    pub tar: Bytes,
+    /// Dockerfile-style instructions applied on import (`USER`, `ENV`…).
+    pub changes: Vec<String>,
+    /// Hex SHA-256 over `changes` and `tar`.
+    pub content_hash: String,
+}
+
+impl Rootfs {
+    /// Reads the inputs and lays out the file system. Blocking: file reads,
+    /// `ldd` and `busybox --list-full`.
+    pub fn assemble(sources: &ImageSources) -> Result<Self, WorkerImageError> {
+        let mut fs = Tree::default();
+        let root = Owner::ROOT;
+        let runner = Owner::RUNNER;
+
+        for dir in ["bin", "etc", "home", "lib", "sbin", "usr/bin", "usr/sbin"] {
+            fs.dir(dir, 0o755, root);
+        }
+        fs.dir("tmp", 0o1777, root);
+        fs.dir("home/runner", 0o755, runner);
+        // Docker gives a tmpfs mounted here this folder's mode but root as its
+        // owner; 1777 keeps a plain `--tmpfs /home/runner/_work` writable for
+        // the runner (berth may also pass `uid=1001,gid=1001`).
+        fs.dir("home/runner/_work", 0o1777, runner);
+        fs.dir("home/runner/bin", 0o755, root);
+
+        // Users and name resolution.
+        let passwd = format!(
+            "root:x:0:0:root:/root:/bin/sh\n\
+             {RUNNER_USER}:x:{RUNNER_UID}:{RUNNER_GID}:{RUNNER_USER}:{RUNNER_HOME}:/bin/sh\n\
+             nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+        );
+        let group = format!("root:x:0:\n{RUNNER_USER}:x:{RUNNER_GID}:\nnogroup:x:65534:\n");
+        fs.file("etc/passwd", 0o644, root, passwd.into_bytes());
+        fs.file("etc/group", 0o644, root, group.into_bytes());
+        fs.file(
+            "etc/nsswitch.conf",
+            0o644,
+            root,
+            b"passwd: files\ngroup: files\nhosts: files dns\n".to_vec(),
+        );
+        // Docker mounts its own /etc/hosts, /etc/hostname and /etc/resolv.conf
+        // over these; the defaults serve any other runtime.
+        fs.file(
+            "etc/hosts",
+            0o644,
+            root,
+            b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_vec(),
+        );
+
+        // The shell and its applets.
+        fs.file("bin/busybox", 0o755, root, read(&sources.busybox)?);
+        for applet in busybox_applets(&sources.busybox)? {
+            if applet != "bin/busybox" {
+                fs.symlink(&applet, "/bin/busybox");
+            }
+        }
+
+        // The runner, its libraries and loader, and the scripts.
+        fs.file(
+            rel(RUNNER_LISTENER_PATH),
+            0o755,
+            root,
+            read(&sources.runner)?,
+        );
+        for library in shared_libraries(&sources.runner)? {
+            let contents = read(&library)?;
+            let in_image = library.to_string_lossy().trim_start_matches('/').to_owned();
+            fs.file(&in_image, 0o755, root, contents);
+        }
+        fs.file("home/runner/run.sh", 0o755, root, RUN_SCRIPT.into());
+        fs.file(rel(ENTRYPOINT_PATH), 0o755, root, ENTRYPOINT_SCRIPT.into());
+
+        let changes = image_changes();
+        let tar = Bytes::from(fs.into_tar().map_err(WorkerImageError::Archive)?);
+        let mut hasher = Sha256::new();
+        for change in &changes {
+            hasher.update(change.as_bytes());
+            hasher.update(b"\n");
+        }
+        hasher.update(&tar);
+        let content_hash = hex::encode(hasher.finalize());
+        Ok(Self {
+            tar,
+            changes,
+            content_hash,
+        })
+    }
+
+    /// The first 12 hex digits of the content hash: the image's tag.
+    pub fn short_hash(&self) -> String {
+        self.content_hash[..12].to_owned()
+    }
+
+    /// `berth-worker-local:<short hash>`.
+    pub fn reference(&self) -> String {
+        format!("{LOCAL_IMAGE_REPOSITORY}:{}", self.short_hash())
+    }
+}
+
+/// The image config, as Dockerfile instructions for `changes`. The user is
+/// numeric so that "not root" can be checked from the config alone.
+fn image_changes() -> Vec<String> {
+    vec![
+        format!("USER {RUNNER_UID}:{RUNNER_GID}"),
+        format!("WORKDIR {RUNNER_HOME}"),
+        format!("ENV HOME={RUNNER_HOME} PATH={IMAGE_PATH}"),
+        format!("ENTRYPOINT [\"{ENTRYPOINT_PATH}\"]"),
+    ]
+}
+
+fn rel(absolute: &str) -> &str {
+    absolute.trim_start_matches('/')
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, WorkerImageError> {
+    std::fs::read(path).map_err(|source| WorkerImageError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The applet paths busybox offers (`bin/sh`, `usr/bin/env`…), relative to `/`.
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>, WorkerImageError> {
+    let unusable = |detail: String| WorkerImageError::BusyboxUnusable {
+        path: busybox.to_owned(),
+        detail,
+    };
+    let output = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| unusable(format!("cannot run it: {e}")))?;
+    if !output.status.success() {
+        return Err(unusable(format!(
+            "`--list-full` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let applets: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| l.trim().trim_start_matches('/').to_owned())
+        .filter(|l| !l.is_empty() && !l.contains(".."))
+        .collect();
+    let missing: Vec<&str> = REQUIRED_APPLETS
+        .iter()
+        .copied()
+        .filter(|name| !applets.iter().any(|a| a.rsplit('/').next() == Some(*name)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(unusable(format!(
+            "it lacks the applets {}",
+            missing.join(", ")
+        )));
+    }
+    if shared_libraries(busybox)?.is_empty() {
+        Ok(applets)
+    } else {
+        Err(unusable("it is dynamically linked".to_owned()))
+    }
+}
+
+/// The shared libraries `binary` loads, the dynamic loader included, as
+/// absolute paths on this machine (the image keeps the same paths, where the
+/// loader finds them without an `ld.so.cache`). Empty for a static binary.
+///
+/// Uses `ldd`, which may run the binary's loader: only call it on trusted
+/// binaries (the stand-in we build, busybox).
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, WorkerImageError> {
+    let output = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|e| WorkerImageError::Ldd {
+            binary: binary.to_owned(),
+            detail: format!("cannot run ldd (Debian package libc-bin): {e}"),
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stdout.contains("not a dynamic executable")
+        || stderr.contains("not a dynamic executable")
+        || stdout.contains("statically linked")
+    {
+        return Ok(Vec::new());
+    }
+    if !output.status.success() {
+        return Err(WorkerImageError::Ldd {
+            binary: binary.to_owned(),
+            detail: format!("{} {}", stdout.trim(), stderr.trim()),
+        });
+    }
+    parse_ldd(binary, &stdout)
+}
+
+/// Parses `ldd` output lines:
+/// `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` (a library),
+/// `/lib64/ld-linux-x86-64.so.2 (0x…)` (the loader),
+/// `linux-vdso.so.1 (0x…)` (provided by the kernel, skipped),
+/// `libfoo.so => not found` (an error).
+fn parse_ldd(binary: &Path, output: &str) -> Result<Vec<PathBuf>, WorkerImageError> {
+    let mut libraries = Vec::new();
+    for line in output.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = match line.split_once("=>") {
+            Some((name, target)) => {
+                let target = target.trim();
+                if target.starts_with("not found") {
+                    return Err(WorkerImageError::MissingLibrary {
+                        binary: binary.to_owned(),
+                        library: name.trim().to_owned(),
+                    });
+                }
+                target.split_whitespace().next().unwrap_or_default()
+            }
+            None => line.split_whitespace().next().unwrap_or_default(),
+        };
+        if path.starts_with('/') {
+            let path = PathBuf::from(path);
+            if !libraries.contains(&path) {
+                libraries.push(path);
+            }
+        }
+    }
+    Ok(libraries)
+}
+
+/// Owner of an archive entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    uid: u64,
+    gid: u64,
+}
+
+impl Owner {
+    const ROOT: Owner = Owner { uid: 0, gid: 0 };
+    const RUNNER: Owner = Owner {
+        uid: RUNNER_UID,
+        gid: RUNNER_GID,
+    };
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Dir {
+        mode: u32,
+        owner: Owner,
+    },
+    File {
+        mode: u32,
+        owner: Owner,
+        data: Vec<u8>,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+/// The file system being assembled, keyed by path relative to `/`. A sorted
+/// map, so the archive's entry order never depends on insertion order.
+#[derive(Debug, Default)]
+struct Tree {
+    nodes: BTreeMap<String, Node>,
+}
+
+impl Tree {
+    fn dir(&mut self, path: &str, mode: u32, owner: Owner) {
+        self.parents(path);
+        self.nodes
+            .insert(path.to_owned(), Node::Dir { mode, owner });
+    }
+
+    fn file(&mut self, path: &str, mode: u32, owner: Owner, data: Vec<u8>) {
+        self.parents(path);
+        self.nodes
+            .insert(path.to_owned(), Node::File { mode, owner, data });
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.parents(path);
+        self.nodes.insert(
+            path.to_owned(),
+            Node::Symlink {
+                target: target.to_owned(),
+            },
+        );
+    }
+
+    /// Adds any missing parent folder as root-owned 0755.
+    fn parents(&mut self, path: &str) {
+        let mut parent = Path::new(path).parent();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            let key = dir.to_string_lossy().into_owned();
+            self.nodes.entry(key).or_insert(Node::Dir {
+                mode: 0o755,
+                owner: Owner::ROOT,
+            });
+            parent = dir.parent();
+        }
+    }
+
+    /// Writes the tree as a tar archive: every entry with a fixed timestamp,
+    /// numeric owners and no user names, so equal inputs give equal bytes.
+    fn into_tar(self) -> io::Result<Vec<u8>> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, node) in self.nodes {
+            let mut header = tar::Header::new_gnu();
+            header.set_mtime(0);
+            match node {
+                Node::Dir { mode, owner } => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_mode(mode);
+                    header.set_uid(owner.uid);
+                    header.set_gid(owner.gid);
+                    header.set_size(0);
+                    builder.append_data(&mut header, format!("{path}/"), io::empty())?;
+                }
+                Node::File { mode, owner, data } => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_mode(mode);
+                    header.set_uid(owner.uid);
+                    header.set_gid(owner.gid);
+                    header.set_size(data.len() as u64);
+                    builder.append_data(&mut header, &path, data.as_slice())?;
+                }
+                Node::Symlink { target } => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_mode(0o777);
+                    header.set_uid(0);
+                    header.set_gid(0);
+                    header.set_size(0);
+                    builder.append_link(&mut header, &path, &target)?;
+                }
+            }
+        }
+        builder.into_inner()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(tar: &[u8]) -> BTreeMap<String, (tar::EntryType, u32, u64, Option<String>)> {
+        let mut archive = tar::Archive::new(tar);
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let path = e
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches('/')
+                    .to_owned();
+                let h = e.header();
+                let link = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned());
+                (
+                    path,
+                    (h.entry_type(), h.mode().unwrap(), h.uid().unwrap(), link),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parses_ldd_output() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f01)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f02)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f03)\n";
+        let libs = parse_ldd(Path::new("x"), out).unwrap();
+        assert_eq!(
+            libs,
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+            .map(PathBuf::from)
+        );
+        let err = parse_ldd(Path::new("x"), "\tlibnope.so.3 => not found\n").unwrap_err();
+        assert!(err.to_string().contains("libnope.so.3"), "{err}");
+    }
+
+    #[test]
+    fn standin_candidates_cover_test_and_run_layouts() {
+        let from_test = standin_candidates(Some(Path::new("/w/target/debug/deps/worker-123")));
+        let expected: Vec<PathBuf> = [
+            "/w/target/debug/deps/ghsim-runner",
+            "/w/target/debug/ghsim-runner",
+            "/w/target/release/ghsim-runner",
+            "/target/debug/ghsim-runner",
+            "/target/release/ghsim-runner",
+        ]
+        .map(PathBuf::from)
+        .into();
+        assert_eq!(from_test, expected);
+
+        let installed = standin_candidates(Some(Path::new("/usr/local/bin/berth")));
+        assert_eq!(installed[0], Path::new("/usr/local/bin/ghsim-runner"));
+        assert!(standin_candidates(None).is_empty());
+    }
+
+    #[test]
+    fn missing_standin_error_names_every_path_tried() {
+        let err = WorkerImageError::StandinNotFound {
+            tried: vec!["/a/ghsim-runner".into(), "/b/ghsim-runner".into()],
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("/a/ghsim-runner, /b/ghsim-runner"), "{msg}");
+        assert!(msg.contains("cargo build -p ghsim --bins"), "{msg}");
+        assert!(msg.contains(RUNNER_STANDIN_ENV), "{msg}");
+        let msg = WorkerImageError::BusyboxNotFound { tried: vec![] }.to_string();
+        assert!(msg.contains("busybox-static"), "{msg}");
+    }
+
+    /// Uses the host's busybox and a copy of `/bin/true` (dynamically linked)
+    /// as the runner: the layout, owners, modes and hashing, without Docker.
+    #[test]
+    fn rootfs_layout_is_deterministic_and_hash_covers_the_runner() {
+        let Ok(busybox) = locate_busybox() else {
+            eprintln!("skipped: no busybox on this machine");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let runner = dir.path().join("runner");
+        std::fs::copy("/bin/true", &runner).unwrap();
+        let sources = ImageSources {
+            runner: runner.clone(),
+            busybox,
+        };
+
+        let first = Rootfs::assemble(&sources).unwrap();
+        let again = Rootfs::assemble(&sources).unwrap();
+        assert_eq!(first.content_hash, again.content_hash);
+        assert_eq!(first.tar, again.tar);
+        assert!(first.reference().starts_with("berth-worker-local:"));
+        assert_eq!(first.short_hash().len(), 12);
+
+        let e = entries(&first.tar);
+        use tar::EntryType::*;
+        assert_eq!(e["tmp"].0, Directory);
+        assert_eq!(e["tmp"].1, 0o1777);
+        assert_eq!(e["home/runner"].2, RUNNER_UID);
+        assert_eq!(e["home/runner/_work"].2, RUNNER_UID);
+        assert_eq!(e["home/runner/bin/Runner.Listener"].1, 0o755);
+        assert_eq!(
+            e["home/runner/bin/Runner.Listener"].2, 0,
+            "root owns the binaries"
+        );
+        assert_eq!(e["home/runner/entrypoint.sh"].1, 0o755);
+        assert_eq!(e["home/runner/run.sh"].1, 0o755);
+        assert_eq!(e["bin/busybox"].0, Regular);
+        for applet in [
+            "bin/sh",
+            "bin/cat",
+            "usr/bin/env",
+            "usr/bin/wget",
+            "usr/bin/nc",
+        ] {
+            let (kind, _, _, target) = &e[applet];
+            assert_eq!(*kind, Symlink, "{applet}");
+            assert_eq!(target.as_deref(), Some("/bin/busybox"), "{applet}");
+        }
+        assert!(
+            e.contains_key("lib64/ld-linux-x86-64.so.2"),
+            "the loader is included"
+        );
+        assert!(
+            e.keys().any(|k| k.ends_with("/libc.so.6")),
+            "libc is included"
+        );
+        assert!(first.changes.contains(&"USER 1001:1001".to_owned()));
+
+        let mut changed = std::fs::read(&runner).unwrap();
+        changed.push(0);
+        std::fs::write(&runner, changed).unwrap();
+        let rebuilt = Rootfs::assemble(&sources).unwrap();
+        assert_ne!(first.content_hash, rebuilt.content_hash);
+    }
+}
