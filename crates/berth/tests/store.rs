@@ -619,9 +619,12 @@ async fn concurrent_claimers_never_double_claim_or_exceed_limits(h: &Harness) {
     let global = Arc::new(AtomicI64::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Half the claimers go through a second store on the same database, as
+    // a second replica (or process) would.
+    let replica = h.reopen().await;
     let tasks: Vec<_> = (0..CLAIMERS)
         .map(|claimer| {
-            let store = h.store.clone();
+            let store = if claimer % 2 == 0 { &h.store } else { &replica }.clone();
             let clock = h.clock.clone();
             let (active, global) = (active.clone(), global.clone());
             let (done, violations) = (done.clone(), violations.clone());
@@ -677,6 +680,7 @@ async fn concurrent_claimers_never_double_claim_or_exceed_limits(h: &Harness) {
         let task = tokio::time::timeout(Duration::from_secs(30), task);
         claimed.extend(task.await.expect("claimers finish").unwrap());
     }
+    replica.close().await;
     assert_eq!(*violations.lock().unwrap(), Vec::<String>::new());
     let unique: HashSet<_> = claimed.iter().collect();
     assert_eq!(claimed.len(), total, "every job claimed");

@@ -259,7 +259,8 @@ impl Store {
     ///   claim off rows other transactions hold, and `AND state = 'queued'`
     ///   re-checks the row when it changed under us.
     ///
-    /// Other transitions need no lock: only a claim makes a job active.
+    /// Other transitions need no lock: only a claim makes a job active. And
+    /// only claims take the lock, before any row lock, so it cannot deadlock.
     pub async fn job_claim(
         &self,
         pool: &str,
