@@ -1,0 +1,39 @@
+//! Webhook delivery ids, so that a redelivered webhook changes nothing.
+
+use time::OffsetDateTime;
+
+use super::clock::to_millis;
+use super::{Result, Store, StoreError};
+
+impl Store {
+    /// Remembers a `X-GitHub-Delivery` id; `true` the first time it is seen,
+    /// `false` for a redelivery.
+    pub async fn delivery_record(&self, delivery_id: &str, now: OffsetDateTime) -> Result<bool> {
+        on_writer!(self, pool => {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (delivery_id, received_at) VALUES ($1, $2)
+                 ON CONFLICT (delivery_id) DO NOTHING",
+            )
+            .bind(delivery_id)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(StoreError::query("delivery_record"))
+    }
+
+    /// Forgets delivery ids received before `older_than`; returns how many.
+    /// (GitHub redelivers only on request, within days; the job itself stays
+    /// deduplicated by its GitHub job id regardless.)
+    pub async fn deliveries_prune(&self, older_than: OffsetDateTime) -> Result<u64> {
+        on_writer!(self, pool => {
+            sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+                .bind(to_millis(older_than))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(StoreError::query("deliveries_prune"))
+    }
+}

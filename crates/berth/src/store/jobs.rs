@@ -1,0 +1,841 @@
+//! The jobs table: intake, the claim, state transitions and the queries the
+//! reconcilers run.
+
+use std::collections::BTreeSet;
+
+use sqlx::QueryBuilder;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::clock::{from_millis, to_millis};
+use super::types::{Column, Value};
+use super::{
+    Backend, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobSource, JobState, NewJob,
+    Result, Store, StoreError,
+};
+
+/// The key of the PostgreSQL advisory lock that serializes claims (see
+/// [`Store::job_claim`]). Any constant works as long as nothing else in the
+/// database uses it; this one spells "berth" plus 1 in ASCII.
+const CLAIM_LOCK_KEY: i64 = 0x0062_6572_7468_0001;
+
+/// The claim on SQLite. Writers are serialized (one writer connection in
+/// this process; across processes SQLite takes the write lock when the
+/// statement starts), so the statement reads the counts and the oldest job
+/// and updates it with no other write in between.
+const CLAIM_SQLITE: &str = "
+UPDATE jobs
+SET state = 'provisioning',
+    lease_owner = $2,
+    lease_expires_at = $3,
+    attempts = attempts + 1,
+    updated_at = $4
+WHERE id = (SELECT id FROM jobs
+            WHERE state = 'queued' AND pool = $1 AND NOT cancel_requested
+            ORDER BY queued_at, id
+            LIMIT 1)
+  AND state = 'queued'
+  AND (SELECT COUNT(*) FROM jobs
+       WHERE pool = $1 AND state IN ('provisioning', 'starting', 'running')) < $5
+  AND (SELECT COUNT(*) FROM jobs
+       WHERE state IN ('provisioning', 'starting', 'running')) < $6
+RETURNING *";
+
+/// The claim on PostgreSQL: the same statement, run after taking the claim
+/// lock, with `FOR UPDATE SKIP LOCKED` so it never waits on a queued row that
+/// another transaction (a cancel request, say) is changing.
+const CLAIM_POSTGRES: &str = "
+UPDATE jobs
+SET state = 'provisioning',
+    lease_owner = $2,
+    lease_expires_at = $3,
+    attempts = attempts + 1,
+    updated_at = $4
+WHERE id = (SELECT id FROM jobs
+            WHERE state = 'queued' AND pool = $1 AND NOT cancel_requested
+            ORDER BY queued_at, id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED)
+  AND state = 'queued'
+  AND (SELECT COUNT(*) FROM jobs
+       WHERE pool = $1 AND state IN ('provisioning', 'starting', 'running')) < $5
+  AND (SELECT COUNT(*) FROM jobs
+       WHERE state IN ('provisioning', 'starting', 'running')) < $6
+RETURNING *";
+
+/// Records a GitHub status only if it is later than the stored one: $6 is
+/// the new status's rank, `github_status_rank` the stored one's (a generated
+/// column). An event of the same status may still fill in what an earlier
+/// one lacked (conclusion, runner), never overwrite it.
+const RECORD_GITHUB_STATUS: &str = "
+UPDATE jobs
+SET github_status      = $2,
+    github_conclusion  = CASE WHEN github_status_rank < $6 THEN COALESCE($3, github_conclusion)
+                              ELSE COALESCE(github_conclusion, $3) END,
+    github_runner_name = CASE WHEN github_status_rank < $6 THEN COALESCE($4, github_runner_name)
+                              ELSE COALESCE(github_runner_name, $4) END,
+    github_runner_id   = CASE WHEN github_status_rank < $6 THEN COALESCE($5, github_runner_id)
+                              ELSE COALESCE(github_runner_id, $5) END,
+    updated_at         = $7
+WHERE github_job_id = $1
+  AND (github_status_rank < $6
+       OR (github_status_rank = $6
+           AND ((github_conclusion IS NULL AND $3 IS NOT NULL)
+                OR (github_runner_name IS NULL AND $4 IS NOT NULL)
+                OR (github_runner_id IS NULL AND $5 IS NOT NULL))))";
+
+impl Store {
+    /// Adds a queued job, unless one with the same GitHub job id exists: then
+    /// returns that one, unchanged. `inserted` says which happened.
+    ///
+    /// Safe under races: of concurrent inserts of one GitHub job exactly one
+    /// inserts (`ON CONFLICT DO NOTHING`), and the others read its row.
+    pub async fn job_insert(&self, job: NewJob) -> Result<(Job, bool)> {
+        let op = "job_insert";
+        let now = to_millis(self.now());
+        let labels = serde_json::to_string(&job.labels).expect("a list of strings is JSON");
+        let inserted = on_writer!(self, pool => {
+            sqlx::query_as::<_, JobRow>(
+                "INSERT INTO jobs (id, github_job_id, run_id, repository, workflow, job_name,
+                                   labels, pool, source, scale_set, github_status, timeout_secs,
+                                   state, created_at, updated_at, queued_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13, $13, $13)
+                 ON CONFLICT (github_job_id) DO NOTHING
+                 RETURNING *",
+            )
+            .bind(Uuid::now_v7().to_string())
+            .bind(job.github_job_id)
+            .bind(job.run_id)
+            .bind(&job.repository)
+            .bind(&job.workflow)
+            .bind(&job.job_name)
+            .bind(&labels)
+            .bind(&job.pool)
+            .bind(job.source.as_str())
+            .bind(&job.scale_set)
+            .bind(job.github_status.map(GithubStatus::as_str))
+            .bind(job.timeout_secs)
+            .bind(now)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query(op))?;
+        if let Some(row) = inserted.into_iter().next() {
+            return Ok((row.into_job()?, true));
+        }
+        // The conflicting row is committed (a conflict waits for that), so it
+        // is there to read; jobs are only deleted long after they finish.
+        match self.job_get_by_github_id(job.github_job_id).await? {
+            Some(existing) => Ok((existing, false)),
+            None => Err(StoreError::Query {
+                op,
+                source: sqlx::Error::RowNotFound,
+            }),
+        }
+    }
+
+    pub async fn job_get(&self, id: Uuid) -> Result<Option<Job>> {
+        self.job_select_one(
+            "job_get",
+            "SELECT * FROM jobs WHERE id = $1",
+            id.to_string(),
+        )
+        .await
+    }
+
+    pub async fn job_get_by_github_id(&self, github_job_id: i64) -> Result<Option<Job>> {
+        let row = on_reader!(self, pool => {
+            sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE github_job_id = $1")
+                .bind(github_job_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(StoreError::query("job_get_by_github_id"))?;
+        row.map(JobRow::into_job).transpose()
+    }
+
+    /// The job berth registered the runner `name` for (newest, should a name
+    /// ever repeat).
+    pub async fn job_get_by_runner_name(&self, name: &str) -> Result<Option<Job>> {
+        self.job_select_one(
+            "job_get_by_runner_name",
+            "SELECT * FROM jobs WHERE runner_name = $1 ORDER BY created_at DESC LIMIT 1",
+            name.to_owned(),
+        )
+        .await
+    }
+
+    /// The job GitHub says the runner `name` took (see `Job::github_runner_name`).
+    pub async fn job_get_by_github_runner_name(&self, name: &str) -> Result<Option<Job>> {
+        self.job_select_one(
+            "job_get_by_github_runner_name",
+            "SELECT * FROM jobs WHERE github_runner_name = $1 ORDER BY created_at DESC LIMIT 1",
+            name.to_owned(),
+        )
+        .await
+    }
+
+    pub async fn job_get_by_container_id(&self, container_id: &str) -> Result<Option<Job>> {
+        self.job_select_one(
+            "job_get_by_container_id",
+            "SELECT * FROM jobs WHERE container_id = $1 ORDER BY created_at DESC LIMIT 1",
+            container_id.to_owned(),
+        )
+        .await
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub async fn job_list(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        let rows = on_reader!(self, pool => {
+            let mut sql = QueryBuilder::new("SELECT * FROM jobs WHERE TRUE");
+            if !filter.states.is_empty() {
+                sql.push(" AND state IN (");
+                let mut states = sql.separated(", ");
+                for state in &filter.states {
+                    states.push_bind(state.as_str());
+                }
+                states.push_unseparated(")");
+            }
+            if let Some(pool_name) = &filter.pool {
+                sql.push(" AND pool = ").push_bind(pool_name.clone());
+            }
+            if let Some(repository) = &filter.repository {
+                sql.push(" AND repository = ").push_bind(repository.clone());
+            }
+            sql.push(" ORDER BY created_at DESC, id DESC");
+            if let Some(limit) = filter.limit {
+                sql.push(" LIMIT ").push_bind(i64::from(limit));
+            }
+            sql.build_query_as::<JobRow>().fetch_all(pool).await
+        })
+        .map_err(StoreError::query("job_list"))?;
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    /// How many jobs each pool has in each state (only pairs with at least
+    /// one job), sorted by pool then state name.
+    pub async fn job_counts(&self) -> Result<Vec<JobCount>> {
+        let rows: Vec<(String, String, i64)> = on_reader!(self, pool => {
+            sqlx::query_as(
+                "SELECT pool, state, COUNT(*) FROM jobs GROUP BY pool, state ORDER BY pool, state",
+            )
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("job_counts"))?;
+        rows.into_iter()
+            .map(|(pool, state, count)| {
+                let state = state.parse().map_err(|e| StoreError::Corrupt {
+                    table: "jobs",
+                    key: format!("pool {pool}"),
+                    column: "state",
+                    detail: format!("{e}"),
+                })?;
+                Ok(JobCount { pool, state, count })
+            })
+            .collect()
+    }
+
+    /// Claims the oldest queued job of `pool` for `owner` until `lease_until`:
+    /// moves it to `provisioning`, counts an attempt, and returns it. `None`
+    /// when the pool has no claimable job (queued and not asked to cancel),
+    /// or when `pool` already has `max_active_in_pool` active jobs, or all
+    /// pools together `global_max_active` (active = provisioning, starting,
+    /// running).
+    ///
+    /// Concurrent claimers, in this process or in other replicas, never get
+    /// the same job and never push a count past its limit:
+    ///
+    /// - SQLite runs one write at a time, so the single `UPDATE … WHERE id =
+    ///   (SELECT oldest) AND counts < limits` sees every earlier claim.
+    /// - PostgreSQL runs writers concurrently under READ COMMITTED, where two
+    ///   claims could both count 9 of 10 and both go ahead. So a claim first
+    ///   takes a transaction-scoped advisory lock (one for all pools, since
+    ///   the global limit spans pools), and its UPDATE, whose snapshot is taken
+    ///   after the lock, sees every claim committed before it. This is
+    ///   simpler and steadier under contention than SERIALIZABLE (which would
+    ///   abort and retry concurrent claimers); claims are a few milliseconds,
+    ///   so serializing them costs little. `FOR UPDATE SKIP LOCKED` keeps the
+    ///   claim off rows other transactions hold, and `AND state = 'queued'`
+    ///   re-checks the row when it changed under us.
+    ///
+    /// Other transitions need no lock: only a claim makes a job active. And
+    /// only claims take the lock, before any row lock, so it cannot deadlock.
+    pub async fn job_claim(
+        &self,
+        pool: &str,
+        max_active_in_pool: u32,
+        global_max_active: u32,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<Job>> {
+        let op = "job_claim";
+        let err = StoreError::query;
+        let row = match &self.backend {
+            Backend::Sqlite { writer, .. } => sqlx::query_as::<_, JobRow>(CLAIM_SQLITE)
+                .bind(pool)
+                .bind(owner)
+                .bind(to_millis(lease_until))
+                .bind(to_millis(now))
+                .bind(i64::from(max_active_in_pool))
+                .bind(i64::from(global_max_active))
+                .fetch_all(writer)
+                .await
+                .map_err(err(op))?
+                .pop(),
+            Backend::Postgres(pg) => {
+                let mut tx = pg.begin().await.map_err(err(op))?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(CLAIM_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err(op))?;
+                let row = sqlx::query_as::<_, JobRow>(CLAIM_POSTGRES)
+                    .bind(pool)
+                    .bind(owner)
+                    .bind(to_millis(lease_until))
+                    .bind(to_millis(now))
+                    .bind(i64::from(max_active_in_pool))
+                    .bind(i64::from(global_max_active))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(err(op))?;
+                tx.commit().await.map_err(err(op))?;
+                row
+            }
+        };
+        row.map(JobRow::into_job).transpose()
+    }
+
+    /// Extends `owner`'s lease on an active job to `until`. `false` when the
+    /// job is not active, someone else holds it, or the lease already ran out
+    /// (by the store's clock): a reconciler may be requeueing the job, so the
+    /// former holder must stop working on it.
+    pub async fn job_lease_renew(
+        &self,
+        id: Uuid,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool> {
+        let now = to_millis(self.now());
+        on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET lease_expires_at = $3, updated_at = $4
+                 WHERE id = $1 AND lease_owner = $2 AND lease_expires_at > $4
+                   AND state IN ('provisioning', 'starting', 'running')",
+            )
+            .bind(id.to_string())
+            .bind(owner)
+            .bind(to_millis(until))
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(StoreError::query("job_lease_renew"))
+    }
+
+    /// Moves the job to `to` and applies `changes`, if it is in one of
+    /// `from`. Returns whether it did; `false` leaves the job untouched.
+    ///
+    /// Moving to `running` stamps `started_at`, to a terminal state stamps
+    /// `finished_at` and drops the lease, unless `changes` says otherwise.
+    /// Errors (a caller bug) for a move the state machine lacks: into
+    /// `queued` (use [`Store::job_requeue`]) or `provisioning` (only
+    /// [`Store::job_claim`], which checks the limits), backwards, or out of a
+    /// terminal state.
+    pub async fn job_transition(
+        &self,
+        id: Uuid,
+        from: &[JobState],
+        to: JobState,
+        changes: JobChanges,
+    ) -> Result<bool> {
+        check_transition(from, to)?;
+        let now = self.now();
+        let mut changes = changes;
+        if to == JobState::Running && !changes.sets(Column::StartedAt) {
+            changes = changes.started_at(now);
+        }
+        if to.is_terminal() {
+            if !changes.sets(Column::FinishedAt) {
+                changes = changes.finished_at(now);
+            }
+            changes = changes.clear_lease();
+        }
+        self.job_update("job_transition", id, from, to, &changes, now, None)
+            .await
+    }
+
+    /// Ends the job in `state` (terminal) from whatever non-terminal state
+    /// it is in, recording the exit code and error. Idempotent: once a job
+    /// is terminal, another finish returns `false` and changes nothing.
+    ///
+    /// `exit_code: None` keeps one recorded earlier. `error: None` keeps an
+    /// earlier error on a failure, and clears it (say, a requeue reason) on
+    /// `completed`.
+    pub async fn job_finish(
+        &self,
+        id: Uuid,
+        state: JobState,
+        exit_code: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        if !state.is_terminal() {
+            return Err(StoreError::InvalidTransition {
+                from: JobState::NON_TERMINAL.to_vec(),
+                to: state,
+                reason: "job_finish needs a terminal state",
+            });
+        }
+        let now = to_millis(self.now());
+        on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs
+                 SET state = $2,
+                     exit_code = COALESCE($3, exit_code),
+                     error = CASE WHEN $2 = 'completed' THEN $4 ELSE COALESCE($4, error) END,
+                     finished_at = $5,
+                     updated_at = $5,
+                     lease_owner = NULL,
+                     lease_expires_at = NULL
+                 WHERE id = $1 AND state IN ('queued', 'provisioning', 'starting', 'running')",
+            )
+            .bind(id.to_string())
+            .bind(state.as_str())
+            .bind(exit_code)
+            .bind(error)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(StoreError::query("job_finish"))
+    }
+
+    /// Puts the job back in its pool's queue, if it is in one of `from`
+    /// (non-terminal states): drops the lease, the runner, the container and
+    /// `started_at`, records `reason` in `error`, and sets `queued_at` to now
+    /// (so it queues behind the jobs already waiting). `attempts` is kept.
+    pub async fn job_requeue(&self, id: Uuid, from: &[JobState], reason: &str) -> Result<bool> {
+        self.requeue("job_requeue", id, from, reason, None).await
+    }
+
+    /// [`Store::job_requeue`], but only while the job's lease is still
+    /// expired at `now`: if its holder renewed it meanwhile, nothing changes.
+    /// The lease-expiry reconciler uses this, so it never requeues a job
+    /// whose dispatcher is still alive.
+    pub async fn job_requeue_if_lease_expired(
+        &self,
+        id: Uuid,
+        from: &[JobState],
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<bool> {
+        self.requeue("job_requeue_if_lease_expired", id, from, reason, Some(now))
+            .await
+    }
+
+    /// Asks for the job to be cancelled: claims skip it from now on, and the
+    /// lifecycle stops what runs. `false` when the job is unknown, already
+    /// terminal, or already asked to cancel.
+    pub async fn job_request_cancel(&self, id: Uuid) -> Result<bool> {
+        let now = to_millis(self.now());
+        on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET cancel_requested = TRUE, updated_at = $2
+                 WHERE id = $1 AND NOT cancel_requested
+                   AND state IN ('queued', 'provisioning', 'starting', 'running')",
+            )
+            .bind(id.to_string())
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(StoreError::query("job_request_cancel"))
+    }
+
+    /// Records what GitHub says about a job (from a `workflow_job` webhook
+    /// or a scale-set message), keyed by GitHub's job id; `runner_name` and
+    /// `runner_id` are the runner GitHub says took it (stored as
+    /// `github_runner_name`/`github_runner_id`).
+    ///
+    /// Only moves forward (queued < waiting < in_progress < completed):
+    /// GitHub may deliver events late, twice or out of order, and an older
+    /// status than the stored one changes nothing. The same status again
+    /// only fills in values still missing. Returns whether the row changed;
+    /// the job's `state` is never touched here.
+    pub async fn job_record_github_status(
+        &self,
+        github_job_id: i64,
+        status: GithubStatus,
+        conclusion: Option<&str>,
+        runner_name: Option<&str>,
+        runner_id: Option<i64>,
+    ) -> Result<bool> {
+        let now = to_millis(self.now());
+        on_writer!(self, pool => {
+            sqlx::query(RECORD_GITHUB_STATUS)
+                .bind(github_job_id)
+                .bind(status.as_str())
+                .bind(conclusion)
+                .bind(runner_name)
+                .bind(runner_id)
+                .bind(status.rank())
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(StoreError::query("job_record_github_status"))
+    }
+
+    /// Deletes terminal jobs that finished before `before`, with their logs.
+    /// Returns how many.
+    pub async fn jobs_prune_finished(&self, before: OffsetDateTime) -> Result<u64> {
+        on_writer!(self, pool => {
+            sqlx::query(
+                "DELETE FROM jobs
+                 WHERE state IN ('completed', 'failed', 'cancelled', 'expired')
+                   AND finished_at < $1",
+            )
+            .bind(to_millis(before))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(StoreError::query("jobs_prune_finished"))
+    }
+
+    // ---- Reconciler queries ------------------------------------------------
+
+    /// Active jobs whose lease ran out at `now` (their holder died or hung),
+    /// oldest expiry first.
+    pub async fn jobs_with_expired_leases(&self, now: OffsetDateTime) -> Result<Vec<Job>> {
+        self.job_select_many(
+            "jobs_with_expired_leases",
+            "SELECT * FROM jobs
+             WHERE lease_expires_at <= $1 AND state IN ('provisioning', 'starting', 'running')
+             ORDER BY lease_expires_at",
+            to_millis(now),
+        )
+        .await
+    }
+
+    /// Jobs in any of `states`, oldest first.
+    pub async fn jobs_in_states(&self, states: &[JobState]) -> Result<Vec<Job>> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = on_reader!(self, pool => {
+            let mut sql = QueryBuilder::new("SELECT * FROM jobs WHERE state IN (");
+            let mut list = sql.separated(", ");
+            for state in states {
+                list.push_bind(state.as_str());
+            }
+            list.push_unseparated(") ORDER BY created_at, id");
+            sql.build_query_as::<JobRow>().fetch_all(pool).await
+        })
+        .map_err(StoreError::query("jobs_in_states"))?;
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    /// Jobs queued since before `before` (candidates to check against GitHub
+    /// and expire), longest waiting first.
+    pub async fn jobs_queued_before(&self, before: OffsetDateTime) -> Result<Vec<Job>> {
+        self.job_select_many(
+            "jobs_queued_before",
+            "SELECT * FROM jobs WHERE state = 'queued' AND queued_at < $1 ORDER BY queued_at, id",
+            to_millis(before),
+        )
+        .await
+    }
+
+    /// Running jobs whose deadline (`started_at + timeout_secs`) passed at `now`.
+    pub async fn jobs_running_past_timeout(&self, now: OffsetDateTime) -> Result<Vec<Job>> {
+        self.job_select_many(
+            "jobs_running_past_timeout",
+            "SELECT * FROM jobs
+             WHERE state = 'running' AND started_at + timeout_secs * 1000 <= $1
+             ORDER BY started_at",
+            to_millis(now),
+        )
+        .await
+    }
+
+    /// Non-terminal jobs someone asked to cancel.
+    pub async fn jobs_cancel_requested(&self) -> Result<Vec<Job>> {
+        let rows = on_reader!(self, pool => {
+            sqlx::query_as::<_, JobRow>(
+                "SELECT * FROM jobs
+                 WHERE cancel_requested AND state IN ('queued', 'provisioning', 'starting', 'running')
+                 ORDER BY created_at, id",
+            )
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(StoreError::query("jobs_cancel_requested"))?;
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    /// Container ids of non-terminal jobs: a `berth.managed` container not in
+    /// this set belongs to no live job (an orphan, once past a grace period).
+    pub async fn active_container_ids(&self) -> Result<BTreeSet<String>> {
+        self.names(
+            "active_container_ids",
+            "SELECT container_id FROM jobs
+             WHERE container_id IS NOT NULL
+               AND state IN ('queued', 'provisioning', 'starting', 'running')",
+        )
+        .await
+    }
+
+    /// Runner names tied to non-terminal jobs, both the runners berth
+    /// registered for them and the runners GitHub says took them: a `berth-`
+    /// runner registration not in this set is unknown.
+    pub async fn active_runner_names(&self) -> Result<BTreeSet<String>> {
+        self.names(
+            "active_runner_names",
+            "SELECT runner_name FROM jobs
+             WHERE runner_name IS NOT NULL
+               AND state IN ('queued', 'provisioning', 'starting', 'running')
+             UNION
+             SELECT github_runner_name FROM jobs
+             WHERE github_runner_name IS NOT NULL
+               AND state IN ('queued', 'provisioning', 'starting', 'running')",
+        )
+        .await
+    }
+
+    // ---- Helpers -----------------------------------------------------------
+
+    async fn job_select_one(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        key: String,
+    ) -> Result<Option<Job>> {
+        let row = on_reader!(self, pool => {
+            sqlx::query_as::<_, JobRow>(sql).bind(key).fetch_optional(pool).await
+        })
+        .map_err(StoreError::query(op))?;
+        row.map(JobRow::into_job).transpose()
+    }
+
+    async fn job_select_many(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        at: i64,
+    ) -> Result<Vec<Job>> {
+        let rows = on_reader!(self, pool => {
+            sqlx::query_as::<_, JobRow>(sql).bind(at).fetch_all(pool).await
+        })
+        .map_err(StoreError::query(op))?;
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    async fn names(&self, op: &'static str, sql: &'static str) -> Result<BTreeSet<String>> {
+        let names: Vec<String> = on_reader!(self, pool => {
+            sqlx::query_scalar(sql).fetch_all(pool).await
+        })
+        .map_err(StoreError::query(op))?;
+        Ok(names.into_iter().collect())
+    }
+
+    async fn requeue(
+        &self,
+        op: &'static str,
+        id: Uuid,
+        from: &[JobState],
+        reason: &str,
+        only_if_lease_expired_at: Option<OffsetDateTime>,
+    ) -> Result<bool> {
+        if let Some(&terminal) = from.iter().find(|s| s.is_terminal()) {
+            return Err(StoreError::InvalidTransition {
+                from: vec![terminal],
+                to: JobState::Queued,
+                reason: "a terminal job is never requeued",
+            });
+        }
+        let now = self.now();
+        let changes = JobChanges::new()
+            .clear_lease()
+            .clear_runner()
+            .clear_container_id()
+            .error(reason)
+            .set(Column::StartedAt, Value::Int(None))
+            .set(Column::QueuedAt, Value::Int(Some(to_millis(now))));
+        let guard = only_if_lease_expired_at.map(to_millis);
+        self.job_update(op, id, from, JobState::Queued, &changes, now, guard)
+            .await
+    }
+
+    /// `UPDATE jobs SET state = to, updated_at = now, <changes>
+    ///  WHERE id = id AND state IN (from) [AND lease_expires_at <= expired_at]`:
+    /// the one statement behind every transition with a variable set of columns.
+    #[allow(clippy::too_many_arguments)]
+    async fn job_update(
+        &self,
+        op: &'static str,
+        id: Uuid,
+        from: &[JobState],
+        to: JobState,
+        changes: &JobChanges,
+        now: OffsetDateTime,
+        lease_expired_at: Option<i64>,
+    ) -> Result<bool> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        on_writer!(self, pool => {
+            let mut sql = QueryBuilder::new("UPDATE jobs SET state = ");
+            sql.push_bind(to.as_str());
+            sql.push(", updated_at = ").push_bind(to_millis(now));
+            for (column, value) in &changes.sets {
+                sql.push(", ").push(column.name()).push(" = ");
+                match value {
+                    Value::Text(text) => sql.push_bind(text.clone()),
+                    Value::Int(int) => sql.push_bind(*int),
+                };
+            }
+            sql.push(" WHERE id = ").push_bind(id.to_string());
+            sql.push(" AND state IN (");
+            let mut states = sql.separated(", ");
+            for state in from {
+                states.push_bind(state.as_str());
+            }
+            states.push_unseparated(")");
+            if let Some(at) = lease_expired_at {
+                sql.push(" AND lease_expires_at <= ").push_bind(at);
+            }
+            sql.build().execute(pool).await.map(|done| done.rows_affected() == 1)
+        })
+        .map_err(StoreError::query(op))
+    }
+}
+
+/// Whether `from → to` is a move `job_transition` may make (see its doc).
+fn check_transition(from: &[JobState], to: JobState) -> Result<()> {
+    let invalid = |reason| {
+        Err(StoreError::InvalidTransition {
+            from: from.to_vec(),
+            to,
+            reason,
+        })
+    };
+    match to {
+        JobState::Queued => return invalid("requeue with job_requeue"),
+        JobState::Provisioning => return invalid("only job_claim moves a job to provisioning"),
+        _ => {}
+    }
+    if from.is_empty() {
+        return invalid("no state to move from");
+    }
+    for &state in from {
+        if state.is_terminal() {
+            return invalid("a terminal job never changes state");
+        }
+        if !to.is_terminal() && (state == JobState::Queued || state.step() >= to.step()) {
+            return invalid("a queued job must be claimed first, and jobs only move forward");
+        }
+    }
+    Ok(())
+}
+
+/// A `jobs` row as stored; [`JobRow::into_job`] checks and converts it.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: String,
+    github_job_id: i64,
+    run_id: i64,
+    repository: String,
+    workflow: Option<String>,
+    job_name: Option<String>,
+    labels: String,
+    pool: String,
+    source: String,
+    scale_set: Option<String>,
+    state: String,
+    cancel_requested: bool,
+    attempts: i64,
+    lease_owner: Option<String>,
+    lease_expires_at: Option<i64>,
+    runner_name: Option<String>,
+    runner_id: Option<i64>,
+    container_id: Option<String>,
+    github_status: Option<String>,
+    github_conclusion: Option<String>,
+    github_runner_name: Option<String>,
+    github_runner_id: Option<i64>,
+    exit_code: Option<i64>,
+    error: Option<String>,
+    timeout_secs: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    queued_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl JobRow {
+    fn into_job(self) -> Result<Job> {
+        let key = self.id.clone();
+        let corrupt = |column: &'static str, detail: String| StoreError::Corrupt {
+            table: "jobs",
+            key: key.clone(),
+            column,
+            detail,
+        };
+        let time = |column: &'static str, ms: i64| {
+            from_millis(ms).ok_or_else(|| corrupt(column, format!("timestamp {ms} out of range")))
+        };
+        let optional_time =
+            |column: &'static str, ms: Option<i64>| ms.map(|ms| time(column, ms)).transpose();
+        Ok(Job {
+            id: Uuid::parse_str(&self.id).map_err(|e| corrupt("id", e.to_string()))?,
+            github_job_id: self.github_job_id,
+            run_id: self.run_id,
+            repository: self.repository,
+            workflow: self.workflow,
+            job_name: self.job_name,
+            labels: serde_json::from_str(&self.labels)
+                .map_err(|e| corrupt("labels", format!("not a JSON array of strings: {e}")))?,
+            pool: self.pool,
+            source: self
+                .source
+                .parse::<JobSource>()
+                .map_err(|e| corrupt("source", e.to_string()))?,
+            scale_set: self.scale_set,
+            state: self
+                .state
+                .parse()
+                .map_err(|e: super::UnknownName| corrupt("state", e.to_string()))?,
+            cancel_requested: self.cancel_requested,
+            attempts: self.attempts,
+            lease_owner: self.lease_owner,
+            lease_expires_at: optional_time("lease_expires_at", self.lease_expires_at)?,
+            runner_name: self.runner_name,
+            runner_id: self.runner_id,
+            container_id: self.container_id,
+            github_status: self
+                .github_status
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|e: super::UnknownName| corrupt("github_status", e.to_string()))?,
+            github_conclusion: self.github_conclusion,
+            github_runner_name: self.github_runner_name,
+            github_runner_id: self.github_runner_id,
+            exit_code: self.exit_code,
+            error: self.error,
+            timeout_secs: self.timeout_secs,
+            created_at: time("created_at", self.created_at)?,
+            updated_at: time("updated_at", self.updated_at)?,
+            queued_at: time("queued_at", self.queued_at)?,
+            started_at: optional_time("started_at", self.started_at)?,
+            finished_at: optional_time("finished_at", self.finished_at)?,
+        })
+    }
+}

@@ -1,0 +1,1666 @@
+//! The store test suite. Every case runs twice: against SQLite (a temporary
+//! file) and against a real PostgreSQL (a fresh schema per test), so the
+//! two backends are held to the same behaviour.
+//!
+//! PostgreSQL comes from `BERTH_TEST_POSTGRES_URL`; without it the
+//! `postgres::` tests fail (they never pass silently). Start a throwaway
+//! server with `eval "$(scripts/postgres-test-server)"`, or run `scripts/test`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth::store::{
+    ApiTokenScope, BackendKind, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobSource,
+    JobState, ManualClock, NewApiToken, NewJob, Store, StoreError, StoreOptions,
+};
+use sqlx::Connection;
+use time::OffsetDateTime;
+use time::macros::datetime;
+use uuid::Uuid;
+
+use JobState::{Cancelled, Completed, Expired, Failed, Provisioning, Queued, Running, Starting};
+
+const POSTGRES_URL_VAR: &str = "BERTH_TEST_POSTGRES_URL";
+
+/// Defines each case once per backend: `sqlite::case` and `postgres::case`.
+macro_rules! store_suite {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let harness = super::Harness::sqlite().await;
+                    super::$case(&harness).await;
+                    harness.finish().await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let harness = super::Harness::postgres().await;
+                    super::$case(&harness).await;
+                    harness.finish().await;
+                }
+            )+
+        }
+    };
+}
+
+store_suite!(
+    insert_is_idempotent_on_github_job_id,
+    concurrent_duplicate_inserts_create_one_job,
+    job_json_follows_the_contract,
+    lookups_by_runner_and_container,
+    claim_takes_the_oldest_queued_job_of_its_pool,
+    claim_respects_pool_and_global_limits,
+    claim_skips_jobs_asked_to_cancel,
+    concurrent_claimers_never_double_claim_or_exceed_limits,
+    transitions_apply_only_from_the_given_states,
+    invalid_transitions_are_errors,
+    finish_is_idempotent,
+    requeue_clears_the_runner_and_keeps_attempts,
+    leases_expire_by_the_injected_clock,
+    github_status_only_moves_forward,
+    reconciler_queries,
+    job_list_and_counts,
+    logs_keep_the_first_cap_bytes,
+    concurrent_log_appends_lose_nothing,
+    deliveries_are_recorded_once,
+    api_tokens_are_found_by_hash,
+    prune_deletes_finished_jobs_and_their_logs,
+    everything_survives_a_reopen,
+);
+
+// ---- Harness -----------------------------------------------------------------
+
+/// A fresh, empty store on one backend, with a manual clock.
+struct Harness {
+    store: Store,
+    clock: ManualClock,
+    url: String,
+    /// Removed when the harness is dropped.
+    _sqlite_dir: Option<tempfile::TempDir>,
+    /// `(server URL, schema)` for PostgreSQL: the schema is dropped at the end.
+    postgres_schema: Option<(String, String)>,
+}
+
+impl Harness {
+    async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("berth.db").display());
+        Harness::open(url, Some(dir), None).await
+    }
+
+    async fn postgres() -> Harness {
+        let server = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+            panic!(
+                "{POSTGRES_URL_VAR} is not set, so the PostgreSQL store tests cannot run. \
+                 Run `scripts/test`, or start a throwaway server with \
+                 `eval \"$(scripts/postgres-test-server)\"` and run the tests again."
+            )
+        });
+        let schema = format!("berth_test_{}", Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_URL_VAR}={server}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the test schema");
+        admin.close().await.ok();
+        let separator = if server.contains('?') { '&' } else { '?' };
+        let url = format!("{server}{separator}options[search_path]={schema}");
+        Harness::open(url, None, Some((server, schema))).await
+    }
+
+    async fn open(
+        url: String,
+        sqlite_dir: Option<tempfile::TempDir>,
+        postgres_schema: Option<(String, String)>,
+    ) -> Harness {
+        let clock = ManualClock::new(datetime!(2030-01-01 00:00 UTC));
+        let store = connect(&url, &clock).await;
+        Harness {
+            store,
+            clock,
+            url,
+            _sqlite_dir: sqlite_dir,
+            postgres_schema,
+        }
+    }
+
+    /// A second store on the same database (what a restarted berth opens).
+    async fn reopen(&self) -> Store {
+        connect(&self.url, &self.clock).await
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Advances the clock by `ms` milliseconds and returns the new time.
+    fn tick(&self, ms: u64) -> OffsetDateTime {
+        self.clock.advance(Duration::from_millis(ms))
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some((server, schema)) = self.postgres_schema {
+            let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&mut admin)
+                .await
+                .expect("drop the test schema");
+        }
+    }
+
+    async fn job(&self, id: Uuid) -> Job {
+        self.store
+            .job_get(id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("job {id} exists"))
+    }
+
+    async fn insert(&self, github_job_id: i64, pool: &str) -> Job {
+        let (job, inserted) = self
+            .store
+            .job_insert(new_job(github_job_id, pool))
+            .await
+            .unwrap();
+        assert!(inserted, "GitHub job {github_job_id} is new");
+        job
+    }
+
+    /// Claims the next job of `pool` with generous limits.
+    async fn claim(&self, pool: &str) -> Option<Job> {
+        let now = self.now();
+        self.store
+            .job_claim(
+                pool,
+                100,
+                100,
+                "dispatcher-1",
+                now + Duration::from_secs(60),
+                now,
+            )
+            .await
+            .unwrap()
+    }
+}
+
+async fn connect(url: &str, clock: &ManualClock) -> Store {
+    let options = StoreOptions {
+        clock: Arc::new(clock.clone()),
+        max_connections: 8,
+    };
+    Store::connect_with(url, options)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+fn new_job(github_job_id: i64, pool: &str) -> NewJob {
+    NewJob {
+        github_job_id,
+        run_id: 1000 + github_job_id,
+        repository: "acme/widgets".into(),
+        workflow: Some("CI".into()),
+        job_name: Some(format!("build {github_job_id}")),
+        labels: vec!["self-hosted".into(), pool.into()],
+        pool: pool.into(),
+        source: JobSource::Webhook,
+        scale_set: None,
+        github_status: Some(GithubStatus::Queued),
+        timeout_secs: None,
+    }
+}
+
+fn ids(jobs: &[Job]) -> Vec<Uuid> {
+    jobs.iter().map(|job| job.id).collect()
+}
+
+// ---- Intake ------------------------------------------------------------------
+
+async fn insert_is_idempotent_on_github_job_id(h: &Harness) {
+    let (job, inserted) = h.store.job_insert(new_job(1, "linux")).await.unwrap();
+    assert!(inserted);
+    assert_eq!(job.state, Queued);
+    assert_eq!(job.github_job_id, 1);
+    assert_eq!(job.run_id, 1001);
+    assert_eq!(job.repository, "acme/widgets");
+    assert_eq!(job.labels, ["self-hosted", "linux"]);
+    assert_eq!(job.source, JobSource::Webhook);
+    assert_eq!(job.github_status, Some(GithubStatus::Queued));
+    assert_eq!(job.attempts, 0);
+    assert!(!job.cancel_requested);
+    assert_eq!(job.created_at, h.now());
+    assert_eq!(job.updated_at, h.now());
+    assert_eq!(job.queued_at, h.now());
+    assert_eq!(job.id.get_version_num(), 7, "job ids are UUID v7");
+
+    // The same GitHub job again, even with other details: the first one stands.
+    h.tick(1000);
+    let mut again = new_job(1, "windows");
+    again.run_id = 42;
+    again.source = JobSource::Delegate;
+    let (existing, inserted) = h.store.job_insert(again).await.unwrap();
+    assert!(!inserted);
+    assert_eq!(existing, job);
+
+    assert_eq!(h.store.job_get(job.id).await.unwrap(), Some(job.clone()));
+    assert_eq!(
+        h.store.job_get_by_github_id(1).await.unwrap(),
+        Some(job.clone())
+    );
+    assert_eq!(h.store.job_get(Uuid::now_v7()).await.unwrap(), None);
+    assert_eq!(h.store.job_get_by_github_id(2).await.unwrap(), None);
+    let all = h.store.job_list(&JobFilter::default()).await.unwrap();
+    assert_eq!(all, [job]);
+}
+
+async fn concurrent_duplicate_inserts_create_one_job(h: &Harness) {
+    // 16 deliveries of the same job at once.
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = h.store.clone();
+            tokio::spawn(async move { store.job_insert(new_job(7, "linux")).await.unwrap() })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|(_, inserted)| *inserted).count(), 1);
+    let first = &results[0].0;
+    assert!(results.iter().all(|(job, _)| job == first));
+
+    // 16 tasks racing over 40 jobs, each job inserted by every task.
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let store = h.store.clone();
+            tokio::spawn(async move {
+                let mut inserted = Vec::new();
+                for i in 0..40 {
+                    let github_job_id = 100 + (i + task * 5) % 40;
+                    let (job, new) = store
+                        .job_insert(new_job(github_job_id, "linux"))
+                        .await
+                        .unwrap();
+                    if new {
+                        inserted.push(job.github_job_id);
+                    }
+                }
+                inserted
+            })
+        })
+        .collect();
+    let mut inserted = Vec::new();
+    for task in tasks {
+        inserted.extend(task.await.unwrap());
+    }
+    inserted.sort_unstable();
+    assert_eq!(
+        inserted,
+        (100..140).collect::<Vec<_>>(),
+        "each job inserted once"
+    );
+    let all = h.store.job_list(&JobFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 41);
+}
+
+async fn job_json_follows_the_contract(h: &Harness) {
+    let job = h.insert(5, "linux").await;
+    let json = serde_json::to_value(&job).unwrap();
+    for key in [
+        "id",
+        "github_job_id",
+        "run_id",
+        "repository",
+        "pool",
+        "state",
+        "runner_name",
+        "container_id",
+        "created_at",
+        "updated_at",
+        "error",
+    ] {
+        assert!(json.get(key).is_some(), "job JSON has {key:?}: {json}");
+    }
+    assert_eq!(json["id"], job.id.to_string());
+    assert_eq!(json["github_job_id"], 5);
+    assert_eq!(json["state"], "queued");
+    assert_eq!(json["source"], "webhook");
+    assert_eq!(json["github_status"], "queued");
+    assert_eq!(json["labels"], serde_json::json!(["self-hosted", "linux"]));
+    assert_eq!(json["created_at"], "2030-01-01T00:00:00Z");
+    assert_eq!(json["started_at"], serde_json::Value::Null);
+    let back: Job = serde_json::from_value(json).unwrap();
+    assert_eq!(back, job);
+
+    let names: Vec<String> = JobState::ALL
+        .iter()
+        .map(|state| {
+            serde_json::to_value(state)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "queued",
+            "provisioning",
+            "starting",
+            "running",
+            "completed",
+            "failed",
+            "cancelled",
+            "expired"
+        ]
+    );
+    for state in JobState::ALL {
+        assert_eq!(state.as_str().parse::<JobState>().unwrap(), *state);
+    }
+    assert!("done".parse::<JobState>().is_err());
+}
+
+async fn lookups_by_runner_and_container(h: &Harness) {
+    let job = h.insert(1, "linux").await;
+    h.claim("linux").await.unwrap();
+    let changes = JobChanges::new()
+        .runner("berth-abc", 11)
+        .container_id("c0ffee");
+    assert!(
+        h.store
+            .job_transition(job.id, &[Provisioning], Starting, changes)
+            .await
+            .unwrap()
+    );
+    let job = h.job(job.id).await;
+    assert_eq!(job.runner_name.as_deref(), Some("berth-abc"));
+    assert_eq!(job.runner_id, Some(11));
+    assert_eq!(job.container_id.as_deref(), Some("c0ffee"));
+
+    let store = &h.store;
+    assert_eq!(
+        store.job_get_by_runner_name("berth-abc").await.unwrap(),
+        Some(job.clone())
+    );
+    assert_eq!(
+        store.job_get_by_container_id("c0ffee").await.unwrap(),
+        Some(job.clone())
+    );
+    assert_eq!(
+        store.job_get_by_runner_name("berth-zzz").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.job_get_by_container_id("deadbeef").await.unwrap(),
+        None
+    );
+
+    // GitHub says another runner took it: found under that runner's name.
+    assert!(
+        store
+            .job_record_github_status(
+                1,
+                GithubStatus::InProgress,
+                None,
+                Some("berth-xyz"),
+                Some(12)
+            )
+            .await
+            .unwrap()
+    );
+    let job = h.job(job.id).await;
+    assert_eq!(job.github_runner_name.as_deref(), Some("berth-xyz"));
+    assert_eq!(
+        store
+            .job_get_by_github_runner_name("berth-xyz")
+            .await
+            .unwrap(),
+        Some(job)
+    );
+}
+
+// ---- Claims ------------------------------------------------------------------
+
+async fn claim_takes_the_oldest_queued_job_of_its_pool(h: &Harness) {
+    let a1 = h.insert(1, "linux").await;
+    h.tick(1);
+    let b1 = h.insert(2, "windows").await;
+    h.tick(1);
+    let a2 = h.insert(3, "linux").await;
+    h.tick(1);
+    let a3 = h.insert(4, "linux").await;
+    let now = h.tick(1);
+
+    let until = now + Duration::from_secs(30);
+    let claimed = h
+        .store
+        .job_claim("linux", 10, 10, "dispatcher-a", until, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, a1.id);
+    assert_eq!(claimed.state, Provisioning);
+    assert_eq!(claimed.attempts, 1);
+    assert_eq!(claimed.lease_owner.as_deref(), Some("dispatcher-a"));
+    assert_eq!(claimed.lease_expires_at, Some(until));
+    assert_eq!(claimed.updated_at, now);
+    assert_eq!(h.job(a1.id).await, claimed, "the claim is persisted");
+
+    assert_eq!(h.claim("windows").await.unwrap().id, b1.id);
+    assert_eq!(h.claim("windows").await, None);
+    assert_eq!(h.claim("macos").await, None);
+
+    // A requeued job goes to the back of its pool's queue.
+    h.tick(1);
+    assert!(
+        h.store
+            .job_requeue(a1.id, &[Provisioning], "retry")
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.claim("linux").await.unwrap().id, a2.id);
+    assert_eq!(h.claim("linux").await.unwrap().id, a3.id);
+    let again = h.claim("linux").await.unwrap();
+    assert_eq!(again.id, a1.id);
+    assert_eq!(again.attempts, 2);
+    assert_eq!(h.claim("linux").await, None);
+}
+
+async fn claim_respects_pool_and_global_limits(h: &Harness) {
+    for i in 0..5 {
+        h.insert(i, "linux").await;
+        h.insert(100 + i, "windows").await;
+        h.tick(1);
+    }
+    let now = h.now();
+    let until = now + Duration::from_secs(60);
+    let claim = |pool: &'static str| async move {
+        h.store
+            .job_claim(pool, 2, 3, "d", until, now)
+            .await
+            .unwrap()
+    };
+
+    // linux fills its pool limit of 2.
+    let l1 = claim("linux").await.unwrap();
+    let l2 = claim("linux").await.unwrap();
+    assert_eq!(claim("linux").await, None, "pool limit 2");
+    // windows gets one slot before the global limit of 3.
+    let w1 = claim("windows").await.unwrap();
+    assert_eq!(claim("windows").await, None, "global limit 3");
+
+    // Active means provisioning, starting and running alike.
+    let start = JobChanges::new;
+    assert!(
+        h.store
+            .job_transition(l1.id, &[Provisioning], Starting, start())
+            .await
+            .unwrap()
+    );
+    assert!(
+        h.store
+            .job_transition(l2.id, &[Provisioning], Running, start())
+            .await
+            .unwrap()
+    );
+    assert_eq!(claim("windows").await, None, "still 3 active");
+
+    // A finished job frees its slots, in its pool and globally.
+    assert!(
+        h.store
+            .job_finish(l2.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    let w2 = claim("windows").await.unwrap();
+    assert_eq!(claim("windows").await, None, "windows at its pool limit");
+    assert_eq!(claim("linux").await, None, "global limit again");
+
+    // So does a requeued one.
+    assert!(
+        h.store
+            .job_requeue(w1.id, &[Provisioning], "retry")
+            .await
+            .unwrap()
+    );
+    assert!(claim("linux").await.is_some());
+
+    // Limits of zero stop claims altogether.
+    assert!(h.store.job_finish(w2.id, Failed, None, None).await.unwrap());
+    assert_eq!(
+        h.store
+            .job_claim("windows", 0, 10, "d", until, now)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        h.store
+            .job_claim("windows", 10, 0, "d", until, now)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn claim_skips_jobs_asked_to_cancel(h: &Harness) {
+    let j1 = h.insert(1, "linux").await;
+    h.tick(1);
+    let j2 = h.insert(2, "linux").await;
+    h.tick(1);
+
+    assert!(h.store.job_request_cancel(j1.id).await.unwrap());
+    assert!(
+        !h.store.job_request_cancel(j1.id).await.unwrap(),
+        "already requested"
+    );
+    assert!(
+        !h.store.job_request_cancel(Uuid::now_v7()).await.unwrap(),
+        "unknown job"
+    );
+    let j1 = h.job(j1.id).await;
+    assert!(j1.cancel_requested);
+    assert_eq!(j1.state, Queued);
+
+    assert_eq!(h.claim("linux").await.unwrap().id, j2.id);
+    assert_eq!(
+        h.claim("linux").await,
+        None,
+        "the cancelled job is not claimed"
+    );
+    assert_eq!(
+        ids(&h.store.jobs_cancel_requested().await.unwrap()),
+        [j1.id]
+    );
+
+    assert!(
+        h.store
+            .job_finish(j1.id, Cancelled, None, Some("cancelled by API"))
+            .await
+            .unwrap()
+    );
+    assert!(h.store.jobs_cancel_requested().await.unwrap().is_empty());
+    assert!(
+        !h.store.job_request_cancel(j1.id).await.unwrap(),
+        "terminal job"
+    );
+    // A running job can be asked too.
+    assert!(h.store.job_request_cancel(j2.id).await.unwrap());
+}
+
+async fn concurrent_claimers_never_double_claim_or_exceed_limits(h: &Harness) {
+    const POOLS: [&str; 3] = ["a", "b", "c"];
+    const JOBS_PER_POOL: i64 = 40;
+    const POOL_MAX: u32 = 3;
+    const GLOBAL_MAX: u32 = 5;
+    const CLAIMERS: usize = 16;
+    let total = POOLS.len() * JOBS_PER_POOL as usize;
+    for i in 0..JOBS_PER_POOL {
+        for (p, pool) in POOLS.iter().enumerate() {
+            h.insert(i * 10 + p as i64, pool).await;
+        }
+        h.tick(1);
+    }
+
+    // Counts of jobs the claimers hold, raised after a claim commits and
+    // lowered before the finish commits: never above the store's own counts,
+    // so above a limit only if the store let a claim through it.
+    let active: Arc<[AtomicI64; 3]> = Arc::new(Default::default());
+    let global = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Half the claimers go through a second store on the same database, as
+    // a second replica (or process) would.
+    let replica = h.reopen().await;
+    let tasks: Vec<_> = (0..CLAIMERS)
+        .map(|claimer| {
+            let store = if claimer % 2 == 0 { &h.store } else { &replica }.clone();
+            let clock = h.clock.clone();
+            let (active, global) = (active.clone(), global.clone());
+            let (done, violations) = (done.clone(), violations.clone());
+            tokio::spawn(async move {
+                let owner = format!("claimer-{claimer}");
+                let mut claimed = Vec::new();
+                let mut round = claimer;
+                let violation = |message: String| violations.lock().unwrap().push(message);
+                while done.load(Ordering::SeqCst) < total && violations.lock().unwrap().is_empty() {
+                    round += 1;
+                    let p = round % POOLS.len();
+                    let now = clock.now();
+                    let until = now + Duration::from_secs(60);
+                    let job = store
+                        .job_claim(POOLS[p], POOL_MAX, GLOBAL_MAX, &owner, until, now)
+                        .await
+                        .unwrap();
+                    let Some(job) = job else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    };
+                    let in_pool = active[p].fetch_add(1, Ordering::SeqCst) + 1;
+                    let in_all = global.fetch_add(1, Ordering::SeqCst) + 1;
+                    if in_pool > i64::from(POOL_MAX) {
+                        violation(format!("pool {} had {in_pool} active jobs", POOLS[p]));
+                    }
+                    if in_all > i64::from(GLOBAL_MAX) {
+                        violation(format!("{in_all} active jobs in all"));
+                    }
+                    if job.pool != POOLS[p] || job.lease_owner.as_deref() != Some(&owner) {
+                        violation(format!("claimed a job of another pool or owner: {job:?}"));
+                    }
+                    // Hold the job a moment, so claims keep meeting the limits.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    active[p].fetch_sub(1, Ordering::SeqCst);
+                    global.fetch_sub(1, Ordering::SeqCst);
+                    if !store
+                        .job_finish(job.id, Completed, Some(0), None)
+                        .await
+                        .unwrap()
+                    {
+                        violation(format!("job {} was finished by another claimer", job.id));
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    claimed.push(job.id);
+                }
+                claimed
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for task in tasks {
+        let task = tokio::time::timeout(Duration::from_secs(30), task);
+        claimed.extend(task.await.expect("claimers finish").unwrap());
+    }
+    replica.close().await;
+    assert_eq!(*violations.lock().unwrap(), Vec::<String>::new());
+    let unique: HashSet<_> = claimed.iter().collect();
+    assert_eq!(claimed.len(), total, "every job claimed");
+    assert_eq!(unique.len(), total, "no job claimed twice");
+    for job in h.store.job_list(&JobFilter::default()).await.unwrap() {
+        assert_eq!(job.state, Completed);
+        assert_eq!(job.attempts, 1, "job {} claimed once", job.github_job_id);
+    }
+}
+
+// ---- Transitions ----------------------------------------------------------------
+
+async fn transitions_apply_only_from_the_given_states(h: &Harness) {
+    let job = h.insert(1, "linux").await;
+    let id = job.id;
+    h.tick(1000);
+    let starting = || JobChanges::new().runner("berth-1", 11).container_id("c1");
+
+    // Wrong from-state: false, and nothing changes.
+    assert!(
+        !h.store
+            .job_transition(id, &[Provisioning], Starting, starting())
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.job(id).await, job);
+    assert!(
+        !h.store
+            .job_transition(Uuid::now_v7(), &[Provisioning], Starting, starting())
+            .await
+            .unwrap()
+    );
+
+    h.claim("linux").await.unwrap();
+    let provisioning = h.job(id).await;
+    h.tick(1000);
+    assert!(
+        !h.store
+            .job_transition(id, &[Starting], Running, JobChanges::new())
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.job(id).await, provisioning);
+
+    // Right from-state: the state and the changes, in one update.
+    let now = h.tick(1000);
+    assert!(
+        h.store
+            .job_transition(id, &[Provisioning], Starting, starting())
+            .await
+            .unwrap()
+    );
+    let job = h.job(id).await;
+    assert_eq!(job.state, Starting);
+    assert_eq!(job.runner_name.as_deref(), Some("berth-1"));
+    assert_eq!(job.container_id.as_deref(), Some("c1"));
+    assert_eq!(job.updated_at, now);
+    assert_eq!(
+        job.lease_owner.as_deref(),
+        Some("dispatcher-1"),
+        "lease kept"
+    );
+    // The same transition again lost its race: false.
+    assert!(
+        !h.store
+            .job_transition(id, &[Provisioning], Starting, starting())
+            .await
+            .unwrap()
+    );
+
+    let now = h.tick(1000);
+    assert!(
+        h.store
+            .job_transition(id, &[Starting], Running, JobChanges::new().timeout_secs(60))
+            .await
+            .unwrap()
+    );
+    let job = h.job(id).await;
+    assert_eq!(job.state, Running);
+    assert_eq!(job.started_at, Some(now), "started_at stamped");
+    assert_eq!(job.timeout_secs, Some(60));
+
+    let now = h.tick(1000);
+    let failed = JobChanges::new()
+        .exit_code(3)
+        .error("exit 3")
+        .clear_container_id();
+    assert!(
+        h.store
+            .job_transition(id, &[Starting, Running], Failed, failed)
+            .await
+            .unwrap()
+    );
+    let job = h.job(id).await;
+    assert_eq!(job.state, Failed);
+    assert_eq!(job.exit_code, Some(3));
+    assert_eq!(job.error.as_deref(), Some("exit 3"));
+    assert_eq!(job.container_id, None);
+    assert_eq!(job.finished_at, Some(now), "finished_at stamped");
+    assert_eq!(job.lease_owner, None, "lease dropped");
+    assert_eq!(job.lease_expires_at, None);
+    assert!(
+        !h.store
+            .job_transition(id, &[Running], Completed, JobChanges::new())
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.job(id).await, job);
+}
+
+async fn invalid_transitions_are_errors(h: &Harness) {
+    let job = h.insert(1, "linux").await;
+    let cases: &[(&[JobState], JobState)] = &[
+        (&[Provisioning], Queued), // requeue instead
+        (&[Queued], Provisioning), // claim instead
+        (&[Queued], Starting),     // not claimed
+        (&[Running], Starting),    // backwards
+        (&[Starting], Starting),   // not a move
+        (&[Completed], Failed),    // out of a terminal state
+        (&[], Running),            // from nowhere
+    ];
+    for (from, to) in cases {
+        let result = h
+            .store
+            .job_transition(job.id, from, *to, JobChanges::new())
+            .await;
+        assert!(
+            matches!(result, Err(StoreError::InvalidTransition { .. })),
+            "{from:?} -> {to}: {result:?}"
+        );
+    }
+    assert!(matches!(
+        h.store.job_finish(job.id, Running, None, None).await,
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        h.store
+            .job_requeue(job.id, &[Running, Completed], "no")
+            .await,
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    assert_eq!(h.job(job.id).await, job, "nothing changed");
+}
+
+async fn finish_is_idempotent(h: &Harness) {
+    let job = h.insert(1, "linux").await;
+    h.claim("linux").await.unwrap();
+    assert!(
+        h.store
+            .job_transition(job.id, &[Provisioning], Running, JobChanges::new())
+            .await
+            .unwrap()
+    );
+
+    let now = h.tick(5000);
+    assert!(
+        h.store
+            .job_finish(job.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    let done = h.job(job.id).await;
+    assert_eq!(done.state, Completed);
+    assert_eq!(done.exit_code, Some(0));
+    assert_eq!(done.finished_at, Some(now));
+    assert_eq!(done.lease_owner, None);
+
+    // A second finish, whatever it says, changes nothing.
+    h.tick(5000);
+    assert!(
+        !h.store
+            .job_finish(job.id, Failed, Some(1), Some("late"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !h.store
+            .job_finish(job.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.job(job.id).await, done);
+    assert!(
+        !h.store
+            .job_finish(Uuid::now_v7(), Completed, None, None)
+            .await
+            .unwrap()
+    );
+
+    // A queued job can end too (expired, cancelled).
+    let queued = h.insert(2, "linux").await;
+    assert!(
+        h.store
+            .job_finish(queued.id, Expired, None, Some("no longer queued on GitHub"))
+            .await
+            .unwrap()
+    );
+    let expired = h.job(queued.id).await;
+    assert_eq!(expired.state, Expired);
+    assert_eq!(expired.error.as_deref(), Some("no longer queued on GitHub"));
+
+    // completed clears a stale error (a requeue reason); a failure keeps an
+    // earlier one when it brings none, and an earlier exit code too.
+    let j3 = h.insert(3, "linux").await;
+    h.claim("linux").await.unwrap();
+    assert!(
+        h.store
+            .job_requeue(j3.id, &[Provisioning], "lease expired")
+            .await
+            .unwrap()
+    );
+    h.claim("linux").await.unwrap();
+    assert!(
+        h.store
+            .job_finish(j3.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.job(j3.id).await.error, None);
+
+    let j4 = h.insert(4, "linux").await;
+    h.claim("linux").await.unwrap();
+    let oom = JobChanges::new().exit_code(137).error("out of memory");
+    assert!(
+        h.store
+            .job_transition(j4.id, &[Provisioning], Running, oom)
+            .await
+            .unwrap()
+    );
+    assert!(h.store.job_finish(j4.id, Failed, None, None).await.unwrap());
+    let j4 = h.job(j4.id).await;
+    assert_eq!(j4.error.as_deref(), Some("out of memory"));
+    assert_eq!(j4.exit_code, Some(137));
+}
+
+async fn requeue_clears_the_runner_and_keeps_attempts(h: &Harness) {
+    let job = h.insert(1, "linux").await;
+    h.claim("linux").await.unwrap();
+    let runner = JobChanges::new().runner("berth-1", 1).container_id("c1");
+    assert!(
+        h.store
+            .job_transition(job.id, &[Provisioning], Starting, runner)
+            .await
+            .unwrap()
+    );
+    assert!(
+        h.store
+            .job_transition(job.id, &[Starting], Running, JobChanges::new())
+            .await
+            .unwrap()
+    );
+    let running = h.job(job.id).await;
+
+    h.tick(1000);
+    assert!(
+        !h.store
+            .job_requeue(job.id, &[Provisioning, Starting], "x")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        h.job(job.id).await,
+        running,
+        "wrong from-state changes nothing"
+    );
+
+    let now = h.tick(1000);
+    assert!(
+        h.store
+            .job_requeue(job.id, &[Running], "runner took another job")
+            .await
+            .unwrap()
+    );
+    let job = h.job(job.id).await;
+    assert_eq!(job.state, Queued);
+    assert_eq!(job.queued_at, now);
+    assert_eq!(job.updated_at, now);
+    assert_eq!(job.attempts, 1, "attempts kept");
+    assert_eq!(job.error.as_deref(), Some("runner took another job"));
+    assert_eq!((job.runner_name, job.runner_id), (None, None));
+    assert_eq!(job.container_id, None);
+    assert_eq!(job.started_at, None);
+    assert_eq!((job.lease_owner, job.lease_expires_at), (None, None));
+    assert_eq!(job.created_at, running.created_at);
+
+    assert_eq!(h.claim("linux").await.unwrap().attempts, 2);
+}
+
+async fn leases_expire_by_the_injected_clock(h: &Harness) {
+    let job = h.insert(1, "linux").await;
+    let now = h.now();
+    let claimed = h
+        .store
+        .job_claim("linux", 10, 10, "d1", now + Duration::from_secs(30), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        h.store
+            .jobs_with_expired_leases(now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Only the holder renews, and only while the lease runs.
+    let now = h.tick(20_000);
+    let until = now + Duration::from_secs(30);
+    assert!(!h.store.job_lease_renew(job.id, "d2", until).await.unwrap());
+    assert!(h.store.job_lease_renew(job.id, "d1", until).await.unwrap());
+    assert_eq!(h.job(job.id).await.lease_expires_at, Some(until));
+    assert!(
+        h.store
+            .jobs_with_expired_leases(h.tick(29_999))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let expired_at = h.tick(1);
+    assert_eq!(
+        ids(&h.store.jobs_with_expired_leases(expired_at).await.unwrap()),
+        [claimed.id]
+    );
+    let later = h.tick(1);
+    assert!(
+        !h.store
+            .job_lease_renew(job.id, "d1", later + Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "a lease that ran out cannot be renewed"
+    );
+
+    // The reconciler requeues it, but only while the lease is still expired
+    // as of the time it checked.
+    let before_expiry = expired_at - Duration::from_millis(1);
+    assert!(
+        !h.store
+            .job_requeue_if_lease_expired(job.id, JobState::ACTIVE, before_expiry, "lease expired")
+            .await
+            .unwrap()
+    );
+    assert!(
+        h.store
+            .job_requeue_if_lease_expired(job.id, JobState::ACTIVE, later, "lease expired")
+            .await
+            .unwrap()
+    );
+    let requeued = h.job(job.id).await;
+    assert_eq!(requeued.state, Queued);
+    assert_eq!(requeued.lease_owner, None);
+    assert!(
+        h.store
+            .jobs_with_expired_leases(later)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A renewal between the reconciler's query and its requeue wins.
+    let now = h.now();
+    h.store
+        .job_claim("linux", 10, 10, "d2", now + Duration::from_secs(10), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let seen_at = h.tick(10_000);
+    assert_eq!(
+        h.store
+            .jobs_with_expired_leases(seen_at)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    h.clock.set(seen_at - Duration::from_millis(1));
+    assert!(
+        h.store
+            .job_lease_renew(job.id, "d2", seen_at + Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !h.store
+            .job_requeue_if_lease_expired(job.id, JobState::ACTIVE, seen_at, "lease expired")
+            .await
+            .unwrap()
+    );
+    let job = h.job(job.id).await;
+    assert_eq!(job.state, Provisioning);
+    assert_eq!(job.attempts, 2);
+}
+
+async fn github_status_only_moves_forward(h: &Harness) {
+    let store = &h.store;
+    let job = h.insert(1, "linux").await;
+
+    // completed arrives before in_progress.
+    assert!(
+        store
+            .job_record_github_status(
+                1,
+                GithubStatus::Completed,
+                Some("success"),
+                Some("berth-a"),
+                Some(5)
+            )
+            .await
+            .unwrap()
+    );
+    let done = h.job(job.id).await;
+    assert_eq!(done.github_status, Some(GithubStatus::Completed));
+    assert_eq!(done.github_conclusion.as_deref(), Some("success"));
+    assert_eq!(done.github_runner_name.as_deref(), Some("berth-a"));
+    assert_eq!(done.github_runner_id, Some(5));
+    assert_eq!(done.state, Queued, "the job's own state is not GitHub's");
+
+    h.tick(1000);
+    for (status, runner) in [
+        (GithubStatus::InProgress, Some("berth-b")),
+        (GithubStatus::Waiting, None),
+        (GithubStatus::Queued, None),
+        (GithubStatus::Completed, Some("berth-c")), // same status, nothing missing
+    ] {
+        assert!(
+            !store
+                .job_record_github_status(1, status, None, runner, Some(6))
+                .await
+                .unwrap(),
+            "{status} after completed"
+        );
+    }
+    assert_eq!(h.job(job.id).await, done, "late events change nothing");
+
+    // The same status may fill in what was missing, never overwrite.
+    let other = {
+        let mut new = new_job(2, "linux");
+        new.github_status = None;
+        h.store.job_insert(new).await.unwrap().0
+    };
+    let record = |status, conclusion, runner, id| {
+        store.job_record_github_status(2, status, conclusion, runner, id)
+    };
+    assert!(
+        record(GithubStatus::InProgress, None, None, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !record(GithubStatus::InProgress, None, None, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        record(GithubStatus::InProgress, None, Some("berth-k"), Some(9))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !record(GithubStatus::InProgress, None, Some("berth-z"), Some(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !record(GithubStatus::Waiting, None, None, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        record(GithubStatus::Completed, Some("failure"), None, None)
+            .await
+            .unwrap()
+    );
+    let other = h.job(other.id).await;
+    assert_eq!(other.github_status, Some(GithubStatus::Completed));
+    assert_eq!(other.github_conclusion.as_deref(), Some("failure"));
+    assert_eq!(other.github_runner_name.as_deref(), Some("berth-k"), "kept");
+    assert_eq!(other.github_runner_id, Some(9));
+
+    assert!(
+        !record(GithubStatus::Queued, None, None, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .job_record_github_status(404, GithubStatus::Queued, None, None, None)
+            .await
+            .unwrap(),
+        "unknown GitHub job"
+    );
+}
+
+// ---- Reconciler queries and listings ---------------------------------------------
+
+async fn reconciler_queries(h: &Harness) {
+    let store = &h.store;
+    let t0 = h.now();
+    let old = h.insert(1, "linux").await;
+    h.tick(600_000);
+    let young = h.insert(2, "linux").await;
+
+    // Three running jobs: one past its 60 s timeout, one within it, one without.
+    let mut running = Vec::new();
+    for (github_job_id, timeout) in [(3, Some(60)), (4, Some(3600)), (5, None)] {
+        let mut new = new_job(github_job_id, "gpu");
+        new.timeout_secs = timeout;
+        let (job, _) = store.job_insert(new).await.unwrap();
+        h.claim("gpu").await.unwrap();
+        let changes = JobChanges::new()
+            .runner(format!("berth-{github_job_id}"), github_job_id)
+            .container_id(format!("container-{github_job_id}"));
+        assert!(
+            store
+                .job_transition(job.id, &[Provisioning], Running, changes)
+                .await
+                .unwrap()
+        );
+        running.push(h.job(job.id).await);
+        h.tick(1);
+    }
+    // A finished job whose container is not yet removed.
+    let done = h.insert(6, "gpu").await;
+    h.claim("gpu").await.unwrap();
+    let changes = JobChanges::new()
+        .runner("berth-6", 6)
+        .container_id("container-6");
+    assert!(
+        store
+            .job_transition(done.id, &[Provisioning], Running, changes)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .job_finish(done.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    // GitHub says a queued job's runner is berth-x.
+    assert!(
+        store
+            .job_record_github_status(2, GithubStatus::InProgress, None, Some("berth-x"), None)
+            .await
+            .unwrap()
+    );
+
+    let five_min = t0 + Duration::from_secs(300);
+    assert_eq!(
+        ids(&store.jobs_queued_before(five_min).await.unwrap()),
+        [old.id]
+    );
+    assert_eq!(
+        ids(&store.jobs_queued_before(h.now()).await.unwrap()),
+        [old.id, young.id]
+    );
+
+    let started = running[0].started_at.unwrap();
+    assert_eq!(
+        running[0].deadline(),
+        Some(started + Duration::from_secs(60))
+    );
+    let just_before = started + Duration::from_millis(59_999);
+    assert!(
+        store
+            .jobs_running_past_timeout(just_before)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let at_deadline = started + Duration::from_secs(60);
+    assert_eq!(
+        ids(&store.jobs_running_past_timeout(at_deadline).await.unwrap()),
+        [running[0].id]
+    );
+    let much_later = started + Duration::from_secs(86_400);
+    assert_eq!(
+        ids(&store.jobs_running_past_timeout(much_later).await.unwrap()),
+        [running[0].id, running[1].id]
+    );
+
+    assert_eq!(
+        ids(&store.jobs_in_states(&[Running]).await.unwrap()),
+        ids(&running)
+    );
+    assert_eq!(
+        ids(&store.jobs_in_states(&[Queued, Completed]).await.unwrap()),
+        [old.id, young.id, done.id]
+    );
+    assert!(store.jobs_in_states(&[]).await.unwrap().is_empty());
+
+    let containers: BTreeSet<String> = ["container-3", "container-4", "container-5"]
+        .map(String::from)
+        .into();
+    assert_eq!(store.active_container_ids().await.unwrap(), containers);
+    let runners: BTreeSet<String> = ["berth-3", "berth-4", "berth-5", "berth-x"]
+        .map(String::from)
+        .into();
+    assert_eq!(store.active_runner_names().await.unwrap(), runners);
+}
+
+async fn job_list_and_counts(h: &Harness) {
+    let store = &h.store;
+    let mut all = Vec::new();
+    for (github_job_id, pool) in [(1, "linux"), (2, "windows"), (3, "linux"), (4, "linux")] {
+        all.push(h.insert(github_job_id, pool).await);
+        h.tick(1);
+    }
+    h.claim("linux").await.unwrap();
+    assert!(
+        store
+            .job_finish(all[1].id, Cancelled, None, None)
+            .await
+            .unwrap()
+    );
+
+    let newest_first: Vec<Uuid> = all.iter().rev().map(|job| job.id).collect();
+    assert_eq!(
+        ids(&store.job_list(&JobFilter::default()).await.unwrap()),
+        newest_first
+    );
+    let filter = JobFilter {
+        states: vec![Queued],
+        ..JobFilter::default()
+    };
+    assert_eq!(
+        ids(&store.job_list(&filter).await.unwrap()),
+        [all[3].id, all[2].id]
+    );
+    let filter = JobFilter {
+        states: vec![Queued, Provisioning],
+        pool: Some("linux".into()),
+        limit: Some(2),
+        ..JobFilter::default()
+    };
+    assert_eq!(
+        ids(&store.job_list(&filter).await.unwrap()),
+        [all[3].id, all[2].id]
+    );
+    let filter = JobFilter {
+        pool: Some("windows".into()),
+        repository: Some("acme/widgets".into()),
+        ..JobFilter::default()
+    };
+    assert_eq!(ids(&store.job_list(&filter).await.unwrap()), [all[1].id]);
+    let filter = JobFilter {
+        repository: Some("acme/other".into()),
+        ..JobFilter::default()
+    };
+    assert!(store.job_list(&filter).await.unwrap().is_empty());
+
+    let count = |pool: &str, state, count| JobCount {
+        pool: pool.into(),
+        state,
+        count,
+    };
+    assert_eq!(
+        store.job_counts().await.unwrap(),
+        [
+            count("linux", Provisioning, 1),
+            count("linux", Queued, 2),
+            count("windows", Cancelled, 1),
+        ]
+    );
+}
+
+// ---- Logs, deliveries, tokens ------------------------------------------------------
+
+async fn logs_keep_the_first_cap_bytes(h: &Harness) {
+    let store = &h.store;
+    let job = h.insert(1, "linux").await;
+    assert_eq!(store.job_logs_get(job.id).await.unwrap(), None);
+
+    let state = store.job_logs_append(job.id, b"hello ", 16).await.unwrap();
+    assert_eq!((state.size, state.truncated), (6, false));
+    let state = store.job_logs_append(job.id, b"world", 16).await.unwrap();
+    assert_eq!((state.size, state.truncated), (11, false));
+    let state = store
+        .job_logs_append(job.id, b"0123456789", 16)
+        .await
+        .unwrap();
+    assert_eq!((state.size, state.truncated), (16, true));
+    let state = store.job_logs_append(job.id, b"more", 16).await.unwrap();
+    assert_eq!((state.size, state.truncated), (16, true));
+    let logs = store.job_logs_get(job.id).await.unwrap().unwrap();
+    assert_eq!(logs.content, b"hello world01234");
+    assert_eq!((logs.size, logs.truncated), (16, true));
+
+    let tail = store.job_logs_get_from(job.id, 6).await.unwrap().unwrap();
+    assert_eq!(tail.content, b"world01234");
+    assert_eq!(tail.size, 16);
+    let past_end = store.job_logs_get_from(job.id, 100).await.unwrap().unwrap();
+    assert!(past_end.content.is_empty());
+
+    // Arbitrary bytes (NUL, invalid UTF-8) come back exactly.
+    let binary = h.insert(2, "linux").await;
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    store
+        .job_logs_append(binary.id, &bytes, 1000)
+        .await
+        .unwrap();
+    store
+        .job_logs_append(binary.id, &bytes, 1000)
+        .await
+        .unwrap();
+    let logs = store.job_logs_get(binary.id).await.unwrap().unwrap();
+    assert_eq!(logs.content, [bytes.clone(), bytes.clone()].concat());
+    assert!(!logs.truncated);
+    store.job_logs_append(binary.id, &[], 1000).await.unwrap();
+    assert_eq!(
+        store.job_logs_get(binary.id).await.unwrap().unwrap().size,
+        512
+    );
+
+    // A first chunk larger than the cap.
+    let big = h.insert(3, "linux").await;
+    let state = store.job_logs_append(big.id, &bytes, 10).await.unwrap();
+    assert_eq!((state.size, state.truncated), (10, true));
+    assert_eq!(
+        store.job_logs_get(big.id).await.unwrap().unwrap().content,
+        &bytes[..10]
+    );
+
+    // Logs belong to a job.
+    assert!(matches!(
+        store.job_logs_append(Uuid::now_v7(), b"x", 10).await,
+        Err(StoreError::Query {
+            op: "job_logs_append",
+            ..
+        })
+    ));
+}
+
+async fn concurrent_log_appends_lose_nothing(h: &Harness) {
+    let job = h.insert(1, "linux").await;
+    let tasks: Vec<_> = (0..8u8)
+        .map(|task| {
+            let store = h.store.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    store
+                        .job_logs_append(job.id, &[b'a' + task; 10], 1500)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let logs = h.store.job_logs_get(job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (logs.size, logs.truncated),
+        (1500, true),
+        "2000 bytes offered, cap 1500"
+    );
+    assert_eq!(logs.content.len(), 1500);
+    for chunk in logs.content.chunks(10) {
+        assert!(
+            chunk.iter().all(|&b| b == chunk[0]),
+            "chunks never interleave: {chunk:?}"
+        );
+    }
+}
+
+async fn deliveries_are_recorded_once(h: &Harness) {
+    let store = &h.store;
+    let t0 = h.now();
+    assert!(store.delivery_record("d-1", t0).await.unwrap());
+    assert!(
+        !store.delivery_record("d-1", t0).await.unwrap(),
+        "redelivery"
+    );
+    assert!(
+        !store
+            .delivery_record("d-1", t0 + Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    let t1 = t0 + Duration::from_secs(3600);
+    assert!(store.delivery_record("d-2", t1).await.unwrap());
+
+    assert_eq!(
+        store.deliveries_prune(t0).await.unwrap(),
+        0,
+        "strictly older only"
+    );
+    assert_eq!(
+        store
+            .deliveries_prune(t0 + Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store.delivery_record("d-1", t1).await.unwrap(),
+        "forgotten after the prune"
+    );
+    assert!(!store.delivery_record("d-2", t1).await.unwrap(), "kept");
+}
+
+async fn api_tokens_are_found_by_hash(h: &Harness) {
+    let store = &h.store;
+    let token = store
+        .api_token_insert(NewApiToken {
+            name: "proxy".into(),
+            scope: ApiTokenScope::Delegate,
+            token_hash: "9f86d081884c7d65".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(token.created_at, h.now());
+    assert_eq!(token.last_used_at, None);
+    assert_eq!(
+        store
+            .api_token_find_by_hash("9f86d081884c7d65")
+            .await
+            .unwrap(),
+        Some(token.clone())
+    );
+    assert_eq!(store.api_token_find_by_hash("nope").await.unwrap(), None);
+
+    let now = h.tick(1000);
+    assert!(store.api_token_touch(token.id).await.unwrap());
+    let found = store
+        .api_token_find_by_hash("9f86d081884c7d65")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.last_used_at, Some(now));
+    assert!(!store.api_token_touch(Uuid::now_v7()).await.unwrap());
+
+    let json = serde_json::to_value(&found).unwrap();
+    assert!(
+        json.get("token_hash").is_none(),
+        "the hash is not shown: {json}"
+    );
+    assert_eq!(json["scope"], "delegate");
+
+    let duplicate = NewApiToken {
+        name: "again".into(),
+        scope: ApiTokenScope::Admin,
+        token_hash: "9f86d081884c7d65".into(),
+    };
+    assert!(matches!(
+        store.api_token_insert(duplicate).await,
+        Err(StoreError::Query {
+            op: "api_token_insert",
+            ..
+        })
+    ));
+}
+
+async fn prune_deletes_finished_jobs_and_their_logs(h: &Harness) {
+    let store = &h.store;
+    let old = h.insert(1, "linux").await;
+    store
+        .job_logs_append(old.id, b"old output", 100)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .job_finish(old.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    let live = h.insert(2, "linux").await;
+    store
+        .job_logs_append(live.id, b"live output", 100)
+        .await
+        .unwrap();
+    let now = h.tick(86_400_000);
+    let recent = h.insert(3, "linux").await;
+    assert!(
+        store
+            .job_finish(recent.id, Failed, None, Some("x"))
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(store.jobs_prune_finished(now).await.unwrap(), 1);
+    assert_eq!(store.job_get(old.id).await.unwrap(), None);
+    assert_eq!(
+        store.job_logs_get(old.id).await.unwrap(),
+        None,
+        "logs went with the job"
+    );
+    assert!(store.job_get(live.id).await.unwrap().is_some());
+    assert!(store.job_logs_get(live.id).await.unwrap().is_some());
+    assert!(store.job_get(recent.id).await.unwrap().is_some());
+}
+
+async fn everything_survives_a_reopen(h: &Harness) {
+    let store = &h.store;
+    store.ping().await.unwrap();
+    let job = h.insert(1, "linux").await;
+    h.claim("linux").await.unwrap();
+    let changes = JobChanges::new().runner("berth-1", 1).container_id("c1");
+    assert!(
+        store
+            .job_transition(job.id, &[Provisioning], Starting, changes)
+            .await
+            .unwrap()
+    );
+    let queued = h.insert(2, "linux").await;
+    assert!(store.job_request_cancel(queued.id).await.unwrap());
+    store
+        .job_logs_append(job.id, b"output\n", 1024)
+        .await
+        .unwrap();
+    assert!(store.delivery_record("d-1", h.now()).await.unwrap());
+    let token = store
+        .api_token_insert(NewApiToken {
+            name: "ci".into(),
+            scope: ApiTokenScope::Read,
+            token_hash: "abc".into(),
+        })
+        .await
+        .unwrap();
+    let before = store.job_list(&JobFilter::default()).await.unwrap();
+    store.close().await;
+    assert!(store.ping().await.is_err(), "a closed store refuses work");
+
+    // What a restarted berth sees (migrations run again, as a no-op).
+    let reopened = h.reopen().await;
+    reopened.ping().await.unwrap();
+    assert_eq!(
+        reopened.job_list(&JobFilter::default()).await.unwrap(),
+        before
+    );
+    let logs = reopened.job_logs_get(job.id).await.unwrap().unwrap();
+    assert_eq!(logs.content, b"output\n");
+    assert!(!reopened.delivery_record("d-1", h.now()).await.unwrap());
+    assert_eq!(
+        reopened.api_token_find_by_hash("abc").await.unwrap(),
+        Some(token)
+    );
+    let (again, inserted) = reopened.job_insert(new_job(1, "linux")).await.unwrap();
+    assert!(!inserted, "still deduplicated");
+    assert_eq!(again.id, job.id);
+    reopened.close().await;
+}
+
+// ---- Outside the suite: connection handling -----------------------------------
+
+#[tokio::test]
+async fn unsupported_urls_are_refused_without_their_password() {
+    let error = Store::connect("mysql://root:hunter2@db/berth")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::UnsupportedUrl { .. }),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(
+        message.contains("sqlite://"),
+        "says what would work: {message}"
+    );
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_works_for_throwaway_stores() {
+    let store = Store::connect("sqlite::memory:").await.unwrap();
+    assert_eq!(store.kind(), BackendKind::Sqlite);
+    let (job, inserted) = store.job_insert(new_job(1, "linux")).await.unwrap();
+    assert!(inserted);
+    assert_eq!(store.job_get(job.id).await.unwrap(), Some(job));
+}
+
+#[tokio::test]
+async fn a_missing_sqlite_file_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub-folder-free.db");
+    let store = Store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert!(path.exists());
+    store.ping().await.unwrap();
+    store.close().await;
+}

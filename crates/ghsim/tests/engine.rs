@@ -1,0 +1,563 @@
+//! The workflow engine with the real `ghsim-runner` binary as a host
+//! process: JIT config shape, two-step and failing jobs, a runner "stealing"
+//! a higher-priority job, cancellation (REST and SIGTERM), requeue of a job
+//! not acquired in time, a deleted registration, and the runner's interface.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ghsim::{JitConfig, JobSpec, SimConfig, StepInput};
+use serde_json::Value;
+
+fn keys_and_types(v: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = v
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let t = match v {
+                Value::Null => "null",
+                Value::Bool(_) => "bool",
+                Value::Number(_) => "number",
+                Value::String(_) => "string",
+                Value::Array(_) => "array",
+                Value::Object(_) => "object",
+            };
+            (k.clone(), t.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn jit_config_has_the_real_shape() {
+    let sim = start(SimConfig {
+        public_url: Some("http://host.docker.internal:4321".into()),
+        ..fast_config()
+    })
+    .await;
+    let tok = token(&sim, "acme").await;
+    let (_, encoded) = mint_jit(&sim, &tok, "acme/widgets", "shape", &["linux"]).await;
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let outer: Value = serde_json::from_slice(&b64.decode(&encoded).unwrap()).unwrap();
+    let fixture = read_json("runner/jitconfig.synthetic.json");
+    assert_eq!(
+        keys_and_types(&outer),
+        keys_and_types(&fixture["decoded_outer"])
+    );
+    for file in [".runner", ".credentials", ".credentials_rsaparams"] {
+        let decoded: Value =
+            serde_json::from_slice(&b64.decode(outer[file].as_str().unwrap()).unwrap()).unwrap();
+        let want = &fixture["decoded_files"][file];
+        assert_eq!(keys_and_types(&decoded), keys_and_types(want), "{file}");
+        if file == ".credentials" {
+            assert_eq!(
+                keys_and_types(&decoded["data"]),
+                keys_and_types(&want["data"])
+            );
+            assert_eq!(decoded["scheme"], "OAuth");
+            assert!(
+                decoded["data"]["authorizationUrl"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("http://host.docker.internal:4321/")
+            );
+        }
+        if file == ".runner" {
+            assert_eq!(decoded["agentName"], "shape");
+            assert_eq!(decoded["ephemeral"], true);
+            assert_eq!(decoded["useV2Flow"], true);
+            for u in ["serverUrl", "serverUrlV2", "gitHubUrl"] {
+                assert!(
+                    decoded[u]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("http://host.docker.internal:4321/"),
+                    "{u} uses the public URL"
+                );
+            }
+        }
+    }
+    // the RSA parameters form a valid key, with inverseQ = q^-1 mod p
+    let jit = JitConfig::decode(&encoded).unwrap();
+    jit.rsa.to_key_pair().unwrap();
+    let n = |s: &str| rsa::BigUint::from_bytes_be(&b64.decode(s).unwrap());
+    let (p, q, iq) = (n(&jit.rsa.p), n(&jit.rsa.q), n(&jit.rsa.inverse_q));
+    assert_eq!((q * iq) % &p, rsa::BigUint::from(1u8));
+    // the fixture's own blob decodes with the same code
+    let f = JitConfig::decode(fixture["encoded_jit_config"].as_str().unwrap()).unwrap();
+    assert_eq!(f.runner.agent_name, "New runner");
+    assert_eq!(
+        f.credentials.data.client_id,
+        "00000000-0000-0000-0000-000000000000"
+    );
+    // and what we encode decodes back to the same config
+    assert_eq!(JitConfig::decode(&jit.encode().unwrap()).unwrap(), jit);
+}
+
+#[tokio::test]
+async fn two_step_job_completes_on_the_stand_in() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    let (runner, jit) = mint_jit(
+        &sim,
+        &tok,
+        "acme/widgets",
+        "berth-two-step",
+        &["self-hosted", "linux"],
+    )
+    .await;
+    let proc = spawn_runner(&jit);
+    let mut spec = JobSpec::new("acme/widgets", &["self-hosted", "linux"], &[]);
+    spec.steps = vec![
+        StepInput::Named { name: Some("greet".into()), run: "echo hello from step one".into() },
+        StepInput::Command("echo step two in $GITHUB_REPOSITORY; pwd; echo jit=${ACTIONS_RUNNER_INPUT_JITCONFIG:-unset}".into()),
+    ];
+    let job = sim.queue_job(spec).unwrap();
+    let (code, stderr) = proc.finish().await;
+    assert_eq!(code, 0, "{stderr}");
+    let done = sim.job(job.id).unwrap();
+    assert_eq!(done.status, "completed");
+    assert_eq!(done.conclusion.as_deref(), Some("success"));
+    assert_eq!(done.runner_name.as_deref(), Some("berth-two-step"));
+    assert_eq!(done.runner_id, runner["id"].as_u64());
+    assert_eq!(done.steps.len(), 2);
+    assert_eq!(done.steps[0].name, "greet");
+    assert!(
+        done.steps
+            .iter()
+            .all(|s| s.status == "completed" && s.conclusion.as_deref() == Some("success"))
+    );
+    assert_eq!(done.steps[0].output, ["hello from step one"]);
+    assert_eq!(done.steps[1].output[0], "step two in acme/widgets");
+    assert!(
+        done.steps[1].output[1].ends_with("_work/widgets/widgets"),
+        "{:?}",
+        done.steps[1].output
+    );
+    assert_eq!(done.steps[1].output[2], "jit=unset");
+    // the log over the HTTP control API
+    let log = http()
+        .get(format!("{}/_sim/jobs/{}/logs", sim.base_url(), job.id))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.starts_with("hello from step one\nstep two in acme/widgets\n"),
+        "{log}"
+    );
+    // the runner is gone: REST and control API
+    let list: Value = http()
+        .get(format!(
+            "{}/repos/acme/widgets/actions/runners",
+            sim.api_url()
+        ))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total_count"], 0);
+    assert!(sim.runners().is_empty());
+}
+
+#[tokio::test]
+async fn failing_step_fails_the_job() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    let job = sim
+        .queue_job(JobSpec::new(
+            "acme/widgets",
+            &["linux"],
+            &["echo before", "echo oops >&2; exit 3", "echo never"],
+        ))
+        .unwrap();
+    let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", "berth-fail", &["linux"]).await;
+    let (code, stderr) = spawn_runner(&jit).finish().await;
+    assert_eq!(
+        code, 0,
+        "a job that ran and was reported exits 0 whatever its conclusion: {stderr}"
+    );
+    let done = sim.job(job.id).unwrap();
+    assert_eq!(done.conclusion.as_deref(), Some("failure"));
+    let c: Vec<_> = done
+        .steps
+        .iter()
+        .map(|s| s.conclusion.clone().unwrap())
+        .collect();
+    assert_eq!(c, ["success", "failure", "skipped"]);
+    assert!(
+        sim.job_log(job.id)
+            .unwrap()
+            .contains("oops\n##[error]Process completed with exit code 3.")
+    );
+}
+
+#[tokio::test]
+async fn a_runner_takes_any_matching_job_highest_priority_first() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    // job A queued, a runner minted "for" it, then a higher-priority job B
+    let a = sim
+        .queue_job(JobSpec::new("acme/widgets", &["linux"], &["echo A"]))
+        .unwrap();
+    let (_, jit_for_a) = mint_jit(&sim, &tok, "acme/widgets", "minted-for-a", &["linux"]).await;
+    let mut spec_b = JobSpec::new("acme/widgets", &["linux"], &["echo B"]);
+    spec_b.priority = Some(10);
+    let b = sim.queue_job(spec_b).unwrap();
+    // an org runner serves repositories of its org too
+    let c = sim
+        .queue_job(JobSpec::new("acme/gadgets", &["linux"], &["echo C"]))
+        .unwrap();
+    assert_eq!(spawn_runner(&jit_for_a).finish().await.0, 0);
+    assert_eq!(
+        sim.job(b.id).unwrap().runner_name.as_deref(),
+        Some("minted-for-a"),
+        "B stolen by A's runner"
+    );
+    assert_eq!(sim.job(a.id).unwrap().status, "queued");
+    // FIFO among equals: A (older) before C
+    let r = http()
+        .post(format!(
+            "{}/orgs/acme/actions/runners/generate-jitconfig",
+            sim.api_url()
+        ))
+        .bearer_auth(&tok)
+        .json(&serde_json::json!({"name": "org-runner", "runner_group_id": 1, "labels": ["linux"]}))
+        .send()
+        .await
+        .unwrap();
+    let jit: Value = r.json().await.unwrap();
+    assert_eq!(
+        spawn_runner(jit["encoded_jit_config"].as_str().unwrap())
+            .finish()
+            .await
+            .0,
+        0
+    );
+    assert_eq!(
+        sim.job(a.id).unwrap().runner_name.as_deref(),
+        Some("org-runner")
+    );
+    let jit2: Value = http()
+        .post(format!(
+            "{}/orgs/acme/actions/runners/generate-jitconfig",
+            sim.api_url()
+        ))
+        .bearer_auth(&tok)
+        .json(
+            &serde_json::json!({"name": "org-runner-2", "runner_group_id": 1, "labels": ["LINUX"]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        spawn_runner(jit2["encoded_jit_config"].as_str().unwrap())
+            .finish()
+            .await
+            .0,
+        0
+    );
+    let c = sim.job(c.id).unwrap();
+    assert_eq!(
+        (c.conclusion.as_deref(), c.runner_name.as_deref()),
+        (Some("success"), Some("org-runner-2")),
+        "labels match case-insensitively"
+    );
+}
+
+#[tokio::test]
+async fn labels_and_scope_must_match() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    sim.queue_job(JobSpec::new("acme/widgets", &["linux", "gpu"], &["true"]))
+        .unwrap();
+    sim.queue_job(JobSpec::new("acme/gadgets", &["linux"], &["true"]))
+        .unwrap();
+    let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", "no-gpu", &["linux"]).await;
+    let m = ManualRunner::connect(&jit).await;
+    assert!(
+        m.poll().await.is_none(),
+        "neither the gpu job nor another repository's job"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_over_rest() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    let job = sim
+        .queue_job(JobSpec::new(
+            "acme/widgets",
+            &["linux"],
+            &["echo started; sleep 30", "echo never"],
+        ))
+        .unwrap();
+    let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", "to-cancel", &["linux"]).await;
+    let proc = spawn_runner(&jit);
+    let j = sim
+        .wait_job(job.id, Duration::from_secs(10), |j| {
+            j.steps[0].output.first().map(String::as_str) == Some("started")
+        })
+        .await
+        .unwrap();
+    assert_eq!(j.status, "in_progress");
+    let t = std::time::Instant::now();
+    let r = http()
+        .post(format!(
+            "{}/repos/acme/widgets/actions/runs/{}/cancel",
+            sim.api_url(),
+            job.run_id
+        ))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let (code, stderr) = proc.finish().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the step was killed, not waited for"
+    );
+    let done = sim.job(job.id).unwrap();
+    assert_eq!(done.conclusion.as_deref(), Some("cancelled"));
+    let c: Vec<_> = done
+        .steps
+        .iter()
+        .map(|s| s.conclusion.clone().unwrap())
+        .collect();
+    assert_eq!(c, ["cancelled", "skipped"]);
+}
+
+#[tokio::test]
+async fn sigterm_kills_the_step_and_reports_cancelled() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    let job = sim
+        .queue_job(JobSpec::new(
+            "acme/widgets",
+            &["linux"],
+            &["echo started; sleep 30"],
+        ))
+        .unwrap();
+    let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", "to-term", &["linux"]).await;
+    let proc = spawn_runner(&jit);
+    sim.wait_job(job.id, Duration::from_secs(10), |j| {
+        !j.steps[0].output.is_empty()
+    })
+    .await
+    .unwrap();
+    let pid = rustix::process::Pid::from_raw(proc.child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let (code, stderr) = proc.finish().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        sim.job(job.id).unwrap().conclusion.as_deref(),
+        Some("cancelled")
+    );
+}
+
+#[tokio::test]
+async fn a_job_not_acquired_in_time_is_requeued() {
+    let sim = start(SimConfig {
+        offer_timeout: Duration::from_millis(600),
+        ..fast_config()
+    })
+    .await;
+    let tok = token(&sim, "acme").await;
+    let job = sim
+        .queue_job(JobSpec::new("acme/widgets", &["linux"], &["echo requeued"]))
+        .unwrap();
+    let (_, jit_slow) = mint_jit(&sim, &tok, "acme/widgets", "slow", &["linux"]).await;
+    let slow = ManualRunner::connect(&jit_slow).await;
+    let offer = slow.poll().await.expect("offered to the slow runner");
+    assert_eq!(
+        sim.job(job.id).unwrap().offered_to,
+        sim.runners()
+            .iter()
+            .find(|r| r.name == "slow")
+            .map(|r| r.id)
+    );
+    // while offered, nobody else gets it
+    let (_, jit_fast) = mint_jit(&sim, &tok, "acme/widgets", "fast", &["linux"]).await;
+    let fast = ManualRunner::connect(&jit_fast).await;
+    // after the offer timeout it goes to the other runner
+    let again = fast
+        .poll()
+        .await
+        .or(fast.poll().await)
+        .expect("requeued and offered again");
+    assert_eq!(again.runner_request_id, offer.runner_request_id);
+    assert_eq!(fast.acquire(&again).await.0, 200);
+    // the slow runner's late acquire: 409
+    assert_eq!(slow.acquire(&offer).await.0, 409);
+    let j = sim.job(job.id).unwrap();
+    assert_eq!(
+        (j.status.as_str(), j.runner_name.as_deref(), j.offers),
+        ("in_progress", Some("fast"), 2)
+    );
+    assert!(sim.job_log(job.id).unwrap().contains("requeued"));
+}
+
+#[tokio::test]
+async fn deleted_registration_stops_a_waiting_runner() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    let (runner, jit) = mint_jit(&sim, &tok, "acme/widgets", "to-delete", &["linux"]).await;
+    let proc = spawn_runner(&jit);
+    let id = runner["id"].as_u64().unwrap();
+    for _ in 0..100 {
+        if sim
+            .runners()
+            .iter()
+            .any(|r| r.id == id && r.status == "online")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = http()
+        .delete(format!(
+            "{}/repos/acme/widgets/actions/runners/{id}",
+            sim.api_url()
+        ))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (code, stderr) = proc.finish().await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("registration deleted"), "{stderr}");
+}
+
+#[tokio::test]
+async fn runner_interface() {
+    let bin = env!("CARGO_BIN_EXE_ghsim-runner");
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ghsim-runner {}", env!("CARGO_PKG_VERSION"))
+    );
+    // bad JIT config: exit 2 with a clear message
+    let out = std::process::Command::new(bin)
+        .args(["run", "--jitconfig", "not-base64!"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid JIT config"));
+    let out = std::process::Command::new(bin)
+        .arg("run")
+        .env_remove("ACTIONS_RUNNER_INPUT_JITCONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ACTIONS_RUNNER_INPUT_JITCONFIG"));
+    // unreachable server: exit 3 (authentication failed)
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", "env-runner", &["linux"]).await;
+    let job = sim
+        .queue_job(JobSpec::new(
+            "acme/widgets",
+            &["linux"],
+            &["echo via-env ${ACTIONS_RUNNER_INPUT_JITCONFIG:-unset}"],
+        ))
+        .unwrap();
+    // the JIT config from the environment (removed before steps run)
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(bin)
+        .arg("run")
+        .current_dir(dir.path())
+        .env("ACTIONS_RUNNER_INPUT_JITCONFIG", &jit)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sim.job_log(job.id).unwrap(), "via-env unset\n");
+    sim.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, jit2) = {
+        let sim2 = start(fast_config()).await;
+        let tok2 = token(&sim2, "acme").await;
+        let r = mint_jit(&sim2, &tok2, "acme/widgets", "orphan", &["linux"]).await;
+        sim2.shutdown();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r
+    };
+    let out = tokio::process::Command::new(bin)
+        .args(["run", "--jitconfig", &jit2])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn many_jobs_on_many_runners() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    let n = 24;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            sim.queue_job(JobSpec::new(
+                "acme/widgets",
+                &["linux"],
+                &[&format!("echo job-{i}")],
+            ))
+            .unwrap()
+            .id,
+        );
+    }
+    let mut running = Vec::new();
+    for i in 0..n {
+        let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", &format!("bulk-{i}"), &["linux"]).await;
+        running.push(spawn_runner(&jit));
+        if running.len() == 8 {
+            for p in running.drain(..) {
+                assert_eq!(p.finish().await.0, 0);
+            }
+        }
+    }
+    for p in running {
+        assert_eq!(p.finish().await.0, 0);
+    }
+    let mut names = std::collections::HashSet::new();
+    for id in ids {
+        let j = sim.job(id).unwrap();
+        assert_eq!(j.conclusion.as_deref(), Some("success"));
+        assert!(
+            names.insert(j.runner_name.unwrap()),
+            "one job per ephemeral runner"
+        );
+    }
+    assert!(sim.runners().is_empty());
+}
