@@ -1,9 +1,11 @@
 //! The `berth` command line: one binary for every part of the system.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::config::{Config, EXIT_CONFIG, Role};
 
 /// berth: every GitHub Actions job in a fresh, single-use, locked-down Docker container.
 #[derive(Debug, Parser)]
@@ -50,6 +52,38 @@ pub enum Command {
     /// Worker images.
     #[command(subcommand)]
     WorkerImage(WorkerImageCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration: print every problem (naming the key and the file) and exit 64 if any.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Check it for `berth proxy` rather than `berth serve`.
+        #[arg(long)]
+        proxy: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token; it is printed once and only its hash is stored.
+    Create {
+        #[arg(long, value_parser = ["delegate", "read", "admin"])]
+        scope: String,
+        /// A name to recognise the token by.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +99,16 @@ pub enum WorkerImageCommand {
 /// Runs a parsed command line and maps the outcome to the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
+        Command::Serve { config } => return serve(config.as_deref()).await,
+        Command::Config(ConfigCommand::Check { config, proxy }) => {
+            let role = if proxy { Role::Proxy } else { Role::Serve };
+            return config_check(config.as_deref(), role);
+        }
+        Command::Token(TokenCommand::Create {
+            scope,
+            name,
+            config,
+        }) => token_create(config.as_deref(), &scope, &name).await,
         Command::WorkerImage(WorkerImageCommand::Build { docker }) => {
             build_worker_image(docker.as_deref()).await
         }
@@ -79,6 +123,95 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Loads a configuration from the file and the process environment; on
+/// problems prints them and returns the exit code to use.
+fn load_config(path: Option<&Path>, role: Role) -> Result<Config, ExitCode> {
+    match Config::load(path, std::env::vars(), role) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("berth: warning: {w}");
+            }
+            Ok(loaded.config)
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn config_check(path: Option<&Path>, role: Role) -> ExitCode {
+    match load_config(path, role) {
+        Ok(config) => {
+            println!(
+                "configuration OK: {} pool(s), {} scale set(s), store {}",
+                config.pools.len(),
+                config.scale_sets.len(),
+                crate::service::redact_url(&config.store.url)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// `berth serve`: refuses to start on a bad configuration (exit 64); stops
+/// on SIGTERM or SIGINT, leaving running jobs running.
+async fn serve(path: Option<&Path>) -> ExitCode {
+    let config = match load_config(path, Role::Serve) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let log_level = crate::observability::logging::init(&config.logs.level);
+    let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("berth: cannot listen on {}: {e}", config.server.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let ctx = match crate::service::build(config, Some(log_level)).await {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "berth cannot start");
+            eprintln!("berth: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match crate::service::run(ctx, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    token.cancel();
+}
+
+async fn token_create(path: Option<&Path>, scope: &str, name: &str) -> anyhow::Result<()> {
+    let config = load_config(path, Role::Serve).map_err(|_| anyhow::anyhow!("fix the configuration first"))?;
+    let scope: crate::store::ApiTokenScope = scope.parse()?;
+    let store = crate::store::Store::connect(&config.store.url).await?;
+    let (token, stored) = crate::api::auth::create_token(&store, name, scope).await?;
+    store.close().await;
+    eprintln!("berth: created {} token `{}` ({}); it is shown once:", stored.scope, stored.name, stored.id);
+    println!("{token}");
+    Ok(())
 }
 
 /// `berth worker-image build`: builds (or finds) the local worker image and

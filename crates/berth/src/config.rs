@@ -123,6 +123,11 @@ pub struct DockerConfig {
     /// Timeout of one Docker API call (image pulls excepted).
     #[serde(with = "secs")]
     pub call_timeout: Duration,
+    /// Names this berth installation on the Docker host (label
+    /// `berth.instance`): reconcilers only touch their own instance's
+    /// containers, so several installations (or test runs) can share a host.
+    /// Replicas of one installation share it.
+    pub instance: String,
     /// Extra `/etc/hosts` entries for workers, as `name:address`
     /// (`host.docker.internal:host-gateway` lets workers reach a service on the host).
     pub extra_hosts: Vec<String>,
@@ -134,6 +139,7 @@ impl Default for DockerConfig {
             host: "unix:///var/run/docker.sock".into(),
             network: "berth".into(),
             call_timeout: Duration::from_secs(30),
+            instance: "berth".into(),
             extra_hosts: Vec::new(),
         }
     }

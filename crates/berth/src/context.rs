@@ -14,6 +14,9 @@ use crate::observability::Metrics;
 use crate::observability::logging::LogLevelHandle;
 use crate::store::{Job, Store};
 
+/// The container label naming the berth installation that owns a worker.
+pub const LABEL_INSTANCE: &str = "berth.instance";
+
 /// Everything a component needs; cheap to share behind an `Arc`.
 pub struct Context {
     pub config: Arc<Config>,
@@ -50,6 +53,11 @@ impl Context {
         self.github
             .as_ref()
             .ok_or_else(|| "no GitHub App is configured".to_string())
+    }
+
+    /// Whether a container's labels say it belongs to this installation.
+    pub fn owns(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        labels.get(LABEL_INSTANCE) == Some(&self.config.docker.instance)
     }
 
     pub fn wake_dispatcher(&self) {

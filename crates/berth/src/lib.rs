@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dispatch;
+pub mod failpoint;
 pub mod docker;
 pub mod github;
 pub mod intake;

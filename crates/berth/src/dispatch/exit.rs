@@ -135,7 +135,13 @@ pub async fn decide(ctx: &Context, job: &Job, exit_code: Option<i64>) -> Outcome
     }
     let ran_here = job.runner_name.is_some() && job.github_runner_name == job.runner_name;
     if ran_here {
-        return by_exit_code(exit_code);
+        return match completion_of(ctx, job).await {
+            Some(conclusion) if conclusion == "cancelled" => Outcome::Finish {
+                state: JobState::Cancelled,
+                error: Some("cancelled on GitHub".into()),
+            },
+            _ => by_exit_code(exit_code),
+        };
     }
     if job.github_status == Some(GithubStatus::Completed) {
         return after_github_completion(job.github_conclusion.as_deref(), job.github_runner_name.as_deref());
@@ -171,6 +177,24 @@ pub async fn decide(ctx: &Context, job: &Job, exit_code: Option<i64>) -> Outcome
         },
         Err(e) => Outcome::Requeue(format!("the worker exited and GitHub could not be asked about the job: {e}")),
     }
+}
+
+/// The job's conclusion. A runner reports it to GitHub just before it exits,
+/// so the `completed` delivery may trail the container's exit by a moment:
+/// wait a little for it rather than ask GitHub's API for every job.
+async fn completion_of(ctx: &Context, job: &Job) -> Option<String> {
+    if job.github_status == Some(GithubStatus::Completed) {
+        return job.github_conclusion.clone();
+    }
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(Some(fresh)) = ctx.store.job_get(job.id).await
+            && fresh.github_status == Some(GithubStatus::Completed)
+        {
+            return fresh.github_conclusion;
+        }
+    }
+    None
 }
 
 fn by_exit_code(exit_code: Option<i64>) -> Outcome {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::resources;
 use crate::config::PoolConfig;
-use crate::context::Context;
+use crate::context::{Context, LABEL_INSTANCE};
 use crate::docker::controller::{
     DockerError, LABEL_GITHUB_JOB_ID, LABEL_JOB, LABEL_POOL, LABEL_REPOSITORY, LABEL_RUNNER,
     WorkerNetwork, WorkerSpec,
@@ -109,7 +109,7 @@ async fn finish_failed(ctx: &Context, job: &Job, error: &str) {
     ctx.wake_dispatcher();
 }
 
-async fn steps(ctx: &Context, job: &Job, made: &mut Made, claimed_at: Instant) -> Result<(), Stop> {
+async fn steps(ctx: &Arc<Context>, job: &Job, made: &mut Made, claimed_at: Instant) -> Result<(), Stop> {
     let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
     let github = ctx.github().map_err(Stop::Permanent)?;
     let runner_name = runner_name(pool, job);
@@ -127,6 +127,7 @@ async fn steps(ctx: &Context, job: &Job, made: &mut Made, claimed_at: Instant) -
     made.runner = Some((runner_name.clone(), Some(jit.runner_id as i64)));
     tracing::Span::current().record("runner_name", runner_name.as_str());
     transition(ctx, job, JobState::Provisioning, JobState::Provisioning, JobChanges::new().runner(&runner_name, jit.runner_id as i64)).await?;
+    crate::failpoint::hit("after_mint");
 
     // 2. Create the container.
     let spec = worker_spec(ctx, job, pool, &runner_name);
@@ -134,12 +135,14 @@ async fn steps(ctx: &Context, job: &Job, made: &mut Made, claimed_at: Instant) -
     made.container = Some(container_id.clone());
     tracing::Span::current().record("container_id", container_id.as_str());
     transition(ctx, job, JobState::Provisioning, JobState::Starting, JobChanges::new().container_id(&container_id)).await?;
+    crate::failpoint::hit("after_create");
 
     // 3. Deliver the JIT config and start.
     ctx.docker
         .start_with_secret(&container_id, jit.encoded.expose().as_bytes())
         .await
         .map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
+    crate::failpoint::hit("after_start");
     let now = ctx.store.now();
     transition(ctx, job, JobState::Starting, JobState::Running, JobChanges::new().started_at(now).clear_lease()).await?;
 
@@ -261,6 +264,7 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
         (LABEL_REPOSITORY.to_string(), job.repository.clone()),
         (LABEL_GITHUB_JOB_ID.to_string(), job.github_job_id.to_string()),
         (LABEL_RUNNER.to_string(), runner_name.to_string()),
+        (LABEL_INSTANCE.to_string(), ctx.config.docker.instance.clone()),
     ]));
     spec.cpus = pool.cpus;
     spec.memory_bytes = pool.memory.0 as i64;

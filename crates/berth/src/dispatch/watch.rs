@@ -32,7 +32,9 @@ pub async fn watch(ctx: Arc<Context>, shutdown: CancellationToken) {
             match next {
                 Some(Ok(event)) => {
                     since = Some(event.time);
-                    if let ContainerEventKind::Die { exit_code } = event.kind {
+                    if let ContainerEventKind::Die { exit_code } = event.kind
+                        && ctx.owns(&event.labels)
+                    {
                         let ctx = ctx.clone();
                         tokio::spawn(async move { handle_exit(&ctx, &event.container_id, exit_code).await });
                     }

@@ -197,6 +197,7 @@ async fn queue_from_event(
         })
         .await?;
     if inserted {
+        crate::failpoint::hit("after_accept");
         tracing::info!(berth_job_id = %job.id, pool = %job.pool, "job queued");
         ctx.wake_dispatcher();
         Ok(Accepted::Queued { id: job.id })

@@ -314,7 +314,7 @@ async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
     let live_runners = ctx.store.active_runner_names().await.map_err(err)?;
     let mut acted = 0;
     for c in containers {
-        if owned.contains(&c.id) || now - c.created < grace {
+        if !ctx.owns(&c.labels) || owned.contains(&c.id) || now - c.created < grace {
             continue;
         }
         tracing::info!(container_id = %c.id, name = %c.name, "removing an orphan worker container");

@@ -728,7 +728,10 @@ fn check_transition(from: &[JobState], to: JobState) -> Result<()> {
     };
     match to {
         JobState::Queued => return invalid("requeue with job_requeue"),
-        JobState::Provisioning => return invalid("only job_claim moves a job to provisioning"),
+        // Staying in `provisioning` (to record the runner) is allowed; entering it is the claim's.
+        JobState::Provisioning if from.iter().any(|s| *s != JobState::Provisioning) => {
+            return invalid("only job_claim moves a job to provisioning");
+        }
         _ => {}
     }
     if from.is_empty() {
@@ -738,7 +741,8 @@ fn check_transition(from: &[JobState], to: JobState) -> Result<()> {
         if state.is_terminal() {
             return invalid("a terminal job never changes state");
         }
-        if !to.is_terminal() && (state == JobState::Queued || state.step() >= to.step()) {
+        let backwards = state.step() > to.step() || (state.step() == to.step() && state != to);
+        if !to.is_terminal() && (state == JobState::Queued || backwards) {
             return invalid("a queued job must be claimed first, and jobs only move forward");
         }
     }
@@ -747,37 +751,37 @@ fn check_transition(from: &[JobState], to: JobState) -> Result<()> {
 
 /// A `jobs` row as stored; [`JobRow::into_job`] checks and converts it.
 #[derive(sqlx::FromRow)]
-struct JobRow {
-    id: String,
-    github_job_id: i64,
-    run_id: i64,
-    repository: String,
-    workflow: Option<String>,
-    job_name: Option<String>,
-    labels: String,
-    pool: String,
-    source: String,
-    scale_set: Option<String>,
-    state: String,
-    cancel_requested: bool,
-    attempts: i64,
-    lease_owner: Option<String>,
-    lease_expires_at: Option<i64>,
-    runner_name: Option<String>,
-    runner_id: Option<i64>,
-    container_id: Option<String>,
-    github_status: Option<String>,
-    github_conclusion: Option<String>,
-    github_runner_name: Option<String>,
-    github_runner_id: Option<i64>,
-    exit_code: Option<i64>,
-    error: Option<String>,
-    timeout_secs: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
-    queued_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
+pub(super) struct JobRow {
+    pub(super) id: String,
+    pub(super) github_job_id: i64,
+    pub(super) run_id: i64,
+    pub(super) repository: String,
+    pub(super) workflow: Option<String>,
+    pub(super) job_name: Option<String>,
+    pub(super) labels: String,
+    pub(super) pool: String,
+    pub(super) source: String,
+    pub(super) scale_set: Option<String>,
+    pub(super) state: String,
+    pub(super) cancel_requested: bool,
+    pub(super) attempts: i64,
+    pub(super) lease_owner: Option<String>,
+    pub(super) lease_expires_at: Option<i64>,
+    pub(super) runner_name: Option<String>,
+    pub(super) runner_id: Option<i64>,
+    pub(super) container_id: Option<String>,
+    pub(super) github_status: Option<String>,
+    pub(super) github_conclusion: Option<String>,
+    pub(super) github_runner_name: Option<String>,
+    pub(super) github_runner_id: Option<i64>,
+    pub(super) exit_code: Option<i64>,
+    pub(super) error: Option<String>,
+    pub(super) timeout_secs: Option<i64>,
+    pub(super) created_at: i64,
+    pub(super) updated_at: i64,
+    pub(super) queued_at: i64,
+    pub(super) started_at: Option<i64>,
+    pub(super) finished_at: Option<i64>,
 }
 
 impl JobRow {

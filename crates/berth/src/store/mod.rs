@@ -85,11 +85,13 @@ mod deliveries;
 mod error;
 mod jobs;
 mod logs;
+mod rebind;
 mod tokens;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock, truncate_to_millis};
 pub use error::{Result, StoreError};
+pub use rebind::Rebound;
 pub use types::{
     ApiToken, ApiTokenScope, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobLogs,
     JobLogsState, JobSource, JobState, NewApiToken, NewJob, UnknownName,

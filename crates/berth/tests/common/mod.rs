@@ -1,0 +1,262 @@
+//! Test harness: a GitHub simulator reachable from containers, the local
+//! worker image, and `berth serve` either in-process or as a real process.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth::config::{Config, Role};
+use berth::context::Context;
+use berth::store::{ApiTokenScope, Job, JobState, Store};
+use ghsim::{JobSpec, SimConfig, SimHandle, Simulator, WebhookTarget};
+use tokio_util::sync::CancellationToken;
+
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret-5f2a";
+pub const LABELS: [&str; 2] = ["self-hosted", "linux"];
+
+/// The simulator, the worker image and a scratch folder for one test.
+pub struct World {
+    pub sim: SimHandle,
+    pub image_id: String,
+    pub dir: tempfile::TempDir,
+    /// `berth.instance` of this test's berth: its containers, and only them.
+    pub instance: String,
+    key_path: PathBuf,
+}
+
+impl World {
+    pub async fn new() -> World {
+        Self::with_sim(SimConfig::default()).await
+    }
+
+    /// The simulator listens on all addresses so that workers reach it
+    /// through `host.docker.internal` (the host's docker0 address).
+    pub async fn with_sim(mut sim_config: SimConfig) -> World {
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        sim_config.public_url = Some(format!("http://host.docker.internal:{port}"));
+        let sim = Simulator::start(sim_config, listener).unwrap();
+        let docker = berth::docker::worker_image::connect(None).await.unwrap();
+        let image = berth::docker::worker_image::ensure_local_worker_image(&docker)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("app.pem");
+        std::fs::write(&key_path, sim.app_private_key_pem()).unwrap();
+        let instance = format!("test-{}", uuid::Uuid::new_v4().simple());
+        World {
+            sim,
+            image_id: image.id,
+            dir,
+            instance,
+            key_path,
+        }
+    }
+
+    /// A configuration TOML for berth against this world. `extra` is
+    /// appended inside the `[[pool]]` table.
+    pub fn config_toml(&self, listen: &str, pool_extra: &str) -> String {
+        format!(
+            r#"
+[server]
+listen = "{listen}"
+[store]
+url = "sqlite://{db}"
+[github]
+api_url = "{api}"
+app_id = {app_id}
+private_key_path = "{key}"
+webhook_secret = "{secret}"
+request_timeout = 5
+[docker]
+network = "berth-test"
+instance = "{instance}"
+extra_hosts = ["host.docker.internal:host-gateway"]
+[dispatch]
+lease = 10
+[reconcile]
+interval = 2
+orphan_grace = 5
+queued_check_after = 30
+[logs]
+level = "berth=debug,info"
+[[pool]]
+name = "linux"
+scope = "org:acme"
+labels = ["self-hosted", "linux"]
+image = "{image}"
+cpus = 1
+memory = "256m"
+idle_timeout = 60
+{pool_extra}
+"#,
+            db = self.dir.path().join("berth.db").display(),
+            api = self.sim.api_url(),
+            app_id = self.sim.app_id(),
+            key = self.key_path.display(),
+            secret = WEBHOOK_SECRET,
+            instance = self.instance,
+            image = self.image_id,
+        )
+    }
+
+    pub fn config(&self, pool_extra: &str) -> Config {
+        let path = self.dir.path().join("berth.toml");
+        std::fs::write(&path, self.config_toml("127.0.0.1:0", pool_extra)).unwrap();
+        Config::load(Some(&path), Vec::<(String, String)>::new(), Role::Serve)
+            .unwrap()
+            .config
+    }
+
+    pub fn point_webhooks_at(&self, berth_url: &str) {
+        self.sim.set_webhook(Some(WebhookTarget {
+            url: format!("{berth_url}/v1/webhooks/github"),
+            secret: Some(WEBHOOK_SECRET.into()),
+        }));
+    }
+
+    pub fn queue(&self, steps: &[&str]) -> u64 {
+        self.queue_spec(JobSpec {
+            repository: "acme/widgets".into(),
+            labels: LABELS.iter().map(|s| s.to_string()).collect(),
+            steps: steps.iter().map(|s| (*s).into()).collect(),
+            ..JobSpec::default()
+        })
+    }
+
+    pub fn queue_spec(&self, spec: JobSpec) -> u64 {
+        self.sim.queue_job(spec).unwrap().id
+    }
+
+    /// Containers of this test's berth, by `docker ps`.
+    pub fn containers(&self) -> Vec<String> {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--no-trunc", "--filter"])
+            .arg(format!("label=berth.instance={}", self.instance))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `berth-` runners the simulator still has registered.
+    pub fn berth_runners(&self) -> Vec<String> {
+        self.sim
+            .runners()
+            .into_iter()
+            .filter(|r| r.name.starts_with("berth-"))
+            .map(|r| r.name)
+            .collect()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let ids = self.containers();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+/// `berth serve` running in this process.
+pub struct Berth {
+    pub ctx: Arc<Context>,
+    pub url: String,
+    pub admin_token: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Berth {
+    pub async fn start(world: &World, config: Config) -> Berth {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let ctx = berth::service::build(config, None).await.unwrap();
+        let (admin_token, _) = berth::api::auth::create_token(&ctx.store, "test", ApiTokenScope::Admin)
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(berth::service::run(ctx.clone(), listener, shutdown.clone()));
+        world.point_webhooks_at(&url);
+        Berth {
+            ctx,
+            url,
+            admin_token,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(12), self.task).await;
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.ctx.store
+    }
+
+    pub async fn job(&self, github_job_id: u64) -> Option<Job> {
+        self.store().job_get_by_github_id(github_job_id as i64).await.unwrap()
+    }
+
+    /// Waits until the job with this GitHub id is in a terminal state.
+    pub async fn wait_terminal(&self, github_job_id: u64, limit: Duration) -> Job {
+        let started = Instant::now();
+        loop {
+            if let Some(job) = self.job(github_job_id).await
+                && job.state.is_terminal()
+            {
+                return job;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "job {github_job_id} not finished after {limit:?}: {:?}",
+                self.job(github_job_id).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, github_job_id: u64, state: JobState, limit: Duration) -> Job {
+        let started = Instant::now();
+        loop {
+            if let Some(job) = self.job(github_job_id).await
+                && job.state == state
+            {
+                return job;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "job {github_job_id} not {state} after {limit:?}: {:?}",
+                self.job(github_job_id).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+}
+
+/// Polls `check` until it returns true.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not true after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
