@@ -176,6 +176,10 @@ pub(crate) async fn rate_limit_layer(
     req: Request,
     next: Next,
 ) -> Response {
+    // REST only: the Actions service, the runner endpoints and `/_sim` all start with `/_`.
+    if req.uri().path().starts_with("/_") {
+        return next.run(req).await;
+    }
     let key = req
         .headers()
         .get("authorization")
