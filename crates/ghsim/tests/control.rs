@@ -385,3 +385,24 @@ async fn two_hundred_jobs_on_sixteen_concurrent_runners() {
     );
     assert!(t.elapsed() < Duration::from_secs(40));
 }
+
+#[tokio::test]
+async fn dropping_the_last_handle_stops_the_server() {
+    let sim = start(fast_config()).await;
+    let url = format!("{}/_sim/info", sim.base_url());
+    let clone = sim.clone();
+    drop(sim);
+    assert_eq!(
+        http().get(&url).send().await.unwrap().status(),
+        200,
+        "a clone keeps it running"
+    );
+    drop(clone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    assert!(c.get(&url).send().await.is_err(), "stopped");
+}
