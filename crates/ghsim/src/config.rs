@@ -81,6 +81,9 @@ pub struct SimConfig {
     pub hook_id: u64,
     /// Long-poll timeout of the scale-set message queue and the runner broker.
     pub poll_timeout: Duration,
+    /// A scale-set session not polled for this long expires, so a restarted
+    /// listener can open a new one (the real service does the same, slowly).
+    pub session_idle_timeout: Duration,
     /// A job offered to a runner and not acquired within this time is requeued.
     pub offer_timeout: Duration,
     /// A running job whose runner stops renewing for this long fails.
@@ -140,6 +143,7 @@ impl Default for SimConfig {
             webhook: None,
             hook_id: 470_000_001,
             poll_timeout: Duration::from_secs(3),
+            session_idle_timeout: Duration::from_secs(120),
             offer_timeout: Duration::from_secs(10),
             job_lock_timeout: Duration::from_secs(60),
             cancel_grace: Duration::from_secs(10),

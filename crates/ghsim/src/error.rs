@@ -76,6 +76,14 @@ pub enum Error {
     /// JSON (de)serialisation.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A runner-level failure of the stand-in, with the exit code it maps to.
+    #[error("{message}")]
+    Runner {
+        /// Process exit code.
+        code: i32,
+        /// What went wrong (printed on stderr).
+        message: String,
+    },
     /// Anything else.
     #[error("{0}")]
     Internal(String),

@@ -176,6 +176,10 @@ pub(crate) async fn rate_limit_layer(
     req: Request,
     next: Next,
 ) -> Response {
+    // REST only: the Actions service, the runner endpoints and `/_sim` all start with `/_`.
+    if req.uri().path().starts_with("/_") {
+        return next.run(req).await;
+    }
     let key = req
         .headers()
         .get("authorization")
@@ -225,6 +229,14 @@ pub(crate) async fn rate_limit_layer(
     h.insert("x-ratelimit-reset", num(reset));
     h.insert("x-ratelimit-used", num(used.min(limit) as i64));
     h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+    let request_id = format!(
+        "{:X}:{:X}",
+        std::process::id(),
+        rand::thread_rng().r#gen::<u64>()
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-github-request-id", v);
+    }
     h.insert(
         "x-github-media-type",
         HeaderValue::from_static("github.v3; format=json"),

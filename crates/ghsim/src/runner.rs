@@ -23,6 +23,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::{KeyPair, sign_assertion};
+use crate::error::{Error, Result};
 use crate::runner_protocol::{
     AcquireJobRequest, BrokerMessage, BrokerSession, CompleteJobBody, JitConfig, JobRef,
     JobRequest, JobRequestRef, LogsBody, RenewResponse, StepUpdate, StepsBody, TokenResponse,
@@ -35,23 +36,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Env var the real runner reads its JIT config from.
 pub const JIT_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
 
-/// A runner-level failure: exit code and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// Process exit code.
-    pub code: i32,
-    /// What went wrong (printed on stderr).
-    pub message: String,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (exit {})", self.message, self.code)
-    }
-}
-
-fn fail(code: i32, message: impl Into<String>) -> Failure {
-    Failure {
+/// A runner-level failure: [`Error::Runner`] with its exit code.
+fn fail(code: i32, message: impl Into<String>) -> Error {
+    Error::Runner {
         code,
         message: message.into(),
     }
@@ -94,7 +81,7 @@ fn etc_hosts() -> HashMap<String, IpAddr> {
     map
 }
 
-fn client_for(urls: &[&str]) -> Result<reqwest::Client, Failure> {
+fn client_for(urls: &[&str]) -> Result<reqwest::Client> {
     let hosts = etc_hosts();
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(90))
@@ -121,7 +108,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn authenticate(&mut self) -> Result<(), Failure> {
+    async fn authenticate(&mut self) -> Result<()> {
         let data = &self.jit.credentials.data;
         let assertion = sign_assertion(&self.key, &data.client_id, &data.authorization_url)
             .map_err(|e| fail(3, format!("cannot sign client assertion: {e}")))?;
@@ -171,7 +158,7 @@ impl Conn {
 }
 
 /// Runs the stand-in with an encoded JIT config.
-pub async fn run(encoded_jit: &str, mut opts: Options) -> Result<Outcome, Failure> {
+pub async fn run(encoded_jit: &str, mut opts: Options) -> Result<Outcome> {
     let jit = JitConfig::decode(encoded_jit).map_err(|e| fail(2, e.to_string()))?;
     let key = jit.rsa.to_key_pair().map_err(|e| fail(2, e.to_string()))?;
     let http = client_for(&[
@@ -256,7 +243,7 @@ pub async fn run(encoded_jit: &str, mut opts: Options) -> Result<Outcome, Failur
 }
 
 /// One long poll; `Ok(Some(job))` once a job was acquired.
-async fn poll_once(conn: &mut Conn, session_id: &str) -> Result<Option<JobRequest>, Failure> {
+async fn poll_once(conn: &mut Conn, session_id: &str) -> Result<Option<JobRequest>> {
     let resp = conn
         .http
         .get(conn.broker("message"))
@@ -349,7 +336,7 @@ enum Stop {
 }
 
 /// Runs every step, reports, returns the job conclusion.
-async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<String, Failure> {
+async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<String> {
     let run_url = job
         .environment
         .get("GHSIM_RUN_SERVICE_URL")

@@ -531,6 +531,15 @@ async fn create_session(
         .unwrap_or_default();
     let lifetime = s.cfg.queue_token_lifetime;
     let ss = w.scale_sets.get_mut(&id).expect("checked");
+    // A session nobody polled for `session_idle_timeout` is gone (its listener died).
+    let idle = s.cfg.session_idle_timeout;
+    if ss
+        .session
+        .as_ref()
+        .is_some_and(|x| x.last_seen + idle <= Instant::now())
+    {
+        ss.session = None;
+    }
     if let Some(existing) = &ss.session {
         return Err(actions_err(
             StatusCode::CONFLICT,
@@ -549,6 +558,7 @@ async fn create_session(
         created_at: now(),
         last_max_capacity: None,
         polls: 0,
+        last_seen: Instant::now(),
     });
     let ss = &w.scale_sets[&id];
     Ok(Json(s.session_json(
@@ -577,6 +587,7 @@ async fn refresh_session(
     })?;
     session.queue_token = random_token("mq_", 40);
     session.token_expires = Instant::now() + lifetime;
+    session.last_seen = Instant::now();
     let ss = &w.scale_sets[&id];
     Ok(Json(s.session_json(
         &w,
@@ -667,6 +678,7 @@ async fn get_message(
         let ss = w.scale_sets.get_mut(&id).expect("checked");
         if let Some(sess) = ss.session.as_mut() {
             sess.polls += 1;
+            sess.last_seen = Instant::now();
             if capacity.is_some() {
                 sess.last_max_capacity = capacity;
             }

@@ -259,6 +259,8 @@ pub struct ScaleSetSession {
     pub created_at: OffsetDateTime,
     pub last_max_capacity: Option<u32>,
     pub polls: u64,
+    /// Last poll or refresh (idle sessions expire).
+    pub last_seen: Instant,
 }
 
 /// A runner scale set.

@@ -113,6 +113,38 @@ async fn app_endpoints_match_openapi() {
     assert!(!v.is_valid(&json!({"id": 1, "name": "x", "os": "linux", "status": "online", "busy": true, "labels": [], "version": 5})));
     assert!(v.is_valid(&json!({"id": 1, "name": "x", "os": "linux", "status": "online", "busy": true, "labels": [], "version": null})));
 
+    // installations list / get (same `installation` schema as the lookups)
+    let list: Vec<Value> = c
+        .get(format!("{api}/app/installations"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 2);
+    let v = openapi_validator(APPS, "/repos/{owner}/{repo}/installation", "get", 200).unwrap();
+    for inst in &list {
+        assert_valid(&v, inst, "listed installation");
+    }
+    let r = c
+        .get(format!("{api}/app/installations/{id}"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        c.get(format!("{api}/app/installations/1"))
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
     // the root (api.github.com style) serves the same API
     let r = c
         .get(format!("{}/app", sim.base_url()))

@@ -693,3 +693,32 @@ async fn deleting_an_idle_scale_set_agent() {
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("authentication failed"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_idle_session_expires_so_a_restarted_listener_can_reconnect() {
+    let sim = start(SimConfig {
+        session_idle_timeout: Duration::from_millis(600),
+        ..fast_config()
+    })
+    .await;
+    let a = admin(&sim, "acme").await;
+    let id = a.create_scale_set("restart-set").await["id"]
+        .as_u64()
+        .unwrap();
+    let (s, session) = a.session(id).await;
+    assert_eq!(s, 200);
+    // polling keeps it alive
+    for _ in 0..2 {
+        assert_eq!(poll(&session, 0).await.0, 202);
+        assert_eq!(a.session(id).await.0, 409);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (s, fresh) = a.session(id).await;
+    assert_eq!(s, 200);
+    assert_ne!(fresh["sessionId"], session["sessionId"]);
+    assert_eq!(
+        poll(&session, 0).await.0,
+        401,
+        "the old session's token is gone"
+    );
+}

@@ -91,9 +91,13 @@ fn main() -> ExitCode {
                 eprintln!("ghsim-runner: ran job {} ({})", o.job_id, o.conclusion);
                 ExitCode::SUCCESS
             }
-            Err(f) => {
-                eprintln!("ghsim-runner: error: {}", f.message);
-                ExitCode::from(u8::try_from(f.code).unwrap_or(1))
+            Err(ghsim::Error::Runner { code, message }) => {
+                eprintln!("ghsim-runner: error: {message}");
+                ExitCode::from(u8::try_from(code).unwrap_or(1))
+            }
+            Err(other) => {
+                eprintln!("ghsim-runner: error: {other}");
+                ExitCode::from(1)
             }
         }
     })

@@ -18,6 +18,8 @@ use crate::state::{InstallToken, lock, now, ts};
 pub(super) fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/app", get(get_app))
+        .route("/app/installations", get(list_installations))
+        .route("/app/installations/{id}", get(get_installation))
         .route("/app/installations/{id}/access_tokens", post(create_token))
         .route("/repos/{owner}/{repo}/installation", get(repo_installation))
         .route("/orgs/{org}/installation", get(org_installation))
@@ -26,6 +28,33 @@ pub(super) fn router() -> Router<Arc<Shared>> {
 async fn get_app(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Json<Value>> {
     s.app_auth(&headers)?;
     Ok(Json(objects::app(&s)))
+}
+
+async fn list_installations(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    s.app_auth(&headers)?;
+    let accounts = lock(&s.world).accounts.clone();
+    Ok(Json(Value::Array(
+        accounts
+            .iter()
+            .map(|a| objects::installation(&s, a))
+            .collect(),
+    )))
+}
+
+async fn get_installation(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Result<Json<Value>> {
+    s.app_auth(&headers)?;
+    let acct = lock(&s.world)
+        .account_by_installation(id)
+        .cloned()
+        .ok_or_else(Error::not_found)?;
+    Ok(Json(objects::installation(&s, &acct)))
 }
 
 async fn create_token(
