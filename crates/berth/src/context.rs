@@ -36,6 +36,8 @@ pub struct Context {
     /// Containers whose output is being captured, with the token cancelled
     /// when a capture has stored everything.
     pub log_captures: std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+    /// Containers whose exit is being handled right now.
+    pub exits_in_progress: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {

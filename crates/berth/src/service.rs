@@ -69,6 +69,7 @@ pub async fn build(config: Config, log_level: Option<LogLevelHandle>) -> anyhow:
         reconcile_wake: Notify::new(),
         log_level,
         log_captures: Default::default(),
+        exits_in_progress: Default::default(),
     }))
 }
 

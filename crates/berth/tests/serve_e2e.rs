@@ -80,3 +80,220 @@ async fn happy_path_webhook_to_container_to_completion() {
     }
     berth.stop().await;
 }
+
+fn rule(mode: ghsim::DeliveryFault, job_id: Option<u64>, action: Option<&str>) -> ghsim::WebhookFaultRule {
+    ghsim::WebhookFaultRule {
+        mode,
+        job_id,
+        action: action.map(str::to_string),
+        count: None,
+    }
+}
+
+async fn assert_clean(world: &World) {
+    eventually("no worker container left", Duration::from_secs(15), || async { world.containers().is_empty() }).await;
+    eventually("no berth runner left", Duration::from_secs(15), || async { world.berth_runners().is_empty() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_out_of_order_and_missing_webhooks() {
+    use ghsim::DeliveryFault::{Drop, Duplicate, Reorder};
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("")).await;
+
+    // Every delivery of this job comes twice.
+    world.sim.add_webhook_fault(rule(Duplicate, None, Some("queued")));
+    let twice = world.queue(&["echo twice"]);
+    world.sim.clear_webhook_faults();
+    world.sim.add_webhook_fault(rule(Duplicate, Some(twice), None));
+    // in_progress arrives after completed.
+    let reordered = world.queue(&["echo reordered"]);
+    world.sim.add_webhook_fault(rule(Reorder, Some(reordered), Some("in_progress")));
+    // GitHub never tells berth that this one started or finished.
+    let silent = world.queue(&["echo silent"]);
+    world.sim.add_webhook_fault(rule(Drop, Some(silent), Some("in_progress")));
+    world.sim.add_webhook_fault(rule(Drop, Some(silent), Some("completed")));
+
+    for gh_job in [twice, reordered, silent] {
+        let job = berth.wait_terminal(gh_job, JOB_LIMIT).await;
+        assert_eq!(job.state, JobState::Completed, "{job:?}");
+        assert_eq!(job.attempts, 1, "one runner per job: {job:?}");
+        assert_eq!(world.sim.job(gh_job).unwrap().conclusion.as_deref(), Some("success"));
+    }
+    let all = berth.store().job_list(&Default::default()).await.unwrap();
+    assert_eq!(all.len(), 3, "duplicates created no job: {all:?}");
+    let metrics = berth.ctx.metrics.encode();
+    assert!(metrics.contains("berth_webhook_deliveries_total{outcome=\"duplicate\"}"), "{metrics}");
+    // The late in_progress did not move the reordered job backwards.
+    let reordered_job = berth.job(reordered).await.unwrap();
+    assert_eq!(reordered_job.github_status, Some(berth::store::GithubStatus::Completed));
+    assert_clean(&world).await;
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stolen_runner_leaves_its_job_to_be_driven_again() {
+    use ghsim::DeliveryFault::Drop;
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("")).await;
+
+    // `other` is queued on GitHub first, with a higher priority, and berth
+    // never hears of it: the runner berth starts for `mine` takes it.
+    world.sim.add_webhook_fault(rule(Drop, None, None));
+    let other = world.queue_spec(ghsim::JobSpec {
+        repository: "acme/widgets".into(),
+        labels: common::LABELS.iter().map(|s| s.to_string()).collect(),
+        steps: vec!["echo other".into()],
+        priority: Some(10),
+        ..Default::default()
+    });
+    world.sim.clear_webhook_faults();
+    world.sim.add_webhook_fault(rule(Drop, Some(other), None));
+    let mine = world.queue(&["echo mine"]);
+
+    let job = berth.wait_terminal(mine, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+    assert_eq!(job.attempts, 2, "driven again after its first runner was taken: {job:?}");
+    let other_on_github = world.sim.job(other).unwrap();
+    assert_eq!(other_on_github.status, "completed");
+    let thief = other_on_github.runner_name.unwrap();
+    assert!(thief.starts_with("berth-linux-") && thief.ends_with("-1"), "{thief}");
+    assert_eq!(world.sim.job(mine).unwrap().runner_name, job.runner_name);
+    assert_clean(&world).await;
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runners_taking_each_others_jobs_still_run_every_job_once() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("")).await;
+    // Priorities make GitHub hand jobs out in another order than berth
+    // started runners for them, so runners take each other's jobs.
+    let mut ids = Vec::new();
+    for priority in [1, 5, 3, 9, 7, 2] {
+        ids.push(world.queue_spec(ghsim::JobSpec {
+            repository: "acme/widgets".into(),
+            labels: common::LABELS.iter().map(|s| s.to_string()).collect(),
+            steps: vec![format!("echo job-{priority}").as_str().into(), "sleep 1".into()],
+            priority: Some(priority),
+            ..Default::default()
+        }));
+    }
+    for &id in &ids {
+        let job = berth.wait_terminal(id, JOB_LIMIT).await;
+        assert_eq!(job.state, JobState::Completed, "{job:?}");
+        let on_github = world.sim.job(id).unwrap();
+        assert_eq!(on_github.conclusion.as_deref(), Some("success"));
+    }
+    // Every runner ran exactly one job.
+    let mut runners: Vec<_> = ids.iter().map(|&id| world.sim.job(id).unwrap().runner_name.unwrap()).collect();
+    runners.sort();
+    runners.dedup();
+    assert_eq!(runners.len(), ids.len());
+    assert_clean(&world).await;
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancellation_before_and_after_the_runner_started() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("max_runners = 1")).await;
+    let client = berth.http();
+    let cancel = |id: uuid::Uuid| {
+        client
+            .post(format!("{}/v1/jobs/{id}/cancel", berth.url))
+            .bearer_auth(&berth.admin_token)
+            .send()
+    };
+
+    // The pool's one slot is taken by a long job...
+    let long = world.queue(&["sleep 30"]);
+    let running = berth.wait_state(long, JobState::Running, JOB_LIMIT).await;
+    // ...so these two wait in berth's queue.
+    let via_api = world.queue(&["echo never"]);
+    let via_github = world.queue(&["echo never"]);
+    let queued = berth.wait_state(via_api, JobState::Queued, JOB_LIMIT).await;
+    berth.wait_state(via_github, JobState::Queued, JOB_LIMIT).await;
+
+    // Before a runner started: cancelled through berth's API, and on GitHub.
+    assert_eq!(cancel(queued.id).await.unwrap().status(), 202);
+    world.sim.cancel_job(via_github).unwrap();
+    let job = berth.wait_terminal(via_api, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+    assert!(job.container_id.is_none());
+    let job = berth.wait_terminal(via_github, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+
+    // After it started: cancelled through berth's API stops the container.
+    let wait_until_taken = async {
+        eventually("long job taken", JOB_LIMIT, || async {
+            world.sim.job(long).unwrap().status == "in_progress"
+        })
+        .await
+    };
+    wait_until_taken.await;
+    assert_eq!(cancel(running.id).await.unwrap().status(), 202);
+    let job = berth.wait_terminal(long, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+    // A second cancel of a finished job is refused.
+    assert_eq!(cancel(running.id).await.unwrap().status(), 409);
+
+    // After it started, cancelled on GitHub: the runner stops and reports it.
+    let on_github = world.queue(&["sleep 30"]);
+    berth.wait_state(on_github, JobState::Running, JOB_LIMIT).await;
+    eventually("job taken", JOB_LIMIT, || async { world.sim.job(on_github).unwrap().status == "in_progress" }).await;
+    world.sim.cancel_job(on_github).unwrap();
+    let job = berth.wait_terminal(on_github, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+    assert_clean(&world).await;
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_past_its_timeout_is_stopped_and_failed() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("job_timeout = 3")).await;
+    let gh_job = world.queue(&["sleep 60"]);
+    let job = berth.wait_terminal(gh_job, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert_eq!(job.error.as_deref(), Some("timed out after 3 s"));
+    let ran_for = job.finished_at.unwrap() - job.started_at.unwrap();
+    assert!(ran_for < time::Duration::seconds(20), "stopped promptly: {ran_for}");
+    assert_clean(&world).await;
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn github_errors_and_rate_limits_on_30_percent_of_requests() {
+    use ghsim::{FaultKind, FaultRule};
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("")).await;
+    // Only GitHub's REST API, which berth calls, fails; runners are not hit.
+    for prefix in ["/app/", "/orgs/", "/repos/"] {
+        let mut errors = FaultRule::new(FaultKind::ServerError);
+        errors.fraction = 0.2;
+        errors.path_prefix = Some(prefix.into());
+        let mut limited = FaultRule::new(FaultKind::TooManyRequests);
+        limited.fraction = 0.125;
+        limited.retry_after_secs = Some(1);
+        limited.path_prefix = Some(prefix.into());
+        world.sim.add_fault(errors);
+        world.sim.add_fault(limited);
+    }
+
+    let ids: Vec<u64> = (0..6).map(|i| world.queue(&[format!("echo {i}").as_str()])).collect();
+    for id in ids {
+        let job = berth.wait_terminal(id, Duration::from_secs(120)).await;
+        let logs = berth.store().job_logs_get(job.id).await.unwrap().map(|l| String::from_utf8_lossy(&l.content).to_string());
+        assert_eq!(job.state, JobState::Completed, "{job:?}\n{logs:?}");
+    }
+    assert!(world.sim.fault_hits() > 0, "faults were injected");
+    let metrics = berth.ctx.metrics.encode();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("berth_github_api_requests_total") && (l.contains("status=\"500\"") || l.contains("status=\"502\"") || l.contains("status=\"503\"") || l.contains("status=\"429\""))),
+        "{metrics}"
+    );
+    world.sim.clear_faults();
+    assert_clean(&world).await;
+    berth.stop().await;
+}

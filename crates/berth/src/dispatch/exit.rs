@@ -30,6 +30,24 @@ pub enum Outcome {
 /// its runner registration, and finishes or requeues its job. Idempotent:
 /// Docker events can arrive twice, and reconcilers call this too.
 pub async fn handle_exit(ctx: &Arc<Context>, container_id: &str, exit_code: Option<i64>) {
+    // One handler per container at a time in this process: the event stream
+    // and a reconcile pass may both notice the same exit.
+    if !ctx
+        .exits_in_progress
+        .lock()
+        .expect("exit registry")
+        .insert(container_id.to_string())
+    {
+        return;
+    }
+    handle_exit_once(ctx, container_id, exit_code).await;
+    ctx.exits_in_progress
+        .lock()
+        .expect("exit registry")
+        .remove(container_id);
+}
+
+async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Option<i64>) {
     let job = match ctx.store.job_get_by_container_id(container_id).await {
         Ok(job) => job,
         Err(e) => {
@@ -53,11 +71,13 @@ pub async fn handle_exit(ctx: &Arc<Context>, container_id: &str, exit_code: Opti
         None => ctx.docker.inspect(container_id).await.ok().and_then(|i| i.exit_code),
     };
     let outcome = decide(ctx, &job, exit_code).await;
+    // The job's end is recorded before anything is cleaned up: should berth
+    // stop right here, the reconcilers remove what a finished job left.
+    apply(ctx, &job, outcome, exit_code).await;
     resources::remove_container(ctx, container_id).await;
     if let (Ok(pool), Some(name)) = (ctx.pool_of(&job), job.runner_name.as_deref()) {
         resources::deregister_runner(ctx, pool, job.runner_id, name).await;
     }
-    apply(ctx, &job, outcome, exit_code).await;
 }
 
 /// Applies an outcome with a conditional update, and counts it.
@@ -135,12 +155,17 @@ pub async fn decide(ctx: &Context, job: &Job, exit_code: Option<i64>) -> Outcome
     }
     let ran_here = job.runner_name.is_some() && job.github_runner_name == job.runner_name;
     if ran_here {
+        // GitHub's word on how the job ended beats the runner's exit code.
         return match completion_of(ctx, job).await {
             Some(conclusion) if conclusion == "cancelled" => Outcome::Finish {
                 state: JobState::Cancelled,
                 error: Some("cancelled on GitHub".into()),
             },
-            _ => by_exit_code(exit_code),
+            Some(_) => Outcome::Finish {
+                state: JobState::Completed,
+                error: None,
+            },
+            None => by_exit_code(exit_code),
         };
     }
     if job.github_status == Some(GithubStatus::Completed) {

@@ -51,34 +51,48 @@ struct Made {
 
 /// Drives a claimed job (state `provisioning`) to `running`, or back to the
 /// queue, or to `failed`.
+///
+/// Once its runner is named, provisioning addresses "the job holding this
+/// runner" rather than the job it started for: GitHub may give the runner to
+/// another job at any moment ([`Store::job_take_runner`]), and the runner
+/// being made is then that job's.
+///
+/// [`Store::job_take_runner`]: crate::store::Store::job_take_runner
 pub async fn provision(ctx: Arc<Context>, job: Job) {
     let claimed_at = Instant::now();
     let lost = CancellationToken::new();
-    let renewer = tokio::spawn(renew_lease(ctx.clone(), job.id, lost.clone()));
+    let runner: Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let renewer = tokio::spawn(renew_lease(ctx.clone(), job.id, runner.clone(), lost.clone()));
     let mut made = Made::default();
     let outcome = tokio::select! {
-        outcome = steps(&ctx, &job, &mut made, claimed_at) => outcome,
+        outcome = steps(&ctx, &job, &mut made, &runner, claimed_at) => outcome,
         _ = lost.cancelled() => Err(Stop::Lost),
     };
     renewer.abort();
     let Err(stop) = outcome else { return };
-    release(&ctx, &job, &made).await;
+    // The job to settle: whichever holds the runner now, else the one claimed.
+    let holder = match &made.runner {
+        Some((name, _)) => match ctx.store.job_get_by_runner_name(name).await {
+            Ok(Some(holder)) if holder.state.is_active() => holder,
+            _ => job.clone(),
+        },
+        None => job.clone(),
+    };
+    release(&ctx, &made).await;
+    let in_flight = [JobState::Provisioning, JobState::Starting];
     match stop {
         Stop::Lost => {
             tracing::info!("lost the claim while provisioning; released what was made");
         }
         Stop::Transient(reason) => {
             let max = ctx.config.dispatch.max_attempts;
-            if job.attempts >= i64::from(max) {
-                let error = format!("gave up after {} attempts: {reason}", job.attempts);
+            if holder.attempts >= i64::from(max) {
+                let error = format!("gave up after {} attempts: {reason}", holder.attempts);
                 tracing::error!(error = %error, "job failed");
-                finish_failed(&ctx, &job, &error).await;
+                finish_failed(&ctx, &holder, &error).await;
             } else {
-                tracing::warn!(reason = %reason, attempts = job.attempts, "provisioning failed; job goes back to the queue");
-                let _ = ctx
-                    .store
-                    .job_requeue(job.id, &[JobState::Provisioning, JobState::Starting], &reason)
-                    .await;
+                tracing::warn!(reason = %reason, attempts = holder.attempts, "provisioning failed; job goes back to the queue");
+                let _ = ctx.store.job_requeue(holder.id, &in_flight, &reason).await;
                 // A short pause before the job can be claimed again, so an
                 // outage is not hammered in a tight loop.
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -87,7 +101,7 @@ pub async fn provision(ctx: Arc<Context>, job: Job) {
         }
         Stop::Permanent(reason) => {
             tracing::error!(error = %reason, "job failed");
-            finish_failed(&ctx, &job, &reason).await;
+            finish_failed(&ctx, &holder, &reason).await;
         }
     }
 }
@@ -109,13 +123,28 @@ async fn finish_failed(ctx: &Context, job: &Job, error: &str) {
     ctx.wake_dispatcher();
 }
 
-async fn steps(ctx: &Arc<Context>, job: &Job, made: &mut Made, claimed_at: Instant) -> Result<(), Stop> {
+async fn steps(
+    ctx: &Arc<Context>,
+    job: &Job,
+    made: &mut Made,
+    runner: &std::sync::Mutex<Option<String>>,
+    claimed_at: Instant,
+) -> Result<(), Stop> {
     let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
     let github = ctx.github().map_err(Stop::Permanent)?;
     let runner_name = runner_name(pool, job);
 
-    // 1. Record the name, then mint.
-    transition(ctx, job, JobState::Provisioning, JobState::Provisioning, JobChanges::new().runner_name(&runner_name)).await?;
+    // 1. Record the name, then mint. From here on the runner is the key.
+    let named = ctx
+        .store
+        .job_transition(job.id, &[JobState::Provisioning], JobState::Provisioning, JobChanges::new().runner_name(&runner_name))
+        .await;
+    match named {
+        Ok(true) => {}
+        Ok(false) => return Err(Stop::Lost),
+        Err(e) => return Err(Stop::Transient(format!("the store failed: {e}"))),
+    }
+    *runner.lock().expect("runner name") = Some(runner_name.clone());
     made.runner = Some((runner_name.clone(), None));
     let jit: JitConfig = github
         .generate_jitconfig(&pool.scope, &runner_name, pool.runner_group_id, &pool.labels, &pool.work_folder)
@@ -126,7 +155,7 @@ async fn steps(ctx: &Arc<Context>, job: &Job, made: &mut Made, claimed_at: Insta
         })?;
     made.runner = Some((runner_name.clone(), Some(jit.runner_id as i64)));
     tracing::Span::current().record("runner_name", runner_name.as_str());
-    transition(ctx, job, JobState::Provisioning, JobState::Provisioning, JobChanges::new().runner(&runner_name, jit.runner_id as i64)).await?;
+    transition(ctx, &runner_name, JobState::Provisioning, JobState::Provisioning, JobChanges::new().runner(&runner_name, jit.runner_id as i64)).await?;
     crate::failpoint::hit("after_mint");
 
     // 2. Create the container.
@@ -134,7 +163,7 @@ async fn steps(ctx: &Arc<Context>, job: &Job, made: &mut Made, claimed_at: Insta
     let container_id = create_with_retries(ctx, &spec).await?;
     made.container = Some(container_id.clone());
     tracing::Span::current().record("container_id", container_id.as_str());
-    transition(ctx, job, JobState::Provisioning, JobState::Starting, JobChanges::new().container_id(&container_id)).await?;
+    transition(ctx, &runner_name, JobState::Provisioning, JobState::Starting, JobChanges::new().container_id(&container_id)).await?;
     crate::failpoint::hit("after_create");
 
     // 3. Deliver the JIT config and start.
@@ -144,7 +173,7 @@ async fn steps(ctx: &Arc<Context>, job: &Job, made: &mut Made, claimed_at: Insta
         .map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
     crate::failpoint::hit("after_start");
     let now = ctx.store.now();
-    transition(ctx, job, JobState::Starting, JobState::Running, JobChanges::new().started_at(now).clear_lease()).await?;
+    transition(ctx, &runner_name, JobState::Starting, JobState::Running, JobChanges::new().started_at(now).clear_lease()).await?;
 
     let labels = Metrics::pool(&job.pool);
     ctx.metrics
@@ -154,13 +183,18 @@ async fn steps(ctx: &Arc<Context>, job: &Job, made: &mut Made, claimed_at: Insta
     let waited = (now - job.queued_at).as_seconds_f64().max(0.0);
     ctx.metrics.queue_wait.get_or_create(&labels).observe(waited);
     tracing::info!(queue_wait_ms = (waited * 1000.0) as u64, "worker container running");
-    super::logs::spawn_capture(ctx, job.id, &container_id);
+    let holder = match ctx.store.job_get_by_runner_name(&runner_name).await {
+        Ok(Some(holder)) => holder.id,
+        _ => job.id,
+    };
+    super::logs::spawn_capture(ctx, holder, &container_id);
     Ok(())
 }
 
-/// One conditional transition of the claimed job; `Lost` when it did not apply.
-async fn transition(ctx: &Context, job: &Job, from: JobState, to: JobState, changes: JobChanges) -> Result<(), Stop> {
-    match ctx.store.job_transition(job.id, &[from], to, changes).await {
+/// One conditional transition of the job holding the runner; `Lost` when it
+/// did not apply.
+async fn transition(ctx: &Context, runner_name: &str, from: JobState, to: JobState, changes: JobChanges) -> Result<(), Stop> {
+    match ctx.store.job_transition_by_runner(runner_name, &[from], to, changes).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(Stop::Lost),
         Err(e) => Err(Stop::Transient(format!("the store failed: {e}"))),
@@ -196,38 +230,44 @@ async fn create_with_retries(ctx: &Context, spec: &WorkerSpec) -> Result<String,
 }
 
 /// Releases the runner registration and container a failed attempt made,
-/// unless another job owns them by now (a runner rebound by GitHub's choice).
-async fn release(ctx: &Context, job: &Job, made: &Made) {
-    let Ok(pool) = ctx.pool_of(job) else { return };
+/// unless a live job still holds them (one GitHub gave the runner to).
+async fn release(ctx: &Context, made: &Made) {
     if let Some(container_id) = &made.container {
-        let owned_by_other = matches!(
+        let held = matches!(
             ctx.store.job_get_by_container_id(container_id).await,
-            Ok(Some(other)) if other.id != job.id
+            Ok(Some(holder)) if holder.state.is_active()
         );
-        if owned_by_other {
+        if held {
             return;
         }
         resources::remove_container(ctx, container_id).await;
     }
     if let Some((name, id)) = &made.runner {
-        let owned_by_other = matches!(
-            ctx.store.job_get_by_runner_name(name).await,
-            Ok(Some(other)) if other.id != job.id
-        );
-        if !owned_by_other {
+        let holder = ctx.store.job_get_by_runner_name(name).await.ok().flatten();
+        if holder.as_ref().is_some_and(|h| h.state.is_active()) {
+            return;
+        }
+        let pool = holder.and_then(|h| ctx.pool(&h.pool).cloned());
+        if let Some(pool) = pool.as_ref().or(ctx.config.pools.first()) {
             resources::deregister_runner(ctx, pool, *id, name).await;
         }
     }
 }
 
-/// Keeps the claim alive; cancels `lost` when it cannot.
-async fn renew_lease(ctx: Arc<Context>, id: uuid::Uuid, lost: CancellationToken) {
+/// Keeps the claim alive (by job id until the runner is named, then by
+/// runner); cancels `lost` when it cannot.
+async fn renew_lease(ctx: Arc<Context>, id: uuid::Uuid, runner: Arc<std::sync::Mutex<Option<String>>>, lost: CancellationToken) {
     let lease = ctx.config.dispatch.lease;
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
         let until = ctx.store.now() + time::Duration::try_from(lease).unwrap_or(time::Duration::MINUTE);
-        match ctx.store.job_lease_renew(id, &ctx.replica_id, until).await {
+        let name = runner.lock().expect("runner name").clone();
+        let renewed = match &name {
+            Some(name) => ctx.store.job_lease_renew_by_runner(name, &ctx.replica_id, until).await,
+            None => ctx.store.job_lease_renew(id, &ctx.replica_id, until).await,
+        };
+        match renewed {
             Ok(true) => {}
             Ok(false) => {
                 lost.cancel();

@@ -364,8 +364,62 @@ impl Store {
             }
             changes = changes.clear_lease();
         }
-        self.job_update("job_transition", id, from, to, &changes, now, None)
+        self.job_update("job_transition", JobKey::Id(id), from, to, &changes, now, None)
             .await
+    }
+
+    /// [`Store::job_transition`] of whichever job holds the runner
+    /// `runner_name` now. Provisioning works on a runner: if GitHub gives the
+    /// runner to another job meanwhile ([`Store::job_take_runner`]), the
+    /// rest of its provisioning applies to that job.
+    pub async fn job_transition_by_runner(
+        &self,
+        runner_name: &str,
+        from: &[JobState],
+        to: JobState,
+        changes: JobChanges,
+    ) -> Result<bool> {
+        check_transition(from, to)?;
+        let now = self.now();
+        let mut changes = changes;
+        if to == JobState::Running && !changes.sets(Column::StartedAt) {
+            changes = changes.started_at(now);
+        }
+        self.job_update(
+            "job_transition_by_runner",
+            JobKey::Runner(runner_name),
+            from,
+            to,
+            &changes,
+            now,
+            None,
+        )
+        .await
+    }
+
+    /// [`Store::job_lease_renew`] of whichever job holds the runner `runner_name`.
+    pub async fn job_lease_renew_by_runner(
+        &self,
+        runner_name: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool> {
+        let now = to_millis(self.now());
+        on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET lease_expires_at = $3, updated_at = $4
+                 WHERE runner_name = $1 AND lease_owner = $2 AND lease_expires_at > $4
+                   AND state IN ('provisioning', 'starting')",
+            )
+            .bind(runner_name)
+            .bind(owner)
+            .bind(to_millis(until))
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(StoreError::query("job_lease_renew_by_runner"))
     }
 
     /// Ends the job in `state` (terminal) from whatever non-terminal state
@@ -669,7 +723,7 @@ impl Store {
             .set(Column::StartedAt, Value::Int(None))
             .set(Column::QueuedAt, Value::Int(Some(to_millis(now))));
         let guard = only_if_lease_expired_at.map(to_millis);
-        self.job_update(op, id, from, JobState::Queued, &changes, now, guard)
+        self.job_update(op, JobKey::Id(id), from, JobState::Queued, &changes, now, guard)
             .await
     }
 
@@ -680,7 +734,7 @@ impl Store {
     async fn job_update(
         &self,
         op: &'static str,
-        id: Uuid,
+        key: JobKey<'_>,
         from: &[JobState],
         to: JobState,
         changes: &JobChanges,
@@ -701,7 +755,10 @@ impl Store {
                     Value::Int(int) => sql.push_bind(*int),
                 };
             }
-            sql.push(" WHERE id = ").push_bind(id.to_string());
+            match key {
+                JobKey::Id(id) => sql.push(" WHERE id = ").push_bind(id.to_string()),
+                JobKey::Runner(name) => sql.push(" WHERE runner_name = ").push_bind(name.to_string()),
+            };
             sql.push(" AND state IN (");
             let mut states = sql.separated(", ");
             for state in from {
@@ -747,6 +804,14 @@ fn check_transition(from: &[JobState], to: JobState) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Which row an update addresses.
+#[derive(Debug, Clone, Copy)]
+enum JobKey<'a> {
+    Id(Uuid),
+    /// The job holding this runner.
+    Runner(&'a str),
 }
 
 /// A `jobs` row as stored; [`JobRow::into_job`] checks and converts it.

@@ -3,8 +3,8 @@
 //! A JIT runner takes any queued job whose labels match, so the runner berth
 //! registered for job X may be given job Y. The store then follows GitHub in
 //! one transaction: Y takes over X's runner and container (and X's state),
-//! and X takes Y's own runner if Y had one running, or goes back to the
-//! queue. Each UPDATE is guarded by the values just read, so a concurrent
+//! and X takes Y's own runner if Y had one (running, or still being
+//! provisioned: provisioning follows the runner), or goes back to the queue. Each UPDATE is guarded by the values just read, so a concurrent
 //! change of either job makes the whole move roll back and nothing changes.
 
 use uuid::Uuid;
@@ -18,7 +18,7 @@ use super::{JobState, Result, Store, StoreError};
 pub struct Rebound {
     /// The job the runner was registered for.
     pub started_for: Uuid,
-    /// That job's state now: `running` on the taker's former runner, or `queued`.
+    /// That job's state now: the state of the taker's former runner, or `queued`.
     pub started_for_state: JobState,
     /// The job that took the runner.
     pub taken_by: Uuid,
@@ -32,9 +32,9 @@ const TAKER: &str = "UPDATE jobs
         lease_owner = $7, lease_expires_at = $8, updated_at = $9
     WHERE id = $1 AND state = $10 AND runner_name IS NOT DISTINCT FROM $11";
 const GIVER_GETS_RUNNER: &str = "UPDATE jobs
-    SET state = 'running', container_id = $2, runner_name = $3, runner_id = $4, started_at = $5,
-        lease_owner = NULL, lease_expires_at = NULL, updated_at = $6
-    WHERE id = $1 AND state = $7 AND runner_name = $8";
+    SET state = $2, container_id = $3, runner_name = $4, runner_id = $5, started_at = $6,
+        lease_owner = $7, lease_expires_at = $8, updated_at = $9
+    WHERE id = $1 AND state = $10 AND runner_name = $11";
 const GIVER_REQUEUED: &str = "UPDATE jobs
     SET state = 'queued', container_id = NULL, runner_name = NULL, runner_id = NULL,
         started_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
@@ -86,14 +86,20 @@ impl Store {
                     .await?
                     .rows_affected()
                     == 1;
-                let taker_has_running_runner = taker_state == "running" && taker.container_id.is_some();
-                let gave = if taker_has_running_runner {
+                // A taker with a runner of its own (running, or still being
+                // provisioned) hands it to the giver; provisioning follows the
+                // runner, so it goes on for the giver.
+                let taker_has_runner = taker_state != "queued" && taker.runner_name.is_some();
+                let gave = if taker_has_runner {
                     sqlx::query(GIVER_GETS_RUNNER)
                         .bind(&giver.id)
+                        .bind(&taker.state)
                         .bind(&taker.container_id)
                         .bind(&taker.runner_name)
                         .bind(taker.runner_id)
                         .bind(taker.started_at)
+                        .bind(&taker.lease_owner)
+                        .bind(taker.lease_expires_at)
                         .bind(now)
                         .bind(&giver.state)
                         .bind(runner_name)
@@ -117,8 +123,8 @@ impl Store {
                     return Ok(None);
                 }
                 tx.commit().await?;
-                let giver_state = if taker_has_running_runner { "running" } else { "queued" };
-                Ok(Some((giver.id, giver_state, taker.id)))
+                let giver_state = if taker_has_runner { taker_state.as_str() } else { "queued" };
+                Ok(Some((giver.id, giver_state.to_string(), taker.id)))
             }
             .await
         })
