@@ -31,6 +31,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Connects everything a configuration names.
 pub async fn build(config: Config, log_level: Option<LogLevelHandle>) -> anyhow::Result<Arc<Context>> {
     let metrics = Metrics::new();
+    metrics.init_pools(config.pools.iter().map(|p| p.name.as_str()));
     let store = Store::connect(&config.store.url)
         .await
         .with_context(|| format!("opening the store at {}", redact_url(&config.store.url)))?;

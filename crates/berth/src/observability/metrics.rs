@@ -180,6 +180,12 @@ impl Metrics {
             "berth build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        for outcome in ["accepted", "duplicate", "invalid", "unauthorized"] {
+            delegation_requests.get_or_create(&Self::outcome(outcome));
+        }
+        for outcome in ["accepted", "duplicate", "ignored", "invalid", "unauthorized"] {
+            webhook_deliveries.get_or_create(&Self::outcome(outcome));
+        }
         Self {
             registry: Arc::new(registry),
             delegation_requests,
@@ -195,6 +201,19 @@ impl Metrics {
             docker_api_errors,
             reconciler_actions,
             reconciler_failures,
+        }
+    }
+
+    /// Creates every per-pool series at zero, so dashboards and alerts see
+    /// each metric from the first scrape, not only after its first event.
+    pub fn init_pools<'a>(&self, pools: impl IntoIterator<Item = &'a str>) {
+        for pool in pools {
+            let labels = Self::pool(pool);
+            self.job_queue_size.get_or_create(&labels);
+            self.active_worker_containers.get_or_create(&labels);
+            self.container_creation_duration.get_or_create(&labels);
+            self.job_execution_duration.get_or_create(&labels);
+            self.queue_wait.get_or_create(&labels);
         }
     }
 

@@ -1,0 +1,230 @@
+//! The HTTP intake: webhook signatures and payload validation, the delegate
+//! API with its token scopes. Bad requests must change nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use berth::intake::webhook::sign;
+use berth::store::{ApiTokenScope, JobState};
+use common::{Berth, WEBHOOK_SECRET, World};
+use serde_json::{Value, json};
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../../../shared/fixtures/webhooks/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// The octokit `queued` example, retargeted at berth's pool.
+fn queued_payload(job_id: i64) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&fixture("examples/queued.payload.json")).unwrap();
+    v["workflow_job"]["id"] = json!(job_id);
+    v["workflow_job"]["labels"] = json!(["self-hosted", "linux"]);
+    v["repository"]["full_name"] = json!("acme/widgets");
+    serde_json::to_vec(&v).unwrap()
+}
+
+async fn post_webhook(berth: &Berth, event: &str, delivery: &str, body: Vec<u8>, signature: Option<String>) -> reqwest::Response {
+    let mut req = berth
+        .http()
+        .post(format!("{}/v1/webhooks/github", berth.url))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("Content-Type", "application/json")
+        .body(body);
+    if let Some(sig) = signature {
+        req = req.header("X-Hub-Signature-256", sig);
+    }
+    req.send().await.unwrap()
+}
+
+async fn job_count(berth: &Berth) -> usize {
+    berth.store().job_list(&Default::default()).await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_missing_and_malformed_webhooks_change_nothing() {
+    let world = World::new().await;
+    // No pool can run anything here: the image does not exist, so nothing is dispatched.
+    let mut config = world.config("max_runners = 1");
+    config.pools[0].image = "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
+    let berth = Berth::start(&world, config).await;
+    let key = WEBHOOK_SECRET.as_bytes();
+
+    let body = queued_payload(42);
+    // Missing and forged signatures: 401.
+    let r = post_webhook(&berth, "workflow_job", "d-1", body.clone(), None).await;
+    assert_eq!(r.status(), 401);
+    let r = post_webhook(&berth, "workflow_job", "d-2", body.clone(), Some(sign(b"wrong secret", &body))).await;
+    assert_eq!(r.status(), 401);
+    let mut tampered = body.clone();
+    tampered[10] ^= 1;
+    let r = post_webhook(&berth, "workflow_job", "d-3", tampered, Some(sign(key, &body))).await;
+    assert_eq!(r.status(), 401);
+    // Malformed JSON and missing fields, correctly signed: 400 with a message.
+    for bad in [
+        b"{not json".to_vec(),
+        br#"{"action":"queued","repository":{"full_name":"acme/widgets"}}"#.to_vec(),
+        br#"{"action":"queued","workflow_job":{"id":"seven","run_id":1},"repository":{"full_name":"acme/widgets"}}"#.to_vec(),
+    ] {
+        let r = post_webhook(&berth, "workflow_job", "d-4", bad.clone(), Some(sign(key, &bad))).await;
+        assert_eq!(r.status(), 400);
+        let msg: Value = r.json().await.unwrap();
+        assert!(msg["error"].as_str().unwrap().contains("malformed"), "{msg}");
+    }
+    // Over GitHub's 25 MiB cap: 413.
+    let huge = vec![b' '; 25 * 1024 * 1024 + 1];
+    let r = post_webhook(&berth, "workflow_job", "d-5", huge.clone(), Some(sign(key, &huge))).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(job_count(&berth).await, 0, "refused requests changed the store");
+
+    // ping is answered; other events are acknowledged and ignored.
+    let ping = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#.to_vec();
+    let r = post_webhook(&berth, "ping", "d-6", ping.clone(), Some(sign(key, &ping))).await;
+    assert_eq!(r.status(), 200);
+    let r = post_webhook(&berth, "push", "d-7", ping.clone(), Some(sign(key, &ping))).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["outcome"], "ignored");
+
+    // A job no pool serves is ignored, counted, not an error.
+    let mut gpu: Value = serde_json::from_slice(&queued_payload(43)).unwrap();
+    gpu["workflow_job"]["labels"] = json!(["self-hosted", "gpu"]);
+    let gpu = serde_json::to_vec(&gpu).unwrap();
+    let r = post_webhook(&berth, "workflow_job", "d-8", gpu.clone(), Some(sign(key, &gpu))).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["outcome"], "ignored");
+    assert_eq!(job_count(&berth).await, 0);
+
+    // The real thing, then its redelivery and a second delivery of the same job.
+    let started = std::time::Instant::now();
+    let r = post_webhook(&berth, "workflow_job", "d-9", body.clone(), Some(sign(key, &body))).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "answered within milliseconds");
+    assert_eq!(r.status(), 202);
+    let first: Value = r.json().await.unwrap();
+    assert_eq!(first["outcome"], "queued");
+    let r = post_webhook(&berth, "workflow_job", "d-9", body.clone(), Some(sign(key, &body))).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["outcome"], "duplicate");
+    let r = post_webhook(&berth, "workflow_job", "d-10", body.clone(), Some(sign(key, &body))).await;
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["outcome"], "duplicate");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(job_count(&berth).await, 1);
+    let metrics = berth.ctx.metrics.encode();
+    for outcome in ["accepted", "duplicate", "ignored", "invalid", "unauthorized"] {
+        assert!(
+            metrics.contains(&format!("berth_webhook_deliveries_total{{outcome=\"{outcome}\"}}")),
+            "{outcome} not counted:\n{metrics}"
+        );
+    }
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegate_api_needs_a_delegate_token_and_is_idempotent() {
+    let world = World::new().await;
+    let mut config = world.config("");
+    config.pools[0].image = "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
+    config.dispatch.global_max_runners = 1;
+    let berth = Berth::start(&world, config).await;
+    let (delegate, _) = berth::api::auth::create_token(berth.store(), "proxy", ApiTokenScope::Delegate).await.unwrap();
+    let (read, _) = berth::api::auth::create_token(berth.store(), "viewer", ApiTokenScope::Read).await.unwrap();
+    let url = format!("{}/v1/jobs/delegate", berth.url);
+    let body = json!({
+        "repository": "acme/widgets",
+        "github_job_id": 777,
+        "run_id": 555,
+        "labels": ["self-hosted", "linux"],
+        "workflow": "CI",
+        "job_name": "build"
+    });
+    let client = berth.http();
+    let post = |token: Option<&str>, body: Value| {
+        let mut req = client.post(&url).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(post(None, body.clone()).await.unwrap().status(), 401);
+    assert_eq!(post(Some("berth_forged"), body.clone()).await.unwrap().status(), 401);
+    assert_eq!(post(Some(&read), body.clone()).await.unwrap().status(), 403);
+    for bad in [
+        json!({"repository": "no-slash", "github_job_id": 1, "run_id": 1, "labels": ["linux"]}),
+        json!({"repository": "a/b", "github_job_id": -1, "run_id": 1, "labels": ["linux"]}),
+        json!({"repository": "a/b", "github_job_id": 1, "run_id": 1, "labels": []}),
+        json!({"repository": "a/b", "github_job_id": 1, "run_id": 1}),
+        json!({"repository": "a/b", "github_job_id": 1, "run_id": 1, "labels": ["linux"], "surprise": true}),
+    ] {
+        let r = post(Some(&delegate), bad.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        assert!(r.json::<Value>().await.unwrap()["error"].as_str().is_some());
+    }
+    let r = post(Some(&delegate), json!({"repository": "acme/widgets", "github_job_id": 9, "run_id": 1, "labels": ["gpu"]})).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(berth.store().job_list(&Default::default()).await.unwrap().len(), 0);
+
+    let r = post(Some(&delegate), body.clone()).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let first: Value = r.json().await.unwrap();
+    let r = post(Some(&delegate), body.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(first["github_job_id"], 777);
+    assert_eq!(berth.store().job_list(&Default::default()).await.unwrap().len(), 1);
+
+    // Reading needs `read`; cancelling needs `admin`.
+    let id = first["id"].as_str().unwrap();
+    let get = client.get(format!("{}/v1/jobs/{id}", berth.url)).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(get.status(), 200);
+    let list = client.get(format!("{}/v1/jobs?state=queued,provisioning,failed", berth.url)).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(list.json::<Value>().await.unwrap()["jobs"].as_array().unwrap().len(), 1);
+    let bad_state = client.get(format!("{}/v1/jobs?state=bogus", berth.url)).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(bad_state.status(), 400);
+    let cancel = client.post(format!("{}/v1/jobs/{id}/cancel", berth.url)).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(cancel.status(), 403);
+    let missing = client.get(format!("{}/v1/jobs/0190a5c8-0000-7000-8000-000000000000", berth.url)).bearer_auth(&read).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let job = berth.wait_terminal(777, Duration::from_secs(30)).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.as_deref().unwrap().contains("not on the Docker host"), "{job:?}");
+    let metrics = berth.ctx.metrics.encode();
+    assert!(metrics.contains("berth_job_delegation_requests_total{outcome=\"accepted\"} 1"), "{metrics}");
+    assert!(metrics.contains("berth_job_delegation_requests_total{outcome=\"duplicate\"} 1"), "{metrics}");
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("")).await;
+    let client = berth.http();
+    let r = client.get(format!("{}/healthz", berth.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client.get(format!("{}/readyz", berth.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["store"], "ok");
+    assert_eq!(ready["docker"], "ok");
+    // The first reconcile pass lists runners on GitHub, so that family has a series soon.
+    let scrape = || async { client.get(format!("{}/metrics", berth.url)).send().await.unwrap().text().await.unwrap() };
+    common::eventually("GitHub requests counted", Duration::from_secs(10), || async {
+        scrape().await.contains("berth_github_api_requests_total{endpoint=\"list_runners\",status=\"200\"}")
+    })
+    .await;
+    let metrics = scrape().await;
+    for name in [
+        "berth_job_queue_size",
+        "berth_active_worker_containers",
+        "berth_container_creation_duration_seconds",
+        "berth_job_execution_duration_seconds",
+        "berth_github_api_requests",
+        "berth_job_delegation_requests",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+    berth.stop().await;
+}
