@@ -119,20 +119,31 @@ async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
     for job in ctx.store.jobs_with_expired_leases(now).await.map_err(err)? {
         if job.state == JobState::Starting
             && let Some(container_id) = &job.container_id
-            && matches!(ctx.docker.inspect(container_id).await, Ok(info) if info.running)
         {
-            // The worker got its config and runs: adopt it.
-            let changes = JobChanges::new().started_at(now).clear_lease();
-            if ctx
-                .store
-                .job_transition(job.id, &[JobState::Starting], JobState::Running, changes)
-                .await
-                .map_err(err)?
-            {
-                logs::spawn_capture(ctx, job.id, container_id);
-                acted += 1;
+            match ctx.docker.inspect(container_id).await {
+                Ok(info) if info.running => {
+                    // The worker got its config and runs: adopt it.
+                    let changes = JobChanges::new().started_at(now).clear_lease();
+                    if ctx
+                        .store
+                        .job_transition(job.id, &[JobState::Starting], JobState::Running, changes)
+                        .await
+                        .map_err(err)?
+                    {
+                        logs::spawn_capture(ctx, job.id, container_id);
+                        acted += 1;
+                    }
+                    continue;
+                }
+                Ok(info) if info.status.is_finished() => {
+                    // It ran (and maybe ran a job) while nobody watched.
+                    logs::spawn_capture(ctx, job.id, container_id);
+                    handle_exit(ctx, container_id, info.exit_code).await;
+                    acted += 1;
+                    continue;
+                }
+                _ => {}
             }
-            continue;
         }
         let reason = "the claim's lease expired before the worker was running";
         let max = i64::from(ctx.config.dispatch.max_attempts);

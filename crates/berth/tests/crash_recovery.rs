@@ -1,0 +1,202 @@
+//! `berth serve` as a real process, killed at chosen points of a job's
+//! lifecycle (failpoints abort as abruptly as `kill -9`), then restarted:
+//! every accepted job finishes, and after one reconcile pass no container or
+//! runner registration is left behind.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::store::{JobState, Store};
+use common::{World, eventually};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+struct Serve {
+    child: Child,
+}
+
+impl Serve {
+    fn start(world: &World, config: &PathBuf, failpoints: &str, run: u32) -> Serve {
+        let log = std::fs::File::create(world.dir.path().join(format!("serve-{run}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("BERTH_FAILPOINTS", failpoints)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Serve { child }
+    }
+
+    /// Waits for the process to end by itself (a failpoint aborted it).
+    fn wait_abort(&mut self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(!status.success(), "berth exited normally: {status:?}");
+                return;
+            }
+            assert!(started.elapsed() < limit, "the failpoint was not reached");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn setup() -> (World, PathBuf, Store) {
+    let world = World::new().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let toml = world
+        .config_toml(&listen, "")
+        .replace("lease = 10", "lease = 5");
+    let path = world.dir.path().join("berth.toml");
+    std::fs::write(&path, toml).unwrap();
+    world.point_webhooks_at(&format!("http://{listen}"));
+    let store = Store::connect(&format!("sqlite://{}", world.dir.path().join("berth.db").display()))
+        .await
+        .unwrap();
+    (world, path, store)
+}
+
+async fn wait_terminal(store: &Store, gh_job: u64) -> berth::store::Job {
+    let started = Instant::now();
+    loop {
+        if let Some(job) = store.job_get_by_github_id(gh_job as i64).await.unwrap()
+            && job.state.is_terminal()
+        {
+            return job;
+        }
+        assert!(started.elapsed() < LIMIT, "job not finished: {:?}", store.job_get_by_github_id(gh_job as i64).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for(store: &Store, gh_job: u64, what: &str, check: impl Fn(&berth::store::Job) -> bool) {
+    let started = Instant::now();
+    loop {
+        if let Some(job) = store.job_get_by_github_id(gh_job as i64).await.unwrap()
+            && check(&job)
+        {
+            return;
+        }
+        assert!(started.elapsed() < LIMIT, "{what}: {:?}", store.job_get_by_github_id(gh_job as i64).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn assert_nothing_left(world: &World) {
+    // One reconcile pass (interval 2 s) after the orphan grace (5 s).
+    eventually("no container left", Duration::from_secs(30), || async { world.containers().is_empty() }).await;
+    eventually("no runner registration left", Duration::from_secs(30), || async { world.berth_runners().is_empty() }).await;
+}
+
+/// Crashes at `failpoint`, restarts, and checks the job still completes once.
+async fn crash_at(failpoint: &str) {
+    let (world, config, store) = setup().await;
+    let mut first = Serve::start(&world, &config, failpoint, 1);
+    // Let the process come up before GitHub delivers the job.
+    eventually("berth listening", Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(config_listen(&config)).is_ok()
+    })
+    .await;
+    let gh_job = world.queue(&["echo survived"]);
+    first.wait_abort(LIMIT);
+    let _second = Serve::start(&world, &config, "", 2);
+    let job = wait_terminal(&store, gh_job).await;
+    assert_eq!(job.state, JobState::Completed, "after a crash at {failpoint}: {job:?}");
+    let on_github = world.sim.job(gh_job).unwrap();
+    assert_eq!(on_github.conclusion.as_deref(), Some("success"));
+    assert_nothing_left(&world).await;
+}
+
+fn config_listen(config: &PathBuf) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let value: toml::Value = toml::from_str(&text).unwrap();
+    value["server"]["listen"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_accept() {
+    crash_at("after_accept").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_mint() {
+    crash_at("after_mint").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_create() {
+    crash_at("after_create").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_start() {
+    crash_at("after_start").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_running() {
+    let (world, config, store) = setup().await;
+    let mut first = Serve::start(&world, &config, "", 1);
+    eventually("berth listening", Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(config_listen(&config)).is_ok()
+    })
+    .await;
+    let gh_job = world.queue(&["echo before", "sleep 3", "echo after"]);
+    wait_for(&store, gh_job, "running", |j| j.state == JobState::Running).await;
+    first.child.kill().unwrap(); // SIGKILL
+    first.child.wait().unwrap();
+    let _second = Serve::start(&world, &config, "", 2);
+    let job = wait_terminal(&store, gh_job).await;
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+    assert_eq!(job.attempts, 1, "the running worker was adopted, not replaced");
+    let logs = store.job_logs_get(job.id).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&logs.content);
+    assert_eq!(text.matches("acquired job").count(), 1, "output kept once across the restart: {text}");
+    assert_nothing_left(&world).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_running_jobs_running() {
+    let (world, config, store) = setup().await;
+    let first = Serve::start(&world, &config, "", 1);
+    eventually("berth listening", Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(config_listen(&config)).is_ok()
+    })
+    .await;
+    let gh_job = world.queue(&["sleep 4", "echo done"]);
+    wait_for(&store, gh_job, "running", |j| j.state == JobState::Running).await;
+    let mut first = first;
+    let started = Instant::now();
+    Command::new("kill").args(["-TERM", &first.child.id().to_string()]).status().unwrap();
+    let status = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "berth did not stop within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let job = store.job_get_by_github_id(gh_job as i64).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Running, "running jobs are left running");
+    assert_eq!(world.containers().len(), 1, "the worker keeps running");
+    let _second = Serve::start(&world, &config, "", 2);
+    let job = wait_terminal(&store, gh_job).await;
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+    assert_nothing_left(&world).await;
+}
