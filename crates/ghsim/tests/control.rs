@@ -423,7 +423,7 @@ async fn dropping_the_last_handle_stops_the_server() {
         "a clone keeps it running"
     );
     drop(clone);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let c = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
