@@ -464,23 +464,6 @@ fn scale_sets(s: &Shared) -> Vec<ScaleSetView> {
         .collect()
 }
 
-/// A [`SimHandle`]-like view for route handlers (they hold `Arc<Shared>`, not a handle).
-fn handle(s: &Arc<Shared>) -> HandleRef<'_> {
-    HandleRef(s)
-}
-
-struct HandleRef<'a>(&'a Arc<Shared>);
-
-impl HandleRef<'_> {
-    fn job(&self, id: u64) -> Result<JobView> {
-        lock(&self.0.world)
-            .jobs
-            .get(&id)
-            .map(JobView::of)
-            .ok_or_else(Error::not_found)
-    }
-}
-
 /// `/_sim` routes.
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -530,7 +513,9 @@ async fn list_jobs(State(s): State<Arc<Shared>>) -> Json<Vec<JobView>> {
 }
 
 async fn get_job(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> Result<Json<JobView>> {
-    Ok(Json(handle(&s).job(id)?))
+    let w = lock(&s.world);
+    let j = w.jobs.get(&id).ok_or_else(Error::not_found)?;
+    Ok(Json(JobView::of(j)))
 }
 
 async fn job_logs(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> Result<Response> {

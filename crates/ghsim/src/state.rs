@@ -442,11 +442,4 @@ impl World {
         self.labels.insert(key, self.ids.label);
         self.ids.label
     }
-
-    /// A runner by name within a scope, if any.
-    pub fn runner_named(&self, name: &str) -> Option<&Runner> {
-        self.runners
-            .values()
-            .find(|r| r.name.eq_ignore_ascii_case(name))
-    }
 }
