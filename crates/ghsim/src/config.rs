@@ -84,6 +84,9 @@ pub struct SimConfig {
     /// A scale-set session not polled for this long expires, so a restarted
     /// listener can open a new one (the real service does the same, slowly).
     pub session_idle_timeout: Duration,
+    /// A runner not heard from for this long is shown offline, and may open a
+    /// new broker session.
+    pub runner_idle_timeout: Duration,
     /// A job offered to a runner and not acquired within this time is requeued.
     pub offer_timeout: Duration,
     /// A running job whose runner stops renewing for this long fails.
@@ -144,6 +147,7 @@ impl Default for SimConfig {
             hook_id: 470_000_001,
             poll_timeout: Duration::from_secs(3),
             session_idle_timeout: Duration::from_secs(120),
+            runner_idle_timeout: Duration::from_secs(30),
             offer_timeout: Duration::from_secs(10),
             job_lock_timeout: Duration::from_secs(60),
             cancel_grace: Duration::from_secs(10),

@@ -140,18 +140,13 @@ pub struct RunnerView {
 }
 
 impl RunnerView {
-    pub(crate) fn of(r: &Runner) -> Self {
+    pub(crate) fn of(r: &Runner, idle: Duration) -> Self {
         RunnerView {
             id: r.id,
             name: r.name.clone(),
             scope: r.scope.label(),
             labels: r.labels.clone(),
-            status: if r.session_id.is_some() {
-                "online"
-            } else {
-                "offline"
-            }
-            .into(),
+            status: if r.online(idle) { "online" } else { "offline" }.into(),
             busy: r.job_id.is_some(),
             ephemeral: r.ephemeral,
             scale_set_id: r.scale_set_id,
@@ -322,7 +317,7 @@ impl SimHandle {
         lock(&self.sim.world)
             .runners
             .values()
-            .map(RunnerView::of)
+            .map(|r| RunnerView::of(r, self.sim.cfg.runner_idle_timeout))
             .collect()
     }
 
@@ -342,7 +337,7 @@ impl SimHandle {
             scale_set_id: None,
             work_folder: req.work_folder.unwrap_or_else(|| "_work".into()),
         })?;
-        Ok((RunnerView::of(&r), jit))
+        Ok((RunnerView::of(&r, self.sim.cfg.runner_idle_timeout), jit))
     }
 
     /// Every recorded webhook delivery, in order.
@@ -469,23 +464,6 @@ fn scale_sets(s: &Shared) -> Vec<ScaleSetView> {
         .collect()
 }
 
-/// A [`SimHandle`]-like view for route handlers (they hold `Arc<Shared>`, not a handle).
-fn handle(s: &Arc<Shared>) -> HandleRef<'_> {
-    HandleRef(s)
-}
-
-struct HandleRef<'a>(&'a Arc<Shared>);
-
-impl HandleRef<'_> {
-    fn job(&self, id: u64) -> Result<JobView> {
-        lock(&self.0.world)
-            .jobs
-            .get(&id)
-            .map(JobView::of)
-            .ok_or_else(Error::not_found)
-    }
-}
-
 /// `/_sim` routes.
 pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -535,7 +513,9 @@ async fn list_jobs(State(s): State<Arc<Shared>>) -> Json<Vec<JobView>> {
 }
 
 async fn get_job(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> Result<Json<JobView>> {
-    Ok(Json(handle(&s).job(id)?))
+    let w = lock(&s.world);
+    let j = w.jobs.get(&id).ok_or_else(Error::not_found)?;
+    Ok(Json(JobView::of(j)))
 }
 
 async fn job_logs(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> Result<Response> {
@@ -564,7 +544,7 @@ async fn list_runners(State(s): State<Arc<Shared>>) -> Json<Vec<RunnerView>> {
         lock(&s.world)
             .runners
             .values()
-            .map(RunnerView::of)
+            .map(|r| RunnerView::of(r, s.cfg.runner_idle_timeout))
             .collect(),
     )
 }
@@ -584,7 +564,9 @@ async fn create_jit(
     })?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"runner": RunnerView::of(&r), "encoded_jit_config": jit})),
+        Json(
+            json!({"runner": RunnerView::of(&r, s.cfg.runner_idle_timeout), "encoded_jit_config": jit}),
+        ),
     ))
 }
 

@@ -678,11 +678,14 @@ impl Shared {
                     }
                 }
                 JobStatus::InProgress => {
-                    if j.cancel_requested_at
-                        .is_some_and(|t| t + self.cfg.cancel_grace <= now_i)
-                    {
+                    // A cancelled job whose runner went silent is cancelled, not failed.
+                    let grace_over = j
+                        .cancel_requested_at
+                        .is_some_and(|t| t + self.cfg.cancel_grace <= now_i);
+                    let lock_lost = j.locked_until.is_some_and(|t| t <= now_i);
+                    if j.cancel_requested && (grace_over || lock_lost) {
                         cancel.push(j.id);
-                    } else if j.locked_until.is_some_and(|t| t <= now_i) {
+                    } else if lock_lost {
                         lost.push(j.id);
                     }
                 }

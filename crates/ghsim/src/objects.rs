@@ -258,13 +258,13 @@ fn label_type(name: &str) -> &'static str {
 }
 
 /// A REST `runner` object.
-pub fn runner(w: &mut World, r: &Runner) -> Value {
+pub fn runner(w: &mut World, r: &Runner, idle: std::time::Duration) -> Value {
     let labels: Vec<Value> = r
         .labels
         .iter()
         .map(|l| json!({"id": w.label_id(l), "name": l, "type": label_type(l)}))
         .collect();
-    let online = r.session_id.is_some();
+    let online = r.online(idle);
     json!({
         "id": r.id,
         "runner_group_id": r.group_id,

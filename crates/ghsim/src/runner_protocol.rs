@@ -387,6 +387,7 @@ impl Shared {
             job_id: None,
             created_at: now(),
             jobs_done: 0,
+            last_seen: None,
         };
         for l in runner.labels.clone() {
             w.label_id(&l);
@@ -442,10 +443,11 @@ impl Shared {
         Ok(())
     }
 
-    fn runner_auth(&self, headers: &HeaderMap) -> Result<u64> {
+    /// Authenticates a runner call; `touch` records that the runner was heard from.
+    fn runner_auth(&self, headers: &HeaderMap, touch: bool) -> Result<u64> {
         let token = bearer(headers)
             .ok_or_else(|| Error::Unauthorized("missing runner access token".into()))?;
-        let w = lock(&self.world);
+        let mut w = lock(&self.world);
         let t = w
             .runner_tokens
             .get(token)
@@ -453,14 +455,18 @@ impl Shared {
         if t.expires <= Instant::now() {
             return Err(Error::Unauthorized("runner access token expired".into()));
         }
-        if !w.runners.contains_key(&t.runner_id) {
+        let runner_id = t.runner_id;
+        if let Some(r) = w.runners.get_mut(&runner_id).filter(|_| touch) {
+            r.last_seen = Some(Instant::now());
+        }
+        if !w.runners.contains_key(&runner_id) {
             return Err(Error::Broker {
                 status: StatusCode::NOT_FOUND,
                 kind: "RunnerNotFound",
-                message: format!("runner {} is not registered", t.runner_id),
+                message: format!("runner {runner_id} is not registered"),
             });
         }
-        Ok(t.runner_id)
+        Ok(runner_id)
     }
 }
 
@@ -547,11 +553,11 @@ async fn create_session(
     headers: HeaderMap,
     body: Option<Json<BrokerSession>>,
 ) -> Result<Json<BrokerSession>> {
-    let id = s.runner_auth(&headers)?;
+    let id = s.runner_auth(&headers, false)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let mut w = lock(&s.world);
     let r = w.runners.get_mut(&id).ok_or_else(Error::not_found)?;
-    if r.session_id.is_some() {
+    if r.online(s.cfg.runner_idle_timeout) {
         return Err(Error::Conflict(format!(
             "runner {} already has a session",
             r.name
@@ -559,6 +565,7 @@ async fn create_session(
     }
     let sid = Uuid::new_v4();
     r.session_id = Some(sid);
+    r.last_seen = Some(Instant::now());
     r.version = body.agent["version"]
         .as_str()
         .map(String::from)
@@ -574,7 +581,7 @@ async fn create_session(
 }
 
 async fn delete_session(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<StatusCode> {
-    let id = s.runner_auth(&headers)?;
+    let id = s.runner_auth(&headers, true)?;
     let mut w = lock(&s.world);
     if let Some(r) = w.runners.get_mut(&id) {
         r.session_id = None;
@@ -612,10 +619,7 @@ async fn get_message(
         let notified = s.jobs_changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let id = s.runner_auth(&headers).map_err(|e| match e {
-            Error::Broker { .. } => e,
-            other => other,
-        })?;
+        let id = s.runner_auth(&headers, true)?;
         {
             let w = lock(&s.world);
             let r = &w.runners[&id];
@@ -649,7 +653,7 @@ async fn acquire_job(
     headers: HeaderMap,
     Json(body): Json<AcquireJobRequest>,
 ) -> Result<Json<JobRequest>> {
-    let id = s.runner_auth(&headers)?;
+    let id = s.runner_auth(&headers, true)?;
     let request_id: u64 = body
         .job_message_id
         .parse()
@@ -703,7 +707,7 @@ async fn renew_job(
     headers: HeaderMap,
     Json(body): Json<JobRef>,
 ) -> Result<Json<RenewResponse>> {
-    let id = s.runner_auth(&headers)?;
+    let id = s.runner_auth(&headers, true)?;
     let (cancel, lock_for) = s.renew_job(id, job_id_of(&body.job_id)?)?;
     let until = now() + lock_for;
     Ok(Json(RenewResponse {
@@ -717,7 +721,7 @@ async fn update_steps(
     headers: HeaderMap,
     Json(body): Json<StepsBody>,
 ) -> Result<StatusCode> {
-    let id = s.runner_auth(&headers)?;
+    let id = s.runner_auth(&headers, true)?;
     s.update_steps(id, job_id_of(&body.job_id)?, &body.steps)?;
     Ok(StatusCode::OK)
 }
@@ -727,7 +731,7 @@ async fn append_logs(
     headers: HeaderMap,
     Json(body): Json<LogsBody>,
 ) -> Result<StatusCode> {
-    let id = s.runner_auth(&headers)?;
+    let id = s.runner_auth(&headers, true)?;
     s.append_log(id, job_id_of(&body.job_id)?, body.step_number, body.lines)?;
     Ok(StatusCode::OK)
 }
@@ -737,7 +741,7 @@ async fn complete_job(
     headers: HeaderMap,
     Json(body): Json<CompleteJobBody>,
 ) -> Result<StatusCode> {
-    let id = s.runner_auth(&headers)?;
+    let id = s.runner_auth(&headers, true)?;
     s.complete_job(
         id,
         job_id_of(&body.job_id)?,

@@ -817,12 +817,12 @@ async fn generate_jit(
     })))
 }
 
-fn agent_json(r: &Runner) -> Value {
+fn agent_json(r: &Runner, idle: std::time::Duration) -> Value {
     json!({
         "id": r.id,
         "name": r.name,
         "runnerScaleSetId": r.scale_set_id.unwrap_or(0),
-        "status": if r.session_id.is_some() { "online" } else { "offline" },
+        "status": if r.online(idle) { "online" } else { "offline" },
         "enabled": true,
         "ephemeral": r.ephemeral,
         "labels": r.labels.iter().map(|l| json!({"name": l, "type": "user"})).collect::<Vec<_>>(),
@@ -857,7 +857,7 @@ async fn list_agents(
                 .as_deref()
                 .is_none_or(|n| n.eq_ignore_ascii_case(&r.name))
         })
-        .map(agent_json)
+        .map(|r| agent_json(r, s.cfg.runner_idle_timeout))
         .collect();
     Ok(Json(json!({"count": list.len(), "value": list})))
 }
@@ -882,7 +882,7 @@ async fn get_agent(
         .get(&id)
         .filter(|r| agent_visible(&claims, r))
         .ok_or_else(|| agent_not_found(id))?;
-    Ok(Json(agent_json(r)))
+    Ok(Json(agent_json(r, s.cfg.runner_idle_timeout)))
 }
 
 async fn delete_agent(

@@ -137,6 +137,16 @@ pub struct Runner {
     pub created_at: OffsetDateTime,
     /// Jobs it has completed.
     pub jobs_done: u32,
+    /// Last time it talked to the broker or run service.
+    pub last_seen: Option<Instant>,
+}
+
+impl Runner {
+    /// Online: it has a broker session and was heard from within `idle`
+    /// (a runner that died without deleting its session goes offline, as on GitHub).
+    pub fn online(&self, idle: std::time::Duration) -> bool {
+        self.session_id.is_some() && self.last_seen.is_some_and(|t| t + idle > Instant::now())
+    }
 }
 
 /// Lifecycle of a job (GitHub's `status`).
@@ -431,12 +441,5 @@ impl World {
         self.ids.label += 1;
         self.labels.insert(key, self.ids.label);
         self.ids.label
-    }
-
-    /// A runner by name within a scope, if any.
-    pub fn runner_named(&self, name: &str) -> Option<&Runner> {
-        self.runners
-            .values()
-            .find(|r| r.name.eq_ignore_ascii_case(name))
     }
 }

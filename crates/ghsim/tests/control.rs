@@ -213,6 +213,7 @@ async fn engine_timers_lost_runner_cancel_grace_and_auto_approval() {
         job_lock_timeout: Duration::from_millis(500),
         cancel_grace: Duration::from_millis(300),
         environment_auto_approve: Some(Duration::from_millis(100)),
+        runner_idle_timeout: Duration::from_millis(600),
         ..fast_config()
     })
     .await;
@@ -262,6 +263,30 @@ async fn engine_timers_lost_runner_cancel_grace_and_auto_approval() {
         .unwrap();
     assert_eq!(j.conclusion.as_deref(), Some("cancelled"));
     assert!(t.elapsed() >= Duration::from_millis(250));
+
+    // a runner that stops polling goes offline, and may open a new session
+    let (_, jit) = mint_jit(
+        &sim,
+        &token(&sim, "acme").await,
+        "acme/widgets",
+        "idle",
+        &["none"],
+    )
+    .await;
+    let _m = ManualRunner::connect(&jit).await;
+    let status = |sim: &ghsim::SimHandle| {
+        sim.runners()
+            .iter()
+            .find(|r| r.name == "idle")
+            .unwrap()
+            .status
+            .clone()
+    };
+    assert_eq!(status(&sim), "online");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(status(&sim), "offline");
+    let _again = ManualRunner::connect(&jit).await;
+    assert_eq!(status(&sim), "online");
 
     // environment jobs approve themselves after the configured delay
     let mut spec = JobSpec::new("acme/widgets", &["t"], &["true"]);
@@ -398,7 +423,7 @@ async fn dropping_the_last_handle_stops_the_server() {
         "a clone keeps it running"
     );
     drop(clone);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let c = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)

@@ -697,7 +697,7 @@ async fn deleting_an_idle_scale_set_agent() {
 #[tokio::test]
 async fn an_idle_session_expires_so_a_restarted_listener_can_reconnect() {
     let sim = start(SimConfig {
-        session_idle_timeout: Duration::from_millis(600),
+        session_idle_timeout: Duration::from_millis(1500),
         ..fast_config()
     })
     .await;
@@ -712,7 +712,7 @@ async fn an_idle_session_expires_so_a_restarted_listener_can_reconnect() {
         assert_eq!(poll(&session, 0).await.0, 202);
         assert_eq!(a.session(id).await.0, 409);
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let (s, fresh) = a.session(id).await;
     assert_eq!(s, 200);
     assert_ne!(fresh["sessionId"], session["sessionId"]);

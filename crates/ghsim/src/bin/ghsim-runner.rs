@@ -62,14 +62,16 @@ fn main() -> ExitCode {
     };
     rt.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Handlers are installed before anything else, so an early SIGTERM is handled too.
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            eprintln!("ghsim-runner: error: cannot install signal handlers");
+            return ExitCode::from(1);
+        };
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}

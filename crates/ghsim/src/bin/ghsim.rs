@@ -63,6 +63,10 @@ async fn main() -> anyhow::Result<()> {
             secret: args.webhook_secret.clone(),
         });
     }
+    // Signal handlers first, so a SIGTERM right after the JSON line is handled.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let sim = Simulator::start(config, listener)?;
     if let Some(p) = &args.app_key_out {
@@ -73,11 +77,9 @@ async fn main() -> anyhow::Result<()> {
         info["app_key_file"] = p.display().to_string().into();
     }
     println!("{info}");
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
     }
     sim.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;

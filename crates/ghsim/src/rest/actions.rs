@@ -158,7 +158,7 @@ fn jit(s: &Shared, scope: Scope, body: &[u8]) -> Result<Response> {
         scale_set_id: None,
         work_folder,
     })?;
-    let runner_json = objects::runner(&mut lock(&s.world), &runner);
+    let runner_json = objects::runner(&mut lock(&s.world), &runner, s.cfg.runner_idle_timeout);
     Ok((
         StatusCode::CREATED,
         Json(json!({"runner": runner_json, "encoded_jit_config": encoded})),
@@ -267,7 +267,7 @@ fn list(s: &Shared, scope: &Scope, q: &ListQuery, path: &str) -> Response {
         .iter()
         .skip((page - 1) * per_page)
         .take(per_page)
-        .map(|r| objects::runner(&mut w, r))
+        .map(|r| objects::runner(&mut w, r, s.cfg.runner_idle_timeout))
         .collect();
     drop(w);
     let mut resp = Json(json!({"total_count": total, "runners": runners})).into_response();
@@ -328,7 +328,7 @@ fn get_runner(s: &Shared, scope: &Scope, id: u64) -> Result<Json<Value>> {
         .filter(|r| r.scope.same(scope))
         .cloned()
         .ok_or_else(Error::not_found)?;
-    Ok(Json(objects::runner(&mut w, &r)))
+    Ok(Json(objects::runner(&mut w, &r, s.cfg.runner_idle_timeout)))
 }
 
 fn delete_runner(s: &Shared, scope: &Scope, id: u64) -> Result<StatusCode> {
