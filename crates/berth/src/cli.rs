@@ -204,12 +204,16 @@ pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
 }
 
 async fn token_create(path: Option<&Path>, scope: &str, name: &str) -> anyhow::Result<()> {
-    let config = load_config(path, Role::Serve).map_err(|_| anyhow::anyhow!("fix the configuration first"))?;
+    let config = load_config(path, Role::Serve)
+        .map_err(|_| anyhow::anyhow!("fix the configuration first"))?;
     let scope: crate::store::ApiTokenScope = scope.parse()?;
     let store = crate::store::Store::connect(&config.store.url).await?;
     let (token, stored) = crate::api::auth::create_token(&store, name, scope).await?;
     store.close().await;
-    eprintln!("berth: created {} token `{}` ({}); it is shown once:", stored.scope, stored.name, stored.id);
+    eprintln!(
+        "berth: created {} token `{}` ({}); it is shown once:",
+        stored.scope, stored.name, stored.id
+    );
     println!("{token}");
     Ok(())
 }

@@ -343,9 +343,9 @@ impl Scope {
             Scope::Org(org) => repository
                 .split_once('/')
                 .is_some_and(|(owner, _)| owner.eq_ignore_ascii_case(org)),
-            Scope::Repo { owner, name } => repository
-                .split_once('/')
-                .is_some_and(|(o, n)| o.eq_ignore_ascii_case(owner) && n.eq_ignore_ascii_case(name)),
+            Scope::Repo { owner, name } => repository.split_once('/').is_some_and(|(o, n)| {
+                o.eq_ignore_ascii_case(owner) && n.eq_ignore_ascii_case(name)
+            }),
         }
     }
 }
@@ -408,7 +408,11 @@ impl std::str::FromStr for ByteSize {
             "k" | "ki" => 1 << 10,
             "m" | "mi" => 1 << 20,
             "g" | "gi" => 1 << 30,
-            other => return Err(format!("unknown size unit `{other}` in `{s}` (use k, m or g)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{s}` (use k, m or g)"
+                ));
+            }
         };
         let n: u64 = digits
             .parse()
@@ -464,7 +468,9 @@ mod secs {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(d)?;
         if !secs.is_finite() || secs < 0.0 {
-            return Err(serde::de::Error::custom("must be a non-negative number of seconds"));
+            return Err(serde::de::Error::custom(
+                "must be a non-negative number of seconds",
+            ));
         }
         Ok(Duration::from_secs_f64(secs))
     }
@@ -579,7 +585,10 @@ impl Config {
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             bad(
                 "server.listen".into(),
-                format!("`{}` is not an address such as 127.0.0.1:8080", self.server.listen),
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:8080",
+                    self.server.listen
+                ),
             );
         }
         let store = &self.store.url;
@@ -623,7 +632,8 @@ impl Config {
                 format!("{} does not exist", path.display()),
             );
         }
-        let needs_app = role == Role::Serve && !(self.pools.is_empty() && self.scale_sets.is_empty())
+        let needs_app = role == Role::Serve
+            && !(self.pools.is_empty() && self.scale_sets.is_empty())
             || role == Role::Proxy;
         if needs_app {
             if self.github.app_id.is_none() && self.github.client_id.is_none() {
@@ -649,13 +659,19 @@ impl Config {
             );
         }
         if self.dispatch.global_max_runners == 0 {
-            bad("dispatch.global_max_runners".into(), "must be at least 1".into());
+            bad(
+                "dispatch.global_max_runners".into(),
+                "must be at least 1".into(),
+            );
         }
         if self.dispatch.max_attempts == 0 {
             bad("dispatch.max_attempts".into(), "must be at least 1".into());
         }
         if self.dispatch.create_attempts == 0 {
-            bad("dispatch.create_attempts".into(), "must be at least 1".into());
+            bad(
+                "dispatch.create_attempts".into(),
+                "must be at least 1".into(),
+            );
         }
         if self.dispatch.lease < std::time::Duration::from_secs(5) {
             bad("dispatch.lease".into(), "must be at least 5 seconds".into());
@@ -683,7 +699,10 @@ impl Config {
                 );
             }
             if !names.insert(pool.name.as_str()) {
-                bad(key("name"), format!("pool `{}` is defined twice", pool.name));
+                bad(
+                    key("name"),
+                    format!("pool `{}` is defined twice", pool.name),
+                );
             }
             if pool.labels.is_empty() || pool.labels.len() > 100 {
                 bad(key("labels"), "needs 1 to 100 labels".into());
@@ -701,7 +720,10 @@ impl Config {
                 bad(key("cpus"), "must be more than 0".into());
             }
             if pool.memory.0 < 6 * 1024 * 1024 {
-                bad(key("memory"), "must be at least 6m (Docker's minimum)".into());
+                bad(
+                    key("memory"),
+                    "must be at least 6m (Docker's minimum)".into(),
+                );
             }
             if pool.pids_limit < 16 {
                 bad(key("pids_limit"), "must be at least 16".into());
@@ -735,7 +757,10 @@ impl Config {
                 bad(key("name"), "must not be empty".into());
             }
             if !scale_set_names.insert(set.name.as_str()) {
-                bad(key("name"), format!("scale set `{}` is defined twice", set.name));
+                bad(
+                    key("name"),
+                    format!("scale set `{}` is defined twice", set.name),
+                );
             }
             if url::Url::parse(&set.github_config_url).is_err() {
                 bad(key("github_config_url"), "is not a URL".into());
@@ -769,7 +794,10 @@ impl Config {
                 }
             }
             if self.scale_sets.is_empty() {
-                bad("scale_set".into(), "`berth proxy` needs at least one [[scale_set]]".into());
+                bad(
+                    "scale_set".into(),
+                    "`berth proxy` needs at least one [[scale_set]]".into(),
+                );
             }
         }
         (problems, warnings)
@@ -777,7 +805,11 @@ impl Config {
 }
 
 /// Maps figment's errors to problems that name the key and the source.
-fn figment_problems(figment: &Figment, error: figment::Error, file: Option<&Path>) -> Vec<ConfigProblem> {
+fn figment_problems(
+    figment: &Figment,
+    error: figment::Error,
+    file: Option<&Path>,
+) -> Vec<ConfigProblem> {
     error
         .into_iter()
         .map(|e| {
@@ -897,7 +929,10 @@ fn insert_path(dict: &mut Dict, path: &[&str], value: Value) {
 }
 
 /// Reads a secret that may be given inline or as a file; files lose one trailing newline.
-pub fn read_secret(inline: Option<&Secret>, file: Option<&Path>) -> std::io::Result<Option<Secret>> {
+pub fn read_secret(
+    inline: Option<&Secret>,
+    file: Option<&Path>,
+) -> std::io::Result<Option<Secret>> {
     if let Some(s) = inline {
         return Ok(Some(s.clone()));
     }
@@ -944,7 +979,9 @@ mod tests {
             ("BERTH_RUNNER_STANDIN", "/ignored"),
             ("PATH", "/bin"),
         ];
-        let c = Config::load(Some(f.path()), env, Role::Serve).unwrap().config;
+        let c = Config::load(Some(f.path()), env, Role::Serve)
+            .unwrap()
+            .config;
         assert_eq!(c.server.listen, "0.0.0.0:7000");
         assert_eq!(c.store.url, "sqlite://x.db");
         assert_eq!(c.dispatch.global_max_runners, 7);
@@ -959,7 +996,10 @@ mod tests {
         let text = err.to_string();
         let path = f.path().display().to_string();
         assert!(text.contains(&format!("{path}: `server.listen`")), "{text}");
-        assert!(text.contains(&format!("{path}: `pool[0].max_runners`")), "{text}");
+        assert!(
+            text.contains(&format!("{path}: `pool[0].max_runners`")),
+            "{text}"
+        );
         // pools need App credentials
         assert!(text.contains("`github.app_id`"), "{text}");
     }
@@ -969,7 +1009,10 @@ mod tests {
         let f = file("[server]\nlisen = \"127.0.0.1:1\"\n");
         let err = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
-        assert!(err.to_string().contains(&f.path().display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&f.path().display().to_string()),
+            "{err}"
+        );
 
         let err = Config::load(
             None,
@@ -989,11 +1032,22 @@ mod tests {
         let f = file(
             "[github]\napp_id = 1\nprivate_key = \"k\"\n[[pool]]\nname = \"linux\"\nscope = \"org:acme\"\nlabels = [\"Linux\", \"x64\"]\nimage = \"img@sha256:00\"\n",
         );
-        let c = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap().config;
+        let c = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+            .unwrap()
+            .config;
         let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(c.pool_for("acme/widgets", &labels(&["self-hosted", "linux"])).is_some());
-        assert!(c.pool_for("acme/widgets", &labels(&["linux", "X64"])).is_some());
-        assert!(c.pool_for("acme/widgets", &labels(&["linux", "gpu"])).is_none());
+        assert!(
+            c.pool_for("acme/widgets", &labels(&["self-hosted", "linux"]))
+                .is_some()
+        );
+        assert!(
+            c.pool_for("acme/widgets", &labels(&["linux", "X64"]))
+                .is_some()
+        );
+        assert!(
+            c.pool_for("acme/widgets", &labels(&["linux", "gpu"]))
+                .is_none()
+        );
         assert!(c.pool_for("other/widgets", &labels(&["linux"])).is_none());
     }
 

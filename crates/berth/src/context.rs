@@ -35,7 +35,8 @@ pub struct Context {
     pub log_level: Option<LogLevelHandle>,
     /// Containers whose output is being captured, with the token cancelled
     /// when a capture has stored everything.
-    pub log_captures: std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+    pub log_captures:
+        std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
     /// Containers whose exit is being handled right now.
     pub exits_in_progress: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -78,5 +79,9 @@ pub fn new_replica_id() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "berth".into());
-    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }

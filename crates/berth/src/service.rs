@@ -29,7 +29,10 @@ use crate::{api, dispatch, reconcile};
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Connects everything a configuration names.
-pub async fn build(config: Config, log_level: Option<LogLevelHandle>) -> anyhow::Result<Arc<Context>> {
+pub async fn build(
+    config: Config,
+    log_level: Option<LogLevelHandle>,
+) -> anyhow::Result<Arc<Context>> {
     let metrics = Metrics::new();
     metrics.init_pools(config.pools.iter().map(|p| p.name.as_str()));
     let store = Store::connect(&config.store.url)
@@ -40,7 +43,10 @@ pub async fn build(config: Config, log_level: Option<LogLevelHandle>) -> anyhow:
         .await
         .with_context(|| format!("connecting to Docker at {}", config.docker.host))?
         .with_error_hook(Arc::new(move |op| {
-            hook_metrics.docker_api_errors.get_or_create(&OpLabels { op }).inc();
+            hook_metrics
+                .docker_api_errors
+                .get_or_create(&OpLabels { op })
+                .inc();
         }));
     if config.pools.iter().any(|p| !p.host_network) {
         docker
@@ -81,9 +87,12 @@ pub fn github_client(config: &Config, metrics: Metrics) -> anyhow::Result<Github
         (None, Some(client_id)) => client_id.clone(),
         (None, None) => anyhow::bail!("github.app_id is required"),
     };
-    let key = read_secret(config.github.private_key.as_ref(), config.github.private_key_path.as_deref())
-        .context("reading github.private_key_path")?
-        .context("github.private_key_path is required")?;
+    let key = read_secret(
+        config.github.private_key.as_ref(),
+        config.github.private_key_path.as_deref(),
+    )
+    .context("reading github.private_key_path")?
+    .context("github.private_key_path is required")?;
     let app = AppAuth::new(issuer, &key)?;
     let retry = RetryPolicy {
         max_attempts: config.github.max_attempts.max(1),

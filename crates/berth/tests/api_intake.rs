@@ -27,7 +27,13 @@ fn queued_payload(job_id: i64) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
-async fn post_webhook(berth: &Berth, event: &str, delivery: &str, body: Vec<u8>, signature: Option<String>) -> reqwest::Response {
+async fn post_webhook(
+    berth: &Berth,
+    event: &str,
+    delivery: &str,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> reqwest::Response {
     let mut req = berth
         .http()
         .post(format!("{}/v1/webhooks/github", berth.url))
@@ -42,7 +48,12 @@ async fn post_webhook(berth: &Berth, event: &str, delivery: &str, body: Vec<u8>,
 }
 
 async fn job_count(berth: &Berth) -> usize {
-    berth.store().job_list(&Default::default()).await.unwrap().len()
+    berth
+        .store()
+        .job_list(&Default::default())
+        .await
+        .unwrap()
+        .len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +61,8 @@ async fn forged_missing_and_malformed_webhooks_change_nothing() {
     let world = World::new().await;
     // No pool can run anything here: the image does not exist, so nothing is dispatched.
     let mut config = world.config("max_runners = 1");
-    config.pools[0].image = "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
+    config.pools[0].image =
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
     let berth = Berth::start(&world, config).await;
     let key = WEBHOOK_SECRET.as_bytes();
 
@@ -58,11 +70,25 @@ async fn forged_missing_and_malformed_webhooks_change_nothing() {
     // Missing and forged signatures: 401.
     let r = post_webhook(&berth, "workflow_job", "d-1", body.clone(), None).await;
     assert_eq!(r.status(), 401);
-    let r = post_webhook(&berth, "workflow_job", "d-2", body.clone(), Some(sign(b"wrong secret", &body))).await;
+    let r = post_webhook(
+        &berth,
+        "workflow_job",
+        "d-2",
+        body.clone(),
+        Some(sign(b"wrong secret", &body)),
+    )
+    .await;
     assert_eq!(r.status(), 401);
     let mut tampered = body.clone();
     tampered[10] ^= 1;
-    let r = post_webhook(&berth, "workflow_job", "d-3", tampered, Some(sign(key, &body))).await;
+    let r = post_webhook(
+        &berth,
+        "workflow_job",
+        "d-3",
+        tampered,
+        Some(sign(key, &body)),
+    )
+    .await;
     assert_eq!(r.status(), 401);
     // Malformed JSON and missing fields, correctly signed: 400 with a message.
     for bad in [
@@ -77,9 +103,20 @@ async fn forged_missing_and_malformed_webhooks_change_nothing() {
     }
     // Over GitHub's 25 MiB cap: 413.
     let huge = vec![b' '; 25 * 1024 * 1024 + 1];
-    let r = post_webhook(&berth, "workflow_job", "d-5", huge.clone(), Some(sign(key, &huge))).await;
+    let r = post_webhook(
+        &berth,
+        "workflow_job",
+        "d-5",
+        huge.clone(),
+        Some(sign(key, &huge)),
+    )
+    .await;
     assert_eq!(r.status(), 413);
-    assert_eq!(job_count(&berth).await, 0, "refused requests changed the store");
+    assert_eq!(
+        job_count(&berth).await,
+        0,
+        "refused requests changed the store"
+    );
 
     // ping is answered; other events are acknowledged and ignored.
     let ping = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#.to_vec();
@@ -93,29 +130,68 @@ async fn forged_missing_and_malformed_webhooks_change_nothing() {
     let mut gpu: Value = serde_json::from_slice(&queued_payload(43)).unwrap();
     gpu["workflow_job"]["labels"] = json!(["self-hosted", "gpu"]);
     let gpu = serde_json::to_vec(&gpu).unwrap();
-    let r = post_webhook(&berth, "workflow_job", "d-8", gpu.clone(), Some(sign(key, &gpu))).await;
+    let r = post_webhook(
+        &berth,
+        "workflow_job",
+        "d-8",
+        gpu.clone(),
+        Some(sign(key, &gpu)),
+    )
+    .await;
     assert_eq!(r.status(), 202);
     assert_eq!(r.json::<Value>().await.unwrap()["outcome"], "ignored");
     assert_eq!(job_count(&berth).await, 0);
 
     // The real thing, then its redelivery and a second delivery of the same job.
     let started = std::time::Instant::now();
-    let r = post_webhook(&berth, "workflow_job", "d-9", body.clone(), Some(sign(key, &body))).await;
-    assert!(started.elapsed() < Duration::from_secs(1), "answered within milliseconds");
+    let r = post_webhook(
+        &berth,
+        "workflow_job",
+        "d-9",
+        body.clone(),
+        Some(sign(key, &body)),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered within milliseconds"
+    );
     assert_eq!(r.status(), 202);
     let first: Value = r.json().await.unwrap();
     assert_eq!(first["outcome"], "queued");
-    let r = post_webhook(&berth, "workflow_job", "d-9", body.clone(), Some(sign(key, &body))).await;
+    let r = post_webhook(
+        &berth,
+        "workflow_job",
+        "d-9",
+        body.clone(),
+        Some(sign(key, &body)),
+    )
+    .await;
     assert_eq!(r.json::<Value>().await.unwrap()["outcome"], "duplicate");
-    let r = post_webhook(&berth, "workflow_job", "d-10", body.clone(), Some(sign(key, &body))).await;
+    let r = post_webhook(
+        &berth,
+        "workflow_job",
+        "d-10",
+        body.clone(),
+        Some(sign(key, &body)),
+    )
+    .await;
     let again: Value = r.json().await.unwrap();
     assert_eq!(again["outcome"], "duplicate");
     assert_eq!(again["id"], first["id"]);
     assert_eq!(job_count(&berth).await, 1);
     let metrics = berth.ctx.metrics.encode();
-    for outcome in ["accepted", "duplicate", "ignored", "invalid", "unauthorized"] {
+    for outcome in [
+        "accepted",
+        "duplicate",
+        "ignored",
+        "invalid",
+        "unauthorized",
+    ] {
         assert!(
-            metrics.contains(&format!("berth_webhook_deliveries_total{{outcome=\"{outcome}\"}}")),
+            metrics.contains(&format!(
+                "berth_webhook_deliveries_total{{outcome=\"{outcome}\"}}"
+            )),
             "{outcome} not counted:\n{metrics}"
         );
     }
@@ -126,11 +202,17 @@ async fn forged_missing_and_malformed_webhooks_change_nothing() {
 async fn delegate_api_needs_a_delegate_token_and_is_idempotent() {
     let world = World::new().await;
     let mut config = world.config("");
-    config.pools[0].image = "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
+    config.pools[0].image =
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
     config.dispatch.global_max_runners = 1;
     let berth = Berth::start(&world, config).await;
-    let (delegate, _) = berth::api::auth::create_token(berth.store(), "proxy", ApiTokenScope::Delegate).await.unwrap();
-    let (read, _) = berth::api::auth::create_token(berth.store(), "viewer", ApiTokenScope::Read).await.unwrap();
+    let (delegate, _) =
+        berth::api::auth::create_token(berth.store(), "proxy", ApiTokenScope::Delegate)
+            .await
+            .unwrap();
+    let (read, _) = berth::api::auth::create_token(berth.store(), "viewer", ApiTokenScope::Read)
+        .await
+        .unwrap();
     let url = format!("{}/v1/jobs/delegate", berth.url);
     let body = json!({
         "repository": "acme/widgets",
@@ -149,7 +231,13 @@ async fn delegate_api_needs_a_delegate_token_and_is_idempotent() {
         req.send()
     };
     assert_eq!(post(None, body.clone()).await.unwrap().status(), 401);
-    assert_eq!(post(Some("berth_forged"), body.clone()).await.unwrap().status(), 401);
+    assert_eq!(
+        post(Some("berth_forged"), body.clone())
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     assert_eq!(post(Some(&read), body.clone()).await.unwrap().status(), 403);
     for bad in [
         json!({"repository": "no-slash", "github_job_id": 1, "run_id": 1, "labels": ["linux"]}),
@@ -162,9 +250,22 @@ async fn delegate_api_needs_a_delegate_token_and_is_idempotent() {
         assert_eq!(r.status(), 400, "{bad}");
         assert!(r.json::<Value>().await.unwrap()["error"].as_str().is_some());
     }
-    let r = post(Some(&delegate), json!({"repository": "acme/widgets", "github_job_id": 9, "run_id": 1, "labels": ["gpu"]})).await.unwrap();
+    let r = post(
+        Some(&delegate),
+        json!({"repository": "acme/widgets", "github_job_id": 9, "run_id": 1, "labels": ["gpu"]}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 422);
-    assert_eq!(berth.store().job_list(&Default::default()).await.unwrap().len(), 0);
+    assert_eq!(
+        berth
+            .store()
+            .job_list(&Default::default())
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
 
     let r = post(Some(&delegate), body.clone()).await.unwrap();
     assert_eq!(r.status(), 202);
@@ -174,26 +275,83 @@ async fn delegate_api_needs_a_delegate_token_and_is_idempotent() {
     let second: Value = r.json().await.unwrap();
     assert_eq!(first["id"], second["id"]);
     assert_eq!(first["github_job_id"], 777);
-    assert_eq!(berth.store().job_list(&Default::default()).await.unwrap().len(), 1);
+    assert_eq!(
+        berth
+            .store()
+            .job_list(&Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Reading needs `read`; cancelling needs `admin`.
     let id = first["id"].as_str().unwrap();
-    let get = client.get(format!("{}/v1/jobs/{id}", berth.url)).bearer_auth(&read).send().await.unwrap();
+    let get = client
+        .get(format!("{}/v1/jobs/{id}", berth.url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), 200);
-    let list = client.get(format!("{}/v1/jobs?state=queued,provisioning,failed", berth.url)).bearer_auth(&read).send().await.unwrap();
-    assert_eq!(list.json::<Value>().await.unwrap()["jobs"].as_array().unwrap().len(), 1);
-    let bad_state = client.get(format!("{}/v1/jobs?state=bogus", berth.url)).bearer_auth(&read).send().await.unwrap();
+    let list = client
+        .get(format!(
+            "{}/v1/jobs?state=queued,provisioning,failed",
+            berth.url
+        ))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        list.json::<Value>().await.unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let bad_state = client
+        .get(format!("{}/v1/jobs?state=bogus", berth.url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_state.status(), 400);
-    let cancel = client.post(format!("{}/v1/jobs/{id}/cancel", berth.url)).bearer_auth(&read).send().await.unwrap();
+    let cancel = client
+        .post(format!("{}/v1/jobs/{id}/cancel", berth.url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cancel.status(), 403);
-    let missing = client.get(format!("{}/v1/jobs/0190a5c8-0000-7000-8000-000000000000", berth.url)).bearer_auth(&read).send().await.unwrap();
+    let missing = client
+        .get(format!(
+            "{}/v1/jobs/0190a5c8-0000-7000-8000-000000000000",
+            berth.url
+        ))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     let job = berth.wait_terminal(777, Duration::from_secs(30)).await;
     assert_eq!(job.state, JobState::Failed);
-    assert!(job.error.as_deref().unwrap().contains("not on the Docker host"), "{job:?}");
+    assert!(
+        job.error
+            .as_deref()
+            .unwrap()
+            .contains("not on the Docker host"),
+        "{job:?}"
+    );
     let metrics = berth.ctx.metrics.encode();
-    assert!(metrics.contains("berth_job_delegation_requests_total{outcome=\"accepted\"} 1"), "{metrics}");
-    assert!(metrics.contains("berth_job_delegation_requests_total{outcome=\"duplicate\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("berth_job_delegation_requests_total{outcome=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_job_delegation_requests_total{outcome=\"duplicate\"} 1"),
+        "{metrics}"
+    );
     berth.stop().await;
 }
 
@@ -202,18 +360,41 @@ async fn health_readiness_and_metrics() {
     let world = World::new().await;
     let berth = Berth::start(&world, world.config("")).await;
     let client = berth.http();
-    let r = client.get(format!("{}/healthz", berth.url)).send().await.unwrap();
+    let r = client
+        .get(format!("{}/healthz", berth.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client.get(format!("{}/readyz", berth.url)).send().await.unwrap();
+    let r = client
+        .get(format!("{}/readyz", berth.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let ready: Value = r.json().await.unwrap();
     assert_eq!(ready["store"], "ok");
     assert_eq!(ready["docker"], "ok");
     // The first reconcile pass lists runners on GitHub, so that family has a series soon.
-    let scrape = || async { client.get(format!("{}/metrics", berth.url)).send().await.unwrap().text().await.unwrap() };
-    common::eventually("GitHub requests counted", Duration::from_secs(10), || async {
-        scrape().await.contains("berth_github_api_requests_total{endpoint=\"list_runners\",status=\"200\"}")
-    })
+    let scrape = || async {
+        client
+            .get(format!("{}/metrics", berth.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    common::eventually(
+        "GitHub requests counted",
+        Duration::from_secs(10),
+        || async {
+            scrape().await.contains(
+                "berth_github_api_requests_total{endpoint=\"list_runners\",status=\"200\"}",
+            )
+        },
+    )
     .await;
     let metrics = scrape().await;
     for name in [

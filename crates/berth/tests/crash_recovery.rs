@@ -54,7 +54,11 @@ impl Drop for Serve {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn setup() -> (World, PathBuf, Store) {
@@ -66,9 +70,12 @@ async fn setup() -> (World, PathBuf, Store) {
     let path = world.dir.path().join("berth.toml");
     std::fs::write(&path, toml).unwrap();
     world.point_webhooks_at(&format!("http://{listen}"));
-    let store = Store::connect(&format!("sqlite://{}", world.dir.path().join("berth.db").display()))
-        .await
-        .unwrap();
+    let store = Store::connect(&format!(
+        "sqlite://{}",
+        world.dir.path().join("berth.db").display()
+    ))
+    .await
+    .unwrap();
     (world, path, store)
 }
 
@@ -80,12 +87,21 @@ async fn wait_terminal(store: &Store, gh_job: u64) -> berth::store::Job {
         {
             return job;
         }
-        assert!(started.elapsed() < LIMIT, "job not finished: {:?}", store.job_get_by_github_id(gh_job as i64).await);
+        assert!(
+            started.elapsed() < LIMIT,
+            "job not finished: {:?}",
+            store.job_get_by_github_id(gh_job as i64).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn wait_for(store: &Store, gh_job: u64, what: &str, check: impl Fn(&berth::store::Job) -> bool) {
+async fn wait_for(
+    store: &Store,
+    gh_job: u64,
+    what: &str,
+    check: impl Fn(&berth::store::Job) -> bool,
+) {
     let started = Instant::now();
     loop {
         if let Some(job) = store.job_get_by_github_id(gh_job as i64).await.unwrap()
@@ -93,15 +109,27 @@ async fn wait_for(store: &Store, gh_job: u64, what: &str, check: impl Fn(&berth:
         {
             return;
         }
-        assert!(started.elapsed() < LIMIT, "{what}: {:?}", store.job_get_by_github_id(gh_job as i64).await);
+        assert!(
+            started.elapsed() < LIMIT,
+            "{what}: {:?}",
+            store.job_get_by_github_id(gh_job as i64).await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn assert_nothing_left(world: &World) {
     // One reconcile pass (interval 2 s) after the orphan grace (5 s).
-    eventually("no container left", Duration::from_secs(30), || async { world.containers().is_empty() }).await;
-    eventually("no runner registration left", Duration::from_secs(30), || async { world.berth_runners().is_empty() }).await;
+    eventually("no container left", Duration::from_secs(30), || async {
+        world.containers().is_empty()
+    })
+    .await;
+    eventually(
+        "no runner registration left",
+        Duration::from_secs(30),
+        || async { world.berth_runners().is_empty() },
+    )
+    .await;
 }
 
 /// Crashes at `failpoint`, restarts, and checks the job still completes once.
@@ -117,7 +145,11 @@ async fn crash_at(failpoint: &str) {
     first.wait_abort(LIMIT);
     let _second = Serve::start(&world, &config, "", 2);
     let job = wait_terminal(&store, gh_job).await;
-    assert_eq!(job.state, JobState::Completed, "after a crash at {failpoint}: {job:?}");
+    assert_eq!(
+        job.state,
+        JobState::Completed,
+        "after a crash at {failpoint}: {job:?}"
+    );
     let on_github = world.sim.job(gh_job).unwrap();
     assert_eq!(on_github.conclusion.as_deref(), Some("success"));
     assert_nothing_left(&world).await;
@@ -164,10 +196,17 @@ async fn kill_9_while_running() {
     let _second = Serve::start(&world, &config, "", 2);
     let job = wait_terminal(&store, gh_job).await;
     assert_eq!(job.state, JobState::Completed, "{job:?}");
-    assert_eq!(job.attempts, 1, "the running worker was adopted, not replaced");
+    assert_eq!(
+        job.attempts, 1,
+        "the running worker was adopted, not replaced"
+    );
     let logs = store.job_logs_get(job.id).await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&logs.content);
-    assert_eq!(text.matches("acquired job").count(), 1, "output kept once across the restart: {text}");
+    assert_eq!(
+        text.matches("acquired job").count(),
+        1,
+        "output kept once across the restart: {text}"
+    );
     assert_nothing_left(&world).await;
 }
 
@@ -183,17 +222,31 @@ async fn sigterm_leaves_running_jobs_running() {
     wait_for(&store, gh_job, "running", |j| j.state == JobState::Running).await;
     let mut first = first;
     let started = Instant::now();
-    Command::new("kill").args(["-TERM", &first.child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
     let status = loop {
         if let Some(status) = first.child.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "berth did not stop within 10 s of SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "berth did not stop within 10 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-    let job = store.job_get_by_github_id(gh_job as i64).await.unwrap().unwrap();
-    assert_eq!(job.state, JobState::Running, "running jobs are left running");
+    let job = store
+        .job_get_by_github_id(gh_job as i64)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Running,
+        "running jobs are left running"
+    );
     assert_eq!(world.containers().len(), 1, "the worker keeps running");
     let _second = Serve::start(&world, &config, "", 2);
     let job = wait_terminal(&store, gh_job).await;

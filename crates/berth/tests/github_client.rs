@@ -22,7 +22,11 @@ fn fast_retries() -> RetryPolicy {
 
 async fn client(sim: &SimHandle) -> (GithubClient, Metrics) {
     let metrics = Metrics::new();
-    let auth = AppAuth::new(sim.app_id().to_string(), &Secret::new(sim.app_private_key_pem())).unwrap();
+    let auth = AppAuth::new(
+        sim.app_id().to_string(),
+        &Secret::new(sim.app_private_key_pem()),
+    )
+    .unwrap();
     let client = GithubClient::new(
         &sim.api_url(),
         auth,
@@ -35,11 +39,15 @@ async fn client(sim: &SimHandle) -> (GithubClient, Metrics) {
 }
 
 fn counted(metrics: &Metrics, endpoint: &str, status: &str) -> u64 {
-    let needle = format!("berth_github_api_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} ");
+    let needle =
+        format!("berth_github_api_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} ");
     metrics
         .encode()
         .lines()
-        .find_map(|l| l.strip_prefix(&needle).map(|v| v.trim().parse::<u64>().unwrap()))
+        .find_map(|l| {
+            l.strip_prefix(&needle)
+                .map(|v| v.trim().parse::<u64>().unwrap())
+        })
         .unwrap_or(0)
 }
 
@@ -62,13 +70,19 @@ async fn installation_token_is_cached_and_jit_runners_round_trip() {
     gh.generate_jitconfig(&org(), "berth-test-2", 1, &labels, "_work")
         .await
         .unwrap();
-    assert_eq!(counted(&metrics, "create_installation_access_token", "201"), 1);
+    assert_eq!(
+        counted(&metrics, "create_installation_access_token", "201"),
+        1
+    );
     assert_eq!(counted(&metrics, "get_org_installation", "200"), 1);
     assert_eq!(counted(&metrics, "generate_jitconfig", "201"), 2);
 
     let runners = gh.list_runners(&org()).await.unwrap();
     let names: Vec<_> = runners.iter().map(|r| r.name.as_str()).collect();
-    assert!(names.contains(&"berth-test-1") && names.contains(&"berth-test-2"), "{names:?}");
+    assert!(
+        names.contains(&"berth-test-1") && names.contains(&"berth-test-2"),
+        "{names:?}"
+    );
 
     // a name clash (a retry after a lost answer) replaces the stale registration
     let again = gh
@@ -89,7 +103,12 @@ async fn installation_token_is_cached_and_jit_runners_round_trip() {
     gh.delete_runner(&org(), again.runner_id).await.unwrap();
     // deleting twice is not an error
     gh.delete_runner(&org(), again.runner_id).await.unwrap();
-    assert!(gh.find_runner(&org(), "berth-test-1").await.unwrap().is_none());
+    assert!(
+        gh.find_runner(&org(), "berth-test-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -104,10 +123,19 @@ async fn job_lookup() {
             ..JobSpec::default()
         })
         .unwrap();
-    let job = gh.get_job("acme/widgets", queued.id).await.unwrap().unwrap();
+    let job = gh
+        .get_job("acme/widgets", queued.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(job.status, "queued");
     assert_eq!(job.run_id, queued.run_id);
-    assert!(gh.get_job("acme/widgets", 999_999_999).await.unwrap().is_none());
+    assert!(
+        gh.get_job("acme/widgets", 999_999_999)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -120,11 +148,22 @@ async fn retries_5xx_and_honours_rate_limits() {
     err.status = Some(502);
     sim.add_fault(err);
     for i in 0..15 {
-        gh.generate_jitconfig(&org(), &format!("berth-flaky-{i}"), 1, &["linux".into()], "_work")
-            .await
-            .unwrap();
+        gh.generate_jitconfig(
+            &org(),
+            &format!("berth-flaky-{i}"),
+            1,
+            &["linux".into()],
+            "_work",
+        )
+        .await
+        .unwrap();
     }
-    assert!(counted(&metrics, "generate_jitconfig", "502") + counted(&metrics, "get_org_installation", "502") + counted(&metrics, "create_installation_access_token", "502") > 0);
+    assert!(
+        counted(&metrics, "generate_jitconfig", "502")
+            + counted(&metrics, "get_org_installation", "502")
+            + counted(&metrics, "create_installation_access_token", "502")
+            > 0
+    );
     sim.clear_faults();
 
     let mut limited = FaultRule::new(FaultKind::TooManyRequests);
@@ -134,7 +173,10 @@ async fn retries_5xx_and_honours_rate_limits() {
     sim.add_fault(limited);
     let started = Instant::now();
     gh.list_runners(&org()).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(950), "Retry-After was not honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "Retry-After was not honoured"
+    );
     assert_eq!(counted(&metrics, "list_runners", "429"), 1);
 
     let mut secondary = FaultRule::new(FaultKind::SecondaryRateLimit);
@@ -166,8 +208,18 @@ async fn a_wrong_app_key_is_refused_without_leaking_it() {
         pem
     };
     let auth = AppAuth::new(sim.app_id().to_string(), &Secret::new(wrong.clone())).unwrap();
-    let gh = GithubClient::new(&sim.api_url(), auth, Duration::from_secs(5), fast_retries(), Metrics::new()).unwrap();
-    let err = gh.generate_jitconfig(&org(), "berth-x", 1, &["linux".into()], "_work").await.unwrap_err();
+    let gh = GithubClient::new(
+        &sim.api_url(),
+        auth,
+        Duration::from_secs(5),
+        fast_retries(),
+        Metrics::new(),
+    )
+    .unwrap();
+    let err = gh
+        .generate_jitconfig(&org(), "berth-x", 1, &["linux".into()], "_work")
+        .await
+        .unwrap_err();
     match &err {
         GithubError::Http { status: 401, .. } => {}
         other => panic!("expected 401, got {other:?}"),
@@ -179,5 +231,7 @@ async fn a_wrong_app_key_is_refused_without_leaking_it() {
 fn generate_pem() -> String {
     use rsa::pkcs8::EncodePrivateKey;
     let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-    key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap().to_string()
+    key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string()
 }

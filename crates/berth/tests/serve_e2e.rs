@@ -17,7 +17,10 @@ async fn happy_path_webhook_to_container_to_completion() {
 
     let gh_job = world.queue(&["echo step-one-output", "echo step-two-output >&2"]);
     let running = berth.wait_state(gh_job, JobState::Running, JOB_LIMIT).await;
-    let container_id = running.container_id.clone().expect("a running job has a container");
+    let container_id = running
+        .container_id
+        .clone()
+        .expect("a running job has a container");
 
     // The worker never shows its JIT config to `docker inspect`.
     let inspect = std::process::Command::new("docker")
@@ -27,13 +30,19 @@ async fn happy_path_webhook_to_container_to_completion() {
     let inspect = String::from_utf8_lossy(&inspect.stdout);
     assert!(inspect.contains("berth.managed"), "{inspect}");
     assert!(!inspect.contains("ACTIONS_RUNNER_INPUT_JITCONFIG"));
-    assert!(!inspect.contains("eyJ"), "base64 JSON (a JIT config) in docker inspect");
+    assert!(
+        !inspect.contains("eyJ"),
+        "base64 JSON (a JIT config) in docker inspect"
+    );
 
     let job = berth.wait_terminal(gh_job, JOB_LIMIT).await;
     assert_eq!(job.state, JobState::Completed, "{job:?}");
     assert_eq!(job.exit_code, Some(0));
     assert_eq!(job.github_runner_name, job.runner_name);
-    assert_eq!(world.sim.job(gh_job).unwrap().conclusion.as_deref(), Some("success"));
+    assert_eq!(
+        world.sim.job(gh_job).unwrap().conclusion.as_deref(),
+        Some("success")
+    );
 
     // The worker's output is kept (the runner's console; step output goes to GitHub).
     let logs = berth.store().job_logs_get(job.id).await.unwrap().unwrap();
@@ -41,9 +50,18 @@ async fn happy_path_webhook_to_container_to_completion() {
     assert!(text.contains(&format!("acquired job {gh_job}")), "{text}");
     assert!(text.contains("succeeded"), "{text}");
     let sim_log = world.sim.job_log(gh_job).unwrap();
-    assert!(sim_log.contains("step-one-output") && sim_log.contains("step-two-output"), "{sim_log}");
-    eventually("container removed", Duration::from_secs(10), || async { world.containers().is_empty() }).await;
-    eventually("runner deregistered", Duration::from_secs(10), || async { world.berth_runners().is_empty() }).await;
+    assert!(
+        sim_log.contains("step-one-output") && sim_log.contains("step-two-output"),
+        "{sim_log}"
+    );
+    eventually("container removed", Duration::from_secs(10), || async {
+        world.containers().is_empty()
+    })
+    .await;
+    eventually("runner deregistered", Duration::from_secs(10), || async {
+        world.berth_runners().is_empty()
+    })
+    .await;
 
     // The API shows the job as the contract says.
     let got: serde_json::Value = berth
@@ -81,7 +99,11 @@ async fn happy_path_webhook_to_container_to_completion() {
     berth.stop().await;
 }
 
-fn rule(mode: ghsim::DeliveryFault, job_id: Option<u64>, action: Option<&str>) -> ghsim::WebhookFaultRule {
+fn rule(
+    mode: ghsim::DeliveryFault,
+    job_id: Option<u64>,
+    action: Option<&str>,
+) -> ghsim::WebhookFaultRule {
     ghsim::WebhookFaultRule {
         mode,
         job_id,
@@ -91,8 +113,16 @@ fn rule(mode: ghsim::DeliveryFault, job_id: Option<u64>, action: Option<&str>) -
 }
 
 async fn assert_clean(world: &World) {
-    eventually("no worker container left", Duration::from_secs(15), || async { world.containers().is_empty() }).await;
-    eventually("no berth runner left", Duration::from_secs(15), || async { world.berth_runners().is_empty() }).await;
+    eventually(
+        "no worker container left",
+        Duration::from_secs(15),
+        || async { world.containers().is_empty() },
+    )
+    .await;
+    eventually("no berth runner left", Duration::from_secs(15), || async {
+        world.berth_runners().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,31 +132,50 @@ async fn duplicate_out_of_order_and_missing_webhooks() {
     let berth = Berth::start(&world, world.config("")).await;
 
     // Every delivery of this job comes twice.
-    world.sim.add_webhook_fault(rule(Duplicate, None, Some("queued")));
+    world
+        .sim
+        .add_webhook_fault(rule(Duplicate, None, Some("queued")));
     let twice = world.queue(&["echo twice"]);
     world.sim.clear_webhook_faults();
-    world.sim.add_webhook_fault(rule(Duplicate, Some(twice), None));
+    world
+        .sim
+        .add_webhook_fault(rule(Duplicate, Some(twice), None));
     // in_progress arrives after completed.
     let reordered = world.queue(&["echo reordered"]);
-    world.sim.add_webhook_fault(rule(Reorder, Some(reordered), Some("in_progress")));
+    world
+        .sim
+        .add_webhook_fault(rule(Reorder, Some(reordered), Some("in_progress")));
     // GitHub never tells berth that this one started or finished.
     let silent = world.queue(&["echo silent"]);
-    world.sim.add_webhook_fault(rule(Drop, Some(silent), Some("in_progress")));
-    world.sim.add_webhook_fault(rule(Drop, Some(silent), Some("completed")));
+    world
+        .sim
+        .add_webhook_fault(rule(Drop, Some(silent), Some("in_progress")));
+    world
+        .sim
+        .add_webhook_fault(rule(Drop, Some(silent), Some("completed")));
 
     for gh_job in [twice, reordered, silent] {
         let job = berth.wait_terminal(gh_job, JOB_LIMIT).await;
         assert_eq!(job.state, JobState::Completed, "{job:?}");
         assert_eq!(job.attempts, 1, "one runner per job: {job:?}");
-        assert_eq!(world.sim.job(gh_job).unwrap().conclusion.as_deref(), Some("success"));
+        assert_eq!(
+            world.sim.job(gh_job).unwrap().conclusion.as_deref(),
+            Some("success")
+        );
     }
     let all = berth.store().job_list(&Default::default()).await.unwrap();
     assert_eq!(all.len(), 3, "duplicates created no job: {all:?}");
     let metrics = berth.ctx.metrics.encode();
-    assert!(metrics.contains("berth_webhook_deliveries_total{outcome=\"duplicate\"}"), "{metrics}");
+    assert!(
+        metrics.contains("berth_webhook_deliveries_total{outcome=\"duplicate\"}"),
+        "{metrics}"
+    );
     // The late in_progress did not move the reordered job backwards.
     let reordered_job = berth.job(reordered).await.unwrap();
-    assert_eq!(reordered_job.github_status, Some(berth::store::GithubStatus::Completed));
+    assert_eq!(
+        reordered_job.github_status,
+        Some(berth::store::GithubStatus::Completed)
+    );
     assert_clean(&world).await;
     berth.stop().await;
 }
@@ -153,11 +202,17 @@ async fn a_stolen_runner_leaves_its_job_to_be_driven_again() {
 
     let job = berth.wait_terminal(mine, JOB_LIMIT).await;
     assert_eq!(job.state, JobState::Completed, "{job:?}");
-    assert_eq!(job.attempts, 2, "driven again after its first runner was taken: {job:?}");
+    assert_eq!(
+        job.attempts, 2,
+        "driven again after its first runner was taken: {job:?}"
+    );
     let other_on_github = world.sim.job(other).unwrap();
     assert_eq!(other_on_github.status, "completed");
     let thief = other_on_github.runner_name.unwrap();
-    assert!(thief.starts_with("berth-linux-") && thief.ends_with("-1"), "{thief}");
+    assert!(
+        thief.starts_with("berth-linux-") && thief.ends_with("-1"),
+        "{thief}"
+    );
     assert_eq!(world.sim.job(mine).unwrap().runner_name, job.runner_name);
     assert_clean(&world).await;
     berth.stop().await;
@@ -174,7 +229,10 @@ async fn runners_taking_each_others_jobs_still_run_every_job_once() {
         ids.push(world.queue_spec(ghsim::JobSpec {
             repository: "acme/widgets".into(),
             labels: common::LABELS.iter().map(|s| s.to_string()).collect(),
-            steps: vec![format!("echo job-{priority}").as_str().into(), "sleep 1".into()],
+            steps: vec![
+                format!("echo job-{priority}").as_str().into(),
+                "sleep 1".into(),
+            ],
             priority: Some(priority),
             ..Default::default()
         }));
@@ -186,7 +244,10 @@ async fn runners_taking_each_others_jobs_still_run_every_job_once() {
         assert_eq!(on_github.conclusion.as_deref(), Some("success"));
     }
     // Every runner ran exactly one job.
-    let mut runners: Vec<_> = ids.iter().map(|&id| world.sim.job(id).unwrap().runner_name.unwrap()).collect();
+    let mut runners: Vec<_> = ids
+        .iter()
+        .map(|&id| world.sim.job(id).unwrap().runner_name.unwrap())
+        .collect();
     runners.sort();
     runners.dedup();
     assert_eq!(runners.len(), ids.len());
@@ -213,7 +274,9 @@ async fn cancellation_before_and_after_the_runner_started() {
     let via_api = world.queue(&["echo never"]);
     let via_github = world.queue(&["echo never"]);
     let queued = berth.wait_state(via_api, JobState::Queued, JOB_LIMIT).await;
-    berth.wait_state(via_github, JobState::Queued, JOB_LIMIT).await;
+    berth
+        .wait_state(via_github, JobState::Queued, JOB_LIMIT)
+        .await;
 
     // Before a runner started: cancelled through berth's API, and on GitHub.
     assert_eq!(cancel(queued.id).await.unwrap().status(), 202);
@@ -240,8 +303,13 @@ async fn cancellation_before_and_after_the_runner_started() {
 
     // After it started, cancelled on GitHub: the runner stops and reports it.
     let on_github = world.queue(&["sleep 30"]);
-    berth.wait_state(on_github, JobState::Running, JOB_LIMIT).await;
-    eventually("job taken", JOB_LIMIT, || async { world.sim.job(on_github).unwrap().status == "in_progress" }).await;
+    berth
+        .wait_state(on_github, JobState::Running, JOB_LIMIT)
+        .await;
+    eventually("job taken", JOB_LIMIT, || async {
+        world.sim.job(on_github).unwrap().status == "in_progress"
+    })
+    .await;
     world.sim.cancel_job(on_github).unwrap();
     let job = berth.wait_terminal(on_github, JOB_LIMIT).await;
     assert_eq!(job.state, JobState::Cancelled, "{job:?}");
@@ -258,7 +326,10 @@ async fn a_job_past_its_timeout_is_stopped_and_failed() {
     assert_eq!(job.state, JobState::Failed, "{job:?}");
     assert_eq!(job.error.as_deref(), Some("timed out after 3 s"));
     let ran_for = job.finished_at.unwrap() - job.started_at.unwrap();
-    assert!(ran_for < time::Duration::seconds(20), "stopped promptly: {ran_for}");
+    assert!(
+        ran_for < time::Duration::seconds(20),
+        "stopped promptly: {ran_for}"
+    );
     assert_clean(&world).await;
     berth.stop().await;
 }
@@ -281,16 +352,29 @@ async fn github_errors_and_rate_limits_on_30_percent_of_requests() {
         world.sim.add_fault(limited);
     }
 
-    let ids: Vec<u64> = (0..6).map(|i| world.queue(&[format!("echo {i}").as_str()])).collect();
+    let ids: Vec<u64> = (0..6)
+        .map(|i| world.queue(&[format!("echo {i}").as_str()]))
+        .collect();
     for id in ids {
         let job = berth.wait_terminal(id, Duration::from_secs(120)).await;
-        let logs = berth.store().job_logs_get(job.id).await.unwrap().map(|l| String::from_utf8_lossy(&l.content).to_string());
+        let logs = berth
+            .store()
+            .job_logs_get(job.id)
+            .await
+            .unwrap()
+            .map(|l| String::from_utf8_lossy(&l.content).to_string());
         assert_eq!(job.state, JobState::Completed, "{job:?}\n{logs:?}");
     }
     assert!(world.sim.fault_hits() > 0, "faults were injected");
     let metrics = berth.ctx.metrics.encode();
     assert!(
-        metrics.lines().any(|l| l.starts_with("berth_github_api_requests_total") && (l.contains("status=\"500\"") || l.contains("status=\"502\"") || l.contains("status=\"503\"") || l.contains("status=\"429\""))),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("berth_github_api_requests_total")
+                && (l.contains("status=\"500\"")
+                    || l.contains("status=\"502\"")
+                    || l.contains("status=\"503\"")
+                    || l.contains("status=\"429\""))),
         "{metrics}"
     );
     world.sim.clear_faults();

@@ -24,7 +24,10 @@ pub enum AuthError {
     #[error("invalid bearer token")]
     Invalid,
     #[error("this token's scope `{have}` does not allow this request (needs {need})")]
-    Forbidden { have: ApiTokenScope, need: &'static str },
+    Forbidden {
+        have: ApiTokenScope,
+        need: &'static str,
+    },
     #[error("the token store is unavailable")]
     Unavailable,
 }
@@ -91,7 +94,11 @@ impl Need {
 }
 
 /// Checks the request's bearer token against the store.
-pub async fn authorize(store: &Store, headers: &HeaderMap, need: Need) -> Result<ApiToken, AuthError> {
+pub async fn authorize(
+    store: &Store,
+    headers: &HeaderMap,
+    need: Need,
+) -> Result<ApiToken, AuthError> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

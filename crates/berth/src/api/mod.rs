@@ -21,7 +21,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
-use crate::intake::{self, Accepted, DelegateRequest, DeliveryHeaders, IntakeError, webhook::MAX_WEBHOOK_BYTES};
+use crate::intake::{
+    self, Accepted, DelegateRequest, DeliveryHeaders, IntakeError, webhook::MAX_WEBHOOK_BYTES,
+};
 use crate::observability::Metrics;
 use crate::store::{JobFilter, JobState};
 use auth::{AuthError, Need};
@@ -112,7 +114,11 @@ pub async fn serve(
         .await
 }
 
-async fn webhook(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn webhook(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let accepted = intake::accept_webhook(
         &ctx,
@@ -132,12 +138,24 @@ async fn webhook(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Byte
     Ok((status, Json(accepted)).into_response())
 }
 
-async fn delegate(State(ctx): State<Arc<Context>>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn delegate(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     auth::authorize(&ctx.store, &headers, Need::Delegate).await?;
-    let request: DelegateRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid delegate request: {e}")))?;
+    let request: DelegateRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid delegate request: {e}"),
+        )
+    })?;
     let (job, inserted) = intake::accept_delegate(&ctx, request).await?;
-    let status = if inserted { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let status = if inserted {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(job)).into_response())
 }
 
@@ -156,7 +174,12 @@ async fn list_jobs(
 ) -> ApiResult<Response> {
     auth::authorize(&ctx.store, &headers, Need::Read).await?;
     let mut states = Vec::new();
-    for s in q.state.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+    for s in q
+        .state
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
         states.push(
             s.parse::<JobState>()
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?,
@@ -186,12 +209,20 @@ async fn find_job(ctx: &Context, id: &str) -> ApiResult<crate::store::Job> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))
 }
 
-async fn get_job(State(ctx): State<Arc<Context>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+async fn get_job(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     auth::authorize(&ctx.store, &headers, Need::Read).await?;
     Ok(Json(find_job(&ctx, &id).await?).into_response())
 }
 
-async fn cancel_job(State(ctx): State<Arc<Context>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+async fn cancel_job(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     auth::authorize(&ctx.store, &headers, Need::Admin).await?;
     let job = find_job(&ctx, &id).await?;
     if job.state.is_terminal() {
@@ -227,27 +258,34 @@ async fn job_logs(
         return Ok((text, content).into_response());
     }
     // Follow: stream what is stored, then what is appended, until the job ends.
-    let stream = futures::stream::unfold((ctx, job.id, 0u64, false), |(ctx, id, offset, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            let finished = matches!(ctx.store.job_get(id).await, Ok(Some(j)) if j.state.is_terminal());
-            let chunk = match ctx.store.job_logs_get_from(id, offset).await {
-                Ok(Some(logs)) => logs.content,
-                Ok(None) => Vec::new(),
-                Err(_) => return None,
-            };
-            if !chunk.is_empty() {
-                let next = offset + chunk.len() as u64;
-                return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (ctx, id, next, false)));
-            }
-            if finished {
+    let stream = futures::stream::unfold(
+        (ctx, job.id, 0u64, false),
+        |(ctx, id, offset, done)| async move {
+            if done {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    });
+            loop {
+                let finished =
+                    matches!(ctx.store.job_get(id).await, Ok(Some(j)) if j.state.is_terminal());
+                let chunk = match ctx.store.job_logs_get_from(id, offset).await {
+                    Ok(Some(logs)) => logs.content,
+                    Ok(None) => Vec::new(),
+                    Err(_) => return None,
+                };
+                if !chunk.is_empty() {
+                    let next = offset + chunk.len() as u64;
+                    return Some((
+                        Ok::<_, std::io::Error>(Bytes::from(chunk)),
+                        (ctx, id, next, false),
+                    ));
+                }
+                if finished {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        },
+    );
     Ok((text, Body::from_stream(stream)).into_response())
 }
 
@@ -258,7 +296,10 @@ async fn metrics(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResu
     }
     refresh_gauges(&ctx).await?;
     Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         ctx.metrics.encode(),
     )
         .into_response())
@@ -275,7 +316,10 @@ pub async fn refresh_gauges(ctx: &Context) -> Result<(), crate::store::StoreErro
                 .sum()
         };
         let labels = Metrics::pool(&pool.name);
-        ctx.metrics.job_queue_size.get_or_create(&labels).set(of(&[JobState::Queued]));
+        ctx.metrics
+            .job_queue_size
+            .get_or_create(&labels)
+            .set(of(&[JobState::Queued]));
         ctx.metrics
             .active_worker_containers
             .get_or_create(&labels)
@@ -307,7 +351,11 @@ async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResul
         Ok(()) => "ok".to_string(),
         Err(e) => e.clone(),
     };
-    Ok((status, Json(json!({ "store": show(&store), "docker": show(&docker) }))).into_response())
+    Ok((
+        status,
+        Json(json!({ "store": show(&store), "docker": show(&docker) })),
+    )
+        .into_response())
 }
 
 /// A minimal server-rendered job list (no scripts, no external assets).

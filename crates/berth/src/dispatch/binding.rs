@@ -34,7 +34,9 @@ pub async fn runner_took_job(ctx: &Arc<Context>, github_job_id: i64, runner_name
             ctx.wake_dispatcher();
         }
         Ok(None) => {}
-        Err(e) => tracing::error!(runner_name, github_job_id, error = %e, "rebinding a runner failed"),
+        Err(e) => {
+            tracing::error!(runner_name, github_job_id, error = %e, "rebinding a runner failed")
+        }
     }
 }
 

@@ -68,7 +68,12 @@ async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Opt
     logs::wait_captured(ctx, container_id, Duration::from_secs(5)).await;
     let exit_code = match exit_code {
         Some(code) => Some(code),
-        None => ctx.docker.inspect(container_id).await.ok().and_then(|i| i.exit_code),
+        None => ctx
+            .docker
+            .inspect(container_id)
+            .await
+            .ok()
+            .and_then(|i| i.exit_code),
     };
     let outcome = decide(ctx, &job, exit_code).await;
     // The job's end is recorded before anything is cleaned up: should berth
@@ -107,7 +112,9 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
                     tracing::info!(state = %state, exit_code, error = error.as_deref().unwrap_or(""), "job finished");
                 }
                 Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "finishing a job failed; the reconciler will retry"),
+                Err(e) => {
+                    tracing::error!(error = %e, "finishing a job failed; the reconciler will retry")
+                }
             }
         }
         Outcome::Requeue(reason) => {
@@ -126,7 +133,11 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
                 .await;
                 return;
             }
-            match ctx.store.job_requeue(job.id, JobState::ACTIVE, &reason).await {
+            match ctx
+                .store
+                .job_requeue(job.id, JobState::ACTIVE, &reason)
+                .await
+            {
                 Ok(true) => tracing::info!(reason = %reason, "job goes back to the queue"),
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "requeueing a job failed"),
@@ -169,13 +180,19 @@ pub async fn decide(ctx: &Context, job: &Job, exit_code: Option<i64>) -> Outcome
         };
     }
     if job.github_status == Some(GithubStatus::Completed) {
-        return after_github_completion(job.github_conclusion.as_deref(), job.github_runner_name.as_deref());
+        return after_github_completion(
+            job.github_conclusion.as_deref(),
+            job.github_runner_name.as_deref(),
+        );
     }
     // GitHub's events did not say where the job ran: ask.
     let Some(github) = ctx.github.as_ref() else {
         return by_exit_code(exit_code);
     };
-    match github.get_job(&job.repository, job.github_job_id as u64).await {
+    match github
+        .get_job(&job.repository, job.github_job_id as u64)
+        .await
+    {
         Ok(Some(remote)) => {
             let remote_runner = remote.runner_name.as_deref().filter(|n| !n.is_empty());
             let ours = remote_runner.is_some() && remote_runner == job.runner_name.as_deref();
@@ -200,7 +217,9 @@ pub async fn decide(ctx: &Context, job: &Job, exit_code: Option<i64>) -> Outcome
             state: JobState::Expired,
             error: Some("GitHub no longer knows this job".into()),
         },
-        Err(e) => Outcome::Requeue(format!("the worker exited and GitHub could not be asked about the job: {e}")),
+        Err(e) => Outcome::Requeue(format!(
+            "the worker exited and GitHub could not be asked about the job: {e}"
+        )),
     }
 }
 

@@ -117,7 +117,13 @@ async fn capture(ctx: &Context, job_id: Uuid, container_id: &str) -> Result<(), 
 
 /// Appends to the log of the job that owns the container now (GitHub may
 /// have rebound the runner to another job since the capture started).
-async fn flush(ctx: &Context, job_id: Uuid, container_id: &str, pending: &mut Vec<u8>, cap: u64) -> Result<(), String> {
+async fn flush(
+    ctx: &Context,
+    job_id: Uuid,
+    container_id: &str,
+    pending: &mut Vec<u8>,
+    cap: u64,
+) -> Result<(), String> {
     if pending.is_empty() {
         return Ok(());
     }

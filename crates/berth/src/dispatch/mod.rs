@@ -74,13 +74,20 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, drain: Duration
     }
     tasks.close();
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
-        tracing::warn!("provisioning still in progress at shutdown; leases will expire and the jobs be recovered");
+        tracing::warn!(
+            "provisioning still in progress at shutdown; leases will expire and the jobs be recovered"
+        );
     }
 }
 
-async fn claim(ctx: &Context, pool: &str, max_in_pool: u32) -> Result<Option<Job>, crate::store::StoreError> {
+async fn claim(
+    ctx: &Context,
+    pool: &str,
+    max_in_pool: u32,
+) -> Result<Option<Job>, crate::store::StoreError> {
     let now = ctx.store.now();
-    let lease = time::Duration::try_from(ctx.config.dispatch.lease).unwrap_or(time::Duration::MINUTE);
+    let lease =
+        time::Duration::try_from(ctx.config.dispatch.lease).unwrap_or(time::Duration::MINUTE);
     ctx.store
         .job_claim(
             pool,

@@ -62,7 +62,12 @@ pub async fn provision(ctx: Arc<Context>, job: Job) {
     let claimed_at = Instant::now();
     let lost = CancellationToken::new();
     let runner: Arc<std::sync::Mutex<Option<String>>> = Default::default();
-    let renewer = tokio::spawn(renew_lease(ctx.clone(), job.id, runner.clone(), lost.clone()));
+    let renewer = tokio::spawn(renew_lease(
+        ctx.clone(),
+        job.id,
+        runner.clone(),
+        lost.clone(),
+    ));
     let mut made = Made::default();
     let outcome = tokio::select! {
         outcome = steps(&ctx, &job, &mut made, &runner, claimed_at) => outcome,
@@ -137,7 +142,12 @@ async fn steps(
     // 1. Record the name, then mint. From here on the runner is the key.
     let named = ctx
         .store
-        .job_transition(job.id, &[JobState::Provisioning], JobState::Provisioning, JobChanges::new().runner_name(&runner_name))
+        .job_transition(
+            job.id,
+            &[JobState::Provisioning],
+            JobState::Provisioning,
+            JobChanges::new().runner_name(&runner_name),
+        )
         .await;
     match named {
         Ok(true) => {}
@@ -147,15 +157,32 @@ async fn steps(
     *runner.lock().expect("runner name") = Some(runner_name.clone());
     made.runner = Some((runner_name.clone(), None));
     let jit: JitConfig = github
-        .generate_jitconfig(&pool.scope, &runner_name, pool.runner_group_id, &pool.labels, &pool.work_folder)
+        .generate_jitconfig(
+            &pool.scope,
+            &runner_name,
+            pool.runner_group_id,
+            &pool.labels,
+            &pool.work_folder,
+        )
         .await
         .map_err(|e| {
             let reason = format!("minting a JIT runner failed: {e}");
-            if e.is_transient() { Stop::Transient(reason) } else { Stop::Permanent(reason) }
+            if e.is_transient() {
+                Stop::Transient(reason)
+            } else {
+                Stop::Permanent(reason)
+            }
         })?;
     made.runner = Some((runner_name.clone(), Some(jit.runner_id as i64)));
     tracing::Span::current().record("runner_name", runner_name.as_str());
-    transition(ctx, &runner_name, JobState::Provisioning, JobState::Provisioning, JobChanges::new().runner(&runner_name, jit.runner_id as i64)).await?;
+    transition(
+        ctx,
+        &runner_name,
+        JobState::Provisioning,
+        JobState::Provisioning,
+        JobChanges::new().runner(&runner_name, jit.runner_id as i64),
+    )
+    .await?;
     crate::failpoint::hit("after_mint");
 
     // 2. Create the container.
@@ -163,7 +190,14 @@ async fn steps(
     let container_id = create_with_retries(ctx, &spec).await?;
     made.container = Some(container_id.clone());
     tracing::Span::current().record("container_id", container_id.as_str());
-    transition(ctx, &runner_name, JobState::Provisioning, JobState::Starting, JobChanges::new().container_id(&container_id)).await?;
+    transition(
+        ctx,
+        &runner_name,
+        JobState::Provisioning,
+        JobState::Starting,
+        JobChanges::new().container_id(&container_id),
+    )
+    .await?;
     crate::failpoint::hit("after_create");
 
     // 3. Deliver the JIT config and start.
@@ -173,7 +207,14 @@ async fn steps(
         .map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
     crate::failpoint::hit("after_start");
     let now = ctx.store.now();
-    transition(ctx, &runner_name, JobState::Starting, JobState::Running, JobChanges::new().started_at(now).clear_lease()).await?;
+    transition(
+        ctx,
+        &runner_name,
+        JobState::Starting,
+        JobState::Running,
+        JobChanges::new().started_at(now).clear_lease(),
+    )
+    .await?;
 
     let labels = Metrics::pool(&job.pool);
     ctx.metrics
@@ -181,8 +222,14 @@ async fn steps(
         .get_or_create(&labels)
         .observe(claimed_at.elapsed().as_secs_f64());
     let waited = (now - job.queued_at).as_seconds_f64().max(0.0);
-    ctx.metrics.queue_wait.get_or_create(&labels).observe(waited);
-    tracing::info!(queue_wait_ms = (waited * 1000.0) as u64, "worker container running");
+    ctx.metrics
+        .queue_wait
+        .get_or_create(&labels)
+        .observe(waited);
+    tracing::info!(
+        queue_wait_ms = (waited * 1000.0) as u64,
+        "worker container running"
+    );
     let holder = match ctx.store.job_get_by_runner_name(&runner_name).await {
         Ok(Some(holder)) => holder.id,
         _ => job.id,
@@ -193,8 +240,18 @@ async fn steps(
 
 /// One conditional transition of the job holding the runner; `Lost` when it
 /// did not apply.
-async fn transition(ctx: &Context, runner_name: &str, from: JobState, to: JobState, changes: JobChanges) -> Result<(), Stop> {
-    match ctx.store.job_transition_by_runner(runner_name, &[from], to, changes).await {
+async fn transition(
+    ctx: &Context,
+    runner_name: &str,
+    from: JobState,
+    to: JobState,
+    changes: JobChanges,
+) -> Result<(), Stop> {
+    match ctx
+        .store
+        .job_transition_by_runner(runner_name, &[from], to, changes)
+        .await
+    {
         Ok(true) => Ok(()),
         Ok(false) => Err(Stop::Lost),
         Err(e) => Err(Stop::Transient(format!("the store failed: {e}"))),
@@ -208,7 +265,9 @@ async fn create_with_retries(ctx: &Context, spec: &WorkerSpec) -> Result<String,
         match ctx.docker.create_worker(spec).await {
             Ok(id) => return Ok(id),
             Err(DockerError::InvalidSpec(msg)) => {
-                return Err(Stop::Permanent(format!("the pool's worker settings are invalid: {msg}")));
+                return Err(Stop::Permanent(format!(
+                    "the pool's worker settings are invalid: {msg}"
+                )));
             }
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "creating the worker container failed");
@@ -223,7 +282,9 @@ async fn create_with_retries(ctx: &Context, spec: &WorkerSpec) -> Result<String,
         Some(DockerError::ImageMissing { image }) => Stop::Permanent(format!(
             "the worker image `{image}` is not on the Docker host (berth does not pull it; build or load it there)"
         )),
-        Some(e) if e.is_transient() => Stop::Transient(format!("creating the worker container failed: {e}")),
+        Some(e) if e.is_transient() => {
+            Stop::Transient(format!("creating the worker container failed: {e}"))
+        }
         Some(e) => Stop::Permanent(format!("creating the worker container failed: {e}")),
         None => Stop::Transient("creating the worker container failed".into()),
     })
@@ -256,15 +317,25 @@ async fn release(ctx: &Context, made: &Made) {
 
 /// Keeps the claim alive (by job id until the runner is named, then by
 /// runner); cancels `lost` when it cannot.
-async fn renew_lease(ctx: Arc<Context>, id: uuid::Uuid, runner: Arc<std::sync::Mutex<Option<String>>>, lost: CancellationToken) {
+async fn renew_lease(
+    ctx: Arc<Context>,
+    id: uuid::Uuid,
+    runner: Arc<std::sync::Mutex<Option<String>>>,
+    lost: CancellationToken,
+) {
     let lease = ctx.config.dispatch.lease;
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        let until = ctx.store.now() + time::Duration::try_from(lease).unwrap_or(time::Duration::MINUTE);
+        let until =
+            ctx.store.now() + time::Duration::try_from(lease).unwrap_or(time::Duration::MINUTE);
         let name = runner.lock().expect("runner name").clone();
         let renewed = match &name {
-            Some(name) => ctx.store.job_lease_renew_by_runner(name, &ctx.replica_id, until).await,
+            Some(name) => {
+                ctx.store
+                    .job_lease_renew_by_runner(name, &ctx.replica_id, until)
+                    .await
+            }
             None => ctx.store.job_lease_renew(id, &ctx.replica_id, until).await,
         };
         match renewed {
@@ -302,9 +373,15 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
         (LABEL_JOB.to_string(), job.id.to_string()),
         (LABEL_POOL.to_string(), job.pool.clone()),
         (LABEL_REPOSITORY.to_string(), job.repository.clone()),
-        (LABEL_GITHUB_JOB_ID.to_string(), job.github_job_id.to_string()),
+        (
+            LABEL_GITHUB_JOB_ID.to_string(),
+            job.github_job_id.to_string(),
+        ),
         (LABEL_RUNNER.to_string(), runner_name.to_string()),
-        (LABEL_INSTANCE.to_string(), ctx.config.docker.instance.clone()),
+        (
+            LABEL_INSTANCE.to_string(),
+            ctx.config.docker.instance.clone(),
+        ),
     ]));
     spec.cpus = pool.cpus;
     spec.memory_bytes = pool.memory.0 as i64;

@@ -36,7 +36,12 @@ pub async fn stop_container(ctx: &Context, container_id: &str, grace: Duration) 
 
 /// Deletes a runner registration (by id, else by name). A runner that already
 /// ran its job was removed by GitHub; that is not an error.
-pub async fn deregister_runner(ctx: &Context, pool: &PoolConfig, runner_id: Option<i64>, runner_name: &str) -> bool {
+pub async fn deregister_runner(
+    ctx: &Context,
+    pool: &PoolConfig,
+    runner_id: Option<i64>,
+    runner_name: &str,
+) -> bool {
     let Some(github) = ctx.github.as_ref() else {
         return false;
     };

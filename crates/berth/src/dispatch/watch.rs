@@ -36,7 +36,9 @@ pub async fn watch(ctx: Arc<Context>, shutdown: CancellationToken) {
                         && ctx.owns(&event.labels)
                     {
                         let ctx = ctx.clone();
-                        tokio::spawn(async move { handle_exit(&ctx, &event.container_id, exit_code).await });
+                        tokio::spawn(async move {
+                            handle_exit(&ctx, &event.container_id, exit_code).await
+                        });
                     }
                 }
                 Some(Err(e)) => {
@@ -64,7 +66,9 @@ pub async fn catch_up(ctx: &Arc<Context>) {
         }
     };
     for job in jobs {
-        let Some(container_id) = job.container_id.clone() else { continue };
+        let Some(container_id) = job.container_id.clone() else {
+            continue;
+        };
         match ctx.docker.inspect(&container_id).await {
             Ok(info) if info.running => logs::spawn_capture(ctx, job.id, &container_id),
             Ok(info) if info.status.is_finished() => {

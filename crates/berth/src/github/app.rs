@@ -38,7 +38,9 @@ impl AppAuth {
     pub fn new(issuer: impl Into<String>, pem: &Secret) -> Result<Self, GithubError> {
         let key = EncodingKey::from_rsa_pem(pem.expose().as_bytes()).map_err(|e| {
             // jsonwebtoken's message names the parsing problem, never the key bytes.
-            GithubError::Config(format!("the GitHub App private key is not a valid RSA PEM key: {e}"))
+            GithubError::Config(format!(
+                "the GitHub App private key is not a valid RSA PEM key: {e}"
+            ))
         })?;
         Ok(Self {
             issuer: issuer.into(),

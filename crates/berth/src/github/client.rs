@@ -292,7 +292,13 @@ impl GithubClient {
     pub async fn delete_runner(&self, scope: &Scope, runner_id: u64) -> Result<(), GithubError> {
         let path = format!("{}/actions/runners/{runner_id}", scope_path(scope));
         match self
-            .send("delete_runner", Method::DELETE, &path, Auth::Installation(scope), None)
+            .send(
+                "delete_runner",
+                Method::DELETE,
+                &path,
+                Auth::Installation(scope),
+                None,
+            )
             .await
         {
             Ok(_) | Err(GithubError::Http { status: 404, .. }) => Ok(()),
@@ -304,9 +310,18 @@ impl GithubClient {
     pub async fn list_runners(&self, scope: &Scope) -> Result<Vec<Runner>, GithubError> {
         let mut all = Vec::new();
         for page in 1.. {
-            let path = format!("{}/actions/runners?per_page=100&page={page}", scope_path(scope));
+            let path = format!(
+                "{}/actions/runners?per_page=100&page={page}",
+                scope_path(scope)
+            );
             let list: RunnerList = self
-                .send_json("list_runners", Method::GET, &path, Auth::Installation(scope), None)
+                .send_json(
+                    "list_runners",
+                    Method::GET,
+                    &path,
+                    Auth::Installation(scope),
+                    None,
+                )
                 .await?;
             let got = list.runners.len();
             all.extend(list.runners);
@@ -317,7 +332,11 @@ impl GithubClient {
         Ok(all)
     }
 
-    pub async fn find_runner(&self, scope: &Scope, name: &str) -> Result<Option<Runner>, GithubError> {
+    pub async fn find_runner(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<Option<Runner>, GithubError> {
         Ok(self
             .list_runners(scope)
             .await?
@@ -326,11 +345,21 @@ impl GithubClient {
     }
 
     /// A workflow job's current status on GitHub; `None` when GitHub does not know it.
-    pub async fn get_job(&self, repository: &str, job_id: u64) -> Result<Option<WorkflowJob>, GithubError> {
+    pub async fn get_job(
+        &self,
+        repository: &str,
+        job_id: u64,
+    ) -> Result<Option<WorkflowJob>, GithubError> {
         let scope = repo_scope(repository)?;
         let path = format!("/repos/{repository}/actions/jobs/{job_id}");
         match self
-            .send_json("get_job", Method::GET, &path, Auth::Installation(&scope), None)
+            .send_json(
+                "get_job",
+                Method::GET,
+                &path,
+                Auth::Installation(&scope),
+                None,
+            )
             .await
         {
             Ok(job) => Ok(Some(job)),
@@ -447,7 +476,12 @@ impl GithubClient {
                                 retry_after: wait,
                             });
                         }
-                        tracing::warn!(endpoint, status = status.as_u16(), wait_ms = wait.as_millis() as u64, "GitHub rate limit; waiting");
+                        tracing::warn!(
+                            endpoint,
+                            status = status.as_u16(),
+                            wait_ms = wait.as_millis() as u64,
+                            "GitHub rate limit; waiting"
+                        );
                         (
                             Some(wait),
                             GithubError::RateLimited {
@@ -483,7 +517,13 @@ impl GithubClient {
     }
 
     async fn forget_token(&self, scope: &Scope) {
-        if let Some(id) = self.inner.installations.lock().await.get(&scope.to_string()) {
+        if let Some(id) = self
+            .inner
+            .installations
+            .lock()
+            .await
+            .get(&scope.to_string())
+        {
             self.inner.tokens.lock().await.remove(id);
         }
     }
@@ -549,7 +589,9 @@ fn rate_limit_wait(
     });
     let is_limit = status == StatusCode::TOO_MANY_REQUESTS
         || (status == StatusCode::FORBIDDEN
-            && (retry_after.is_some() || exhausted || message.to_ascii_lowercase().contains("rate limit")));
+            && (retry_after.is_some()
+                || exhausted
+                || message.to_ascii_lowercase().contains("rate limit")));
     if !is_limit {
         return None;
     }

@@ -91,12 +91,16 @@ async fn accept_webhook_inner(
     body: &[u8],
 ) -> Result<Accepted, IntakeError> {
     let secret = ctx.webhook_secret.as_ref().ok_or_else(|| {
-        IntakeError::Unauthorized("webhooks are not accepted: no webhook secret is configured".into())
+        IntakeError::Unauthorized(
+            "webhooks are not accepted: no webhook secret is configured".into(),
+        )
     })?;
-    webhook::verify_signature(secret.expose().as_bytes(), body, headers.signature).map_err(|e| match e {
-        WebhookError::Malformed(m) => IntakeError::Invalid(m),
-        other => IntakeError::Unauthorized(other.to_string()),
-    })?;
+    webhook::verify_signature(secret.expose().as_bytes(), body, headers.signature).map_err(
+        |e| match e {
+            WebhookError::Malformed(m) => IntakeError::Invalid(m),
+            other => IntakeError::Unauthorized(other.to_string()),
+        },
+    )?;
     match headers.event {
         Some("ping") => return Ok(Accepted::Pong),
         Some("workflow_job") => {}
@@ -107,7 +111,9 @@ async fn accept_webhook_inner(
         }
         None => return Err(IntakeError::Invalid("missing X-GitHub-Event header".into())),
     }
-    let Some(event) = webhook::parse_workflow_job(body).map_err(|e| IntakeError::Invalid(e.to_string()))? else {
+    let Some(event) =
+        webhook::parse_workflow_job(body).map_err(|e| IntakeError::Invalid(e.to_string()))?
+    else {
         return Ok(Accepted::Ignored {
             reason: "workflow_job action berth does not act on".into(),
         });
@@ -129,7 +135,10 @@ async fn accept_webhook_inner(
 }
 
 /// Applies what one `workflow_job` event says.
-async fn apply_event(ctx: &Arc<Context>, event: &WorkflowJobEvent) -> Result<Accepted, IntakeError> {
+async fn apply_event(
+    ctx: &Arc<Context>,
+    event: &WorkflowJobEvent,
+) -> Result<Accepted, IntakeError> {
     let span = tracing::info_span!(
         "webhook",
         repository = %event.repository,
@@ -145,7 +154,11 @@ async fn apply_event(ctx: &Arc<Context>, event: &WorkflowJobEvent) -> Result<Acc
         Action::InProgress => {
             // A job first heard of here (its `queued` delivery was lost) is
             // queued now, so a berth runner that took it can be bound to it.
-            if event.runner_name.as_deref().is_some_and(|r| r.starts_with("berth-")) {
+            if event
+                .runner_name
+                .as_deref()
+                .is_some_and(|r| r.starts_with("berth-"))
+            {
                 queue_from_event(ctx, event, GithubStatus::Queued).await?;
             }
             let accepted = record(ctx, event, GithubStatus::InProgress).await?;
@@ -206,7 +219,11 @@ async fn queue_from_event(
     }
 }
 
-async fn record(ctx: &Arc<Context>, event: &WorkflowJobEvent, status: GithubStatus) -> Result<Accepted, IntakeError> {
+async fn record(
+    ctx: &Arc<Context>,
+    event: &WorkflowJobEvent,
+    status: GithubStatus,
+) -> Result<Accepted, IntakeError> {
     let changed = ctx
         .store
         .job_record_github_status(
@@ -264,7 +281,11 @@ impl DelegateRequest {
         if self.labels.is_empty() || self.labels.len() > 100 {
             return bad("`labels` must hold 1 to 100 labels");
         }
-        if self.labels.iter().any(|l| l.trim().is_empty() || l.len() > 256) {
+        if self
+            .labels
+            .iter()
+            .any(|l| l.trim().is_empty() || l.len() > 256)
+        {
             return bad("`labels` must not hold empty or over-long labels");
         }
         Ok(())
@@ -272,7 +293,10 @@ impl DelegateRequest {
 }
 
 /// Accepts a delegated job. Returns the job and whether it is new.
-pub async fn accept_delegate(ctx: &Arc<Context>, request: DelegateRequest) -> Result<(Job, bool), IntakeError> {
+pub async fn accept_delegate(
+    ctx: &Arc<Context>,
+    request: DelegateRequest,
+) -> Result<(Job, bool), IntakeError> {
     let result = accept_delegate_inner(ctx, request).await;
     let outcome = match &result {
         Ok((_, true)) => "accepted",
@@ -287,7 +311,10 @@ pub async fn accept_delegate(ctx: &Arc<Context>, request: DelegateRequest) -> Re
     result
 }
 
-async fn accept_delegate_inner(ctx: &Arc<Context>, request: DelegateRequest) -> Result<(Job, bool), IntakeError> {
+async fn accept_delegate_inner(
+    ctx: &Arc<Context>,
+    request: DelegateRequest,
+) -> Result<(Job, bool), IntakeError> {
     request.validate()?;
     let pool = match &request.pool {
         Some(name) => ctx

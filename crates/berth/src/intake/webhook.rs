@@ -25,7 +25,11 @@ pub enum WebhookError {
 
 /// Checks `X-Hub-Signature-256: sha256=<hex>` against HMAC-SHA256(secret, body),
 /// in constant time (`Mac::verify_slice`).
-pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), WebhookError> {
+pub fn verify_signature(
+    secret: &[u8],
+    body: &[u8],
+    header: Option<&str>,
+) -> Result<(), WebhookError> {
     let header = header.ok_or(WebhookError::MissingSignature)?;
     let hex_sig = header
         .trim()
@@ -97,7 +101,8 @@ struct RepositoryPayload {
 
 /// Parses a `workflow_job` payload. `Ok(None)` for actions berth does not act on.
 pub fn parse_workflow_job(body: &[u8]) -> Result<Option<WorkflowJobEvent>, WebhookError> {
-    let payload: Payload = serde_json::from_slice(body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
+    let payload: Payload =
+        serde_json::from_slice(body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
     let action = match payload.action.as_str() {
         "queued" => Action::Queued,
         "waiting" => Action::Waiting,
@@ -136,13 +141,17 @@ mod tests {
     use super::*;
 
     fn fixture(path: &str) -> Vec<u8> {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/webhooks/");
+        let root = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/webhooks/"
+        );
         std::fs::read(format!("{root}{path}")).unwrap()
     }
 
     #[test]
     fn signature_test_vector_from_github_docs() {
-        let v: serde_json::Value = serde_json::from_slice(&fixture("signature-test-vector.json")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&fixture("signature-test-vector.json")).unwrap();
         let secret = v["secret"].as_str().unwrap().as_bytes();
         let payload = v["payload"].as_str().unwrap().as_bytes();
         let header = v["x_hub_signature_256"].as_str().unwrap();
@@ -156,7 +165,10 @@ mod tests {
             verify_signature(secret, b"Hello, World?", Some(header)),
             Err(WebhookError::BadSignature)
         );
-        assert_eq!(verify_signature(secret, payload, None), Err(WebhookError::MissingSignature));
+        assert_eq!(
+            verify_signature(secret, payload, None),
+            Err(WebhookError::MissingSignature)
+        );
         assert_eq!(
             verify_signature(secret, payload, Some("sha1=abc")),
             Err(WebhookError::BadSignature)
@@ -190,11 +202,21 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_named() {
-        assert!(matches!(parse_workflow_job(b"{"), Err(WebhookError::Malformed(_))));
-        let err = parse_workflow_job(br#"{"action":"queued","repository":{"full_name":"a/b"}}"#).unwrap_err();
-        assert_eq!(err, WebhookError::Malformed("missing field `workflow_job`".into()));
+        assert!(matches!(
+            parse_workflow_job(b"{"),
+            Err(WebhookError::Malformed(_))
+        ));
+        let err = parse_workflow_job(br#"{"action":"queued","repository":{"full_name":"a/b"}}"#)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            WebhookError::Malformed("missing field `workflow_job`".into())
+        );
         let err = parse_workflow_job(br#"{"action":"queued","workflow_job":{"id":"x","run_id":1},"repository":{"full_name":"a/b"}}"#).unwrap_err();
         assert!(err.to_string().contains("id"), "{err}");
-        assert_eq!(parse_workflow_job(br#"{"action":"something_new"}"#), Ok(None));
+        assert_eq!(
+            parse_workflow_job(br#"{"action":"something_new"}"#),
+            Ok(None)
+        );
     }
 }

@@ -181,10 +181,16 @@ impl Metrics {
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         for outcome in ["accepted", "duplicate", "invalid", "unauthorized"] {
-            delegation_requests.get_or_create(&Self::outcome(outcome));
+            drop(delegation_requests.get_or_create(&Self::outcome(outcome)));
         }
-        for outcome in ["accepted", "duplicate", "ignored", "invalid", "unauthorized"] {
-            webhook_deliveries.get_or_create(&Self::outcome(outcome));
+        for outcome in [
+            "accepted",
+            "duplicate",
+            "ignored",
+            "invalid",
+            "unauthorized",
+        ] {
+            drop(webhook_deliveries.get_or_create(&Self::outcome(outcome)));
         }
         Self {
             registry: Arc::new(registry),
@@ -209,11 +215,11 @@ impl Metrics {
     pub fn init_pools<'a>(&self, pools: impl IntoIterator<Item = &'a str>) {
         for pool in pools {
             let labels = Self::pool(pool);
-            self.job_queue_size.get_or_create(&labels);
-            self.active_worker_containers.get_or_create(&labels);
-            self.container_creation_duration.get_or_create(&labels);
-            self.job_execution_duration.get_or_create(&labels);
-            self.queue_wait.get_or_create(&labels);
+            drop(self.job_queue_size.get_or_create(&labels));
+            drop(self.active_worker_containers.get_or_create(&labels));
+            drop(self.container_creation_duration.get_or_create(&labels));
+            drop(self.job_execution_duration.get_or_create(&labels));
+            drop(self.queue_wait.get_or_create(&labels));
         }
     }
 
@@ -249,9 +255,15 @@ mod tests {
     #[test]
     fn contract_metric_names_are_exported() {
         let m = Metrics::new();
-        m.delegation_requests.get_or_create(&Metrics::outcome("accepted")).inc();
-        m.job_queue_size.get_or_create(&Metrics::pool("linux")).set(3);
-        m.active_worker_containers.get_or_create(&Metrics::pool("linux")).set(1);
+        m.delegation_requests
+            .get_or_create(&Metrics::outcome("accepted"))
+            .inc();
+        m.job_queue_size
+            .get_or_create(&Metrics::pool("linux"))
+            .set(3);
+        m.active_worker_containers
+            .get_or_create(&Metrics::pool("linux"))
+            .set(1);
         m.container_creation_duration
             .get_or_create(&Metrics::pool("linux"))
             .observe(0.2);

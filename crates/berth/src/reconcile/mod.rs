@@ -92,12 +92,20 @@ pub async fn reconcile_once(ctx: &Arc<Context>) -> Report {
     }
     step!("lease_expired", leases_expired, expired_leases(ctx));
     step!("cancelled", cancelled, cancellations(ctx));
-    step!("completed_elsewhere", completed_elsewhere, completed_elsewhere(ctx));
+    step!(
+        "completed_elsewhere",
+        completed_elsewhere,
+        completed_elsewhere(ctx)
+    );
     step!("timeout", timed_out, timeouts(ctx));
     step!("idle_runner", idle_runners, idle_runners(ctx));
     watch::catch_up(ctx).await;
     step!("queued_expired", queued_expired, queued_too_long(ctx));
-    step!("orphan_container", orphan_containers, orphan_containers(ctx));
+    step!(
+        "orphan_container",
+        orphan_containers,
+        orphan_containers(ctx)
+    );
     step!("orphan_runner", orphan_runners, orphan_runners(ctx));
     if report != Report::default() {
         tracing::info!(?report, "reconcile pass acted");
@@ -155,7 +163,12 @@ async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
                 .map_err(err)?
         } else {
             ctx.store
-                .job_requeue_if_lease_expired(job.id, &[JobState::Provisioning, JobState::Starting], now, reason)
+                .job_requeue_if_lease_expired(
+                    job.id,
+                    &[JobState::Provisioning, JobState::Starting],
+                    now,
+                    reason,
+                )
                 .await
                 .map_err(err)?
         };
@@ -200,7 +213,12 @@ async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
             _ => {
                 if ctx
                     .store
-                    .job_finish(job.id, JobState::Cancelled, None, Some("cancelled on request"))
+                    .job_finish(
+                        job.id,
+                        JobState::Cancelled,
+                        None,
+                        Some("cancelled on request"),
+                    )
                     .await
                     .map_err(err)?
                 {
@@ -218,14 +236,22 @@ async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
 async fn completed_elsewhere(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
-    for job in ctx.store.jobs_in_states(JobState::ACTIVE).await.map_err(err)? {
+    for job in ctx
+        .store
+        .jobs_in_states(JobState::ACTIVE)
+        .await
+        .map_err(err)?
+    {
         let done_elsewhere = job.github_status == Some(GithubStatus::Completed)
             && (job.runner_name.is_none() || job.github_runner_name != job.runner_name);
         let lease_live = job.lease_expires_at.is_some_and(|t| t > now);
         if !done_elsewhere || lease_live {
             continue;
         }
-        let outcome = after_github_completion(job.github_conclusion.as_deref(), job.github_runner_name.as_deref());
+        let outcome = after_github_completion(
+            job.github_conclusion.as_deref(),
+            job.github_runner_name.as_deref(),
+        );
         if let Some(container_id) = &job.container_id {
             resources::stop_container(ctx, container_id, Duration::from_secs(1)).await;
         }
@@ -239,7 +265,12 @@ async fn completed_elsewhere(ctx: &Arc<Context>) -> Result<u32> {
 async fn timeouts(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
-    for job in ctx.store.jobs_running_past_timeout(now).await.map_err(err)? {
+    for job in ctx
+        .store
+        .jobs_running_past_timeout(now)
+        .await
+        .map_err(err)?
+    {
         tracing::warn!(berth_job_id = %job.id, "job timed out; stopping its worker");
         match &job.container_id {
             Some(container_id) => stop_and_settle(ctx, container_id).await,
@@ -266,15 +297,24 @@ async fn timeouts(ctx: &Arc<Context>) -> Result<u32> {
 async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
-    for job in ctx.store.jobs_in_states(&[JobState::Running]).await.map_err(err)? {
-        let Ok(pool) = ctx.pool_of(&job) else { continue };
+    for job in ctx
+        .store
+        .jobs_in_states(&[JobState::Running])
+        .await
+        .map_err(err)?
+    {
+        let Ok(pool) = ctx.pool_of(&job) else {
+            continue;
+        };
         let taken = job.runner_name.is_some() && job.github_runner_name == job.runner_name;
         let idle_since = job.started_at.unwrap_or(job.updated_at);
         let idle_for = (now - idle_since).as_seconds_f64();
         if taken || idle_for < pool.idle_timeout.as_secs_f64() {
             continue;
         }
-        let Some(container_id) = &job.container_id else { continue };
+        let Some(container_id) = &job.container_id else {
+            continue;
+        };
         tracing::info!(berth_job_id = %job.id, idle_secs = idle_for as u64, "runner got no job within the idle timeout; removing it");
         stop_and_settle(ctx, container_id).await;
         acted += 1;
@@ -284,7 +324,9 @@ async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
 
 /// Jobs waiting a long time: still wanted on GitHub?
 async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
-    let Some(github) = ctx.github.as_ref() else { return Ok(0) };
+    let Some(github) = ctx.github.as_ref() else {
+        return Ok(0);
+    };
     let limit = time::Duration::try_from(ctx.config.reconcile.queued_check_after).map_err(err)?;
     let before = ctx.store.now() - limit;
     let mut acted = 0;
@@ -292,7 +334,10 @@ async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
         if job.source == JobSource::ScaleSet {
             continue;
         }
-        let outcome = match github.get_job(&job.repository, job.github_job_id as u64).await {
+        let outcome = match github
+            .get_job(&job.repository, job.github_job_id as u64)
+            .await
+        {
             Ok(None) => Outcome::Finish {
                 state: JobState::Expired,
                 error: Some("GitHub no longer knows this job".into()),
@@ -343,7 +388,9 @@ async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
 
 /// Offline `berth-` runner registrations that no live job owns.
 async fn orphan_runners(ctx: &Arc<Context>) -> Result<u32> {
-    let Some(github) = ctx.github.as_ref() else { return Ok(0) };
+    let Some(github) = ctx.github.as_ref() else {
+        return Ok(0);
+    };
     let live = ctx.store.active_runner_names().await.map_err(err)?;
     let mut seen_scopes = BTreeSet::new();
     let mut acted = 0;
@@ -352,11 +399,17 @@ async fn orphan_runners(ctx: &Arc<Context>) -> Result<u32> {
             continue;
         }
         for runner in github.list_runners(&pool.scope).await.map_err(err)? {
-            if !runner.name.starts_with(NAME_PREFIX) || live.contains(&runner.name) || runner.status != "offline" {
+            if !runner.name.starts_with(NAME_PREFIX)
+                || live.contains(&runner.name)
+                || runner.status != "offline"
+            {
                 continue;
             }
             tracing::info!(runner_name = %runner.name, "deleting an orphan runner registration");
-            github.delete_runner(&pool.scope, runner.id).await.map_err(err)?;
+            github
+                .delete_runner(&pool.scope, runner.id)
+                .await
+                .map_err(err)?;
             acted += 1;
         }
     }

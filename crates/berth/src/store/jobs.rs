@@ -364,8 +364,16 @@ impl Store {
             }
             changes = changes.clear_lease();
         }
-        self.job_update("job_transition", JobKey::Id(id), from, to, &changes, now, None)
-            .await
+        self.job_update(
+            "job_transition",
+            JobKey::Id(id),
+            from,
+            to,
+            &changes,
+            now,
+            None,
+        )
+        .await
     }
 
     /// [`Store::job_transition`] of whichever job holds the runner
@@ -723,8 +731,16 @@ impl Store {
             .set(Column::StartedAt, Value::Int(None))
             .set(Column::QueuedAt, Value::Int(Some(to_millis(now))));
         let guard = only_if_lease_expired_at.map(to_millis);
-        self.job_update(op, JobKey::Id(id), from, JobState::Queued, &changes, now, guard)
-            .await
+        self.job_update(
+            op,
+            JobKey::Id(id),
+            from,
+            JobState::Queued,
+            &changes,
+            now,
+            guard,
+        )
+        .await
     }
 
     /// `UPDATE jobs SET state = to, updated_at = now, <changes>

@@ -47,7 +47,11 @@ impl Store {
     /// job, the two jobs trade places (see the module doc). `None` when
     /// nothing had to move: the runner ran its own job, the runner or the
     /// taker is unknown or finished, or a concurrent change won.
-    pub async fn job_take_runner(&self, github_job_id: i64, runner_name: &str) -> Result<Option<Rebound>> {
+    pub async fn job_take_runner(
+        &self,
+        github_job_id: i64,
+        runner_name: &str,
+    ) -> Result<Option<Rebound>> {
         let op = "job_take_runner";
         let now = to_millis(self.now());
         let outcome = on_writer!(self, pool => {
@@ -129,7 +133,9 @@ impl Store {
             .await
         })
         .map_err(StoreError::query(op))?;
-        let Some((giver, giver_state, taker)) = outcome else { return Ok(None) };
+        let Some((giver, giver_state, taker)) = outcome else {
+            return Ok(None);
+        };
         let parse = |id: &str| {
             id.parse::<Uuid>().map_err(|_| StoreError::Corrupt {
                 table: "jobs",

@@ -180,9 +180,10 @@ impl Berth {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let ctx = berth::service::build(config, None).await.unwrap();
-        let (admin_token, _) = berth::api::auth::create_token(&ctx.store, "test", ApiTokenScope::Admin)
-            .await
-            .unwrap();
+        let (admin_token, _) =
+            berth::api::auth::create_token(&ctx.store, "test", ApiTokenScope::Admin)
+                .await
+                .unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(berth::service::run(ctx.clone(), listener, shutdown.clone()));
         world.point_webhooks_at(&url);
@@ -205,7 +206,10 @@ impl Berth {
     }
 
     pub async fn job(&self, github_job_id: u64) -> Option<Job> {
-        self.store().job_get_by_github_id(github_job_id as i64).await.unwrap()
+        self.store()
+            .job_get_by_github_id(github_job_id as i64)
+            .await
+            .unwrap()
     }
 
     /// Waits until the job with this GitHub id is in a terminal state.
@@ -256,7 +260,10 @@ where
 {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not true after {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not true after {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
