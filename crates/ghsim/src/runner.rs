@@ -105,7 +105,12 @@ struct Conn {
     jit: JitConfig,
     key: KeyPair,
     token: String,
+    /// Since when polls have failed to reach the server, if they do.
+    unreachable_since: Option<std::time::Instant>,
 }
+
+/// How long the server may be unreachable before the runner gives up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
 impl Conn {
     async fn authenticate(&mut self) -> Result<()> {
@@ -170,6 +175,7 @@ pub async fn run(encoded_jit: &str, mut opts: Options) -> Result<Outcome> {
         jit,
         key,
         token: String::new(),
+        unreachable_since: None,
     };
     conn.authenticate().await?;
     let name = conn.jit.runner.agent_name.clone();
@@ -261,11 +267,18 @@ async fn poll_once(conn: &mut Conn, session_id: &str) -> Result<Option<JobReques
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
+            let since = *conn
+                .unreachable_since
+                .get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > GIVE_UP_AFTER {
+                return Err(fail(1, format!("lost the connection to the server: {e}")));
+            }
             eprintln!("ghsim-runner: message poll failed: {e}; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
             return Ok(None);
         }
     };
+    conn.unreachable_since = None;
     match resp.status().as_u16() {
         202 | 204 => return Ok(None),
         200 => {}
@@ -388,6 +401,7 @@ async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<St
         let job_id = job.job_id.clone();
         tokio::spawn(async move {
             let mut batch: Vec<String> = Vec::new();
+            let mut batch_bytes = 0usize;
             let mut step = 0u32;
             let flush = |step: u32, lines: Vec<String>| {
                 let http = http.clone();
@@ -412,11 +426,14 @@ async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<St
                 match next {
                     Ok(Some((s, line))) => {
                         if s != step && !batch.is_empty() {
+                            batch_bytes = 0;
                             flush(step, std::mem::take(&mut batch)).await;
                         }
                         step = s;
+                        batch_bytes += line.len();
                         batch.push(line);
-                        if batch.len() >= 200 {
+                        if batch.len() >= 200 || batch_bytes >= 1 << 20 {
+                            batch_bytes = 0;
                             flush(step, std::mem::take(&mut batch)).await;
                         }
                     }
@@ -424,7 +441,10 @@ async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<St
                         flush(step, std::mem::take(&mut batch)).await;
                         return;
                     }
-                    Err(_) => flush(step, std::mem::take(&mut batch)).await,
+                    Err(_) => {
+                        batch_bytes = 0;
+                        flush(step, std::mem::take(&mut batch)).await
+                    }
                 }
             }
         })
@@ -621,9 +641,21 @@ fn forward<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     log: mpsc::UnboundedSender<(u32, String)>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(r).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = log.send((number, line));
+        // Bytes, not `lines()`: a step printing invalid UTF-8 must not stop
+        // the reader (the step would then block on a full pipe).
+        let mut reader = BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        buf.pop();
+                    }
+                    let _ = log.send((number, String::from_utf8_lossy(&buf).into_owned()));
+                }
+            }
         }
     })
 }

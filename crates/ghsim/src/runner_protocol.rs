@@ -484,6 +484,8 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/_services/run/steps", post(update_steps))
         .route("/_services/run/logs", post(append_logs))
         .route("/_services/run/completejob", post(complete_job))
+        // Log batches can be large (up to ~1 MiB of lines plus one long line).
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
 }
 
 #[derive(Deserialize)]

@@ -115,7 +115,7 @@ async fn two_step_job_completes_on_the_stand_in() {
     let mut spec = JobSpec::new("acme/widgets", &["self-hosted", "linux"], &[]);
     spec.steps = vec![
         StepInput::Named { name: Some("greet".into()), run: "echo hello from step one".into() },
-        StepInput::Command("echo step two in $GITHUB_REPOSITORY; pwd; echo jit=${ACTIONS_RUNNER_INPUT_JITCONFIG:-unset}".into()),
+        StepInput::Command("echo step two in $GITHUB_REPOSITORY; pwd; echo jit=${ACTIONS_RUNNER_INPUT_JITCONFIG:-unset}; printf 'bin\\377ary\\n'; head -c 300000 /dev/zero | tr '\\0' x; echo; echo tail".into()),
     ];
     let job = sim.queue_job(spec).unwrap();
     let (code, stderr) = proc.finish().await;
@@ -140,6 +140,16 @@ async fn two_step_job_completes_on_the_stand_in() {
         done.steps[1].output
     );
     assert_eq!(done.steps[1].output[2], "jit=unset");
+    assert_eq!(
+        done.steps[1].output[3], "bin\u{fffd}ary",
+        "invalid UTF-8 does not stop the output"
+    );
+    assert_eq!(
+        done.steps[1].output[4].len(),
+        300_000,
+        "long lines arrive whole"
+    );
+    assert_eq!(done.steps[1].output[5], "tail");
     // the log over the HTTP control API
     let log = http()
         .get(format!("{}/_sim/jobs/{}/logs", sim.base_url(), job.id))
@@ -560,4 +570,35 @@ async fn many_jobs_on_many_runners() {
         );
     }
     assert!(sim.runners().is_empty());
+}
+
+#[tokio::test]
+async fn large_output_arrives_whole_and_in_order() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    let job = sim
+        .queue_job(JobSpec::new(
+            "acme/widgets",
+            &["linux"],
+            &[
+                "seq 1 100000",
+                "head -c 3000000 /dev/zero | tr '\\0' y; echo",
+            ],
+        ))
+        .unwrap();
+    let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", "chatty", &["linux"]).await;
+    let (code, stderr) = spawn_runner(&jit).finish().await;
+    assert_eq!(code, 0, "{stderr}");
+    let j = sim.job(job.id).unwrap();
+    assert_eq!(j.conclusion.as_deref(), Some("success"));
+    assert_eq!(j.steps[0].output.len(), 100_000);
+    assert!(
+        j.steps[0]
+            .output
+            .iter()
+            .enumerate()
+            .all(|(i, l)| *l == (i + 1).to_string())
+    );
+    assert_eq!(j.steps[1].output.len(), 1);
+    assert_eq!(j.steps[1].output[0].len(), 3_000_000);
 }
