@@ -108,7 +108,9 @@ pub struct JitConfig {
 impl JitConfig {
     /// base64(JSON map of file name → base64(file JSON)), the real format.
     pub fn encode(&self) -> Result<String> {
-        let file = |v: &dyn erased::Ser| -> Result<String> { Ok(STANDARD.encode(v.to_json()?)) };
+        fn file<T: Serialize>(v: &T) -> Result<String> {
+            Ok(STANDARD.encode(serde_json::to_vec(v)?))
+        }
         let mut map = BTreeMap::new();
         map.insert(".runner", file(&self.runner)?);
         map.insert(".credentials", file(&self.credentials)?);
@@ -142,17 +144,6 @@ impl JitConfig {
             credentials: file(&map, ".credentials")?,
             rsa: file(&map, ".credentials_rsaparams")?,
         })
-    }
-}
-
-mod erased {
-    pub trait Ser {
-        fn to_json(&self) -> crate::error::Result<Vec<u8>>;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> crate::error::Result<Vec<u8>> {
-            Ok(serde_json::to_vec(self)?)
-        }
     }
 }
 
