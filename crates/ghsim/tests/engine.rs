@@ -602,3 +602,44 @@ async fn large_output_arrives_whole_and_in_order() {
     assert_eq!(j.steps[1].output.len(), 1);
     assert_eq!(j.steps[1].output[0].len(), 3_000_000);
 }
+
+#[tokio::test]
+async fn runners_use_the_public_url_resolved_through_etc_hosts() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = SimConfig {
+        public_url: Some(format!("http://localhost:{port}")),
+        ..fast_config()
+    };
+    let sim = ghsim::Simulator::start(cfg, listener).unwrap();
+    assert_eq!(sim.public_url(), format!("http://localhost:{port}"));
+    let tok = token(&sim, "acme").await;
+    let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", "public", &["linux"]).await;
+    let decoded = JitConfig::decode(&jit).unwrap();
+    assert!(
+        decoded
+            .runner
+            .server_url_v2
+            .starts_with("http://localhost:")
+    );
+    assert!(
+        decoded
+            .credentials
+            .data
+            .authorization_url
+            .starts_with("http://localhost:")
+    );
+    let job = sim
+        .queue_job(JobSpec::new(
+            "acme/widgets",
+            &["linux"],
+            &["echo $GITHUB_SERVER_URL"],
+        ))
+        .unwrap();
+    let (code, stderr) = spawn_runner(&jit).finish().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        sim.job_log(job.id).unwrap(),
+        format!("http://localhost:{port}\n")
+    );
+}
