@@ -253,3 +253,47 @@ async fn sigterm_leaves_running_jobs_running() {
     assert_eq!(job.state, JobState::Completed, "{job:?}");
     assert_nothing_left(&world).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_correlated_and_free_of_secrets() {
+    let (world, config, store) = setup().await;
+    let serve = Serve::start(&world, &config, "", 1);
+    eventually("berth listening", Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(config_listen(&config)).is_ok()
+    })
+    .await;
+    let gh_job = world.queue(&["echo hello"]);
+    let job = wait_terminal(&store, gh_job).await;
+    assert_eq!(job.state, JobState::Completed);
+    drop(serve);
+    let text = std::fs::read_to_string(world.dir.path().join("serve-1.log")).unwrap();
+    let mut job_lines = 0;
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for key in ["timestamp", "level", "target"] {
+            assert!(v.get(key).is_some(), "no {key}: {line}");
+        }
+        if v.get("berth_job_id").is_some() {
+            job_lines += 1;
+            for key in ["repository", "workflow", "run_id", "job_id"] {
+                assert!(
+                    v.get(key).is_some(),
+                    "job-scoped line without {key}: {line}"
+                );
+            }
+        }
+    }
+    assert!(job_lines >= 3, "job-scoped lines: {job_lines}\n{text}");
+    for secret in [
+        common::WEBHOOK_SECRET.to_string(),
+        "PRIVATE KEY".to_string(),
+        "ghs_".to_string(),
+        "eyJ".to_string(),
+    ] {
+        assert!(
+            !text.contains(&secret),
+            "a secret ({secret}) reached the logs"
+        );
+    }
+}
