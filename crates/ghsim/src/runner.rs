@@ -62,6 +62,22 @@ pub struct Options {
     pub stop: watch::Receiver<bool>,
 }
 
+/// The runner root, as the real runner sees it: the parent of the `bin/`
+/// folder holding the executable (`/home/runner/bin/Runner.Listener` →
+/// `/home/runner`), else the current directory. `RUNNER_ROOT` overrides.
+pub fn runner_root() -> PathBuf {
+    if let Some(r) = std::env::var_os("RUNNER_ROOT") {
+        return PathBuf::from(r);
+    }
+    let exe_root = std::env::current_exe().ok().and_then(|exe| {
+        let dir = exe.parent()?;
+        (dir.file_name()? == "bin").then(|| dir.parent().map(PathBuf::from))?
+    });
+    exe_root
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
 /// Host → address from `/etc/hosts`.
 fn etc_hosts() -> HashMap<String, IpAddr> {
     let mut map = HashMap::new();
@@ -456,12 +472,20 @@ async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<St
         .next()
         .unwrap_or("repo")
         .to_string();
-    let work = opts
-        .root
-        .join(&conn.jit.runner.work_folder)
+    let rel = PathBuf::from(&conn.jit.runner.work_folder)
         .join(&repo_name)
         .join(&repo_name);
-    let _ = std::fs::create_dir_all(&work);
+    let mut work = opts.root.join(&rel);
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        let fallback = std::env::temp_dir().join(&rel);
+        eprintln!(
+            "ghsim-runner: cannot create {} ({e}); using {}",
+            work.display(),
+            fallback.display()
+        );
+        let _ = std::fs::create_dir_all(&fallback);
+        work = fallback;
+    }
 
     let mut results: Vec<StepUpdate> = Vec::new();
     let mut job_failed = false;

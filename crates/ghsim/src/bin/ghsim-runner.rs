@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             eprintln!("ghsim-runner: received stop signal");
             let _ = stop_tx.send(true);
         });
-        let root = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        let root = ghsim::runner::runner_root();
         match ghsim::runner::run(
             &jit,
             ghsim::runner::Options {
