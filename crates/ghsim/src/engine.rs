@@ -428,7 +428,7 @@ impl Shared {
         }
         self.emit(&w, job.id, "in_progress");
         if let Some(ss) = job.scale_set_id {
-            let mut msg = self.job_message(&w, &w.jobs[&job.id], "JobStarted");
+            let mut msg = self.job_message(&w.jobs[&job.id], "JobStarted");
             msg["runnerId"] = runner.id.into();
             msg["runnerName"] = runner.name.clone().into();
             self.push_scale_set_message(&mut w, ss, msg);
@@ -592,7 +592,7 @@ impl Shared {
         self.emit(w, job_id, "completed");
         if let Some(ss) = ss {
             let job = &w.jobs[&job_id];
-            let mut msg = self.job_message(w, job, "JobCompleted");
+            let mut msg = self.job_message(job, "JobCompleted");
             msg["result"] = scale_set_result(conclusion).into();
             msg["runnerId"] = job.runner_id.unwrap_or(0).into();
             msg["runnerName"] = job.runner_name.clone().unwrap_or_default().into();

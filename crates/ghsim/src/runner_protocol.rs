@@ -588,7 +588,7 @@ struct MessageQuery {
     session_id: Option<Uuid>,
 }
 
-fn job_message(s: &Shared, job: &Job) -> BrokerMessage {
+fn broker_message(s: &Shared, job: &Job) -> BrokerMessage {
     let body = JobRequestRef {
         id: Uuid::new_v4().to_string(),
         runner_request_id: job.runner_request_id.to_string(),
@@ -625,7 +625,7 @@ async fn get_message(
             }
         }
         if let Some(job) = s.next_offer(id)? {
-            return Ok(Json(job_message(&s, &job)).into_response());
+            return Ok(Json(broker_message(&s, &job)).into_response());
         }
         tokio::select! {
             _ = &mut notified => {}

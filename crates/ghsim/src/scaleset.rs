@@ -118,7 +118,7 @@ impl Shared {
             ScaleSetFlow::Assigned => "JobAssigned",
             ScaleSetFlow::Acquire => "JobAvailable",
         };
-        let mut msg = self.job_message(w, &w.jobs[&job_id], kind);
+        let mut msg = self.job_message(&w.jobs[&job_id], kind);
         if flow == ScaleSetFlow::Acquire {
             msg["acquireJobUrl"] = format!(
                 "{}_apis/runtime/runnerscalesets/{ss_id}/acquirejobs",
@@ -130,7 +130,7 @@ impl Shared {
     }
 
     /// The fields every scale-set job message carries.
-    pub(crate) fn job_message(&self, _w: &World, job: &Job, kind: &str) -> Value {
+    pub(crate) fn job_message(&self, job: &Job, kind: &str) -> Value {
         let slug: String = job
             .workflow_name
             .to_ascii_lowercase()
@@ -762,7 +762,7 @@ async fn acquire_jobs(
         acquired.push(rid);
     }
     for jid in newly {
-        let msg = s.job_message(&w, &w.jobs[&jid], "JobAssigned");
+        let msg = s.job_message(&w.jobs[&jid], "JobAssigned");
         s.push_scale_set_message(&mut w, id, msg);
     }
     s.jobs_changed.notify_waiters();
