@@ -112,6 +112,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::WorkerImage(WorkerImageCommand::Build { docker }) => {
             build_worker_image(docker.as_deref()).await
         }
+        Command::Demo => crate::demo::run().await,
         other => Err(anyhow::anyhow!(
             "`{other:?}` is not available in this build yet"
         )),

@@ -19,6 +19,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod demo;
 pub mod dispatch;
 pub mod docker;
 pub mod failpoint;
