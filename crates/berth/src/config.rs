@@ -128,6 +128,12 @@ pub struct DockerConfig {
     /// containers, so several installations (or test runs) can share a host.
     /// Replicas of one installation share it.
     pub instance: String,
+    /// Image repositories a pool may use without pinning by digest, as
+    /// prefixes (`ghcr.io/acme/` allows everything below it).
+    pub allowed_images: Vec<String>,
+    /// How long an image pull may take.
+    #[serde(with = "secs")]
+    pub pull_timeout: Duration,
     /// Extra `/etc/hosts` entries for workers, as `name:address`
     /// (`host.docker.internal:host-gateway` lets workers reach a service on the host).
     pub extra_hosts: Vec<String>,
@@ -140,6 +146,8 @@ impl Default for DockerConfig {
             network: "berth".into(),
             call_timeout: Duration::from_secs(30),
             instance: "berth".into(),
+            allowed_images: Vec::new(),
+            pull_timeout: Duration::from_secs(600),
             extra_hosts: Vec::new(),
         }
     }
@@ -221,6 +229,9 @@ pub struct PoolConfig {
     /// A job is for this pool when all its labels are among these (case-insensitive).
     pub labels: Vec<String>,
     pub image: String,
+    /// `never`, `if-not-present` (default) or `always`.
+    #[serde(default)]
+    pub pull_policy: crate::docker::image_policy::PullPolicy,
     #[serde(default = "defaults::max_runners")]
     pub max_runners: u32,
     #[serde(default = "defaults::runner_group_id")]
@@ -738,13 +749,14 @@ impl Config {
                     bad(key("cap_add"), format!("`{cap}` cannot be added back"));
                 }
             }
-            if !pool.image.contains("@sha256:") && !pool.image.starts_with("sha256:") {
+            if let Err(reason) =
+                crate::docker::image_policy::check(&pool.image, &self.docker.allowed_images)
+            {
                 warnings.push(ConfigProblem {
                     source: source_of(&key("image")),
                     key: key("image"),
                     message: format!(
-                        "`{}` is not pinned by digest; pin it (name@sha256:…) so every job runs the image you reviewed",
-                        pool.image
+                        "{reason}: its jobs will fail; pin it (name@sha256:…) so every job runs the image you reviewed"
                     ),
                 });
             }

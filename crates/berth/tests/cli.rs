@@ -122,7 +122,7 @@ fn an_unpinned_image_is_a_warning() {
     assert!(
         stderr.contains("warning")
             && stderr.contains("`pool[0].image`")
-            && stderr.contains("not pinned"),
+            && stderr.contains("neither pinned by digest"),
         "{stderr}"
     );
 }

@@ -381,3 +381,94 @@ async fn github_errors_and_rate_limits_on_30_percent_of_requests() {
     assert_clean(&world).await;
     berth.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn image_policy_and_pull_policy() {
+    use berth::docker::image_policy::PullPolicy;
+    let world = World::new().await;
+    let mut config = world.config("");
+    // The allowlisted registry for `always` is a closed loopback port, so the
+    // pull attempt never leaves this machine.
+    config.docker.allowed_images = vec!["berth-worker-local".into(), "127.0.0.1:1/".into()];
+    let base = config.pools[0].clone();
+    let pool = |name: &str, image: &str, pull: PullPolicy| {
+        let mut p = base.clone();
+        p.name = name.into();
+        p.labels = vec!["self-hosted".into(), name.into()];
+        p.image = image.into();
+        p.pull_policy = pull;
+        p
+    };
+    config.pools = vec![
+        pool("unpinned", "ubuntu:latest", PullPolicy::Never),
+        pool(
+            "allowlisted",
+            "berth-worker-local:latest",
+            PullPolicy::IfNotPresent,
+        ),
+        pool(
+            "always",
+            "127.0.0.1:1/berth-worker:latest",
+            PullPolicy::Always,
+        ),
+        pool(
+            "missing",
+            "sha256:00000000000000000000000000000000000000000000000000000000000000aa",
+            PullPolicy::IfNotPresent,
+        ),
+    ];
+    let berth = Berth::start(&world, config).await;
+    let queue = |label: &str| {
+        world.queue_spec(ghsim::JobSpec {
+            repository: "acme/widgets".into(),
+            labels: vec!["self-hosted".into(), label.into()],
+            steps: vec!["echo hi".into()],
+            ..Default::default()
+        })
+    };
+    let unpinned = queue("unpinned");
+    let allowlisted = queue("allowlisted");
+    let always = queue("always");
+    let missing = queue("missing");
+
+    let job = berth.wait_terminal(unpinned, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert!(
+        job.error
+            .as_deref()
+            .unwrap()
+            .contains("neither pinned by digest"),
+        "{job:?}"
+    );
+    assert!(
+        job.runner_name.is_none(),
+        "no runner is minted for a refused image"
+    );
+
+    let job = berth.wait_terminal(allowlisted, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+
+    // There is no registry: `always` must try, and fail with the reason.
+    let job = berth.wait_terminal(always, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert!(
+        job.error
+            .as_deref()
+            .unwrap()
+            .contains("pulling the worker image"),
+        "{job:?}"
+    );
+
+    let job = berth.wait_terminal(missing, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert!(
+        job.error
+            .as_deref()
+            .unwrap()
+            .contains("is not on the Docker host"),
+        "{job:?}"
+    );
+
+    assert_clean(&world).await;
+    berth.stop().await;
+}

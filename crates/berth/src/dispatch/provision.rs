@@ -138,6 +138,8 @@ async fn steps(
     let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
     let github = ctx.github().map_err(Stop::Permanent)?;
     let runner_name = runner_name(pool, job);
+    // The image is checked (and pulled) before a runner credential exists.
+    ensure_image(ctx, pool).await?;
 
     // 1. Record the name, then mint. From here on the runner is the key.
     let named = ctx
@@ -255,6 +257,48 @@ async fn transition(
         Ok(true) => Ok(()),
         Ok(false) => Err(Stop::Lost),
         Err(e) => Err(Stop::Transient(format!("the store failed: {e}"))),
+    }
+}
+
+/// Applies the image policy and the pool's pull policy.
+async fn ensure_image(ctx: &Context, pool: &PoolConfig) -> Result<(), Stop> {
+    use crate::docker::image_policy::{self, PullPolicy};
+    image_policy::check(&pool.image, &ctx.config.docker.allowed_images).map_err(Stop::Permanent)?;
+    let present = ctx
+        .docker
+        .image_id(&pool.image)
+        .await
+        .map_err(|e| Stop::Transient(format!("inspecting the worker image failed: {e}")))?
+        .is_some();
+    // A bare image ID names a local image; there is nothing to pull it from.
+    let local_id = pool.image.starts_with("sha256:");
+    let pull = match pool.pull_policy {
+        PullPolicy::Never => false,
+        PullPolicy::IfNotPresent => !present,
+        PullPolicy::Always => true,
+    };
+    if pull && !local_id {
+        tracing::info!(image = %pool.image, "pulling the worker image");
+        return ctx
+            .docker
+            .pull_image(&pool.image, ctx.config.docker.pull_timeout)
+            .await
+            .map_err(|e| {
+                let reason = format!("pulling the worker image `{}` failed: {e}", pool.image);
+                if e.is_transient() {
+                    Stop::Transient(reason)
+                } else {
+                    Stop::Permanent(reason)
+                }
+            });
+    }
+    if present {
+        Ok(())
+    } else {
+        Err(Stop::Permanent(format!(
+            "the worker image `{}` is not on the Docker host (pull_policy = {:?})",
+            pool.image, pool.pull_policy
+        )))
     }
 }
 

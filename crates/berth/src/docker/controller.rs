@@ -670,6 +670,31 @@ impl Controller {
         self.report(result)
     }
 
+    /// Pulls `image` from its registry (`POST /images/create?fromImage=`),
+    /// waiting at most `limit`. Registry errors come back as `Api` errors
+    /// carrying Docker's message.
+    pub async fn pull_image(&self, image: &str, limit: Duration) -> Result<(), DockerError> {
+        use futures::TryStreamExt;
+        if image.is_empty()
+            || image
+                .chars()
+                .any(|c| c.is_whitespace() || c == '?' || c == '#')
+        {
+            return Err(DockerError::InvalidSpec(format!(
+                "`{image}` is not an image reference"
+            )));
+        }
+        let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let stream = self.docker.create_image(Some(options), None, None);
+        let result = self
+            .call_within("image_pull", limit, stream.try_collect::<Vec<_>>())
+            .await
+            .map(|_| ());
+        self.report(result)
+    }
+
     /// Runs one Docker call under `call_timeout`.
     async fn call<T>(
         &self,
