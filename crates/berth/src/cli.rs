@@ -23,8 +23,10 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Run standalone proxy runner(s) delegating to a remote orchestrator.
+    /// Run standalone proxy runner(s) delegating to a remote orchestrator:
+    /// a scale-set listener per `[[scale_set]]` of the file.
     Proxy {
+        /// The TOML configuration file (`[github]`, `[[scale_set]]`, `[orchestrator]`).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -100,6 +102,7 @@ pub enum WorkerImageCommand {
 pub async fn run(cli: Cli) -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Serve { config } => return serve(config.as_deref()).await,
+        Command::Proxy { config } => return proxy(&config).await,
         Command::Config(ConfigCommand::Check { config, proxy }) => {
             let role = if proxy { Role::Proxy } else { Role::Serve };
             return config_check(config.as_deref(), role);
@@ -186,6 +189,35 @@ async fn serve(path: Option<&Path>) -> ExitCode {
     match crate::service::run(ctx, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            eprintln!("berth: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `berth proxy`: the scale-set listeners of the file, delegating to the
+/// orchestrator. Exit 64 on a bad configuration, 1 when a listener fails in
+/// a way retrying cannot fix; SIGTERM or SIGINT deletes the sessions and
+/// exits 0.
+async fn proxy(path: &Path) -> ExitCode {
+    let config = match load_config(Some(path), Role::Proxy) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::observability::logging::init(&config.logs.level);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let metrics_listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(listen = %config.server.listen, error = %e, "/metrics is not served: cannot listen (set [server] listen to a free address)");
+            None
+        }
+    };
+    match crate::scaleset::proxy::run(config, metrics_listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "berth proxy failed");
             eprintln!("berth: {e:#}");
             ExitCode::from(1)
         }

@@ -330,6 +330,22 @@ pub struct ScaleSetConfig {
     /// Idle runners kept ready on top of the busy ones.
     #[serde(default)]
     pub idle_runners: u32,
+    /// Which process runs this scale set's listener. In a `berth proxy`
+    /// configuration every scale set is listened to, whatever this says.
+    #[serde(default)]
+    pub listener: ListenerSite,
+}
+
+/// Where a scale set's listener runs (`[[scale_set]] listener`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerSite {
+    /// Inside `berth serve`, delegating in-process.
+    #[default]
+    Serve,
+    /// In a standalone `berth proxy`; `berth serve` only mints and runs the
+    /// scale set's runners.
+    Proxy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -774,8 +790,11 @@ impl Config {
                     format!("scale set `{}` is defined twice", set.name),
                 );
             }
-            if url::Url::parse(&set.github_config_url).is_err() {
-                bad(key("github_config_url"), "is not a URL".into());
+            if let Err(e) = crate::scaleset::client::ConfigUrl::parse(&set.github_config_url) {
+                bad(key("github_config_url"), e.to_string());
+            }
+            if set.max_runners > 10_000 {
+                bad(key("max_runners"), "must be at most 10000".into());
             }
             if self.pool(&set.pool).is_none() && role == Role::Serve {
                 bad(key("pool"), format!("no pool named `{}`", set.pool));

@@ -24,6 +24,9 @@ pub struct Context {
     pub docker: Controller,
     /// `None` only when no pool is configured (nothing to mint runners for).
     pub github: Option<GithubClient>,
+    /// The configured scale sets: their Actions-service clients and ids
+    /// (minting and removing scale-set runners).
+    pub scale_sets: Arc<crate::scaleset::Registry>,
     pub metrics: Metrics,
     pub webhook_secret: Option<Secret>,
     /// This process's identity in leases (`hostname-pid-random`).

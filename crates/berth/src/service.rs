@@ -1,6 +1,6 @@
 //! `berth serve`: wires the store, Docker, GitHub and metrics into a
-//! [`Context`] and runs the API, the dispatcher, the watcher and the
-//! reconcilers until shutdown.
+//! [`Context`] and runs the API, the dispatcher, the watcher, the
+//! reconcilers and the scale-set listeners it serves until shutdown.
 //!
 //! The listener is bound by the caller and passed in (tests bind port 0), and
 //! shutdown is a token the caller cancels (on SIGTERM in `main`). Shutting
@@ -59,6 +59,9 @@ pub async fn build(
     } else {
         Some(github_client(&config, metrics.clone())?)
     };
+    let scale_sets = crate::scaleset::Registry::new(&config, github.as_ref(), &metrics)
+        .context("setting up the scale sets")?;
+    metrics.init_scale_sets(config.scale_sets.iter().map(|s| s.name.as_str()));
     let webhook_secret = read_secret(
         config.github.webhook_secret.as_ref(),
         config.github.webhook_secret_file.as_deref(),
@@ -69,6 +72,7 @@ pub async fn build(
         store,
         docker,
         github,
+        scale_sets: Arc::new(scale_sets),
         metrics,
         webhook_secret,
         replica_id: new_replica_id(),
@@ -124,6 +128,7 @@ pub async fn run(
     let watcher = tokio::spawn(dispatch::watch(ctx.clone(), shutdown.clone()));
     let reconciler = tokio::spawn(reconcile::run(ctx.clone(), shutdown.clone()));
     let dispatcher = tokio::spawn(dispatch::run(ctx.clone(), shutdown.clone(), DRAIN));
+    let listeners = tokio::spawn(scale_set_listeners(ctx.clone(), shutdown.clone()));
     let api = api::serve(ctx.clone(), listener, shutdown.clone());
     // Streaming responses (followed logs) could hold graceful shutdown open.
     let api_result = tokio::select! {
@@ -134,11 +139,47 @@ pub async fn run(
         let _ = dispatcher.await;
         let _ = watcher.await;
         let _ = reconciler.await;
+        let _ = listeners.await;
     })
     .await;
     ctx.store.close().await;
     tracing::info!("berth stopped; running jobs keep running and are picked up at the next start");
     api_result.context("serving the API")
+}
+
+/// The listeners of the scale sets this service runs itself (`listener =
+/// "serve"`), delegating in-process. A listener that stops on an error
+/// retrying cannot fix is logged; the service goes on.
+async fn scale_set_listeners(ctx: Arc<Context>, shutdown: CancellationToken) {
+    use crate::config::ListenerSite;
+    use crate::scaleset::{InProcessDelegator, listener};
+    let sets: Vec<_> = ctx
+        .config
+        .scale_sets
+        .iter()
+        .filter(|s| s.listener == ListenerSite::Serve)
+        .cloned()
+        .collect();
+    if sets.is_empty() {
+        return;
+    }
+    let delegator = Arc::new(InProcessDelegator::new(ctx.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for set in sets {
+        let l = listener::Listener::new(
+            set,
+            ctx.scale_sets.clone(),
+            delegator.clone(),
+            ctx.metrics.clone(),
+            listener::Timing::default(),
+        );
+        tasks.spawn(l.run(shutdown.clone()));
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %e, "a scale-set listener stopped; its scale set gets no runners until berth restarts");
+        }
+    }
 }
 
 /// A store URL without its password, for logs and errors.

@@ -99,6 +99,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/", get(dashboard))
+        .merge(crate::scaleset::api::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(ctx)
 }

@@ -22,6 +22,19 @@ pub async fn runner_took_job(ctx: &Arc<Context>, github_job_id: i64, runner_name
     if !runner_name.starts_with(NAME_PREFIX) {
         return;
     }
+    // Scale-set runners are fungible and their jobs keyed by runner request
+    // ids, not GitHub job ids: `JobStarted` binds them (crate::scaleset).
+    let scale_set_runner = matches!(
+        ctx.store.job_get_by_runner_name(runner_name).await,
+        Ok(Some(job)) if job.scale_set.is_some()
+    );
+    let scale_set_key = matches!(
+        ctx.store.job_get_by_github_id(github_job_id).await,
+        Ok(Some(job)) if job.scale_set.is_some()
+    );
+    if scale_set_runner || scale_set_key {
+        return;
+    }
     match ctx.store.job_take_runner(github_job_id, runner_name).await {
         Ok(Some(rebound)) => {
             tracing::info!(

@@ -6,6 +6,9 @@
 //! a runner and goes back to the queue. What the runner ran comes from
 //! GitHub's `in_progress`/`completed` events (recorded on the job as
 //! `github_runner_name`), and when those were lost, from asking GitHub.
+//!
+//! A scale-set job is different: it *is* a runner (crate::scaleset), so its
+//! worker's exit ends it by exit code, with no question to GitHub.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,8 +83,8 @@ async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Opt
     // stop right here, the reconcilers remove what a finished job left.
     apply(ctx, &job, outcome, exit_code).await;
     resources::remove_container(ctx, container_id).await;
-    if let (Ok(pool), Some(name)) = (ctx.pool_of(&job), job.runner_name.as_deref()) {
-        resources::deregister_runner(ctx, pool, job.runner_id, name).await;
+    if let Some(name) = job.runner_name.as_deref() {
+        resources::deregister_job_runner(ctx, &job, job.runner_id, name).await;
     }
 }
 
@@ -163,6 +166,11 @@ pub async fn decide(ctx: &Context, job: &Job, exit_code: Option<i64>) -> Outcome
             state: JobState::Failed,
             error: Some(format!("timed out after {secs} s")),
         };
+    }
+    if job.scale_set.is_some() {
+        // A scale-set job is one runner: it ends when the runner does, and
+        // whichever job GitHub gave the runner was the runner's to run.
+        return by_exit_code(exit_code);
     }
     let ran_here = job.runner_name.is_some() && job.github_runner_name == job.runner_name;
     if ran_here {

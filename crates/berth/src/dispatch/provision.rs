@@ -83,7 +83,7 @@ pub async fn provision(ctx: Arc<Context>, job: Job) {
         },
         None => job.clone(),
     };
-    release(&ctx, &made).await;
+    release(&ctx, &made, &holder).await;
     let in_flight = [JobState::Provisioning, JobState::Starting];
     match stop {
         Stop::Lost => {
@@ -158,23 +158,39 @@ async fn steps(
     }
     *runner.lock().expect("runner name") = Some(runner_name.clone());
     made.runner = Some((runner_name.clone(), None));
-    let jit: JitConfig = github
-        .generate_jitconfig(
-            &pool.scope,
-            &runner_name,
-            pool.runner_group_id,
-            &pool.labels,
-            &pool.work_folder,
-        )
-        .await
-        .map_err(|e| {
-            let reason = format!("minting a JIT runner failed: {e}");
-            if e.is_transient() {
-                Stop::Transient(reason)
-            } else {
-                Stop::Permanent(reason)
-            }
-        })?;
+    let jit: JitConfig = match &job.scale_set {
+        // Scale-set mode: a runner of the scale set, minted through the
+        // Actions service with berth's own App credentials.
+        Some(set) => ctx
+            .scale_sets
+            .mint(set, &runner_name, &pool.work_folder)
+            .await
+            .map_err(|e| {
+                let reason = format!("minting a scale-set runner failed: {e}");
+                if e.is_transient() {
+                    Stop::Transient(reason)
+                } else {
+                    Stop::Permanent(reason)
+                }
+            })?,
+        None => github
+            .generate_jitconfig(
+                &pool.scope,
+                &runner_name,
+                pool.runner_group_id,
+                &pool.labels,
+                &pool.work_folder,
+            )
+            .await
+            .map_err(|e| {
+                let reason = format!("minting a JIT runner failed: {e}");
+                if e.is_transient() {
+                    Stop::Transient(reason)
+                } else {
+                    Stop::Permanent(reason)
+                }
+            })?,
+    };
     made.runner = Some((runner_name.clone(), Some(jit.runner_id as i64)));
     tracing::Span::current().record("runner_name", runner_name.as_str());
     transition(
@@ -336,7 +352,7 @@ async fn create_with_retries(ctx: &Context, spec: &WorkerSpec) -> Result<String,
 
 /// Releases the runner registration and container a failed attempt made,
 /// unless a live job still holds them (one GitHub gave the runner to).
-async fn release(ctx: &Context, made: &Made) {
+async fn release(ctx: &Context, made: &Made, job: &Job) {
     if let Some(container_id) = &made.container {
         let held = matches!(
             ctx.store.job_get_by_container_id(container_id).await,
@@ -352,10 +368,7 @@ async fn release(ctx: &Context, made: &Made) {
         if holder.as_ref().is_some_and(|h| h.state.is_active()) {
             return;
         }
-        let pool = holder.and_then(|h| ctx.pool(&h.pool).cloned());
-        if let Some(pool) = pool.as_ref().or(ctx.config.pools.first()) {
-            resources::deregister_runner(ctx, pool, *id, name).await;
-        }
+        resources::deregister_job_runner(ctx, holder.as_ref().unwrap_or(job), *id, name).await;
     }
 }
 
@@ -413,6 +426,10 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
         WorkerNetwork::Bridge(ctx.config.docker.network.clone())
     };
     let mut spec = WorkerSpec::new(name, pool.image.clone(), network);
+    if let Some(set) = &job.scale_set {
+        spec.labels
+            .insert(crate::scaleset::LABEL_SCALE_SET.to_string(), set.clone());
+    }
     spec.labels.extend(BTreeMap::from([
         (LABEL_JOB.to_string(), job.id.to_string()),
         (LABEL_POOL.to_string(), job.pool.clone()),

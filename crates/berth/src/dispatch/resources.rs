@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::config::PoolConfig;
 use crate::context::Context;
+use crate::store::Job;
 
 /// Removes a container and its anonymous volumes; a missing container is fine.
 pub async fn remove_container(ctx: &Context, container_id: &str) -> bool {
@@ -60,6 +61,42 @@ pub async fn deregister_runner(
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(runner_name, error = %e, "deleting a runner registration failed; the runner reconciler will retry");
+            false
+        }
+    }
+}
+
+/// Deletes the runner registration `runner_name` that `job` held: through
+/// the Actions service for a scale-set runner, the REST API otherwise.
+pub async fn deregister_job_runner(
+    ctx: &Context,
+    job: &Job,
+    runner_id: Option<i64>,
+    runner_name: &str,
+) -> bool {
+    match (&job.scale_set, ctx.pool_of(job)) {
+        (Some(set), _) => deregister_scale_set_runner(ctx, set, runner_id, runner_name).await,
+        (None, Ok(pool)) => deregister_runner(ctx, pool, runner_id, runner_name).await,
+        (None, Err(_)) => false,
+    }
+}
+
+/// Deletes a scale-set runner registration through the Actions service. One
+/// GitHub already removed (it ran its job) is not an error.
+pub async fn deregister_scale_set_runner(
+    ctx: &Context,
+    scale_set: &str,
+    runner_id: Option<i64>,
+    runner_name: &str,
+) -> bool {
+    match ctx
+        .scale_sets
+        .remove_runner(scale_set, runner_id, runner_name)
+        .await
+    {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(scale_set, runner_name, error = %e, "deleting a scale-set runner registration failed");
             false
         }
     }

@@ -172,7 +172,9 @@ async fn apply_event(
             if let Some(runner) = &event.runner_name {
                 binding::runner_took_job(ctx, event.job_id, runner).await;
             }
-            if let Some(job) = ctx.store.job_get_by_github_id(event.job_id).await? {
+            if let Some(job) = ctx.store.job_get_by_github_id(event.job_id).await?
+                && job.scale_set.is_none()
+            {
                 binding::job_completed(ctx, &job).await;
             }
             Ok(accepted)
@@ -185,6 +187,11 @@ async fn queue_from_event(
     event: &WorkflowJobEvent,
     status: GithubStatus,
 ) -> Result<Accepted, IntakeError> {
+    if let Some(set) = scale_set_serving(ctx, event) {
+        let reason = format!("scale set `{set}` serves this job");
+        tracing::info!(reason = %reason, "job ignored");
+        return Ok(Accepted::Ignored { reason });
+    }
     let Some(pool) = ctx.config.pool_for(&event.repository, &event.labels) else {
         let reason = format!(
             "no pool serves labels {:?} of repository {}",
@@ -219,11 +226,48 @@ async fn queue_from_event(
     }
 }
 
+/// The scale set GitHub assigns this job to, if it is one of berth's: a
+/// job whose labels (`self-hosted` aside) are all labels of a scale set
+/// covering its repository. Its runners come from the scale set, not from
+/// webhooks.
+fn scale_set_serving<'c>(ctx: &'c Context, event: &WorkflowJobEvent) -> Option<&'c str> {
+    let wanted: Vec<&String> = event
+        .labels
+        .iter()
+        .filter(|l| !l.eq_ignore_ascii_case("self-hosted"))
+        .collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    ctx.config
+        .scale_sets
+        .iter()
+        .find(|set| {
+            let covers = crate::scaleset::client::ConfigUrl::parse(&set.github_config_url)
+                .is_ok_and(|c| c.scope.covers(&event.repository));
+            let labels = crate::scaleset::registry::labels_of(set);
+            covers
+                && wanted
+                    .iter()
+                    .all(|w| labels.iter().any(|l| l.eq_ignore_ascii_case(w)))
+        })
+        .map(|set| set.name.as_str())
+}
+
 async fn record(
     ctx: &Arc<Context>,
     event: &WorkflowJobEvent,
     status: GithubStatus,
 ) -> Result<Accepted, IntakeError> {
+    // A scale-set runner's key is a runner request id, not a GitHub job id:
+    // a webhook never speaks of it (JobStarted/JobCompleted do).
+    if let Some(job) = ctx.store.job_get_by_github_id(event.job_id).await?
+        && job.scale_set.is_some()
+    {
+        return Ok(Accepted::Ignored {
+            reason: "the id belongs to a scale-set runner, which webhooks do not track".into(),
+        });
+    }
     let changed = ctx
         .store
         .job_record_github_status(
@@ -244,23 +288,37 @@ async fn record(
 }
 
 /// The body of `POST /v1/jobs/delegate`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+///
+/// For a job named by GitHub (webhook-style), `repository`, `run_id` and
+/// `labels` are required and `github_job_id` is the job's id. For a runner
+/// of a scale set (`scale_set` set; what `berth proxy` sends), the key
+/// `github_job_id` is the assigned job's `runnerRequestId` or a buffer key
+/// (see `crate::scaleset`), and the rest may be empty: a runner made for the
+/// buffer belongs to no job yet. The orchestrator's own `[[scale_set]]`
+/// entry decides the pool and the labels.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelegateRequest {
     /// `owner/name`.
+    #[serde(default)]
     pub repository: String,
-    /// GitHub's job id: the idempotency key.
+    /// The idempotency key: GitHub's job id, or for a scale set the runner
+    /// request id or a buffer key.
     pub github_job_id: i64,
+    #[serde(default)]
     pub run_id: i64,
+    #[serde(default)]
     pub labels: Vec<String>,
     #[serde(default)]
     pub workflow: Option<String>,
     #[serde(default)]
     pub job_name: Option<String>,
-    /// The pool to run in; chosen from the labels when absent.
+    /// The pool to run in; chosen from the labels when absent (for a scale
+    /// set: its configured pool, which this must match if given).
     #[serde(default)]
     pub pool: Option<String>,
-    /// The scale set a proxy runner delegates for.
+    /// The scale set whose runner this is: the orchestrator mints it
+    /// through the Actions service for that scale set.
     #[serde(default)]
     pub scale_set: Option<String>,
 }
@@ -268,18 +326,8 @@ pub struct DelegateRequest {
 impl DelegateRequest {
     fn validate(&self) -> Result<(), IntakeError> {
         let bad = |m: &str| Err(IntakeError::Invalid(m.to_string()));
-        match self.repository.split_once('/') {
-            Some((o, n)) if !o.is_empty() && !n.is_empty() && !n.contains('/') => {}
-            _ => return bad("`repository` must be `owner/name`"),
-        }
         if self.github_job_id <= 0 {
             return bad("`github_job_id` must be a positive integer");
-        }
-        if self.run_id <= 0 {
-            return bad("`run_id` must be a positive integer");
-        }
-        if self.labels.is_empty() || self.labels.len() > 100 {
-            return bad("`labels` must hold 1 to 100 labels");
         }
         if self
             .labels
@@ -287,6 +335,31 @@ impl DelegateRequest {
             .any(|l| l.trim().is_empty() || l.len() > 256)
         {
             return bad("`labels` must not hold empty or over-long labels");
+        }
+        if self.labels.len() > 100 {
+            return bad("`labels` must hold at most 100 labels");
+        }
+        if let Some(set) = &self.scale_set {
+            if set.trim().is_empty() {
+                return bad("`scale_set` must not be empty");
+            }
+            if self.run_id < 0 {
+                return bad("`run_id` must not be negative");
+            }
+            if self.repository.len() > 256 || self.repository.chars().any(char::is_whitespace) {
+                return bad("`repository` must be `owner/name`");
+            }
+            return Ok(());
+        }
+        match self.repository.split_once('/') {
+            Some((o, n)) if !o.is_empty() && !n.is_empty() && !n.contains('/') => {}
+            _ => return bad("`repository` must be `owner/name`"),
+        }
+        if self.run_id <= 0 {
+            return bad("`run_id` must be a positive integer");
+        }
+        if self.labels.is_empty() {
+            return bad("`labels` must hold 1 to 100 labels");
         }
         Ok(())
     }
@@ -297,7 +370,17 @@ pub async fn accept_delegate(
     ctx: &Arc<Context>,
     request: DelegateRequest,
 ) -> Result<(Job, bool), IntakeError> {
-    let result = accept_delegate_inner(ctx, request).await;
+    accept_delegate_from(ctx, request, JobSource::Delegate).await
+}
+
+/// [`accept_delegate`], recording where the job came from (a listener
+/// inside `berth serve` delegates as [`JobSource::ScaleSet`]).
+pub async fn accept_delegate_from(
+    ctx: &Arc<Context>,
+    request: DelegateRequest,
+    source: JobSource,
+) -> Result<(Job, bool), IntakeError> {
+    let result = accept_delegate_inner(ctx, request, source).await;
     let outcome = match &result {
         Ok((_, true)) => "accepted",
         Ok((_, false)) => "duplicate",
@@ -313,9 +396,38 @@ pub async fn accept_delegate(
 
 async fn accept_delegate_inner(
     ctx: &Arc<Context>,
-    request: DelegateRequest,
+    mut request: DelegateRequest,
+    source: JobSource,
 ) -> Result<(Job, bool), IntakeError> {
     request.validate()?;
+    if let Some(name) = request.scale_set.clone() {
+        let set = ctx
+            .config
+            .scale_sets
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| {
+                IntakeError::NoPool(format!(
+                    "no scale set named `{name}` is configured on this orchestrator"
+                ))
+            })?;
+        if request.pool.as_deref().is_some_and(|p| p != set.pool) {
+            return Err(IntakeError::Invalid(format!(
+                "scale set `{name}` runs in pool `{}` here, not `{}`",
+                set.pool,
+                request.pool.as_deref().unwrap_or_default()
+            )));
+        }
+        request.pool = Some(set.pool.clone());
+        if request.repository.is_empty() {
+            request.repository = crate::scaleset::client::ConfigUrl::parse(&set.github_config_url)
+                .map(|c| c.display_scope())
+                .unwrap_or_default();
+        }
+        if request.labels.is_empty() {
+            request.labels = crate::scaleset::registry::labels_of(set);
+        }
+    }
     let pool = match &request.pool {
         Some(name) => ctx
             .config
@@ -341,14 +453,14 @@ async fn accept_delegate_inner(
             job_name: request.job_name,
             labels: request.labels,
             pool: pool.name.clone(),
-            source: JobSource::Delegate,
+            source,
             scale_set: request.scale_set,
             github_status: None,
             timeout_secs: Some(pool.job_timeout.as_secs() as i64),
         })
         .await?;
     if inserted {
-        tracing::info!(berth_job_id = %job.id, pool = %job.pool, repository = %job.repository, job_id = job.github_job_id, "delegated job queued");
+        tracing::info!(berth_job_id = %job.id, pool = %job.pool, repository = %job.repository, job_id = job.github_job_id, scale_set = job.scale_set.as_deref().unwrap_or(""), "delegated job queued");
         ctx.wake_dispatcher();
     }
     Ok((job, inserted))

@@ -54,6 +54,17 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleSetLabels {
+    pub scale_set: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleSetOutcomeLabels {
+    pub scale_set: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub op: &'static str,
 }
@@ -90,6 +101,27 @@ pub struct Metrics {
     pub reconciler_actions: Family<KindLabels, Counter>,
     /// Reconcile passes that failed, per reconciler.
     pub reconciler_failures: Family<KindLabels, Counter>,
+    /// Scale sets (`berth_scaleset_*`), from the service's statistics:
+    /// jobs assigned (running included), jobs running, busy and idle runners.
+    pub scaleset_assigned_jobs: Family<ScaleSetLabels, Gauge>,
+    pub scaleset_running_jobs: Family<ScaleSetLabels, Gauge>,
+    pub scaleset_busy_runners: Family<ScaleSetLabels, Gauge>,
+    pub scaleset_idle_runners: Family<ScaleSetLabels, Gauge>,
+    /// The runner count the scaler aims at, and the runners berth has.
+    pub scaleset_desired_runners: Family<ScaleSetLabels, Gauge>,
+    pub scaleset_runners: Family<ScaleSetLabels, Gauge>,
+    /// A job's `queueTime` → its runner starting it (`JobStarted`).
+    pub scaleset_job_startup_duration: HistogramFamily<ScaleSetLabels>,
+    /// A job's runner starting it → its end (`JobCompleted`).
+    pub scaleset_job_execution_duration: HistogramFamily<ScaleSetLabels>,
+    /// Runner delegations: accepted, duplicate, retried, failed.
+    pub scaleset_delegations: Family<ScaleSetOutcomeLabels, Counter>,
+    /// Retirements of idle runners: retired, busy, gone, failed.
+    pub scaleset_retirements: Family<ScaleSetOutcomeLabels, Counter>,
+    /// Message sessions: created, conflict (409), refreshed, expired, failed.
+    pub scaleset_session_events: Family<ScaleSetOutcomeLabels, Counter>,
+    /// Job messages received, by kind (available, assigned, started, completed).
+    pub scaleset_job_messages: Family<ScaleSetOutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -175,6 +207,80 @@ impl Metrics {
             "Reconcile passes that failed, per reconciler",
             reconciler_failures.clone(),
         );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<ScaleSetLabels, Gauge>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let scaleset_assigned_jobs = gauge(
+            &mut registry,
+            "scaleset_assigned_jobs",
+            "Jobs assigned to the scale set and not completed (running included)",
+        );
+        let scaleset_running_jobs = gauge(
+            &mut registry,
+            "scaleset_running_jobs",
+            "Jobs of the scale set running",
+        );
+        let scaleset_busy_runners = gauge(
+            &mut registry,
+            "scaleset_busy_runners",
+            "Runners of the scale set running a job",
+        );
+        let scaleset_idle_runners = gauge(
+            &mut registry,
+            "scaleset_idle_runners",
+            "Registered runners of the scale set without a job",
+        );
+        let scaleset_desired_runners = gauge(
+            &mut registry,
+            "scaleset_desired_runners",
+            "Runners the scale set should have",
+        );
+        let scaleset_runners = gauge(
+            &mut registry,
+            "scaleset_runners",
+            "Runners berth has for the scale set (delegated, starting, idle or busy)",
+        );
+        let scaleset_job_startup_duration =
+            HistogramFamily::<ScaleSetLabels>::new_with_constructor(duration_histogram);
+        registry.register(
+            "scaleset_job_startup_duration_seconds",
+            "Time from a job being queued on GitHub to a runner of the scale set starting it",
+            scaleset_job_startup_duration.clone(),
+        );
+        let scaleset_job_execution_duration =
+            HistogramFamily::<ScaleSetLabels>::new_with_constructor(duration_histogram);
+        registry.register(
+            "scaleset_job_execution_duration_seconds",
+            "Time from a runner of the scale set starting a job to the job's end",
+            scaleset_job_execution_duration.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<ScaleSetOutcomeLabels, Counter>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let scaleset_delegations = counter(
+            &mut registry,
+            "scaleset_delegations",
+            "Runner delegations of scale-set listeners, by outcome",
+        );
+        let scaleset_retirements = counter(
+            &mut registry,
+            "scaleset_retirements",
+            "Idle runner retirements of scale-set listeners, by outcome",
+        );
+        let scaleset_session_events = counter(
+            &mut registry,
+            "scaleset_session_events",
+            "Scale-set message session events (created, conflict, refreshed, expired, failed)",
+        );
+        let scaleset_job_messages = counter(
+            &mut registry,
+            "scaleset_job_messages",
+            "Scale-set job messages received, by kind",
+        );
         registry.register(
             "build",
             "berth build information",
@@ -207,6 +313,48 @@ impl Metrics {
             docker_api_errors,
             reconciler_actions,
             reconciler_failures,
+            scaleset_assigned_jobs,
+            scaleset_running_jobs,
+            scaleset_busy_runners,
+            scaleset_idle_runners,
+            scaleset_desired_runners,
+            scaleset_runners,
+            scaleset_job_startup_duration,
+            scaleset_job_execution_duration,
+            scaleset_delegations,
+            scaleset_retirements,
+            scaleset_session_events,
+            scaleset_job_messages,
+        }
+    }
+
+    /// Creates every per-scale-set series at zero (see [`Metrics::init_pools`]).
+    pub fn init_scale_sets<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            let labels = ScaleSetLabels {
+                scale_set: name.to_string(),
+            };
+            for gauge in [
+                &self.scaleset_assigned_jobs,
+                &self.scaleset_running_jobs,
+                &self.scaleset_busy_runners,
+                &self.scaleset_idle_runners,
+                &self.scaleset_desired_runners,
+                &self.scaleset_runners,
+            ] {
+                drop(gauge.get_or_create(&labels));
+            }
+            drop(self.scaleset_job_startup_duration.get_or_create(&labels));
+            drop(self.scaleset_job_execution_duration.get_or_create(&labels));
+            for outcome in ["accepted", "duplicate", "retried", "failed"] {
+                drop(
+                    self.scaleset_delegations
+                        .get_or_create(&ScaleSetOutcomeLabels {
+                            scale_set: name.to_string(),
+                            outcome,
+                        }),
+                );
+            }
         }
     }
 

@@ -17,6 +17,11 @@
 //! | a job GitHub completed without its own runner   | that runner torn down; job finished            |
 //! | a running job whose worker exited unseen        | exit handled                                   |
 //!
+//! Scale-set runners (jobs with `scale_set`) are runners, not GitHub jobs:
+//! GitHub's view of a job never ends them, and idle ones are their
+//! listener's to keep or retire (crate::scaleset), so the GitHub-job and
+//! idle-runner rows do not apply to them.
+//!
 //! Each action is a conditional update or an idempotent Docker/GitHub call,
 //! so two replicas (or a reconciler racing the dispatcher) can run this at
 //! once without harm. Normal running and crash recovery share this one code
@@ -186,8 +191,8 @@ async fn release(ctx: &Context, job: &Job) {
     if let Some(container_id) = &job.container_id {
         resources::remove_container(ctx, container_id).await;
     }
-    if let (Ok(pool), Some(name)) = (ctx.pool_of(job), job.runner_name.as_deref()) {
-        resources::deregister_runner(ctx, pool, job.runner_id, name).await;
+    if let Some(name) = job.runner_name.as_deref() {
+        resources::deregister_job_runner(ctx, job, job.runner_id, name).await;
     }
 }
 
@@ -242,7 +247,9 @@ async fn completed_elsewhere(ctx: &Arc<Context>) -> Result<u32> {
         .await
         .map_err(err)?
     {
-        let done_elsewhere = job.github_status == Some(GithubStatus::Completed)
+        // A scale-set job is its runner: GitHub's word on a job never ends it.
+        let done_elsewhere = job.scale_set.is_none()
+            && job.github_status == Some(GithubStatus::Completed)
             && (job.runner_name.is_none() || job.github_runner_name != job.runner_name);
         let lease_live = job.lease_expires_at.is_some_and(|t| t > now);
         if !done_elsewhere || lease_live {
@@ -306,6 +313,10 @@ async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
         let Ok(pool) = ctx.pool_of(&job) else {
             continue;
         };
+        // A scale set's idle runners are its listener's to keep or retire.
+        if job.scale_set.is_some() {
+            continue;
+        }
         let taken = job.runner_name.is_some() && job.github_runner_name == job.runner_name;
         let idle_since = job.started_at.unwrap_or(job.updated_at);
         let idle_for = (now - idle_since).as_seconds_f64();
@@ -331,7 +342,8 @@ async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
     let before = ctx.store.now() - limit;
     let mut acted = 0;
     for job in ctx.store.jobs_queued_before(before).await.map_err(err)? {
-        if job.source == JobSource::ScaleSet {
+        // A scale-set job's key is a runner request, not a GitHub job.
+        if job.source == JobSource::ScaleSet || job.scale_set.is_some() {
             continue;
         }
         let outcome = match github
@@ -375,11 +387,14 @@ async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
         }
         tracing::info!(container_id = %c.id, name = %c.name, "removing an orphan worker container");
         resources::remove_container(ctx, &c.id).await;
-        if let (Some(runner), Some(pool)) = (c.labels.get(LABEL_RUNNER), c.labels.get(LABEL_POOL))
+        if let Some(runner) = c.labels.get(LABEL_RUNNER)
             && !live_runners.contains(runner)
-            && let Some(pool) = ctx.pool(pool)
         {
-            resources::deregister_runner(ctx, pool, None, runner).await;
+            if let Some(set) = c.labels.get(crate::scaleset::LABEL_SCALE_SET) {
+                resources::deregister_scale_set_runner(ctx, set, None, runner).await;
+            } else if let Some(pool) = c.labels.get(LABEL_POOL).and_then(|p| ctx.pool(p)) {
+                resources::deregister_runner(ctx, pool, None, runner).await;
+            }
         }
         acted += 1;
     }

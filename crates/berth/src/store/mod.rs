@@ -86,6 +86,7 @@ mod error;
 mod jobs;
 mod logs;
 mod rebind;
+mod scaleset;
 mod tokens;
 mod types;
 

@@ -1,0 +1,490 @@
+//! Scale-set mode end to end, with the listener inside `berth serve`: the
+//! simulator's runner scale-set service, the real Docker engine, the runner
+//! stand-in in hardened single-use containers.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use berth::scaleset::orchestrator::RETIRED;
+use berth::store::{Job, JobFilter, JobSource, JobState};
+use common::{Berth, World, eventually};
+use ghsim::{JobSpec, JobView, ScaleSetFlow, SimConfig};
+
+const SET: &str = "berth-linux";
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn scale_set_toml(world: &World, extra: &str) -> String {
+    format!(
+        "\n[[scale_set]]\nname = \"{SET}\"\ngithub_config_url = \"{}\"\npool = \"linux\"\nmax_runners = 10\n{extra}\n",
+        world.sim.github_url("acme")
+    )
+}
+
+fn queue(world: &World, steps: &[&str]) -> u64 {
+    world.queue_spec(JobSpec::new("acme/widgets", &["self-hosted", SET], steps))
+}
+
+async fn wait_completed(world: &World, ids: &[u64]) -> Vec<JobView> {
+    let mut done = Vec::new();
+    for id in ids {
+        let job = world.sim.wait_job_completed(*id, LIMIT).await.unwrap();
+        assert_eq!(
+            job.status, "completed",
+            "GitHub job {id} did not complete: {job:?}"
+        );
+        done.push(job);
+    }
+    done
+}
+
+async fn scale_set_jobs(berth: &Berth) -> Vec<Job> {
+    berth
+        .store()
+        .job_list(&JobFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.scale_set.as_deref() == Some(SET))
+        .collect()
+}
+
+async fn metrics(berth: &Berth) -> String {
+    berth
+        .http()
+        .get(format!("{}/metrics", berth.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The sum of every sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// No worker container, no runner registration, no live runner job left.
+async fn assert_nothing_left(world: &World, berth: &Berth) {
+    eventually(
+        "no worker container left",
+        Duration::from_secs(30),
+        || async { world.containers().is_empty() },
+    )
+    .await;
+    eventually(
+        "no runner registration left",
+        Duration::from_secs(30),
+        || async { world.berth_runners().is_empty() },
+    )
+    .await;
+    eventually(
+        "no live scale-set runner left",
+        Duration::from_secs(30),
+        || async {
+            scale_set_jobs(berth)
+                .await
+                .iter()
+                .all(|j| j.state.is_terminal())
+        },
+    )
+    .await;
+}
+
+/// Every GitHub job ran once, on its own berth runner, in its own container;
+/// any other runner berth made was retired without running a job.
+async fn assert_one_runner_per_job(berth: &Berth, ran: &[JobView]) -> Vec<Job> {
+    let jobs = scale_set_jobs(berth).await;
+    let runners: BTreeSet<&str> = ran
+        .iter()
+        .map(|j| j.runner_name.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        runners.len(),
+        ran.len(),
+        "each job on its own runner: {ran:?}"
+    );
+    let (used, unused): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
+        j.runner_name
+            .as_deref()
+            .is_some_and(|r| runners.contains(r))
+    });
+    assert_eq!(
+        used.len(),
+        ran.len(),
+        "one berth job per runner that ran: {used:#?}"
+    );
+    let containers: BTreeSet<&str> = used
+        .iter()
+        .filter_map(|j| j.container_id.as_deref())
+        .collect();
+    assert_eq!(containers.len(), ran.len(), "a fresh container per job");
+    for job in &used {
+        assert_eq!(job.state, JobState::Completed, "{job:#?}");
+        assert_eq!(job.exit_code, Some(0));
+        assert_eq!(job.github_runner_name, job.runner_name);
+    }
+    for job in &unused {
+        assert!(job.github_runner_name.is_none(), "{job:#?}");
+        assert_eq!(job.state, JobState::Cancelled, "{job:#?}");
+        assert_eq!(job.error.as_deref(), Some(RETIRED), "{job:#?}");
+    }
+    used
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_jobs_run_in_five_fresh_containers() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config(&scale_set_toml(&world, ""))).await;
+
+    let ids: Vec<u64> = (1..=5)
+        .map(|n| queue(&world, &[&format!("echo scale-set-job-{n}")]))
+        .collect();
+    let ran = wait_completed(&world, &ids).await;
+    for job in &ran {
+        assert_eq!(job.conclusion.as_deref(), Some("success"), "{job:?}");
+        assert!(job.runner_name.as_deref().unwrap().starts_with("berth-"));
+        assert!(job.scale_set_id.is_some());
+    }
+    assert_nothing_left(&world, &berth).await;
+    let used = assert_one_runner_per_job(&berth, &ran).await;
+
+    // The job JSON shows what each runner ran.
+    for job in &used {
+        assert_eq!(job.source, JobSource::ScaleSet);
+        let gh = ran
+            .iter()
+            .find(|g| g.runner_name == job.runner_name)
+            .unwrap();
+        let got: serde_json::Value = berth
+            .http()
+            .get(format!("{}/v1/jobs/{}", berth.url, job.id))
+            .bearer_auth(&berth.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["scale_set"], SET);
+        assert_eq!(got["repository"], "acme/widgets");
+        assert_eq!(got["run_id"], gh.run_id);
+        assert_eq!(got["github_status"], "completed");
+        assert_eq!(got["github_conclusion"], "success");
+        assert_eq!(got["github_runner_name"], got["runner_name"]);
+        assert_eq!(got["state"], "completed");
+    }
+    // Runner credentials came from the scale set, never from the REST API.
+    let text = metrics(&berth).await;
+    for name in [
+        "berth_scaleset_assigned_jobs{scale_set=\"berth-linux\"}",
+        "berth_scaleset_running_jobs{scale_set=\"berth-linux\"}",
+        "berth_scaleset_busy_runners{scale_set=\"berth-linux\"}",
+        "berth_scaleset_idle_runners{scale_set=\"berth-linux\"}",
+        "berth_scaleset_desired_runners{scale_set=\"berth-linux\"}",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "berth_scaleset_job_startup_duration_seconds_count{scale_set=\"berth-linux\"}"
+        ),
+        5.0
+    );
+    eventually(
+        "five executions measured",
+        Duration::from_secs(10),
+        || async {
+            sample(
+                &metrics(&berth).await,
+                "berth_scaleset_job_execution_duration_seconds_count{scale_set=\"berth-linux\"}",
+            ) == 5.0
+        },
+    )
+    .await;
+    assert!(
+        sample(
+            &text,
+            "berth_github_api_requests_total{endpoint=\"actions_generate_jitconfig\",status=\"200\"}"
+        ) >= 5.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "berth_github_api_requests_total{endpoint=\"generate_jitconfig\""
+        ),
+        0.0
+    );
+    assert!(
+        sample(
+            &text,
+            "berth_scaleset_delegations_total{scale_set=\"berth-linux\",outcome=\"accepted\"}"
+        ) >= 5.0
+    );
+    berth.stop().await;
+    // The listener deleted its session on the way out.
+    assert!(world.sim.scale_sets()[0].session.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn older_ghes_jobs_are_acquired_then_run() {
+    let world = World::new().await;
+    world.sim.set_default_scale_set_flow(ScaleSetFlow::Acquire);
+    let berth = Berth::start(&world, world.config(&scale_set_toml(&world, ""))).await;
+    let ids = [queue(&world, &["echo one"]), queue(&world, &["echo two"])];
+    let ran = wait_completed(&world, &ids).await;
+    assert!(
+        ran.iter()
+            .all(|j| j.conclusion.as_deref() == Some("success"))
+    );
+    assert_nothing_left(&world, &berth).await;
+    assert_one_runner_per_job(&berth, &ran).await;
+    let text = metrics(&berth).await;
+    assert_eq!(
+        sample(
+            &text,
+            "berth_scaleset_job_messages_total{scale_set=\"berth-linux\",outcome=\"available\"}"
+        ),
+        2.0
+    );
+    assert!(
+        sample(
+            &text,
+            "berth_github_api_requests_total{endpoint=\"actions_acquire_jobs\",status=\"200\"}"
+        ) >= 1.0
+    );
+    berth.stop().await;
+}
+
+/// A session left open by a listener that died (here: opened by hand and
+/// never polled) makes the first attempts fail with 409; the listener keeps
+/// trying and takes over once the service expires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_conflict_at_start_is_waited_out() {
+    let world = World::with_sim(SimConfig {
+        session_idle_timeout: Duration::from_secs(6),
+        ..SimConfig::default()
+    })
+    .await;
+    let config = world.config(&scale_set_toml(&world, ""));
+    // The predecessor: the same scale set, a session nobody polls.
+    let probe = berth::scaleset::Registry::new(
+        &config,
+        Some(
+            &berth::service::github_client(&config, berth::observability::Metrics::new()).unwrap(),
+        ),
+        &berth::observability::Metrics::new(),
+    )
+    .unwrap();
+    let id = probe.id(SET).await.unwrap();
+    probe
+        .client(SET)
+        .unwrap()
+        .create_session(id, "crashed-listener")
+        .await
+        .unwrap();
+
+    let berth = Berth::start(&world, config).await;
+    let gh = queue(&world, &["echo after the conflict"]);
+    eventually("the listener met the conflict", Duration::from_secs(10), || async {
+        sample(
+            &metrics(&berth).await,
+            "berth_scaleset_session_events_total{scale_set=\"berth-linux\",outcome=\"conflict\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        world.sim.scale_sets()[0]
+            .session
+            .as_ref()
+            .unwrap()
+            .owner_name,
+        "crashed-listener"
+    );
+    let ran = wait_completed(&world, &[gh]).await;
+    assert_eq!(ran[0].conclusion.as_deref(), Some("success"));
+    let owner = world.sim.scale_sets()[0]
+        .session
+        .clone()
+        .unwrap()
+        .owner_name;
+    assert!(owner.starts_with("berth-"), "{owner}");
+    assert_nothing_left(&world, &berth).await;
+    assert_one_runner_per_job(&berth, &ran).await;
+    berth.stop().await;
+}
+
+/// Queue tokens that expire every 2 s (401 on the poll) and an admin token
+/// that enters its refresh margin 3 s after it is issued: jobs keep coming
+/// through, on one session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiring_tokens_are_refreshed_mid_poll() {
+    let world = World::with_sim(SimConfig {
+        queue_token_lifetime: Duration::from_secs(2),
+        admin_token_lifetime: Duration::from_secs(63),
+        ..SimConfig::default()
+    })
+    .await;
+    let berth = Berth::start(&world, world.config(&scale_set_toml(&world, ""))).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(queue(&world, &[&format!("echo wave-{n}")]));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let ran = wait_completed(&world, &ids).await;
+    assert!(
+        ran.iter()
+            .all(|j| j.conclusion.as_deref() == Some("success"))
+    );
+    let text = metrics(&berth).await;
+    assert!(
+        sample(
+            &text,
+            "berth_scaleset_session_events_total{scale_set=\"berth-linux\",outcome=\"refreshed\"}"
+        ) >= 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "berth_scaleset_session_events_total{scale_set=\"berth-linux\",outcome=\"created\"}"
+        ),
+        1.0,
+        "one session throughout"
+    );
+    assert!(
+        sample(
+            &text,
+            "berth_github_api_requests_total{endpoint=\"actions_get_message\",status=\"401\"}"
+        ) >= 2.0
+    );
+    assert!(
+        sample(
+            &text,
+            "berth_github_api_requests_total{endpoint=\"actions_runner_registration\""
+        ) >= 2.0
+    );
+    assert!(world.sim.scale_sets()[0].session.as_ref().unwrap().polls > 3);
+    assert_nothing_left(&world, &berth).await;
+    assert_one_runner_per_job(&berth, &ran).await;
+    berth.stop().await;
+}
+
+/// Runners made for jobs that were then cancelled on GitHub are beyond the
+/// desired count: they are retired while idle, and never the one running
+/// the remaining job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runners_beyond_the_desired_count_are_retired_while_idle() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config(&scale_set_toml(&world, ""))).await;
+    let keep = queue(&world, &["sleep 4", "echo kept"]);
+    let cancel = [
+        queue(&world, &["echo never"]),
+        queue(&world, &["echo never"]),
+    ];
+    eventually(
+        "three runners delegated",
+        Duration::from_secs(20),
+        || async { scale_set_jobs(&berth).await.len() >= 3 },
+    )
+    .await;
+    // Wait for a runner to take the kept job, then cancel the others: if
+    // a runner took one of them first, cancel that job and keep this one.
+    let kept = world
+        .sim
+        .wait_job(keep, LIMIT, |j| j.status != "queued")
+        .await
+        .unwrap();
+    assert_eq!(kept.status, "in_progress", "{kept:?}");
+    for id in cancel {
+        world.sim.cancel_job(id).unwrap();
+    }
+    let ran = wait_completed(&world, &[keep]).await;
+    assert_eq!(ran[0].conclusion.as_deref(), Some("success"));
+    for id in cancel {
+        let j = world.sim.job(id).unwrap();
+        assert_eq!(j.conclusion.as_deref(), Some("cancelled"), "{j:?}");
+        assert!(j.runner_name.is_none(), "a cancelled job ran: {j:?}");
+    }
+    assert_nothing_left(&world, &berth).await;
+    assert_one_runner_per_job(&berth, &ran).await;
+    let retired = scale_set_jobs(&berth)
+        .await
+        .into_iter()
+        .filter(|j| j.error.as_deref() == Some(RETIRED))
+        .count();
+    assert_eq!(retired, 2, "{:#?}", scale_set_jobs(&berth).await);
+    let text = metrics(&berth).await;
+    assert_eq!(
+        sample(
+            &text,
+            "berth_scaleset_retirements_total{scale_set=\"berth-linux\",outcome=\"retired\"}"
+        ),
+        2.0
+    );
+    berth.stop().await;
+}
+
+/// `idle_runners` keeps warm runners on top of the busy ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_buffer_is_kept_on_top_of_busy_runners() {
+    let world = World::new().await;
+    let berth = Berth::start(
+        &world,
+        world.config(&scale_set_toml(&world, "idle_runners = 1")),
+    )
+    .await;
+    let idle_running = || async {
+        scale_set_jobs(&berth)
+            .await
+            .iter()
+            .filter(|j| j.state == JobState::Running && j.github_runner_name.is_none())
+            .count()
+    };
+    eventually(
+        "one idle runner, before any job",
+        Duration::from_secs(30),
+        || async { idle_running().await == 1 },
+    )
+    .await;
+    let gh = queue(&world, &["sleep 3"]);
+    let started = world
+        .sim
+        .wait_job(gh, LIMIT, |j| j.status != "queued")
+        .await
+        .unwrap();
+    assert_eq!(started.status, "in_progress");
+    // The job took the idle runner; a new idle one is made while it runs.
+    eventually(
+        "a new idle runner beside the busy one",
+        Duration::from_secs(30),
+        || async {
+            idle_running().await == 1
+                && scale_set_jobs(&berth)
+                    .await
+                    .iter()
+                    .any(|j| j.github_runner_name.is_some() && !j.state.is_terminal())
+        },
+    )
+    .await;
+    wait_completed(&world, &[gh]).await;
+    // Back to one idle runner, nothing else.
+    eventually("one idle runner left", Duration::from_secs(30), || async {
+        let live: Vec<Job> = scale_set_jobs(&berth)
+            .await
+            .into_iter()
+            .filter(|j| !j.state.is_terminal())
+            .collect();
+        live.len() == 1 && live[0].github_runner_name.is_none()
+    })
+    .await;
+    assert_eq!(world.berth_runners().len(), 1);
+    berth.stop().await;
+}
