@@ -3,51 +3,30 @@
 //! stand-in in hardened single-use containers.
 
 mod common;
+mod scaleset_common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use berth::scaleset::orchestrator::RETIRED;
-use berth::store::{Job, JobFilter, JobSource, JobState};
+use berth::store::{Job, JobSource, JobState};
 use common::{Berth, World, eventually};
-use ghsim::{JobSpec, JobView, ScaleSetFlow, SimConfig};
-
-const SET: &str = "berth-linux";
-const LIMIT: Duration = Duration::from_secs(120);
-
-fn scale_set_toml(world: &World, extra: &str) -> String {
-    format!(
-        "\n[[scale_set]]\nname = \"{SET}\"\ngithub_config_url = \"{}\"\npool = \"linux\"\nmax_runners = 10\n{extra}\n",
-        world.sim.github_url("acme")
-    )
-}
-
-fn queue(world: &World, steps: &[&str]) -> u64 {
-    world.queue_spec(JobSpec::new("acme/widgets", &["self-hosted", SET], steps))
-}
-
-async fn wait_completed(world: &World, ids: &[u64]) -> Vec<JobView> {
-    let mut done = Vec::new();
-    for id in ids {
-        let job = world.sim.wait_job_completed(*id, LIMIT).await.unwrap();
-        assert_eq!(
-            job.status, "completed",
-            "GitHub job {id} did not complete: {job:?}"
-        );
-        done.push(job);
-    }
-    done
-}
+use ghsim::{ScaleSetFlow, SimConfig};
+use scaleset_common::{
+    LIMIT, SET, assert_nothing_left as nothing_left,
+    assert_one_runner_per_job as one_runner_per_job, queue, sample, scale_set_jobs as jobs_of,
+    scale_set_toml, wait_completed,
+};
 
 async fn scale_set_jobs(berth: &Berth) -> Vec<Job> {
-    berth
-        .store()
-        .job_list(&JobFilter::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|j| j.scale_set.as_deref() == Some(SET))
-        .collect()
+    jobs_of(berth.store()).await
+}
+
+async fn assert_nothing_left(world: &World, berth: &Berth) {
+    nothing_left(world, berth.store()).await
+}
+
+async fn assert_one_runner_per_job(berth: &Berth, ran: &[ghsim::JobView]) -> Vec<Job> {
+    one_runner_per_job(berth.store(), ran).await
 }
 
 async fn metrics(berth: &Berth) -> String {
@@ -60,82 +39,6 @@ async fn metrics(berth: &Berth) -> String {
         .text()
         .await
         .unwrap()
-}
-
-/// The sum of every sample whose line starts with `prefix`.
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// No worker container, no runner registration, no live runner job left.
-async fn assert_nothing_left(world: &World, berth: &Berth) {
-    eventually(
-        "no worker container left",
-        Duration::from_secs(30),
-        || async { world.containers().is_empty() },
-    )
-    .await;
-    eventually(
-        "no runner registration left",
-        Duration::from_secs(30),
-        || async { world.berth_runners().is_empty() },
-    )
-    .await;
-    eventually(
-        "no live scale-set runner left",
-        Duration::from_secs(30),
-        || async {
-            scale_set_jobs(berth)
-                .await
-                .iter()
-                .all(|j| j.state.is_terminal())
-        },
-    )
-    .await;
-}
-
-/// Every GitHub job ran once, on its own berth runner, in its own container;
-/// any other runner berth made was retired without running a job.
-async fn assert_one_runner_per_job(berth: &Berth, ran: &[JobView]) -> Vec<Job> {
-    let jobs = scale_set_jobs(berth).await;
-    let runners: BTreeSet<&str> = ran
-        .iter()
-        .map(|j| j.runner_name.as_deref().unwrap())
-        .collect();
-    assert_eq!(
-        runners.len(),
-        ran.len(),
-        "each job on its own runner: {ran:?}"
-    );
-    let (used, unused): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
-        j.runner_name
-            .as_deref()
-            .is_some_and(|r| runners.contains(r))
-    });
-    assert_eq!(
-        used.len(),
-        ran.len(),
-        "one berth job per runner that ran: {used:#?}"
-    );
-    let containers: BTreeSet<&str> = used
-        .iter()
-        .filter_map(|j| j.container_id.as_deref())
-        .collect();
-    assert_eq!(containers.len(), ran.len(), "a fresh container per job");
-    for job in &used {
-        assert_eq!(job.state, JobState::Completed, "{job:#?}");
-        assert_eq!(job.exit_code, Some(0));
-        assert_eq!(job.github_runner_name, job.runner_name);
-    }
-    for job in &unused {
-        assert!(job.github_runner_name.is_none(), "{job:#?}");
-        assert_eq!(job.state, JobState::Cancelled, "{job:#?}");
-        assert_eq!(job.error.as_deref(), Some(RETIRED), "{job:#?}");
-    }
-    used
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
