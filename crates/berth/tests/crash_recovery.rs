@@ -288,12 +288,20 @@ async fn logs_are_json_and_no_secret_reaches_logs_responses_the_database_or_dock
         .env("BERTH_GITHUB__PRIVATE_KEY", &pem)
         .output()
         .unwrap();
-    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
     let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
 
     let gh_job = world.queue(&["echo hello", "sleep 2"]);
     wait_for(&store, gh_job, "running", |j| j.state == JobState::Running).await;
-    let running = store.job_get_by_github_id(gh_job as i64).await.unwrap().unwrap();
+    let running = store
+        .job_get_by_github_id(gh_job as i64)
+        .await
+        .unwrap()
+        .unwrap();
     let inspect = Command::new("docker")
         .args(["inspect", running.container_id.as_deref().unwrap()])
         .output()
@@ -311,11 +319,21 @@ async fn logs_are_json_and_no_secret_reaches_logs_responses_the_database_or_dock
         "/readyz".to_string(),
         "/".to_string(),
     ] {
-        let r = client.get(format!("{url}{path}")).bearer_auth(&token).send().await.unwrap();
+        let r = client
+            .get(format!("{url}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
         seen.push_str(&r.text().await.unwrap());
     }
-    let r = client.post(format!("{url}/v1/webhooks/github")).body("{}").send().await.unwrap();
+    let r = client
+        .post(format!("{url}/v1/webhooks/github"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     seen.push_str(&r.text().await.unwrap());
     let _ = child.kill();
     let _ = child.wait();
@@ -329,14 +347,18 @@ async fn logs_are_json_and_no_secret_reaches_logs_responses_the_database_or_dock
 
     let mut job_lines = 0;
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         for key in ["timestamp", "level", "target"] {
             assert!(v.get(key).is_some(), "no {key}: {line}");
         }
         if v.get("berth_job_id").is_some() {
             job_lines += 1;
             for key in ["repository", "workflow", "run_id", "job_id"] {
-                assert!(v.get(key).is_some(), "job-scoped line without {key}: {line}");
+                assert!(
+                    v.get(key).is_some(),
+                    "job-scoped line without {key}: {line}"
+                );
             }
         }
     }
@@ -344,14 +366,21 @@ async fn logs_are_json_and_no_secret_reaches_logs_responses_the_database_or_dock
 
     let pem_body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let mut secrets = world.sim.issued_secrets();
-    assert!(secrets.iter().any(|s| s.len() > 200), "the simulator handed out a JIT config");
+    assert!(
+        secrets.iter().any(|s| s.len() > 200),
+        "the simulator handed out a JIT config"
+    );
     secrets.push(common::WEBHOOK_SECRET.to_string());
     secrets.push(pem_body[..64].to_string());
     secrets.push(token.clone());
     for secret in &secrets {
         // A 24-character piece is enough to call it a leak.
         let piece = &secret[..secret.len().min(24)];
-        assert!(!seen.contains(piece), "a secret ({}…) reached a log, a response or docker inspect", &piece[..6]);
+        assert!(
+            !seen.contains(piece),
+            "a secret ({}…) reached a log, a response or docker inspect",
+            &piece[..6]
+        );
         assert!(
             !stored.windows(piece.len()).any(|w| w == piece.as_bytes()),
             "a secret ({}…) reached the database",
