@@ -17,7 +17,10 @@ const PROBE: &[&str] = &[
     "ls /run /var/run 2>/dev/null | grep -i docker && echo docker-files=present || echo docker-files=absent",
     // The Docker API over TCP on the host (2375/2376) and through the
     // host-gateway name: both must be unreachable.
-    "for target in host.docker.internal:2375 host.docker.internal:2376 172.17.0.1:2375; do if wget -q -T 2 -O- http://$target/_ping >/dev/null 2>&1; then echo docker-api=$target-reachable; else echo docker-api=$target-unreachable; fi; done",
+    "for target in 'host.docker.internal 2375' 'host.docker.internal 2376' '172.17.0.1 2375'; do set -- $target; if nc -w 2 $1 $2 </dev/null >/dev/null 2>&1; then echo docker-api=$1:$2-reachable; else echo docker-api=$1:$2-unreachable; fi; done",
+    // The probe itself works: the simulator, on the host, is reachable.
+    // The probe itself works: the simulator, on the host, is reachable (SIM_PORT is filled in).
+    "nc -w 2 host.docker.internal SIM_PORT </dev/null >/dev/null 2>&1 && echo probe=works || echo probe=broken",
     "touch $HOME/probe-home 2>/dev/null && echo rootfs=writable || echo rootfs=read-only",
     "touch /tmp/probe && echo tmp=writable",
     "touch $HOME/_work/probe && echo work=writable",
@@ -31,7 +34,19 @@ async fn run_probe(read_only: bool) -> (String, Value) {
     config.pools[0].read_only_rootfs = read_only;
     config.pools[0].pids_limit = 256;
     let berth = Berth::start(&world, config).await;
-    let gh_job = world.queue(PROBE);
+    let sim_port = world
+        .sim
+        .public_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let steps: Vec<String> = PROBE
+        .iter()
+        .map(|s| s.replace("SIM_PORT", &sim_port))
+        .collect();
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let gh_job = world.queue(&steps);
     let running = berth
         .wait_state(gh_job, JobState::Running, Duration::from_secs(60))
         .await;
@@ -98,6 +113,10 @@ fn assert_hardened_from_inside(log: &str) {
         "a worker reached a Docker API: {log}"
     );
     assert_eq!(log.matches("-unreachable").count(), 3, "{log}");
+    assert!(
+        log.contains("probe=works"),
+        "the reachability probe itself is broken: {log}"
+    );
     assert!(log.contains("host-paths=none"), "{log}");
     assert!(
         log.contains("tmp=writable") && log.contains("work=writable"),

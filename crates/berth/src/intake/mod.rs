@@ -11,6 +11,7 @@ pub mod webhook;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::context::Context;
 use crate::dispatch::binding;
@@ -134,7 +135,8 @@ async fn accept_webhook_inner(
     Ok(accepted)
 }
 
-/// Applies what one `workflow_job` event says.
+/// Applies what one `workflow_job` event says, in a span carrying the
+/// job's correlation fields.
 async fn apply_event(
     ctx: &Arc<Context>,
     event: &WorkflowJobEvent,
@@ -147,7 +149,13 @@ async fn apply_event(
         job_id = event.job_id,
         action = ?event.action,
     );
-    let _enter = span.enter();
+    apply_event_inner(ctx, event).instrument(span).await
+}
+
+async fn apply_event_inner(
+    ctx: &Arc<Context>,
+    event: &WorkflowJobEvent,
+) -> Result<Accepted, IntakeError> {
     match event.action {
         Action::Queued => queue_from_event(ctx, event, GithubStatus::Queued).await,
         Action::Waiting => record(ctx, event, GithubStatus::Waiting).await,
@@ -211,7 +219,7 @@ async fn queue_from_event(
         .await?;
     if inserted {
         crate::failpoint::hit("after_accept");
-        tracing::info!(berth_job_id = %job.id, pool = %job.pool, "job queued");
+        crate::job_span!(job).in_scope(|| tracing::info!("job queued"));
         ctx.wake_dispatcher();
         Ok(Accepted::Queued { id: job.id })
     } else {
@@ -348,7 +356,7 @@ async fn accept_delegate_inner(
         })
         .await?;
     if inserted {
-        tracing::info!(berth_job_id = %job.id, pool = %job.pool, repository = %job.repository, job_id = job.github_job_id, "delegated job queued");
+        crate::job_span!(job).in_scope(|| tracing::info!("delegated job queued"));
         ctx.wake_dispatcher();
     }
     Ok((job, inserted))

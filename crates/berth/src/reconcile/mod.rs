@@ -271,7 +271,7 @@ async fn timeouts(ctx: &Arc<Context>) -> Result<u32> {
         .await
         .map_err(err)?
     {
-        tracing::warn!(berth_job_id = %job.id, "job timed out; stopping its worker");
+        crate::job_span!(job).in_scope(|| tracing::warn!("job timed out; stopping its worker"));
         match &job.container_id {
             Some(container_id) => stop_and_settle(ctx, container_id).await,
             None => {
@@ -315,7 +315,12 @@ async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
         let Some(container_id) = &job.container_id else {
             continue;
         };
-        tracing::info!(berth_job_id = %job.id, idle_secs = idle_for as u64, "runner got no job within the idle timeout; removing it");
+        crate::job_span!(job).in_scope(|| {
+            tracing::info!(
+                idle_secs = idle_for as u64,
+                "runner got no job within the idle timeout; removing it"
+            )
+        });
         stop_and_settle(ctx, container_id).await;
         acted += 1;
     }
