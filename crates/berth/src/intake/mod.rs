@@ -232,6 +232,16 @@ async fn record(
     event: &WorkflowJobEvent,
     status: GithubStatus,
 ) -> Result<Accepted, IntakeError> {
+    // Whether GitHub's conclusion is new, so that each job is counted once
+    // in `berth_jobs_concluded_total` however often the event arrives.
+    let concluded_before = if status == GithubStatus::Completed {
+        ctx.store
+            .job_get_by_github_id(event.job_id)
+            .await?
+            .map(|j| j.github_conclusion.is_some())
+    } else {
+        None
+    };
     let changed = ctx
         .store
         .job_record_github_status(
@@ -242,7 +252,13 @@ async fn record(
             event.runner_id,
         )
         .await?;
-    match ctx.store.job_get_by_github_id(event.job_id).await? {
+    let job = ctx.store.job_get_by_github_id(event.job_id).await?;
+    if let (Some(false), Some(job)) = (concluded_before, &job)
+        && let Some(conclusion) = &job.github_conclusion
+    {
+        ctx.metrics.job_concluded(&job.pool, conclusion);
+    }
+    match job {
         Some(job) if changed => Ok(Accepted::Recorded { id: job.id }),
         Some(job) => Ok(Accepted::Duplicate { id: Some(job.id) }),
         None => Ok(Accepted::Ignored {

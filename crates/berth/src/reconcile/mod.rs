@@ -173,6 +173,9 @@ async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
                 .map_err(err)?
         };
         if released {
+            if job.attempts >= max {
+                ctx.metrics.job_finished(&job.pool, JobState::Failed);
+            }
             release(ctx, &job).await;
             acted += 1;
             ctx.wake_dispatcher();
@@ -222,6 +225,7 @@ async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
                     .await
                     .map_err(err)?
                 {
+                    ctx.metrics.job_finished(&job.pool, JobState::Cancelled);
                     release(ctx, &job).await;
                     acted += 1;
                 }
