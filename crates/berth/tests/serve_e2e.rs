@@ -13,7 +13,10 @@ const JOB_LIMIT: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn happy_path_webhook_to_container_to_completion() {
     let world = World::new().await;
-    let berth = Berth::start(&world, world.config("")).await;
+    let mut config = world.config("");
+    let forwarded = world.dir.path().join("job-output.jsonl");
+    config.logs.job_output_file = Some(forwarded.clone());
+    let berth = Berth::start(&world, config).await;
 
     let gh_job = world.queue(&["echo step-one-output", "echo step-two-output >&2"]);
     let running = berth.wait_state(gh_job, JobState::Running, JOB_LIMIT).await;
@@ -49,6 +52,21 @@ async fn happy_path_webhook_to_container_to_completion() {
     let text = String::from_utf8_lossy(&logs.content);
     assert!(text.contains(&format!("acquired job {gh_job}")), "{text}");
     assert!(text.contains("succeeded"), "{text}");
+    // ...and forwarded as JSON lines with the correlation fields.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&forwarded)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let acquired = lines
+        .iter()
+        .find(|l| l["line"].as_str().unwrap().contains("acquired job"))
+        .expect("the runner's output was forwarded");
+    assert_eq!(acquired["repository"], "acme/widgets");
+    assert_eq!(acquired["job_id"], gh_job);
+    assert_eq!(acquired["berth_job_id"], job.id.to_string());
+    assert_eq!(acquired["workflow"], "CI");
+    assert!(acquired["run_id"].is_number() && acquired["container_id"].is_string());
     let sim_log = world.sim.job_log(gh_job).unwrap();
     assert!(
         sim_log.contains("step-one-output") && sim_log.contains("step-two-output"),
