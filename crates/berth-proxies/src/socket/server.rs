@@ -947,7 +947,7 @@ pub async fn run(
     };
     let rules = policy.rules.len();
     let proxy = SocketProxy::new(policy, DockerAddr::parse(docker)?)?;
-    let listener = Listener::bind(&ListenAddr::parse(listen)?).await?;
+    // Metrics first: once the proxy's socket exists, everything answers.
     let metrics_listener = match metrics {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -959,6 +959,7 @@ pub async fn run(
         ),
         None => None,
     };
+    let listener = Listener::bind(&ListenAddr::parse(listen)?).await?;
     tracing::info!(
         listen = %listener.docker_host(),
         docker,
