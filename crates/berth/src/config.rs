@@ -50,6 +50,10 @@ pub struct ServerConfig {
     pub public_metrics: bool,
     /// Serve `/healthz` and `/readyz` without a bearer token.
     pub public_health: bool,
+    /// PEM certificate chain: with `tls_key`, the API speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +62,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             public_metrics: true,
             public_health: true,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -601,6 +607,18 @@ impl Config {
                     self.server.listen
                 ),
             );
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => bad("server.tls_key".into(), "set with server.tls_cert".into()),
+            (None, Some(_)) => bad("server.tls_cert".into(), "set with server.tls_key".into()),
+            (Some(cert), Some(key)) => {
+                for (k, path) in [("server.tls_cert", cert), ("server.tls_key", key)] {
+                    if !path.is_file() {
+                        bad(k.into(), format!("{} does not exist", path.display()));
+                    }
+                }
+            }
+            (None, None) => {}
         }
         let store = &self.store.url;
         if !(store.starts_with("sqlite:")

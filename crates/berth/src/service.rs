@@ -35,6 +35,9 @@ pub async fn build(
 ) -> anyhow::Result<Arc<Context>> {
     let metrics = Metrics::new();
     metrics.init_pools(config.pools.iter().map(|p| p.name.as_str()));
+    for pool in &config.pools {
+        metrics.set_pool_max_runners(&pool.name, pool.max_runners);
+    }
     let store = Store::connect(&config.store.url)
         .await
         .with_context(|| format!("opening the store at {}", redact_url(&config.store.url)))?;

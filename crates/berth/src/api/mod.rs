@@ -5,6 +5,7 @@
 //! what is wrong; nothing secret is ever echoed back.
 
 pub mod auth;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,9 +110,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ctx))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let tls = match (&ctx.config.server.tls_cert, &ctx.config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(std::io::Error::other)?),
+        _ => None,
+    };
+    let app = router(ctx);
+    match tls {
+        Some(acceptor) => tls::serve(listener, acceptor, app, shutdown).await,
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        }
+    }
 }
 
 async fn webhook(

@@ -173,6 +173,9 @@ async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
                 .map_err(err)?
         };
         if released {
+            if job.attempts >= max {
+                ctx.metrics.job_finished(&job.pool, JobState::Failed);
+            }
             release(ctx, &job).await;
             acted += 1;
             ctx.wake_dispatcher();
@@ -222,6 +225,7 @@ async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
                     .await
                     .map_err(err)?
                 {
+                    ctx.metrics.job_finished(&job.pool, JobState::Cancelled);
                     release(ctx, &job).await;
                     acted += 1;
                 }
@@ -271,7 +275,7 @@ async fn timeouts(ctx: &Arc<Context>) -> Result<u32> {
         .await
         .map_err(err)?
     {
-        tracing::warn!(berth_job_id = %job.id, "job timed out; stopping its worker");
+        crate::job_span!(job).in_scope(|| tracing::warn!("job timed out; stopping its worker"));
         match &job.container_id {
             Some(container_id) => stop_and_settle(ctx, container_id).await,
             None => {
@@ -315,7 +319,12 @@ async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
         let Some(container_id) = &job.container_id else {
             continue;
         };
-        tracing::info!(berth_job_id = %job.id, idle_secs = idle_for as u64, "runner got no job within the idle timeout; removing it");
+        crate::job_span!(job).in_scope(|| {
+            tracing::info!(
+                idle_secs = idle_for as u64,
+                "runner got no job within the idle timeout; removing it"
+            )
+        });
         stop_and_settle(ctx, container_id).await;
         acted += 1;
     }
