@@ -35,6 +35,9 @@ pub async fn build(
 ) -> anyhow::Result<Arc<Context>> {
     let metrics = Metrics::new();
     metrics.init_pools(config.pools.iter().map(|p| p.name.as_str()));
+    for pool in &config.pools {
+        metrics.set_pool_max_runners(&pool.name, pool.max_runners);
+    }
     let store = Store::connect(&config.store.url)
         .await
         .with_context(|| format!("opening the store at {}", redact_url(&config.store.url)))?;
@@ -67,6 +70,16 @@ pub async fn build(
         config.github.webhook_secret_file.as_deref(),
     )
     .context("reading github.webhook_secret_file")?;
+    let job_output = match &config.logs.job_output_file {
+        Some(path) => Some(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening logs.job_output_file {}", path.display()))?,
+        )),
+        None => None,
+    };
     Ok(Arc::new(Context {
         config: Arc::new(config),
         store,
@@ -81,6 +94,7 @@ pub async fn build(
         log_level,
         log_captures: Default::default(),
         exits_in_progress: Default::default(),
+        job_output,
     }))
 }
 

@@ -409,3 +409,90 @@ async fn health_readiness_and_metrics() {
     }
     berth.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_can_serve_tls() {
+    let world = World::new().await;
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert_path = world.dir.path().join("tls.crt");
+    let key_path = world.dir.path().join("tls.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let mut config = world.config("");
+    config.server.tls_cert = Some(cert_path);
+    config.server.tls_key = Some(key_path);
+    let berth = Berth::start(&world, config).await;
+    let https = berth.url.replace("http://", "https://");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = client.get(format!("{https}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(format!("{https}/v1/jobs"))
+        .bearer_auth(&berth.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP gets no answer, and a client that does not trust the certificate refuses it.
+    assert!(
+        reqwest::get(format!("{}/healthz", berth.url))
+            .await
+            .is_err()
+    );
+    assert!(reqwest::get(format!("{https}/healthz")).await.is_err());
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_can_require_a_token() {
+    let world = World::new().await;
+    let mut config = world.config("");
+    config.server.public_metrics = false;
+    config.server.public_health = false;
+    let berth = Berth::start(&world, config).await;
+    let (read, _) =
+        berth::api::auth::create_token(berth.store(), "prometheus", ApiTokenScope::Read)
+            .await
+            .unwrap();
+    let (delegate, _) =
+        berth::api::auth::create_token(berth.store(), "proxy", ApiTokenScope::Delegate)
+            .await
+            .unwrap();
+    let client = berth.http();
+    for path in ["/metrics", "/healthz", "/readyz", "/v1/jobs", "/"] {
+        let url = format!("{}{path}", berth.url);
+        assert_eq!(
+            client.get(&url).send().await.unwrap().status(),
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            client
+                .get(&url)
+                .bearer_auth(&delegate)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            403,
+            "{path}"
+        );
+        assert_eq!(
+            client
+                .get(&url)
+                .bearer_auth(&read)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    berth.stop().await;
+}

@@ -255,18 +255,96 @@ async fn sigterm_leaves_running_jobs_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_are_json_correlated_and_free_of_secrets() {
+async fn logs_are_json_and_no_secret_reaches_logs_responses_the_database_or_docker() {
     let (world, config, store) = setup().await;
-    let serve = Serve::start(&world, &config, "", 1);
+    // Secrets come from the environment here, not the file.
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("webhook_secret") && !l.starts_with("private_key_path"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, toml).unwrap();
+    let pem = world.sim.app_private_key_pem();
+    let log = std::fs::File::create(world.dir.path().join("serve-1.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("BERTH_GITHUB__WEBHOOK_SECRET", common::WEBHOOK_SECRET)
+        .env("BERTH_GITHUB__PRIVATE_KEY", &pem)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{}", config_listen(&config));
     eventually("berth listening", Duration::from_secs(20), || async {
         std::net::TcpStream::connect(config_listen(&config)).is_ok()
     })
     .await;
-    let gh_job = world.queue(&["echo hello"]);
+    let token = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["token", "create", "--scope", "admin", "--config"])
+        .arg(&config)
+        .env("BERTH_GITHUB__WEBHOOK_SECRET", common::WEBHOOK_SECRET)
+        .env("BERTH_GITHUB__PRIVATE_KEY", &pem)
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+
+    let gh_job = world.queue(&["echo hello", "sleep 2"]);
+    wait_for(&store, gh_job, "running", |j| j.state == JobState::Running).await;
+    let running = store
+        .job_get_by_github_id(gh_job as i64)
+        .await
+        .unwrap()
+        .unwrap();
+    let inspect = Command::new("docker")
+        .args(["inspect", running.container_id.as_deref().unwrap()])
+        .output()
+        .unwrap();
+    let mut seen = String::from_utf8_lossy(&inspect.stdout).to_string();
     let job = wait_terminal(&store, gh_job).await;
     assert_eq!(job.state, JobState::Completed);
-    drop(serve);
+    // Everything berth answers...
+    let client = reqwest::Client::new();
+    for path in [
+        "/v1/jobs".to_string(),
+        format!("/v1/jobs/{}", job.id),
+        format!("/v1/jobs/{}/logs", job.id),
+        "/metrics".to_string(),
+        "/readyz".to_string(),
+        "/".to_string(),
+    ] {
+        let r = client
+            .get(format!("{url}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        seen.push_str(&r.text().await.unwrap());
+    }
+    let r = client
+        .post(format!("{url}/v1/webhooks/github"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    seen.push_str(&r.text().await.unwrap());
+    let _ = child.kill();
+    let _ = child.wait();
+    // ...everything it logged, and everything it stored.
     let text = std::fs::read_to_string(world.dir.path().join("serve-1.log")).unwrap();
+    seen.push_str(&text);
+    let mut stored = Vec::new();
+    for file in ["berth.db", "berth.db-wal", "berth.db-shm"] {
+        stored.extend(std::fs::read(world.dir.path().join(file)).unwrap_or_default());
+    }
+
     let mut job_lines = 0;
     for line in text.lines() {
         let v: serde_json::Value =
@@ -285,15 +363,84 @@ async fn logs_are_json_correlated_and_free_of_secrets() {
         }
     }
     assert!(job_lines >= 3, "job-scoped lines: {job_lines}\n{text}");
-    for secret in [
-        common::WEBHOOK_SECRET.to_string(),
-        "PRIVATE KEY".to_string(),
-        "ghs_".to_string(),
-        "eyJ".to_string(),
-    ] {
+
+    let pem_body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut secrets = world.sim.issued_secrets();
+    assert!(
+        secrets.iter().any(|s| s.len() > 200),
+        "the simulator handed out a JIT config"
+    );
+    secrets.push(common::WEBHOOK_SECRET.to_string());
+    secrets.push(pem_body[..64].to_string());
+    secrets.push(token.clone());
+    for secret in &secrets {
+        // A 24-character piece is enough to call it a leak.
+        let piece = &secret[..secret.len().min(24)];
         assert!(
-            !text.contains(&secret),
-            "a secret ({secret}) reached the logs"
+            !seen.contains(piece),
+            "a secret ({}…) reached a log, a response or docker inspect",
+            &piece[..6]
+        );
+        assert!(
+            !stored.windows(piece.len()).any(|w| w == piece.as_bytes()),
+            "a secret ({}…) reached the database",
+            &piece[..6]
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_changes_at_run_time() {
+    let (world, config, _store) = setup().await;
+    // Start quiet: warnings only.
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("level = \"berth=debug,info\"", "level = \"warn\"");
+    std::fs::write(&config, toml).unwrap();
+    let _serve = Serve::start(&world, &config, "", 1);
+    let url = format!("http://{}", config_listen(&config));
+    eventually("berth listening", Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(config_listen(&config)).is_ok()
+    })
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["token", "create", "--scope", "admin", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+    let log = || std::fs::read_to_string(world.dir.path().join("serve-1.log")).unwrap();
+    let r = client
+        .get(format!("{url}/v1/admin/log-level"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["level"],
+        "warn"
+    );
+    assert!(!log().contains("\"level\":\"INFO\""), "quiet at first");
+
+    let r = client
+        .put(format!("{url}/v1/admin/log-level"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"level": "debug"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually("debug lines appear", Duration::from_secs(20), || async {
+        log().contains("\"level\":\"DEBUG\"")
+    })
+    .await;
+    let r = client
+        .put(format!("{url}/v1/admin/log-level"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"level": "no[such"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 }

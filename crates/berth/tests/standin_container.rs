@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use berth::demo::{self, Engine, StandinOptions, StandinRun};
+use berth::demo::standin::{self as demo, Engine, StandinOptions, StandinRun};
 use berth::docker::worker_image;
 use bollard::Docker;
 use futures::FutureExt;

@@ -340,6 +340,18 @@ impl SimHandle {
         Ok((RunnerView::of(&r, self.sim.cfg.runner_idle_timeout), jit))
     }
 
+    /// Every credential the simulator handed out: encoded JIT configs,
+    /// installation tokens, registration tokens and runner access tokens.
+    /// Tests search logs, responses and files for them.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let w = lock(&self.sim.world);
+        let mut secrets = w.issued_jit_configs.clone();
+        secrets.extend(w.install_tokens.keys().cloned());
+        secrets.extend(w.reg_tokens.keys().cloned());
+        secrets.extend(w.runner_tokens.keys().cloned());
+        secrets
+    }
+
     /// Every recorded webhook delivery, in order.
     pub fn deliveries(&self) -> Vec<Delivery> {
         lock(&self.sim.world).deliveries.clone()

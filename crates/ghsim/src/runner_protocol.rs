@@ -408,7 +408,9 @@ impl Shared {
             },
             rsa: self.runner_key.rsa_params(),
         };
-        Ok((runner, jit.encode()?))
+        let encoded = jit.encode()?;
+        lock(&self.world).issued_jit_configs.push(encoded.clone());
+        Ok((runner, encoded))
     }
 
     /// Deletes a runner registration (422 when it is running a job).

@@ -395,6 +395,8 @@ pub struct World {
     pub rate: HashMap<String, RateBucket>,
     pub deliveries: Vec<Delivery>,
     pub fault_hits: u64,
+    /// Every encoded JIT config handed out, so tests can prove none leaks.
+    pub issued_jit_configs: Vec<String>,
 }
 
 impl World {

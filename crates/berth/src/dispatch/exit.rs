@@ -13,6 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use super::{logs, resources};
 use crate::context::Context;
 use crate::observability::Metrics;
@@ -66,8 +68,15 @@ async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Opt
     };
     let span = crate::job_span!(job);
     span.record("container_id", container_id);
-    let _enter = span.enter();
+    if let Some(runner) = &job.runner_name {
+        span.record("runner_name", runner.as_str());
+    }
+    settle(ctx, &job, container_id, exit_code)
+        .instrument(span)
+        .await;
+}
 
+async fn settle(ctx: &Arc<Context>, job: &Job, container_id: &str, exit_code: Option<i64>) {
     logs::wait_captured(ctx, container_id, Duration::from_secs(5)).await;
     let exit_code = match exit_code {
         Some(code) => Some(code),
@@ -78,13 +87,13 @@ async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Opt
             .ok()
             .and_then(|i| i.exit_code),
     };
-    let outcome = decide(ctx, &job, exit_code).await;
+    let outcome = decide(ctx, job, exit_code).await;
     // The job's end is recorded before anything is cleaned up: should berth
     // stop right here, the reconcilers remove what a finished job left.
-    apply(ctx, &job, outcome, exit_code).await;
+    apply(ctx, job, outcome, exit_code).await;
     resources::remove_container(ctx, container_id).await;
     if let Some(name) = job.runner_name.as_deref() {
-        resources::deregister_job_runner(ctx, &job, job.runner_id, name).await;
+        resources::deregister_job_runner(ctx, job, job.runner_id, name).await;
     }
 }
 

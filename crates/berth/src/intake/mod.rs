@@ -11,6 +11,7 @@ pub mod webhook;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::context::Context;
 use crate::dispatch::binding;
@@ -134,7 +135,8 @@ async fn accept_webhook_inner(
     Ok(accepted)
 }
 
-/// Applies what one `workflow_job` event says.
+/// Applies what one `workflow_job` event says, in a span carrying the
+/// job's correlation fields.
 async fn apply_event(
     ctx: &Arc<Context>,
     event: &WorkflowJobEvent,
@@ -147,7 +149,13 @@ async fn apply_event(
         job_id = event.job_id,
         action = ?event.action,
     );
-    let _enter = span.enter();
+    apply_event_inner(ctx, event).instrument(span).await
+}
+
+async fn apply_event_inner(
+    ctx: &Arc<Context>,
+    event: &WorkflowJobEvent,
+) -> Result<Accepted, IntakeError> {
     match event.action {
         Action::Queued => queue_from_event(ctx, event, GithubStatus::Queued).await,
         Action::Waiting => record(ctx, event, GithubStatus::Waiting).await,
@@ -218,7 +226,7 @@ async fn queue_from_event(
         .await?;
     if inserted {
         crate::failpoint::hit("after_accept");
-        tracing::info!(berth_job_id = %job.id, pool = %job.pool, "job queued");
+        crate::job_span!(job).in_scope(|| tracing::info!("job queued"));
         ctx.wake_dispatcher();
         Ok(Accepted::Queued { id: job.id })
     } else {
@@ -268,6 +276,16 @@ async fn record(
             reason: "the id belongs to a scale-set runner, which webhooks do not track".into(),
         });
     }
+    // Whether GitHub's conclusion is new, so that each job is counted once
+    // in `berth_jobs_concluded_total` however often the event arrives.
+    let concluded_before = if status == GithubStatus::Completed {
+        ctx.store
+            .job_get_by_github_id(event.job_id)
+            .await?
+            .map(|j| j.github_conclusion.is_some())
+    } else {
+        None
+    };
     let changed = ctx
         .store
         .job_record_github_status(
@@ -278,7 +296,13 @@ async fn record(
             event.runner_id,
         )
         .await?;
-    match ctx.store.job_get_by_github_id(event.job_id).await? {
+    let job = ctx.store.job_get_by_github_id(event.job_id).await?;
+    if let (Some(false), Some(job)) = (concluded_before, &job)
+        && let Some(conclusion) = &job.github_conclusion
+    {
+        ctx.metrics.job_concluded(&job.pool, conclusion);
+    }
+    match job {
         Some(job) if changed => Ok(Accepted::Recorded { id: job.id }),
         Some(job) => Ok(Accepted::Duplicate { id: Some(job.id) }),
         None => Ok(Accepted::Ignored {
@@ -460,7 +484,7 @@ async fn accept_delegate_inner(
         })
         .await?;
     if inserted {
-        tracing::info!(berth_job_id = %job.id, pool = %job.pool, repository = %job.repository, job_id = job.github_job_id, scale_set = job.scale_set.as_deref().unwrap_or(""), "delegated job queued");
+        crate::job_span!(job).in_scope(|| tracing::info!("delegated job queued"));
         ctx.wake_dispatcher();
     }
     Ok((job, inserted))

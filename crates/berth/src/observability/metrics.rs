@@ -43,6 +43,12 @@ pub struct PoolStateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolConclusionLabels {
+    pub pool: String,
+    pub conclusion: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GithubLabels {
     pub endpoint: &'static str,
     pub status: String,
@@ -69,6 +75,55 @@ pub struct OpLabels {
     pub op: &'static str,
 }
 
+/// The conclusions GitHub gives a completed job (`workflow_job.conclusion`);
+/// anything else is counted as `other`, so the label's values stay bounded.
+pub const GITHUB_CONCLUSIONS: [&str; 10] = [
+    "success",
+    "failure",
+    "cancelled",
+    "skipped",
+    "timed_out",
+    "neutral",
+    "action_required",
+    "stale",
+    "startup_failure",
+    "other",
+];
+
+/// The reconcilers (`reconcile::reconcile_once`), as `kind` labels.
+pub const RECONCILER_KINDS: [&str; 8] = [
+    "lease_expired",
+    "cancelled",
+    "completed_elsewhere",
+    "timeout",
+    "idle_runner",
+    "queued_expired",
+    "orphan_container",
+    "orphan_runner",
+];
+
+/// The Docker operations the controller reports failures of, as `op` labels.
+pub const DOCKER_OPS: [&str; 18] = [
+    "version",
+    "ping",
+    "network_create",
+    "network_list",
+    "network_remove",
+    "image_inspect",
+    "image_pull",
+    "container_create",
+    "container_attach",
+    "container_start",
+    "container_stdin",
+    "container_wait",
+    "container_inspect",
+    "container_list",
+    "container_logs",
+    "container_stop",
+    "container_remove",
+    "events",
+];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric berth exports.
@@ -91,6 +146,10 @@ pub struct Metrics {
     pub queue_wait: HistogramFamily<PoolLabels>,
     /// Jobs that reached a terminal state, per pool and state.
     pub jobs_finished: Family<PoolStateLabels, Counter>,
+    /// Jobs GitHub reported completed, per pool and GitHub conclusion.
+    pub jobs_concluded: Family<PoolConclusionLabels, Counter>,
+    /// Each pool's `max_runners`, for saturation (active / max).
+    pub pool_max_runners: Family<PoolLabels, Gauge>,
     /// Requests to GitHub, per endpoint and HTTP status (or `error`).
     pub github_api_requests: Family<GithubLabels, Counter>,
     /// The lowest `X-RateLimit-Remaining` GitHub reported most recently.
@@ -176,6 +235,18 @@ impl Metrics {
             "jobs_finished",
             "Jobs that reached a terminal state",
             jobs_finished.clone(),
+        );
+        let jobs_concluded = Family::<PoolConclusionLabels, Counter>::default();
+        registry.register(
+            "jobs_concluded",
+            "Jobs GitHub reported completed, per pool and GitHub conclusion",
+            jobs_concluded.clone(),
+        );
+        let pool_max_runners = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "pool_max_runners",
+            "The max_runners limit of each pool",
+            pool_max_runners.clone(),
         );
         let github_api_requests = Family::<GithubLabels, Counter>::default();
         registry.register(
@@ -286,7 +357,7 @@ impl Metrics {
             "berth build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        for outcome in ["accepted", "duplicate", "invalid", "unauthorized"] {
+        for outcome in ["accepted", "duplicate", "invalid", "unauthorized", "error"] {
             drop(delegation_requests.get_or_create(&Self::outcome(outcome)));
         }
         for outcome in [
@@ -295,8 +366,16 @@ impl Metrics {
             "ignored",
             "invalid",
             "unauthorized",
+            "error",
         ] {
             drop(webhook_deliveries.get_or_create(&Self::outcome(outcome)));
+        }
+        for kind in RECONCILER_KINDS {
+            drop(reconciler_actions.get_or_create(&KindLabels { kind }));
+            drop(reconciler_failures.get_or_create(&KindLabels { kind }));
+        }
+        for op in DOCKER_OPS {
+            drop(docker_api_errors.get_or_create(&OpLabels { op }));
         }
         Self {
             registry: Arc::new(registry),
@@ -308,6 +387,8 @@ impl Metrics {
             job_execution_duration,
             queue_wait,
             jobs_finished,
+            jobs_concluded,
+            pool_max_runners,
             github_api_requests,
             github_rate_limit_remaining,
             docker_api_errors,
@@ -368,7 +449,53 @@ impl Metrics {
             drop(self.container_creation_duration.get_or_create(&labels));
             drop(self.job_execution_duration.get_or_create(&labels));
             drop(self.queue_wait.get_or_create(&labels));
+            drop(self.pool_max_runners.get_or_create(&labels));
+            for state in crate::store::JobState::TERMINAL {
+                drop(self.jobs_finished.get_or_create(&PoolStateLabels {
+                    pool: pool.to_string(),
+                    state: state.as_str(),
+                }));
+            }
+            for conclusion in GITHUB_CONCLUSIONS {
+                drop(self.jobs_concluded.get_or_create(&PoolConclusionLabels {
+                    pool: pool.to_string(),
+                    conclusion,
+                }));
+            }
         }
+    }
+
+    /// Exports a pool's `max_runners` (`berth_pool_max_runners`).
+    pub fn set_pool_max_runners(&self, pool: &str, max_runners: u32) {
+        self.pool_max_runners
+            .get_or_create(&Self::pool(pool))
+            .set(i64::from(max_runners));
+    }
+
+    /// Counts a job that reached a terminal state (`berth_jobs_finished_total`).
+    pub fn job_finished(&self, pool: &str, state: crate::store::JobState) {
+        self.jobs_finished
+            .get_or_create(&PoolStateLabels {
+                pool: pool.to_string(),
+                state: state.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a job GitHub reported completed with `conclusion`
+    /// (`berth_jobs_concluded_total`); unknown conclusions count as `other`.
+    pub fn job_concluded(&self, pool: &str, conclusion: &str) {
+        let conclusion = GITHUB_CONCLUSIONS
+            .iter()
+            .copied()
+            .find(|c| *c == conclusion)
+            .unwrap_or("other");
+        self.jobs_concluded
+            .get_or_create(&PoolConclusionLabels {
+                pool: pool.to_string(),
+                conclusion,
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -437,5 +564,30 @@ mod tests {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
         assert!(text.contains("le=\"0.01\"") && text.contains("le=\"3600.0\""));
+    }
+
+    #[test]
+    fn per_pool_series_start_at_zero_and_conclusions_stay_bounded() {
+        let m = Metrics::new();
+        m.init_pools(["linux"]);
+        m.set_pool_max_runners("linux", 7);
+        m.job_concluded("linux", "success");
+        m.job_concluded("linux", "something-new");
+        m.job_finished("linux", crate::store::JobState::Expired);
+        let text = m.encode();
+        for line in [
+            "berth_pool_max_runners{pool=\"linux\"} 7",
+            "berth_jobs_concluded_total{pool=\"linux\",conclusion=\"success\"} 1",
+            "berth_jobs_concluded_total{pool=\"linux\",conclusion=\"other\"} 1",
+            "berth_jobs_concluded_total{pool=\"linux\",conclusion=\"failure\"} 0",
+            "berth_jobs_finished_total{pool=\"linux\",state=\"expired\"} 1",
+            "berth_jobs_finished_total{pool=\"linux\",state=\"failed\"} 0",
+            "berth_reconciler_failures_total{kind=\"orphan_runner\"} 0",
+            "berth_docker_api_errors_total{op=\"container_create\"} 0",
+            "berth_webhook_deliveries_total{outcome=\"error\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("something-new"));
     }
 }

@@ -178,6 +178,9 @@ async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
                 .map_err(err)?
         };
         if released {
+            if job.attempts >= max {
+                ctx.metrics.job_finished(&job.pool, JobState::Failed);
+            }
             release(ctx, &job).await;
             acted += 1;
             ctx.wake_dispatcher();
@@ -227,6 +230,7 @@ async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
                     .await
                     .map_err(err)?
                 {
+                    ctx.metrics.job_finished(&job.pool, JobState::Cancelled);
                     release(ctx, &job).await;
                     acted += 1;
                 }
@@ -278,7 +282,7 @@ async fn timeouts(ctx: &Arc<Context>) -> Result<u32> {
         .await
         .map_err(err)?
     {
-        tracing::warn!(berth_job_id = %job.id, "job timed out; stopping its worker");
+        crate::job_span!(job).in_scope(|| tracing::warn!("job timed out; stopping its worker"));
         match &job.container_id {
             Some(container_id) => stop_and_settle(ctx, container_id).await,
             None => {
@@ -326,7 +330,12 @@ async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
         let Some(container_id) = &job.container_id else {
             continue;
         };
-        tracing::info!(berth_job_id = %job.id, idle_secs = idle_for as u64, "runner got no job within the idle timeout; removing it");
+        crate::job_span!(job).in_scope(|| {
+            tracing::info!(
+                idle_secs = idle_for as u64,
+                "runner got no job within the idle timeout; removing it"
+            )
+        });
         stop_and_settle(ctx, container_id).await;
         acted += 1;
     }
@@ -377,6 +386,7 @@ async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
 async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
     let grace = time::Duration::try_from(ctx.config.reconcile.orphan_grace).map_err(err)?;
     let now = ctx.store.now();
+    // Docker's list first, then the store (the same reasoning as for runners).
     let containers = ctx.docker.list_managed().await.map_err(err)?;
     let owned = ctx.store.active_container_ids().await.map_err(err)?;
     let live_runners = ctx.store.active_runner_names().await.map_err(err)?;
@@ -406,14 +416,19 @@ async fn orphan_runners(ctx: &Arc<Context>) -> Result<u32> {
     let Some(github) = ctx.github.as_ref() else {
         return Ok(0);
     };
-    let live = ctx.store.active_runner_names().await.map_err(err)?;
     let mut seen_scopes = BTreeSet::new();
     let mut acted = 0;
     for pool in &ctx.config.pools {
         if !seen_scopes.insert(pool.scope.to_string()) {
             continue;
         }
-        for runner in github.list_runners(&pool.scope).await.map_err(err)? {
+        // GitHub's list first, then the store: a runner is named in the store
+        // before it is minted, so every runner in this list that is still
+        // wanted is in the live set read afterwards. (The other order would
+        // delete a runner minted between the two reads.)
+        let runners = github.list_runners(&pool.scope).await.map_err(err)?;
+        let live = ctx.store.active_runner_names().await.map_err(err)?;
+        for runner in runners {
             if !runner.name.starts_with(NAME_PREFIX)
                 || live.contains(&runner.name)
                 || runner.status != "offline"

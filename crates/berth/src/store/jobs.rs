@@ -814,7 +814,9 @@ fn check_transition(from: &[JobState], to: JobState) -> Result<()> {
         if state.is_terminal() {
             return invalid("a terminal job never changes state");
         }
-        let backwards = state.step() > to.step() || (state.step() == to.step() && state != to);
+        // Only `provisioning` may stay where it is (to record its runner).
+        let backwards = state.step() > to.step()
+            || (state.step() == to.step() && !(state == to && to == JobState::Provisioning));
         if !to.is_terminal() && (state == JobState::Queued || backwards) {
             return invalid("a queued job must be claimed first, and jobs only move forward");
         }

@@ -1,40 +1,29 @@
-//! `berth demo`, interim edition: one GitHub Actions job end to end on this
-//! machine, against the built-in GitHub simulator, with nothing but a Docker
-//! engine, the built binaries and Debian's `busybox-static` (the worker
-//! image's shell).
+//! One runner stand-in job driven by hand, the way berth's dispatcher drives
+//! each job: the building blocks under the orchestrator exercised together
+//! on a real engine with no configuration at all.
 //!
-//! This interim demo predates the orchestrator (store → dispatch → docker →
-//! reconcile, `berth serve`): it does by hand, once, what berth's dispatcher
-//! does for every job, with the same GitHub client and Docker controller, so
-//! that the pieces under the orchestrator are exercised together on a real
-//! engine with no configuration at all:
-//!
-//! 1. build (or find) the local worker image: the runner stand-in + busybox;
-//! 2. start the GitHub simulator where containers can reach it
+//! 1. start the GitHub simulator where containers can reach it
 //!    ([`start_simulator`]);
-//! 3. queue a two-step job on it, as a `workflow_job` would arrive;
-//! 4. mint a JIT runner config over its REST API with berth's GitHub client
+//! 2. queue a two-step job on it, as a `workflow_job` would arrive;
+//! 3. mint a JIT runner config over its REST API with berth's GitHub client
 //!    ([`github_client`]): App JWT → installation token → `generate-jitconfig`;
-//! 5. create a hardened container with berth's Docker controller
+//! 4. create a hardened container with berth's Docker controller
 //!    ([`worker_spec`]), start it and hand it the JIT config on stdin, never
 //!    in its env, command or labels;
-//! 6. follow the job to completion, then read back what GitHub and Docker
+//! 5. follow the job to completion, then read back what GitHub and Docker
 //!    show: the runner gone from the runner list, the container's exit code,
 //!    and `docker inspect` of the container at every stage.
 //!
-//! [`run_standin_job`] does 3–6 and returns the facts as a [`StandinRun`]
-//! without judging them: `crates/berth/tests/standin_container.rs` calls it
-//! and asserts on them, [`run`] (the `berth demo` command) prints them and
-//! fails unless all is well. Next, `berth demo` becomes `berth serve` on
-//! embedded defaults (SQLite, the simulator) running a few sample jobs, and
-//! this module shrinks to that.
+//! [`run_standin_job`] returns the facts as a [`StandinRun`] without judging
+//! them: `crates/berth/tests/standin_container.rs` calls it and asserts on
+//! them. `berth demo` itself ([`super::run`]) runs the whole orchestrator.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 use base64::Engine as _;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
@@ -731,129 +720,3 @@ fn human(d: Duration) -> String {
 // ---------------------------------------------------------------------------
 // `berth demo`
 // ---------------------------------------------------------------------------
-
-/// `berth demo`: builds the worker image, starts the simulator, runs the demo
-/// job in a worker container, prints a summary. Progress goes to stderr, the
-/// summary to stdout. Fails unless the job succeeded, the container exited 0,
-/// the runner was removed and `docker inspect` never showed the JIT config.
-pub async fn run() -> anyhow::Result<()> {
-    let started = Instant::now();
-    let say = move |line: &str| eprintln!("[{:>6.2}s] {line}", started.elapsed().as_secs_f64());
-    say("berth demo: one job end to end against the built-in GitHub simulator");
-    say("(interim: one job driven by hand, the way berth's dispatcher drives each job)");
-
-    let engine = Engine::connect().await?;
-    say("building the local worker image (runner stand-in + busybox)…");
-    let image = worker_image::ensure_local_worker_image(&engine.docker).await?;
-    say(&format!(
-        "worker image {} ({})",
-        image.reference,
-        if image.built {
-            "built"
-        } else {
-            "already present"
-        }
-    ));
-
-    let sim = start_simulator(&engine.docker).await?;
-    say(&format!(
-        "GitHub simulator listening on {}; containers reach it as {}",
-        sim.base_url(),
-        sim.public_url()
-    ));
-
-    let demo_id = format!("{:016x}", rand::random::<u64>());
-    let options = StandinOptions::demo(HashMap::from([(DEMO_LABEL.to_owned(), demo_id.clone())]));
-    let outcome = tokio::select! {
-        outcome = run_standin_job(&engine, &sim, &image, &options, &say) => outcome,
-        _ = tokio::signal::ctrl_c() => {
-            let removed = remove_labelled_containers(&engine.docker, DEMO_LABEL, &demo_id).await;
-            sim.shutdown();
-            bail!("interrupted; removed {} demo container(s)", removed.unwrap_or(0));
-        }
-    };
-    sim.shutdown();
-    let run = outcome?;
-    print_summary(&run);
-    check(&run)
-}
-
-fn print_summary(run: &StandinRun) {
-    let job = &run.job;
-    let conclusion = job.conclusion.as_deref().unwrap_or("none");
-    let leaked = run.inspections_showing_the_jit_config();
-    let runner_gone = !run.runners_after.contains(&run.runner.runner_name);
-    println!();
-    println!(
-        "job {} ({}, {} / {}): {} {}",
-        job.id, job.repository, job.workflow_name, job.name, job.status, conclusion
-    );
-    println!(
-        "  runner            {} (id {}){}",
-        run.runner.runner_name,
-        run.runner.runner_id,
-        if runner_gone {
-            ", removed from the runner list after its job"
-        } else {
-            ", STILL in the runner list"
-        }
-    );
-    println!(
-        "  container         {} exited {} (removed)",
-        short(&run.container_id),
-        run.exit_code
-    );
-    println!(
-        "  queued → running  {} (minting the runner, starting its container, the runner taking the job)",
-        human(run.queued_to_running)
-    );
-    println!("  queued → exited   {}", human(run.elapsed));
-    println!(
-        "  JIT config        delivered on stdin; {}",
-        if leaked.is_empty() {
-            "absent from docker inspect (after create, start and exit)".to_owned()
-        } else {
-            format!("VISIBLE in docker inspect ({})", leaked.join(", "))
-        }
-    );
-    for step in &job.steps {
-        println!(
-            "  step {}            {}: {}",
-            step.number,
-            step.name,
-            step.conclusion.as_deref().unwrap_or(&step.status)
-        );
-    }
-    println!("  log (tail):");
-    for line in run.log_tail(12) {
-        println!("    {line}");
-    }
-}
-
-/// Fails unless all went as it must.
-fn check(run: &StandinRun) -> anyhow::Result<()> {
-    ensure!(
-        run.job.conclusion.as_deref() == Some("success"),
-        "the job concluded {:?}; container output:\n{}",
-        run.job.conclusion,
-        run.container_output
-    );
-    ensure!(
-        run.exit_code == 0,
-        "the worker container exited {}; its output:\n{}",
-        run.exit_code,
-        run.container_output
-    );
-    ensure!(
-        !run.runners_after.contains(&run.runner.runner_name),
-        "runner {} is still registered after its job",
-        run.runner.runner_name
-    );
-    let leaked = run.inspections_showing_the_jit_config();
-    ensure!(
-        leaked.is_empty(),
-        "docker inspect showed the JIT config ({})",
-        leaked.join(", ")
-    );
-    Ok(())
-}

@@ -1,0 +1,213 @@
+//! The Grafana dashboard and the Prometheus rules in `deploy/` name only
+//! metrics that a live `berth serve` exports, and the metrics the issue asks
+//! for are there from the first scrape.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use berth::store::JobState;
+use common::{Berth, World};
+
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/grafana/berth-dashboard.json"
+);
+const ALERTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/prometheus/alerts.yml"
+);
+
+/// Every `berth_…` identifier in a text.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let bytes = text.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut names = BTreeSet::new();
+    let mut at = 0;
+    while let Some(found) = text[at..].find("berth_") {
+        let start = at + found;
+        let mut end = start + "berth_".len();
+        while end < bytes.len() && ident(bytes[end]) {
+            end += 1;
+        }
+        if start == 0 || !ident(bytes[start - 1]) {
+            names.insert(text[start..end].to_string());
+        }
+        at = end;
+    }
+    names
+}
+
+/// The sample names of a Prometheus text exposition.
+fn exposed(metrics: &str) -> BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            l.split(['{', ' '])
+                .next()
+                .expect("split yields at least one part")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The value of one exact sample line prefix (`name{labels}`).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+}
+
+async fn scrape(berth: &Berth) -> String {
+    let response = berth
+        .http()
+        .get(format!("{}/metrics", berth.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+fn dashboard() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap()
+}
+
+/// Every `expr` of every panel (rows may nest panels).
+fn exprs(panels: &serde_json::Value, out: &mut Vec<String>) {
+    for panel in panels.as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            out.push(target["expr"].as_str().unwrap_or_default().to_string());
+        }
+        exprs(&panel["panels"], out);
+    }
+}
+
+#[test]
+fn the_dashboard_is_a_grafana_dashboard_on_a_prometheus_variable() {
+    let d = dashboard();
+    assert_eq!(d["uid"], "berth-overview");
+    let vars = d["templating"]["list"].as_array().unwrap();
+    let ds = vars
+        .iter()
+        .find(|v| v["type"] == "datasource")
+        .expect("a data source variable");
+    assert_eq!(ds["query"], "prometheus");
+    let name = ds["name"].as_str().unwrap();
+    let uid = format!("${{{name}}}");
+    let panels = d["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for want in [
+        "Jobs per minute",
+        "Queue depth",
+        "p95 container-creation latency",
+        "GitHub API error rate",
+        "Docker API error rate",
+        "Active worker containers",
+        "Pool saturation (active / max_runners)",
+    ] {
+        assert!(titles.contains(&want), "no panel {want:?} in {titles:?}");
+    }
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_i64().unwrap()), "duplicate panel id");
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], uid.as_str(), "{}", p["title"]);
+        assert_eq!(p["datasource"]["type"], "prometheus");
+        assert!(!p["targets"].as_array().unwrap().is_empty());
+        for t in p["targets"].as_array().unwrap() {
+            assert_eq!(t["datasource"]["uid"], uid.as_str(), "{}", p["title"]);
+        }
+    }
+    let mut all = Vec::new();
+    exprs(&d["panels"], &mut all);
+    let p95 = all
+        .iter()
+        .find(|e| e.contains("berth_container_creation_duration_seconds_bucket"))
+        .expect("a creation latency query");
+    assert!(p95.starts_with("histogram_quantile(0.95,"), "{p95}");
+    assert!(
+        all.iter().any(|e| e.contains("berth_pool_max_runners")
+            && e.contains("berth_active_worker_containers")
+            && e.contains(" / ")),
+        "no saturation query in {all:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_metric_of_the_dashboard_and_the_alerts_is_on_a_live_metrics_page() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("max_runners = 3")).await;
+
+    // A fresh server already shows every series the assets use, at zero,
+    // except GitHub's requests (labelled by the status GitHub answers).
+    let fresh = exposed(&scrape(&berth).await);
+    let mut wanted = metric_names(&std::fs::read_to_string(DASHBOARD).unwrap());
+    let rules = metric_names(&std::fs::read_to_string(ALERTS).unwrap());
+    assert!(rules.len() >= 8, "{rules:?}");
+    wanted.extend(rules);
+    let missing: Vec<_> = wanted
+        .iter()
+        .filter(|n| !fresh.contains(*n) && *n != "berth_github_api_requests_total")
+        .collect();
+    assert!(missing.is_empty(), "not on a fresh /metrics: {missing:?}");
+
+    // After a job, histograms and GitHub counters have series too.
+    let gh_job = world.queue(&["echo observed"]);
+    let job = berth.wait_terminal(gh_job, Duration::from_secs(60)).await;
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+    let text = scrape(&berth).await;
+    let live = exposed(&text);
+    let missing: Vec<_> = wanted.iter().filter(|n| !live.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "named in deploy/ but not on /metrics: {missing:?}\n{text}"
+    );
+
+    // The values behind the panels and alerts are the real ones.
+    assert_eq!(
+        sample(&text, "berth_pool_max_runners{pool=\"linux\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "berth_jobs_finished_total{pool=\"linux\",state=\"completed\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "berth_job_queue_wait_seconds_count{pool=\"linux\"}"),
+        Some(1.0)
+    );
+    // GitHub's conclusion arrives with the `completed` webhook.
+    common::eventually(
+        "the conclusion is counted",
+        Duration::from_secs(10),
+        || async {
+            sample(
+                &scrape(&berth).await,
+                "berth_jobs_concluded_total{pool=\"linux\",conclusion=\"success\"}",
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let text = scrape(&berth).await;
+    assert_eq!(
+        sample(
+            &text,
+            "berth_jobs_concluded_total{pool=\"linux\",conclusion=\"failure\"}"
+        ),
+        Some(0.0)
+    );
+    assert!(
+        sample(&text, "berth_github_rate_limit_remaining").is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    berth.stop().await;
+}
