@@ -7,3 +7,5 @@
 //! This crate is deliberately small and pure: no database, no orchestration,
 //! no Docker client. The proxies that enforce it must keep working, and keep
 //! being auditable, even if everything else in berth is compromised.
+
+pub mod socket;

@@ -39,6 +39,9 @@ pub enum Command {
         /// A TOML policy file; the built-in least-privilege policy otherwise.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Serve Prometheus metrics at `GET /metrics` on this `host:port`.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Run the egress proxy with a domain allowlist.
     EgressProxy {
@@ -113,6 +116,12 @@ pub async fn run(cli: Cli) -> ExitCode {
             build_worker_image(docker.as_deref()).await
         }
         Command::Demo => crate::demo::run().await,
+        Command::SocketProxy {
+            listen,
+            docker,
+            policy,
+            metrics,
+        } => socket_proxy(&listen, &docker, policy.as_deref(), metrics.as_deref()).await,
         other => Err(anyhow::anyhow!(
             "`{other:?}` is not available in this build yet"
         )),
@@ -190,6 +199,22 @@ async fn serve(path: Option<&Path>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `berth socket-proxy`: JSON logs (level from `BERTH_LOGS__LEVEL`, default
+/// `info`), stops on SIGTERM or SIGINT. See `docs/socket-proxy.md`.
+async fn socket_proxy(
+    listen: &str,
+    docker: &str,
+    policy: Option<&Path>,
+    metrics: Option<&str>,
+) -> anyhow::Result<()> {
+    let level = std::env::var("BERTH_LOGS__LEVEL").unwrap_or_else(|_| "info".into());
+    crate::observability::logging::init(&level);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    berth_proxies::socket::run(listen, docker, policy, metrics, shutdown.cancelled_owned()).await?;
+    Ok(())
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

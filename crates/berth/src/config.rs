@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub public_metrics: bool,
     /// Serve `/healthz` and `/readyz` without a bearer token.
     pub public_health: bool,
+    /// Serve the web dashboard without signing in.
+    pub public_dashboard: bool,
     /// PEM certificate chain: with `tls_key`, the API speaks HTTPS only.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             public_metrics: true,
             public_health: true,
+            public_dashboard: false,
             tls_cert: None,
             tls_key: None,
         }
@@ -215,6 +218,9 @@ pub struct LogsConfig {
     pub level: String,
     /// Bytes of container output kept per job; the rest is dropped and marked truncated.
     pub job_log_cap_bytes: u64,
+    /// Also write every line of worker output, as a JSON object with the
+    /// job's correlation fields, to this file (for Loki, Fluentd, …).
+    pub job_output_file: Option<PathBuf>,
 }
 
 impl Default for LogsConfig {
@@ -222,6 +228,7 @@ impl Default for LogsConfig {
         Self {
             level: "info".into(),
             job_log_cap_bytes: 10 * 1024 * 1024,
+            job_output_file: None,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Context {
     /// when a capture has stored everything.
     pub log_captures:
         std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+    /// Where worker output is forwarded as JSON lines (`logs.job_output_file`).
+    pub job_output: Option<std::sync::Mutex<std::fs::File>>,
     /// Containers whose exit is being handled right now.
     pub exits_in_progress: std::sync::Mutex<std::collections::HashSet<String>>,
 }

@@ -67,6 +67,16 @@ pub async fn build(
         config.github.webhook_secret_file.as_deref(),
     )
     .context("reading github.webhook_secret_file")?;
+    let job_output = match &config.logs.job_output_file {
+        Some(path) => Some(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening logs.job_output_file {}", path.display()))?,
+        )),
+        None => None,
+    };
     Ok(Arc::new(Context {
         config: Arc::new(config),
         store,
@@ -80,6 +90,7 @@ pub async fn build(
         log_level,
         log_captures: Default::default(),
         exits_in_progress: Default::default(),
+        job_output,
     }))
 }
 

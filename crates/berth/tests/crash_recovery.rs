@@ -388,3 +388,59 @@ async fn logs_are_json_and_no_secret_reaches_logs_responses_the_database_or_dock
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_changes_at_run_time() {
+    let (world, config, _store) = setup().await;
+    // Start quiet: warnings only.
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("level = \"berth=debug,info\"", "level = \"warn\"");
+    std::fs::write(&config, toml).unwrap();
+    let _serve = Serve::start(&world, &config, "", 1);
+    let url = format!("http://{}", config_listen(&config));
+    eventually("berth listening", Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(config_listen(&config)).is_ok()
+    })
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["token", "create", "--scope", "admin", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+    let log = || std::fs::read_to_string(world.dir.path().join("serve-1.log")).unwrap();
+    let r = client
+        .get(format!("{url}/v1/admin/log-level"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["level"],
+        "warn"
+    );
+    assert!(!log().contains("\"level\":\"INFO\""), "quiet at first");
+
+    let r = client
+        .put(format!("{url}/v1/admin/log-level"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"level": "debug"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually("debug lines appear", Duration::from_secs(20), || async {
+        log().contains("\"level\":\"DEBUG\"")
+    })
+    .await;
+    let r = client
+        .put(format!("{url}/v1/admin/log-level"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"level": "no[such"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -13,7 +13,10 @@ const JOB_LIMIT: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn happy_path_webhook_to_container_to_completion() {
     let world = World::new().await;
-    let berth = Berth::start(&world, world.config("")).await;
+    let mut config = world.config("");
+    let forwarded = world.dir.path().join("job-output.jsonl");
+    config.logs.job_output_file = Some(forwarded.clone());
+    let berth = Berth::start(&world, config).await;
 
     let gh_job = world.queue(&["echo step-one-output", "echo step-two-output >&2"]);
     let running = berth.wait_state(gh_job, JobState::Running, JOB_LIMIT).await;
@@ -49,6 +52,21 @@ async fn happy_path_webhook_to_container_to_completion() {
     let text = String::from_utf8_lossy(&logs.content);
     assert!(text.contains(&format!("acquired job {gh_job}")), "{text}");
     assert!(text.contains("succeeded"), "{text}");
+    // ...and forwarded as JSON lines with the correlation fields.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&forwarded)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let acquired = lines
+        .iter()
+        .find(|l| l["line"].as_str().unwrap().contains("acquired job"))
+        .expect("the runner's output was forwarded");
+    assert_eq!(acquired["repository"], "acme/widgets");
+    assert_eq!(acquired["job_id"], gh_job);
+    assert_eq!(acquired["berth_job_id"], job.id.to_string());
+    assert_eq!(acquired["workflow"], "CI");
+    assert!(acquired["run_id"].is_number() && acquired["container_id"].is_string());
     let sim_log = world.sim.job_log(gh_job).unwrap();
     assert!(
         sim_log.contains("step-one-output") && sim_log.contains("step-two-output"),
@@ -470,5 +488,48 @@ async fn image_policy_and_pull_policy() {
     );
 
     assert_clean(&world).await;
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn following_a_jobs_log_streams_until_the_job_ends() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("")).await;
+    let gh_job = world.queue(&["echo start", "sleep 3", "echo end"]);
+    let running = berth.wait_state(gh_job, JobState::Running, JOB_LIMIT).await;
+    let started = std::time::Instant::now();
+    let response = berth
+        .http()
+        .get(format!(
+            "{}/v1/jobs/{}/logs?follow=true",
+            berth.url, running.id
+        ))
+        .bearer_auth(&berth.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    let mut chunks = 0;
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        chunks += 1;
+    }
+    // The stream ended by itself, once the job had finished.
+    let job = berth.job(gh_job).await.unwrap();
+    assert!(job.state.is_terminal(), "{job:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it followed the running job"
+    );
+    assert!(
+        text.contains(&format!("acquired job {gh_job}")) && text.contains("succeeded"),
+        "{text}"
+    );
+    assert!(
+        chunks >= 2,
+        "output arrived as it was written ({chunks} chunks)"
+    );
     berth.stop().await;
 }

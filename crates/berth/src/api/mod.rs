@@ -5,6 +5,7 @@
 //! what is wrong; nothing secret is ever echoed back.
 
 pub mod auth;
+pub mod dashboard;
 pub mod tls;
 
 use std::sync::Arc;
@@ -82,7 +83,7 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// berth's API described in OpenAPI 3.1, served at `GET /v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -124,7 +125,10 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/", get(dashboard))
+        .route("/v1/admin/log-level", get(get_log_level).put(set_log_level))
+        .route("/", get(dashboard::index))
+        .route("/jobs/{id}", get(dashboard::job_page))
+        .route("/login", get(dashboard::login_form).post(dashboard::login))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(ctx)
 }
@@ -252,7 +256,7 @@ fn parse_id(id: &str) -> ApiResult<uuid::Uuid> {
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("`{id}` is not a job id")))
 }
 
-async fn find_job(ctx: &Context, id: &str) -> ApiResult<crate::store::Job> {
+pub(crate) async fn find_job(ctx: &Context, id: &str) -> ApiResult<crate::store::Job> {
     ctx.store
         .job_get(parse_id(id)?)
         .await?
@@ -374,6 +378,41 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
+/// `GET /v1/admin/log-level` (admin): the active log filter.
+async fn get_log_level(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Admin).await?;
+    let level = ctx.log_level.as_ref().map(|h| h.get()).unwrap_or_default();
+    Ok(Json(json!({ "level": level })).into_response())
+}
+
+/// `PUT /v1/admin/log-level` (admin) with `{"level": "debug"}`: changes the
+/// log filter at run time, without a restart.
+async fn set_log_level(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Admin).await?;
+    #[derive(Deserialize)]
+    struct Level {
+        level: String,
+    }
+    let Level { level } = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"level\": \"…\"}}: {e}"),
+        )
+    })?;
+    let handle = ctx.log_level.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "this process does not own its logger")
+    })?;
+    handle
+        .set(&level)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    tracing::info!(level = %level, "log filter changed");
+    Ok(Json(json!({ "level": handle.get() })).into_response())
+}
+
 /// Refreshes the gauges that mirror the store, then encodes every metric.
 async fn metrics(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
     if !ctx.config.server.public_metrics {
@@ -441,35 +480,6 @@ async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResul
         Json(json!({ "store": show(&store), "docker": show(&docker) })),
     )
         .into_response())
-}
-
-/// A minimal server-rendered job list (no scripts, no external assets).
-async fn dashboard(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
-    auth::authorize(&ctx.store, &headers, Need::Read).await?;
-    let jobs = ctx
-        .store
-        .job_list(&JobFilter {
-            limit: Some(100),
-            ..JobFilter::default()
-        })
-        .await?;
-    let mut rows = String::new();
-    for j in &jobs {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html_escape(&j.id.to_string()),
-            html_escape(j.state.as_str()),
-            html_escape(&j.repository),
-            html_escape(&j.pool),
-            html_escape(j.error.as_deref().unwrap_or("")),
-        ));
-    }
-    let page = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>berth</title></head><body><h1>berth</h1>\
-         <table><thead><tr><th>job</th><th>state</th><th>repository</th><th>pool</th><th>error</th></tr></thead>\
-         <tbody>{rows}</tbody></table></body></html>"
-    );
-    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response())
 }
 
 pub fn html_escape(s: &str) -> String {

@@ -87,6 +87,7 @@ async fn capture(ctx: &Context, job_id: Uuid, container_id: &str) -> Result<(), 
     };
     let mut stream = ctx.docker.logs(container_id, LogOptions::follow());
     let mut pending: Vec<u8> = Vec::new();
+    let mut partial: Vec<u8> = Vec::new();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     loop {
         tokio::select! {
@@ -100,19 +101,19 @@ async fn capture(ctx: &Context, job_id: Uuid, container_id: &str) -> Result<(), 
                     }
                     pending.extend_from_slice(chunk);
                     if pending.len() >= FLUSH_BYTES {
-                        flush(ctx, job_id, container_id, &mut pending, cap).await?;
+                        flush(ctx, job_id, container_id, &mut pending, &mut partial, cap).await?;
                     }
                 }
                 Some(Err(e)) => {
-                    flush(ctx, job_id, container_id, &mut pending, cap).await?;
+                    flush(ctx, job_id, container_id, &mut pending, &mut partial, cap).await?;
                     return Err(e.to_string());
                 }
                 None => break,
             },
-            _ = tick.tick() => flush(ctx, job_id, container_id, &mut pending, cap).await?,
+            _ = tick.tick() => flush(ctx, job_id, container_id, &mut pending, &mut partial, cap).await?,
         }
     }
-    flush(ctx, job_id, container_id, &mut pending, cap).await
+    flush(ctx, job_id, container_id, &mut pending, &mut partial, cap).await
 }
 
 /// Appends to the log of the job that owns the container now (GitHub may
@@ -122,21 +123,70 @@ async fn flush(
     job_id: Uuid,
     container_id: &str,
     pending: &mut Vec<u8>,
+    partial: &mut Vec<u8>,
     cap: u64,
 ) -> Result<(), String> {
     if pending.is_empty() {
         return Ok(());
     }
-    let owner = match ctx.store.job_get_by_container_id(container_id).await {
-        Ok(Some(job)) => job.id,
-        _ => job_id,
-    };
+    let owner = ctx
+        .store
+        .job_get_by_container_id(container_id)
+        .await
+        .ok()
+        .flatten();
+    let owner_id = owner.as_ref().map_or(job_id, |j| j.id);
     ctx.store
-        .job_logs_append(owner, pending, cap)
+        .job_logs_append(owner_id, pending, cap)
         .await
         .map_err(|e| e.to_string())?;
+    if let (Some(sink), Some(job)) = (&ctx.job_output, &owner) {
+        forward(sink, job, container_id, pending, partial);
+    }
     pending.clear();
     Ok(())
+}
+
+/// Writes each complete line of worker output as one JSON object with the
+/// job's correlation fields, for Loki, Fluentd or any log shipper that
+/// tails a file. A line cut by a flush waits in `partial` for its end.
+fn forward(
+    sink: &std::sync::Mutex<std::fs::File>,
+    job: &crate::store::Job,
+    container_id: &str,
+    bytes: &[u8],
+    partial: &mut Vec<u8>,
+) {
+    use std::io::Write;
+    partial.extend_from_slice(bytes);
+    let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
+        return;
+    };
+    let complete: Vec<u8> = partial.drain(..=end).collect();
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for line in complete.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let record = serde_json::json!({
+            "timestamp": now,
+            "stream": "job_output",
+            "berth_job_id": job.id,
+            "repository": job.repository,
+            "workflow": job.workflow,
+            "run_id": job.run_id,
+            "job_id": job.github_job_id,
+            "pool": job.pool,
+            "runner_name": job.runner_name,
+            "container_id": container_id,
+            "line": String::from_utf8_lossy(line),
+        });
+        let _ = serde_json::to_writer(&mut out, &record);
+        out.push(b'\n');
+    }
+    if let Ok(mut file) = sink.lock() {
+        let _ = file.write_all(&out);
+    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -374,6 +374,7 @@ async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
 async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
     let grace = time::Duration::try_from(ctx.config.reconcile.orphan_grace).map_err(err)?;
     let now = ctx.store.now();
+    // Docker's list first, then the store (the same reasoning as for runners).
     let containers = ctx.docker.list_managed().await.map_err(err)?;
     let owned = ctx.store.active_container_ids().await.map_err(err)?;
     let live_runners = ctx.store.active_runner_names().await.map_err(err)?;
@@ -400,14 +401,19 @@ async fn orphan_runners(ctx: &Arc<Context>) -> Result<u32> {
     let Some(github) = ctx.github.as_ref() else {
         return Ok(0);
     };
-    let live = ctx.store.active_runner_names().await.map_err(err)?;
     let mut seen_scopes = BTreeSet::new();
     let mut acted = 0;
     for pool in &ctx.config.pools {
         if !seen_scopes.insert(pool.scope.to_string()) {
             continue;
         }
-        for runner in github.list_runners(&pool.scope).await.map_err(err)? {
+        // GitHub's list first, then the store: a runner is named in the store
+        // before it is minted, so every runner in this list that is still
+        // wanted is in the live set read afterwards. (The other order would
+        // delete a runner minted between the two reads.)
+        let runners = github.list_runners(&pool.scope).await.map_err(err)?;
+        let live = ctx.store.active_runner_names().await.map_err(err)?;
+        for runner in runners {
             if !runner.name.starts_with(NAME_PREFIX)
                 || live.contains(&runner.name)
                 || runner.status != "offline"

@@ -267,3 +267,20 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// berth's socket proxy in this process, in front of the local engine, with
+/// the built-in least-privilege policy. Point a config at it with
+/// `config.docker.host = proxy.docker_host().to_owned()`.
+pub async fn socket_proxy() -> berth_proxies::socket::Running {
+    let engine = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| h.starts_with("unix://"))
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+    berth_proxies::socket::Running::start(
+        berth_proxies::socket::Policy::default(),
+        &engine,
+        "127.0.0.1:0",
+    )
+    .await
+    .expect("start the socket proxy")
+}
