@@ -328,8 +328,9 @@ pub struct DelegateRequest {
     pub repository: String,
     /// The idempotency key: GitHub's job id, or for a scale set the runner
     /// request id or a buffer key.
+    #[serde(deserialize_with = "whole_number")]
     pub github_job_id: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub run_id: i64,
     #[serde(default)]
     pub labels: Vec<String>,
@@ -347,43 +348,90 @@ pub struct DelegateRequest {
     pub scale_set: Option<String>,
 }
 
+/// An integer that JSON may also write as a whole float (`42.0`): JSON
+/// Schema's `integer`, which the API description promises.
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        // i64::MAX as f64 rounds up to 2^63, which does not fit: hence `<`.
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
+        _ => Err(D::Error::custom(format!("{n} is not a 64-bit integer"))),
+    }
+}
+
+/// [`whole_number`], or `null`.
+pub(crate) fn whole_number_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] i64);
+    Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
+}
+
+/// Spaces, tabs and line breaks: a label made only of them is blank. (An
+/// explicit set, which the API description's pattern states exactly.)
+fn is_blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
+}
+
 impl DelegateRequest {
     fn validate(&self) -> Result<(), IntakeError> {
         let bad = |m: &str| Err(IntakeError::Invalid(m.to_string()));
+        if let Some(set) = &self.scale_set {
+            // A scale-set runner: only the key and the scale set are needed.
+            if set.chars().all(is_blank) {
+                return bad("`scale_set` must not be blank");
+            }
+            if self.run_id < 0 {
+                return bad("`run_id` must not be negative");
+            }
+            if self.repository.chars().count() > 256 || self.repository.chars().any(is_blank) {
+                return bad("`repository` must be `owner/name`, `owner` or empty");
+            }
+            if self.labels.len() > 100 {
+                return bad("`labels` must hold at most 100 labels");
+            }
+        } else {
+            match self.repository.split_once('/') {
+                Some((o, n)) if !o.is_empty() && !n.is_empty() && !n.contains('/') => {}
+                _ => return bad("`repository` must be `owner/name`"),
+            }
+            if self.run_id <= 0 {
+                return bad("`run_id` must be a positive integer");
+            }
+            if self.labels.is_empty() || self.labels.len() > 100 {
+                return bad("`labels` must hold 1 to 100 labels");
+            }
+        }
         if self.github_job_id <= 0 {
             return bad("`github_job_id` must be a positive integer");
         }
         if self
             .labels
             .iter()
-            .any(|l| l.trim().is_empty() || l.len() > 256)
+            .any(|l| l.chars().all(is_blank) || l.chars().count() > 256)
         {
-            return bad("`labels` must not hold empty or over-long labels");
+            return bad("`labels` must not hold blank or over-long labels");
         }
-        if self.labels.len() > 100 {
-            return bad("`labels` must hold at most 100 labels");
-        }
-        if let Some(set) = &self.scale_set {
-            if set.trim().is_empty() {
-                return bad("`scale_set` must not be empty");
-            }
-            if self.run_id < 0 {
-                return bad("`run_id` must not be negative");
-            }
-            if self.repository.len() > 256 || self.repository.chars().any(char::is_whitespace) {
-                return bad("`repository` must be `owner/name`");
-            }
-            return Ok(());
-        }
-        match self.repository.split_once('/') {
-            Some((o, n)) if !o.is_empty() && !n.is_empty() && !n.contains('/') => {}
-            _ => return bad("`repository` must be `owner/name`"),
-        }
-        if self.run_id <= 0 {
-            return bad("`run_id` must be a positive integer");
-        }
-        if self.labels.is_empty() {
-            return bad("`labels` must hold 1 to 100 labels");
+        // The store keeps these as text, which PostgreSQL refuses with NUL.
+        let texts = [
+            Some(self.repository.as_str()),
+            self.workflow.as_deref(),
+            self.job_name.as_deref(),
+            self.pool.as_deref(),
+            self.scale_set.as_deref(),
+        ];
+        if texts
+            .into_iter()
+            .flatten()
+            .chain(self.labels.iter().map(String::as_str))
+            .any(|t| t.contains('\0'))
+        {
+            return bad("text fields must not contain NUL characters");
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
-//! The routes a remote `berth proxy` calls besides `POST /v1/jobs/delegate`.
-//! Each takes a bearer token with the `delegate` (or `admin`) scope and is a
-//! thin wrapper of [`super::orchestrator`].
+//! The handlers of the routes a remote `berth proxy` calls besides `POST
+//! /v1/jobs/delegate` (routed in `crate::api`, described in its OpenAPI
+//! document). Each takes a bearer token with the `delegate` (or `admin`)
+//! scope and is a thin wrapper of [`super::orchestrator`].
 //!
 //! * `GET /v1/scale-sets/{name}/runners` → `{"runners": [{key, id, state,
 //!   runner_name, phase}]}`
@@ -14,12 +15,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 
 use super::ScaleSetError;
 use super::delegator::{JobEvent, RetireAnswer, RunnerList};
@@ -28,27 +27,19 @@ use crate::api::ApiError;
 use crate::api::auth::{self, Need};
 use crate::context::Context;
 
-/// The routes, to merge into the API router.
-pub fn router() -> Router<Arc<Context>> {
-    Router::new()
-        .route("/v1/scale-sets/{name}/runners", get(list_runners))
-        .route("/v1/scale-sets/{name}/events", post(events))
-        .route("/v1/scale-sets/{name}/runners/{key}/retire", post(retire))
-}
-
 impl From<ScaleSetError> for ApiError {
     fn from(e: ScaleSetError) -> Self {
         let status = match &e {
             ScaleSetError::UnknownScaleSet(_) => StatusCode::NOT_FOUND,
             ScaleSetError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            e if e.is_transient() => StatusCode::BAD_GATEWAY,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
+            // Retiring asks the Actions service, which failed.
+            _ => StatusCode::BAD_GATEWAY,
         };
         ApiError::new(status, e.to_string())
     }
 }
 
-async fn list_runners(
+pub async fn list_runners(
     State(ctx): State<Arc<Context>>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -58,7 +49,7 @@ async fn list_runners(
     Ok(Json(RunnerList { runners }).into_response())
 }
 
-async fn events(
+pub async fn events(
     State(ctx): State<Arc<Context>>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -67,16 +58,37 @@ async fn events(
     auth::authorize(&ctx.store, &headers, Need::Delegate).await?;
     let event: JobEvent = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job event: {e}")))?;
+    // The store keeps these as text, which PostgreSQL refuses with NUL.
+    let texts = [
+        Some(event.runner_name.as_str()),
+        Some(event.job_id.as_str()),
+        event.repository.as_deref(),
+        event.workflow.as_deref(),
+        event.job_name.as_deref(),
+        event.conclusion.as_deref(),
+    ];
+    if texts.into_iter().flatten().any(|t| t.contains('\0')) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "text fields must not contain NUL characters",
+        ));
+    }
     orchestrator::report(&ctx, &name, &event).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn retire(
+pub async fn retire(
     State(ctx): State<Arc<Context>>,
     headers: HeaderMap,
-    Path((name, key)): Path<(String, i64)>,
+    Path((name, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     auth::authorize(&ctx.store, &headers, Need::Delegate).await?;
+    let key: i64 = key.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{key}` is not a runner key"),
+        )
+    })?;
     let outcome = orchestrator::retire(&ctx, &name, key).await?;
     Ok(Json(RetireAnswer { outcome }).into_response())
 }

@@ -69,15 +69,16 @@ pub enum EventKind {
 pub struct JobEvent {
     pub kind: EventKind,
     pub runner_name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::intake::whole_number_or_null")]
     pub runner_id: Option<i64>,
+    #[serde(deserialize_with = "crate::intake::whole_number")]
     pub runner_request_id: i64,
     /// GitHub's job id (opaque, as the service sends it).
     #[serde(default)]
     pub job_id: String,
     #[serde(default)]
     pub repository: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::intake::whole_number_or_null")]
     pub run_id: Option<i64>,
     #[serde(default)]
     pub workflow: Option<String>,
