@@ -17,7 +17,6 @@
 //! recorded in docs/PERFORMANCE.md.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::process::{Child, Command, Stdio};
