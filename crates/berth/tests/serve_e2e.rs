@@ -490,3 +490,46 @@ async fn image_policy_and_pull_policy() {
     assert_clean(&world).await;
     berth.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn following_a_jobs_log_streams_until_the_job_ends() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("")).await;
+    let gh_job = world.queue(&["echo start", "sleep 3", "echo end"]);
+    let running = berth.wait_state(gh_job, JobState::Running, JOB_LIMIT).await;
+    let started = std::time::Instant::now();
+    let response = berth
+        .http()
+        .get(format!(
+            "{}/v1/jobs/{}/logs?follow=true",
+            berth.url, running.id
+        ))
+        .bearer_auth(&berth.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    let mut chunks = 0;
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        chunks += 1;
+    }
+    // The stream ended by itself, once the job had finished.
+    let job = berth.job(gh_job).await.unwrap();
+    assert!(job.state.is_terminal(), "{job:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it followed the running job"
+    );
+    assert!(
+        text.contains(&format!("acquired job {gh_job}")) && text.contains("succeeded"),
+        "{text}"
+    );
+    assert!(
+        chunks >= 2,
+        "output arrived as it was written ({chunks} chunks)"
+    );
+    berth.stop().await;
+}

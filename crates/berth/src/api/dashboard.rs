@@ -132,11 +132,15 @@ pub struct ListQuery {
 pub async fn index(
     State(ctx): State<Arc<Context>>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(denied) = viewer(&ctx, &headers).await {
         return denied;
     }
+    let q = match super::query(q) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     match render_index(&ctx, q).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -144,6 +148,7 @@ pub async fn index(
 }
 
 async fn render_index(ctx: &Context, q: ListQuery) -> ApiResult<Response> {
+    super::no_nul("pool", q.pool.as_deref())?;
     let state: Option<JobState> = match q.state.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(s.parse().map_err(|e: crate::store::UnknownName| {
             ApiError::new(StatusCode::BAD_REQUEST, e.to_string())

@@ -14,6 +14,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -84,6 +85,28 @@ impl From<crate::store::StoreError> for ApiError {
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
+/// berth's API described in OpenAPI 3.1, served at `GET /v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// A query string that did not parse: 400 with a JSON error, like every other
+/// error (axum's own rejection is plain text). Checked after authentication.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+/// Text from a caller that the store will hold or compare: PostgreSQL refuses
+/// NUL in text, so it is refused here as a bad request, not a store error.
+fn no_nul(what: &str, value: Option<&str>) -> ApiResult<()> {
+    match value {
+        Some(v) if v.contains('\0') => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{what}` must not contain NUL characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The router of `berth serve`.
 pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
@@ -97,6 +120,8 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
+        .route("/v1/pools", get(list_pools))
+        .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -132,8 +157,9 @@ pub async fn serve(
 async fn webhook(
     State(ctx): State<Arc<Context>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let accepted = intake::accept_webhook(
         &ctx,
@@ -185,9 +211,22 @@ struct ListQuery {
 async fn list_jobs(
     State(ctx): State<Arc<Context>>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    let q = query(q)?;
+    no_nul("pool", q.pool.as_deref())?;
+    no_nul("repository", q.repository.as_deref())?;
+    let limit = match q.limit {
+        None => 500,
+        Some(n @ 1..=5000) => n,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`limit` must be from 1 to 5000",
+            ));
+        }
+    };
     let mut states = Vec::new();
     for s in q
         .state
@@ -206,7 +245,7 @@ async fn list_jobs(
             states,
             pool: q.pool,
             repository: q.repository,
-            limit: Some(q.limit.unwrap_or(500).min(5000)),
+            limit: Some(limit),
         })
         .await?;
     Ok(Json(json!({ "jobs": jobs })).into_response())
@@ -262,9 +301,10 @@ async fn job_logs(
     State(ctx): State<Arc<Context>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    let q = query(q)?;
     let job = find_job(&ctx, &id).await?;
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !q.follow {
@@ -302,6 +342,40 @@ async fn job_logs(
         },
     );
     Ok((text, Body::from_stream(stream)).into_response())
+}
+
+/// `GET /v1/pools` (read): each configured pool with its queue and active jobs.
+async fn list_pools(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    let counts = ctx.store.job_counts().await?;
+    let pools: Vec<_> = ctx
+        .config
+        .pools
+        .iter()
+        .map(|pool| {
+            let of = |states: &[JobState]| -> i64 {
+                counts
+                    .iter()
+                    .filter(|c| c.pool == pool.name && states.contains(&c.state))
+                    .map(|c| c.count)
+                    .sum()
+            };
+            json!({
+                "name": pool.name,
+                "scope": pool.scope.to_string(),
+                "labels": pool.labels,
+                "max_runners": pool.max_runners,
+                "queued": of(&[JobState::Queued]),
+                "active": of(JobState::ACTIVE),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "pools": pools })).into_response())
+}
+
+/// `GET /v1/openapi.json` (public): this API described in OpenAPI 3.1.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
 /// `GET /v1/admin/log-level` (admin): the active log filter.

@@ -274,7 +274,9 @@ pub struct DelegateRequest {
     /// `owner/name`.
     pub repository: String,
     /// GitHub's job id: the idempotency key.
+    #[serde(deserialize_with = "whole_number")]
     pub github_job_id: i64,
+    #[serde(deserialize_with = "whole_number")]
     pub run_id: i64,
     pub labels: Vec<String>,
     #[serde(default)]
@@ -287,6 +289,27 @@ pub struct DelegateRequest {
     /// The scale set a proxy runner delegates for.
     #[serde(default)]
     pub scale_set: Option<String>,
+}
+
+/// An integer that JSON may also write as a whole float (`42.0`): JSON
+/// Schema's `integer`, which the API description promises.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        // i64::MAX as f64 rounds up to 2^63, which does not fit: hence `<`.
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
+        _ => Err(D::Error::custom(format!("{n} is not a 64-bit integer"))),
+    }
+}
+
+/// Spaces, tabs and line breaks: a label made only of them is blank. (An
+/// explicit set, which the API description's pattern states exactly.)
+fn is_blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
 }
 
 impl DelegateRequest {
@@ -308,9 +331,25 @@ impl DelegateRequest {
         if self
             .labels
             .iter()
-            .any(|l| l.trim().is_empty() || l.len() > 256)
+            .any(|l| l.chars().all(is_blank) || l.chars().count() > 256)
         {
-            return bad("`labels` must not hold empty or over-long labels");
+            return bad("`labels` must not hold blank or over-long labels");
+        }
+        // The store keeps these as text, which PostgreSQL refuses with NUL.
+        let texts = [
+            Some(self.repository.as_str()),
+            self.workflow.as_deref(),
+            self.job_name.as_deref(),
+            self.pool.as_deref(),
+            self.scale_set.as_deref(),
+        ];
+        if texts
+            .into_iter()
+            .flatten()
+            .chain(self.labels.iter().map(String::as_str))
+            .any(|t| t.contains('\0'))
+        {
+            return bad("text fields must not contain NUL characters");
         }
         Ok(())
     }

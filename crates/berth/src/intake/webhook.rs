@@ -122,6 +122,24 @@ pub fn parse_workflow_job(body: &[u8]) -> Result<Option<WorkflowJobEvent>, Webho
             "`repository.full_name` {repository:?} is not owner/name"
         )));
     }
+    // The store keeps these as text, which PostgreSQL refuses with NUL.
+    let texts = [
+        Some(repository.as_str()),
+        job.name.as_deref(),
+        job.workflow_name.as_deref(),
+        job.runner_name.as_deref(),
+        job.conclusion.as_deref(),
+    ];
+    if texts
+        .into_iter()
+        .flatten()
+        .chain(job.labels.iter().map(String::as_str))
+        .any(|t| t.contains('\0'))
+    {
+        return Err(WebhookError::Malformed(
+            "text fields must not contain NUL characters".into(),
+        ));
+    }
     Ok(Some(WorkflowJobEvent {
         action,
         job_id: job.id,
