@@ -611,6 +611,7 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
         r#"berth_socket_proxy_requests_total{decision="deny",rule="container_create"}"#,
         r#"berth_socket_proxy_requests_total{decision="allow",rule="container_create"} 3"#,
         r#"berth_socket_proxy_managed_checks_total{kind="container",result="cached"}"#,
+        r#"berth_socket_proxy_requests_total{decision="not_found",rule="container_remove"} 1"#,
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
