@@ -458,7 +458,8 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
         case("double version prefix", get("/v1.41/v1.41/_ping"), Deny("no-rule")),
         case("absolute-form target", get("http://docker/v1.41/containers/json"), Deny("request-target")),
         case("asterisk-form target", method("OPTIONS", "*"), Deny("request-target")),
-        case("raw backslash", get("/v1.41\\containers\\json"), Malformed),
+        case("raw backslash", get("/v1.41\\containers\\json"), Deny("request-target")),
+        case("fragment (the HTTP parser drops it; only /_ping is forwarded)", get("/_ping#/../../containers/x/exec"), NotForwarded("#")),
         // --- denied: query tricks -------------------------------------------------
         case("list without the managed filter", get("/v1.41/containers/json?all=1"), Deny("container_list")),
         case("list filtering on managed=false", get(&format!("/v1.41/containers/json?filters={}", enc(r#"{"label":["berth.managed=false"]}"#))), Deny("container_list")),
@@ -610,6 +611,7 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
         r#"berth_socket_proxy_requests_total{decision="deny",rule="container_create"}"#,
         r#"berth_socket_proxy_requests_total{decision="allow",rule="container_create"} 3"#,
         r#"berth_socket_proxy_managed_checks_total{kind="container",result="cached"}"#,
+        r#"berth_socket_proxy_requests_total{decision="not_found",rule="container_remove"} 1"#,
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }

@@ -215,10 +215,3 @@ proptest! {
         let _ = filter_raw(&filter(), input.as_bytes());
     }
 }
-
-#[test]
-fn the_deploy_policy_file_is_the_built_in_default() {
-    let text = include_str!("../../../deploy/socket-proxy.policy.toml");
-    let parsed = Policy::from_toml(text).expect("deploy/socket-proxy.policy.toml parses");
-    assert_eq!(parsed, Policy::default());
-}

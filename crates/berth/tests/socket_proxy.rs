@@ -102,6 +102,23 @@ async fn controller_edge_cases_through_the_proxy() {
         docker.image_id("berth-no-such-image:latest").await.unwrap(),
         None
     );
+    // A pull passes the proxy and reaches the engine, which cannot resolve
+    // the registry here: its error, not the proxy's 403, comes back.
+    let pulled = docker
+        .pull_image("nosuch.invalid/berth-proxy-test:1", Duration::from_secs(20))
+        .await
+        .expect_err("no registry is reachable here");
+    assert!(
+        !pulled.to_string().contains("socket-proxy"),
+        "the proxy denied a pull: {pulled}"
+    );
+    let metrics = proxy.proxy().metrics().encode();
+    assert!(
+        metrics
+            .contains(r#"berth_socket_proxy_requests_total{decision="allow",rule="image_pull"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("decision=\"deny\""), "{metrics}");
     proxy.stop().await;
 }
 

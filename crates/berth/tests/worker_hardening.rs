@@ -17,7 +17,7 @@ const PROBE: &[&str] = &[
     "ls /run /var/run 2>/dev/null | grep -i docker && echo docker-files=present || echo docker-files=absent",
     // The Docker API over TCP on the host (2375/2376) and through the
     // host-gateway name: both must be unreachable.
-    "for target in 'host.docker.internal 2375' 'host.docker.internal 2376' '172.17.0.1 2375'; do set -- $target; if nc -w 2 $1 $2 </dev/null >/dev/null 2>&1; then echo docker-api=$1:$2-reachable; else echo docker-api=$1:$2-unreachable; fi; done",
+    "for target in 'host.docker.internal 2375' 'host.docker.internal 2376' '172.17.0.1 2375' 'host.docker.internal PROXY_PORT'; do set -- $target; if nc -w 2 $1 $2 </dev/null >/dev/null 2>&1; then echo docker-api=$1:$2-reachable; else echo docker-api=$1:$2-unreachable; fi; done",
     // The probe itself works: the simulator, on the host, is reachable.
     // The probe itself works: the simulator, on the host, is reachable (SIM_PORT is filled in).
     "nc -w 2 host.docker.internal SIM_PORT </dev/null >/dev/null 2>&1 && echo probe=works || echo probe=broken",
@@ -112,7 +112,7 @@ fn assert_hardened_from_inside(log: &str) {
         !log.contains("-reachable"),
         "a worker reached a Docker API: {log}"
     );
-    assert_eq!(log.matches("-unreachable").count(), 3, "{log}");
+    assert_eq!(log.matches("-unreachable").count(), 4, "{log}");
     assert!(
         log.contains("probe=works"),
         "the reachability probe itself is broken: {log}"

@@ -1,8 +1,11 @@
 //! The socket proxy's Prometheus metrics (prefix `berth_socket_proxy_`):
 //!
 //! * `berth_socket_proxy_requests_total{decision,rule}`: every decision;
-//!   `decision` is `allow` or `deny`, `rule` the rule that allowed it or the
-//!   rule/check that denied it (`no-rule`, `method`, `request-target`…);
+//!   `decision` is `allow`, `deny`, or `not_found` (the container or
+//!   network a scoped call names does not exist: answered 404, not
+//!   forwarded; berth's idempotent cleanup causes these), `rule` the rule
+//!   that allowed it or the rule/check that denied it (`no-rule`, `method`,
+//!   `request-target`…);
 //! * `berth_socket_proxy_managed_checks_total{kind,result}`: managed-label
 //!   checks of containers and networks, `result` = `cached`, `inspected`;
 //! * `berth_socket_proxy_upstream_errors_total`: requests the Docker
@@ -67,11 +70,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one decision.
-    pub fn decision(&self, allowed: bool, rule: &str) {
+    /// Counts one decision: `allow`, `deny` or `not_found`.
+    pub fn decision(&self, decision: &'static str, rule: &str) {
         self.requests
             .get_or_create(&DecisionLabels {
-                decision: if allowed { "allow" } else { "deny" },
+                decision,
                 rule: rule.to_owned(),
             })
             .inc();

@@ -351,7 +351,7 @@ impl SocketProxy {
     }
 
     fn deny(&self, method: &str, denial: &Denial) -> Response<ProxyBody> {
-        self.inner.metrics.decision(false, &denial.rule);
+        self.inner.metrics.decision("deny", &denial.rule);
         tracing::warn!(
             decision = "deny",
             method,
@@ -429,7 +429,7 @@ impl SocketProxy {
             },
         };
 
-        self.inner.metrics.decision(true, &plan.rule);
+        self.inner.metrics.decision("allow", &plan.rule);
         tracing::info!(
             decision = "allow",
             method,
@@ -569,10 +569,11 @@ impl SocketProxy {
         };
         if !status.is_success() {
             // Not found (or ambiguous): answer as Docker did, so callers
-            // see the engine's own status and message.
-            self.inner.metrics.decision(false, &plan.rule);
+            // see the engine's own status and message. Not a denial: berth
+            // removes containers that may be gone already.
+            self.inner.metrics.decision("not_found", &plan.rule);
             tracing::info!(
-                decision = "deny",
+                decision = "not_found",
                 method = %plan.method,
                 path = %plan.path(),
                 rule = %plan.rule,

@@ -22,6 +22,10 @@ pub struct World {
     pub dir: tempfile::TempDir,
     /// `berth.instance` of this test's berth: its containers, and only them.
     pub instance: String,
+    /// berth's socket proxy, in front of the local engine: every berth of
+    /// these tests reaches Docker only through it, with the built-in
+    /// least-privilege policy.
+    pub proxy: berth_proxies::socket::Running,
     key_path: PathBuf,
 }
 
@@ -45,11 +49,13 @@ impl World {
         let key_path = dir.path().join("app.pem");
         std::fs::write(&key_path, sim.app_private_key_pem()).unwrap();
         let instance = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let proxy = socket_proxy().await;
         World {
             sim,
             image_id: image.id,
             dir,
             instance,
+            proxy,
             key_path,
         }
     }
@@ -70,6 +76,7 @@ private_key_path = "{key}"
 webhook_secret = "{secret}"
 request_timeout = 5
 [docker]
+host = "{docker}"
 network = "berth-test"
 instance = "{instance}"
 extra_hosts = ["host.docker.internal:host-gateway"]
@@ -98,6 +105,7 @@ idle_timeout = 60
             secret = WEBHOOK_SECRET,
             instance = self.instance,
             image = self.image_id,
+            docker = self.proxy.docker_host(),
         )
     }
 
