@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::context::Context;
 use crate::dispatch::binding;
 use crate::observability::Metrics;
-use crate::store::{GithubStatus, Job, JobSource, NewJob, StoreError};
+use crate::store::{GithubStatus, IntakeWrite, Job, JobSource, NewJob, StoreError};
 use webhook::{Action, WebhookError, WorkflowJobEvent};
 
 /// What became of a request at intake.
@@ -119,10 +119,14 @@ async fn accept_webhook_inner(
             reason: "workflow_job action berth does not act on".into(),
         });
     };
-    let accepted = apply_event(ctx, &event).await?;
+    let delivery = headers.delivery_id.filter(|d| !d.is_empty());
+    let (accepted, delivery_new) = apply_event(ctx, &event, delivery).await?;
     // Processing is idempotent; the delivery log only tells a redelivery apart.
-    if let Some(delivery) = headers.delivery_id.filter(|d| !d.is_empty()) {
-        let new = ctx.store.delivery_record(delivery, ctx.store.now()).await?;
+    if let Some(delivery) = delivery {
+        let new = match delivery_new {
+            Some(new) => new,
+            None => ctx.store.delivery_record(delivery, ctx.store.now()).await?,
+        };
         if !new {
             let id = match &accepted {
                 Accepted::Queued { id } | Accepted::Recorded { id } => Some(*id),
@@ -136,11 +140,14 @@ async fn accept_webhook_inner(
 }
 
 /// Applies what one `workflow_job` event says, in a span carrying the
-/// job's correlation fields.
+/// job's correlation fields. A `queued` event records `delivery` in the
+/// same commit as the job and says whether it was new; otherwise the
+/// second value is `None` and the caller records the delivery.
 async fn apply_event(
     ctx: &Arc<Context>,
     event: &WorkflowJobEvent,
-) -> Result<Accepted, IntakeError> {
+    delivery: Option<&str>,
+) -> Result<(Accepted, Option<bool>), IntakeError> {
     let span = tracing::info_span!(
         "webhook",
         repository = %event.repository,
@@ -149,15 +156,20 @@ async fn apply_event(
         job_id = event.job_id,
         action = ?event.action,
     );
-    apply_event_inner(ctx, event).instrument(span).await
+    apply_event_inner(ctx, event, delivery)
+        .instrument(span)
+        .await
 }
 
 async fn apply_event_inner(
     ctx: &Arc<Context>,
     event: &WorkflowJobEvent,
-) -> Result<Accepted, IntakeError> {
-    match event.action {
-        Action::Queued => queue_from_event(ctx, event, GithubStatus::Queued).await,
+    delivery: Option<&str>,
+) -> Result<(Accepted, Option<bool>), IntakeError> {
+    let accepted = match event.action {
+        Action::Queued => {
+            return queue_from_event(ctx, event, GithubStatus::Queued, delivery).await;
+        }
         Action::Waiting => record(ctx, event, GithubStatus::Waiting).await,
         Action::InProgress => {
             // A job first heard of here (its `queued` delivery was lost) is
@@ -167,7 +179,7 @@ async fn apply_event_inner(
                 .as_deref()
                 .is_some_and(|r| r.starts_with("berth-"))
             {
-                queue_from_event(ctx, event, GithubStatus::Queued).await?;
+                queue_from_event(ctx, event, GithubStatus::Queued, None).await?;
             }
             let accepted = record(ctx, event, GithubStatus::InProgress).await?;
             if let Some(runner) = &event.runner_name {
@@ -187,18 +199,22 @@ async fn apply_event_inner(
             }
             Ok(accepted)
         }
-    }
+    };
+    Ok((accepted?, None))
 }
 
+/// Queues the job an event names, recording `delivery` in the same commit
+/// (then the second value says whether the delivery was new).
 async fn queue_from_event(
     ctx: &Arc<Context>,
     event: &WorkflowJobEvent,
     status: GithubStatus,
-) -> Result<Accepted, IntakeError> {
+    delivery: Option<&str>,
+) -> Result<(Accepted, Option<bool>), IntakeError> {
     if let Some(set) = scale_set_serving(ctx, event) {
         let reason = format!("scale set `{set}` serves this job");
         tracing::info!(reason = %reason, "job ignored");
-        return Ok(Accepted::Ignored { reason });
+        return Ok((Accepted::Ignored { reason }, None));
     }
     let Some(pool) = ctx.config.pool_for(&event.repository, &event.labels) else {
         let reason = format!(
@@ -206,32 +222,44 @@ async fn queue_from_event(
             event.labels, event.repository
         );
         tracing::info!(reason = %reason, "job ignored");
-        return Ok(Accepted::Ignored { reason });
+        return Ok((Accepted::Ignored { reason }, None));
     };
-    let (job, inserted) = ctx
+    let new_job = NewJob {
+        github_job_id: event.job_id,
+        run_id: event.run_id,
+        repository: event.repository.clone(),
+        workflow: event.workflow.clone(),
+        job_name: event.job_name.clone(),
+        labels: event.labels.clone(),
+        pool: pool.name.clone(),
+        source: JobSource::Webhook,
+        scale_set: None,
+        github_status: Some(status),
+        timeout_secs: Some(pool.job_timeout.as_secs() as i64),
+    };
+    // One write for both, so a webhook costs one (group) commit.
+    let written = ctx
         .store
-        .job_insert(NewJob {
-            github_job_id: event.job_id,
-            run_id: event.run_id,
-            repository: event.repository.clone(),
-            workflow: event.workflow.clone(),
-            job_name: event.job_name.clone(),
-            labels: event.labels.clone(),
-            pool: pool.name.clone(),
-            source: JobSource::Webhook,
-            scale_set: None,
-            github_status: Some(status),
-            timeout_secs: Some(pool.job_timeout.as_secs() as i64),
+        .intake_commit(IntakeWrite {
+            job: Some(new_job),
+            delivery_id: delivery.map(str::to_owned),
         })
         .await?;
-    if inserted {
+    let Some((job, inserted)) = written.job else {
+        return Err(IntakeError::Store(StoreError::Query {
+            op: "job_insert",
+            source: sqlx::Error::RowNotFound,
+        }));
+    };
+    let accepted = if inserted {
         crate::failpoint::hit("after_accept");
         crate::job_span!(job).in_scope(|| tracing::info!("job queued"));
         ctx.wake_dispatcher();
-        Ok(Accepted::Queued { id: job.id })
+        Accepted::Queued { id: job.id }
     } else {
-        Ok(Accepted::Duplicate { id: Some(job.id) })
-    }
+        Accepted::Duplicate { id: Some(job.id) }
+    };
+    Ok((accepted, written.delivery_new))
 }
 
 /// The scale set GitHub assigns this job to, if it is one of berth's: a

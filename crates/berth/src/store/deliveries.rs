@@ -8,19 +8,23 @@ use super::{Result, Store, StoreError};
 impl Store {
     /// Remembers a `X-GitHub-Delivery` id; `true` the first time it is seen,
     /// `false` for a redelivery.
+    ///
+    /// On SQLite it is committed together with other intake writes waiting
+    /// at the same moment (see [`Store::intake_commit`]).
     pub async fn delivery_record(&self, delivery_id: &str, now: OffsetDateTime) -> Result<bool> {
-        on_writer!(self, pool => {
-            sqlx::query(
-                "INSERT INTO webhook_deliveries (delivery_id, received_at) VALUES ($1, $2)
-                 ON CONFLICT (delivery_id) DO NOTHING",
+        let written = self
+            .intake_commit_at(
+                super::IntakeWrite {
+                    job: None,
+                    delivery_id: Some(delivery_id.to_owned()),
+                },
+                now,
             )
-            .bind(delivery_id)
-            .bind(to_millis(now))
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected() == 1)
+            .await?;
+        written.delivery_new.ok_or(StoreError::Query {
+            op: "delivery_record",
+            source: sqlx::Error::RowNotFound,
         })
-        .map_err(StoreError::query("delivery_record"))
     }
 
     /// Forgets delivery ids received before `older_than`; returns how many.

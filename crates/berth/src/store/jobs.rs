@@ -90,48 +90,20 @@ impl Store {
     ///
     /// Safe under races: of concurrent inserts of one GitHub job exactly one
     /// inserts (`ON CONFLICT DO NOTHING`), and the others read its row.
+    ///
+    /// On SQLite the insert is committed together with other intake writes
+    /// waiting at the same moment (see [`Store::intake_commit`]).
     pub async fn job_insert(&self, job: NewJob) -> Result<(Job, bool)> {
-        let op = "job_insert";
-        let now = to_millis(self.now());
-        let labels = serde_json::to_string(&job.labels).expect("a list of strings is JSON");
-        let inserted = on_writer!(self, pool => {
-            sqlx::query_as::<_, JobRow>(
-                "INSERT INTO jobs (id, github_job_id, run_id, repository, workflow, job_name,
-                                   labels, pool, source, scale_set, github_status, timeout_secs,
-                                   state, created_at, updated_at, queued_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13, $13, $13)
-                 ON CONFLICT (github_job_id) DO NOTHING
-                 RETURNING *",
-            )
-            .bind(Uuid::now_v7().to_string())
-            .bind(job.github_job_id)
-            .bind(job.run_id)
-            .bind(&job.repository)
-            .bind(&job.workflow)
-            .bind(&job.job_name)
-            .bind(&labels)
-            .bind(&job.pool)
-            .bind(job.source.as_str())
-            .bind(&job.scale_set)
-            .bind(job.github_status.map(GithubStatus::as_str))
-            .bind(job.timeout_secs)
-            .bind(now)
-            .fetch_all(pool)
-            .await
+        let written = self
+            .intake_commit(super::IntakeWrite {
+                job: Some(job),
+                delivery_id: None,
+            })
+            .await?;
+        written.job.ok_or(StoreError::Query {
+            op: "job_insert",
+            source: sqlx::Error::RowNotFound,
         })
-        .map_err(StoreError::query(op))?;
-        if let Some(row) = inserted.into_iter().next() {
-            return Ok((row.into_job()?, true));
-        }
-        // The conflicting row is committed (a conflict waits for that), so it
-        // is there to read; jobs are only deleted long after they finish.
-        match self.job_get_by_github_id(job.github_job_id).await? {
-            Some(existing) => Ok((existing, false)),
-            None => Err(StoreError::Query {
-                op,
-                source: sqlx::Error::RowNotFound,
-            }),
-        }
     }
 
     pub async fn job_get(&self, id: Uuid) -> Result<Option<Job>> {
@@ -868,7 +840,7 @@ pub(super) struct JobRow {
 }
 
 impl JobRow {
-    fn into_job(self) -> Result<Job> {
+    pub(super) fn into_job(self) -> Result<Job> {
         let key = self.id.clone();
         let corrupt = |column: &'static str, detail: String| StoreError::Corrupt {
             table: "jobs",

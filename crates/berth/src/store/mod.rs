@@ -83,6 +83,7 @@ macro_rules! on_reader {
 mod clock;
 mod deliveries;
 mod error;
+mod group_commit;
 mod jobs;
 mod logs;
 mod rebind;
@@ -92,6 +93,7 @@ mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock, truncate_to_millis};
 pub use error::{Result, StoreError};
+pub use group_commit::{IntakeWrite, IntakeWritten, MAX_BATCH as GROUP_COMMIT_MAX_BATCH};
 pub use rebind::Rebound;
 pub use types::{
     ApiToken, ApiTokenScope, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobLogs,
@@ -156,6 +158,8 @@ enum Backend {
     Sqlite {
         writer: SqlitePool,
         reader: SqlitePool,
+        /// Intake writes, committed in groups on `writer` (see `group_commit`).
+        committer: group_commit::Committer,
     },
     Postgres(PgPool),
 }
@@ -219,7 +223,7 @@ impl Store {
     /// Closes every connection, waiting for statements in flight. Later calls fail.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { writer, reader } => {
+            Backend::Sqlite { writer, reader, .. } => {
                 reader.close().await;
                 writer.close().await;
             }
@@ -280,7 +284,12 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> Result<Backend> {
             .await
             .map_err(connect_error)?
     };
-    Ok(Backend::Sqlite { writer, reader })
+    let committer = group_commit::Committer::start(writer.clone());
+    Ok(Backend::Sqlite {
+        writer,
+        reader,
+        committer,
+    })
 }
 
 async fn connect_postgres(url: &str, options: &StoreOptions) -> Result<Backend> {
