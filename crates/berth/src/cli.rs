@@ -54,6 +54,9 @@ pub enum Command {
     },
     /// Run the whole system on this machine against the built-in GitHub simulator.
     Demo,
+    /// Measure berth against a baseline in the same run (see docs/PERFORMANCE.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Worker images.
     #[command(subcommand)]
     WorkerImage(WorkerImageCommand),
@@ -63,6 +66,49 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Trivial jobs through the whole pipeline (webhook → queue → JIT config →
+    /// container → runner stand-in → cleanup), and the same containers
+    /// straight through the Docker API, at the same concurrency.
+    Pipeline {
+        /// Jobs to run each way.
+        #[arg(long, default_value_t = 200)]
+        jobs: usize,
+        /// Jobs in flight at once, each way.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Jobs berth keeps queued on a parked pool meanwhile (for the RSS figure).
+        #[arg(long, default_value_t = 1000)]
+        track: usize,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// The berth binary to run as `berth serve` (default: this one).
+        #[arg(long)]
+        berth: Option<PathBuf>,
+    },
+    /// Signed webhook deliveries at `berth serve` on SQLite: deliveries/s
+    /// accepted durably and their latency, with and without group commit.
+    Intake {
+        /// Distinct deliveries to send.
+        #[arg(long, default_value_t = 50_000)]
+        deliveries: usize,
+        /// Keep-alive connections sending at once.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Skip the run with group commit off.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// The berth binary to run as `berth serve` (default: this one).
+        #[arg(long)]
+        berth: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +165,36 @@ pub async fn run(cli: Cli) -> ExitCode {
             build_worker_image(docker.as_deref()).await
         }
         Command::Demo => crate::demo::run().await,
+        Command::Bench(BenchCommand::Pipeline {
+            jobs,
+            concurrency,
+            track,
+            json,
+            berth,
+        }) => crate::bench::pipeline::run(crate::bench::pipeline::PipelineOptions {
+            jobs,
+            concurrency,
+            track,
+            json,
+            berth,
+        })
+        .await
+        .and_then(|report| report.check()),
+        Command::Bench(BenchCommand::Intake {
+            deliveries,
+            connections,
+            no_baseline,
+            json,
+            berth,
+        }) => crate::bench::intake::run(crate::bench::intake::IntakeOptions {
+            deliveries,
+            connections,
+            baseline: !no_baseline,
+            json,
+            berth,
+        })
+        .await
+        .map(drop),
         Command::SocketProxy {
             listen,
             docker,

@@ -76,12 +76,17 @@ impl Default for ServerConfig {
 pub struct StoreConfig {
     /// `sqlite://PATH` (created if missing) or `postgres://user@host/db`.
     pub url: String,
+    /// On SQLite, commit concurrent intake writes (webhooks, delegate calls)
+    /// together, one fsync for all (see `store::group_commit`). Off: one
+    /// commit per request, for comparison.
+    pub group_commit: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://berth.db".into(),
+            group_commit: true,
         }
     }
 }

@@ -38,7 +38,11 @@ pub async fn build(
     for pool in &config.pools {
         metrics.set_pool_max_runners(&pool.name, pool.max_runners);
     }
-    let store = Store::connect(&config.store.url)
+    let store_options = crate::store::StoreOptions {
+        group_commit: config.store.group_commit,
+        ..Default::default()
+    };
+    let store = Store::connect_with(&config.store.url, store_options)
         .await
         .with_context(|| format!("opening the store at {}", redact_url(&config.store.url)))?;
     let hook_metrics = metrics.clone();

@@ -66,17 +66,22 @@ struct Request {
 pub(super) struct Committer(mpsc::Sender<Request>);
 
 impl Committer {
-    /// Starts the committer task on the SQLite writer pool.
-    pub(super) fn start(writer: sqlx::SqlitePool) -> Committer {
+    /// Starts the committer task on the SQLite writer pool, committing up
+    /// to `max_batch` requests at a time (1: each on its own).
+    pub(super) fn start(writer: sqlx::SqlitePool, max_batch: usize) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_committer(writer, rx));
+        tokio::spawn(run_committer(writer, rx, max_batch.max(1)));
         Committer(tx)
     }
 }
 
-async fn run_committer(writer: sqlx::SqlitePool, mut rx: mpsc::Receiver<Request>) {
-    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+async fn run_committer(
+    writer: sqlx::SqlitePool,
+    mut rx: mpsc::Receiver<Request>,
+    max_batch: usize,
+) {
+    let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
         match commit_sqlite(&writer, &batch).await {
             Ok(results) => {
                 for (request, written) in batch.drain(..).zip(results) {

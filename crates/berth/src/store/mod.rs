@@ -129,6 +129,9 @@ pub struct StoreOptions {
     /// PostgreSQL pool size; on SQLite, the number of reader connections
     /// (there is always exactly one writer).
     pub max_connections: u32,
+    /// On SQLite, commit concurrent intake writes together (see
+    /// `group_commit`); `false` commits each on its own.
+    pub group_commit: bool,
 }
 
 impl Default for StoreOptions {
@@ -136,6 +139,7 @@ impl Default for StoreOptions {
         StoreOptions {
             clock: Arc::new(SystemClock),
             max_connections: 10,
+            group_commit: true,
         }
     }
 }
@@ -284,7 +288,12 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> Result<Backend> {
             .await
             .map_err(connect_error)?
     };
-    let committer = group_commit::Committer::start(writer.clone());
+    let max_batch = if options.group_commit {
+        group_commit::MAX_BATCH
+    } else {
+        1
+    };
+    let committer = group_commit::Committer::start(writer.clone(), max_batch);
     Ok(Backend::Sqlite {
         writer,
         reader,
