@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth::store::{
-    ApiTokenScope, BackendKind, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobSource,
-    JobState, ManualClock, NewApiToken, NewJob, Store, StoreError, StoreOptions,
+    ApiTokenScope, BackendKind, GithubStatus, IntakeWrite, Job, JobChanges, JobCount, JobFilter,
+    JobSource, JobState, ManualClock, NewApiToken, NewJob, Store, StoreError, StoreOptions,
 };
 use sqlx::Connection;
 use time::OffsetDateTime;
@@ -53,6 +53,7 @@ macro_rules! store_suite {
 store_suite!(
     insert_is_idempotent_on_github_job_id,
     concurrent_duplicate_inserts_create_one_job,
+    grouped_intake_writes_apply_each_as_if_alone,
     job_json_follows_the_contract,
     lookups_by_runner_and_container,
     claim_takes_the_oldest_queued_job_of_its_pool,
@@ -197,6 +198,7 @@ async fn connect(url: &str, clock: &ManualClock) -> Store {
     let options = StoreOptions {
         clock: Arc::new(clock.clone()),
         max_connections: 8,
+        ..StoreOptions::default()
     };
     Store::connect_with(url, options)
         .await
@@ -260,6 +262,54 @@ async fn insert_is_idempotent_on_github_job_id(h: &Harness) {
     assert_eq!(h.store.job_get_by_github_id(2).await.unwrap(), None);
     let all = h.store.job_list(&JobFilter::default()).await.unwrap();
     assert_eq!(all, [job]);
+}
+
+async fn grouped_intake_writes_apply_each_as_if_alone(h: &Harness) {
+    // 300 writes at once, so that SQLite's committer groups many of them:
+    // every job delivered three times (two delivery ids, one of them twice).
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let store = h.store.clone();
+            tokio::spawn(async move {
+                let github_job_id = 500 + (i % 100);
+                let delivery = if i < 200 {
+                    format!("d-{i}")
+                } else {
+                    format!("d-{}", i - 200)
+                };
+                let written = store
+                    .intake_commit(IntakeWrite {
+                        job: Some(new_job(github_job_id, "linux")),
+                        delivery_id: Some(delivery),
+                    })
+                    .await
+                    .unwrap();
+                let (job, inserted) = written.job.unwrap();
+                (github_job_id, job, inserted, written.delivery_new.unwrap())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    let inserted: Vec<_> = results.iter().filter(|r| r.2).collect();
+    assert_eq!(inserted.len(), 100, "one insert per GitHub job");
+    let unique: HashSet<i64> = inserted.iter().map(|r| r.0).collect();
+    assert_eq!(unique.len(), 100);
+    for (github_job_id, job, _, _) in &results {
+        let first = inserted.iter().find(|r| r.0 == *github_job_id).unwrap();
+        assert_eq!(job.id, first.1.id, "a duplicate answers with the same job");
+    }
+    assert_eq!(
+        results.iter().filter(|r| r.3).count(),
+        200,
+        "200 distinct delivery ids are new once each"
+    );
+    assert_eq!(
+        h.store.job_list(&JobFilter::default()).await.unwrap().len(),
+        100
+    );
 }
 
 async fn concurrent_duplicate_inserts_create_one_job(h: &Harness) {

@@ -19,9 +19,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::Sha256;
 
 /// How long `berth serve` may take to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -226,13 +224,12 @@ impl Machine {
 
 /// `sha256=<hex>`: GitHub's `X-Hub-Signature-256` of `body`.
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    crate::intake::webhook::sign(secret.as_bytes(), body)
 }
 
-/// A `workflow_job` `queued` delivery shaped like GitHub's (the fields berth
-/// reads, plus the bulk GitHub sends around them), about 3 KB.
+/// A `workflow_job` `queued` delivery shaped like GitHub's: the fields berth
+/// reads, plus the bulk GitHub sends around them (the repository's URL
+/// templates), about 7 KB like octokit's example delivery.
 pub fn workflow_job_queued(job_id: i64, repository: &str, labels: &[&str]) -> Vec<u8> {
     let (owner, name) = repository.split_once('/').unwrap_or((repository, ""));
     let api = "https://api.github.com";
@@ -308,8 +305,65 @@ pub fn workflow_job_queued(job_id: i64, repository: &str, labels: &[&str]) -> Ve
         },
         "installation": { "id": 1, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ==" }
     });
+    let mut body = body;
+    if let Some(repo) = body["repository"].as_object_mut() {
+        for (key, path) in REPOSITORY_URL_TEMPLATES {
+            repo.insert(
+                (*key).to_owned(),
+                serde_json::Value::String(format!("{api}/repos/{repository}/{path}")),
+            );
+        }
+    }
     serde_json::to_vec(&body).expect("JSON")
 }
+
+/// The URL templates GitHub puts in every `repository` object.
+const REPOSITORY_URL_TEMPLATES: &[(&str, &str)] = &[
+    ("forks_url", "forks"),
+    ("keys_url", "keys{/key_id}"),
+    ("collaborators_url", "collaborators{/collaborator}"),
+    ("teams_url", "teams"),
+    ("issue_events_url", "issues/events{/number}"),
+    ("events_url", "events"),
+    ("assignees_url", "assignees{/user}"),
+    ("branches_url", "branches{/branch}"),
+    ("tags_url", "tags"),
+    ("blobs_url", "git/blobs{/sha}"),
+    ("git_tags_url", "git/tags{/sha}"),
+    ("git_refs_url", "git/refs{/sha}"),
+    ("trees_url", "git/trees{/sha}"),
+    ("statuses_url", "statuses/{sha}"),
+    ("languages_url", "languages"),
+    ("stargazers_url", "stargazers"),
+    ("contributors_url", "contributors"),
+    ("subscribers_url", "subscribers"),
+    ("subscription_url", "subscription"),
+    ("commits_url", "commits{/sha}"),
+    ("git_commits_url", "git/commits{/sha}"),
+    ("comments_url", "comments{/number}"),
+    ("issue_comment_url", "issues/comments{/number}"),
+    ("contents_url", "contents/{+path}"),
+    ("compare_url", "compare/{base}...{head}"),
+    ("merges_url", "merges"),
+    ("archive_url", "{archive_format}{/ref}"),
+    ("downloads_url", "downloads"),
+    ("milestones_url", "milestones{/number}"),
+    (
+        "notifications_url",
+        "notifications{?since,all,participating}",
+    ),
+    ("labels_url", "labels{/name}"),
+    ("releases_url", "releases{/id}"),
+    ("deployments_url", "deployments"),
+    ("git_url", "git"),
+    ("ssh_url", "ssh"),
+    ("clone_url", "clone.git"),
+    ("svn_url", "svn"),
+    ("homepage", "homepage"),
+    ("mirror_url", "mirror"),
+    ("pulls_url", "pulls{/number}"),
+    ("issues_url", "issues{/number}"),
+];
 
 /// Writes `report` as pretty JSON to `path`.
 pub fn write_json(path: &Path, report: &impl Serialize) -> anyhow::Result<()> {
