@@ -40,6 +40,13 @@
 //! two dialects agree (placeholders are `$1`, `$2`, … on both); the claim and
 //! the log append differ, and are written out for each backend.
 //!
+//! On SQLite every write goes through one writer connection, and intake
+//! writes (a webhook's job and delivery id, a delegate call's job) are
+//! committed in groups: all requests waiting at the moment share one
+//! transaction and one fsync, and each is answered after that commit
+//! (`group_commit`). `synchronous = FULL` stays: an accepted webhook
+//! survives a crash of berth and a power loss alike.
+//!
 //! Timestamps are stored as integer milliseconds since the Unix epoch and
 //! read back as [`time::OffsetDateTime`].
 //!
