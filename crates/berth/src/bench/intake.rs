@@ -72,6 +72,9 @@ pub struct IntakeRun {
     /// Jobs left queued (all but the one the pool is busy with).
     pub jobs_queued: u64,
     pub serve: ServeFigures,
+    /// CPU seconds this process (the load generator) used meanwhile: it
+    /// shares the machine with `berth serve`.
+    pub generator_cpu_seconds: f64,
 }
 
 /// `berth serve`'s own cost, from `/proc`.
@@ -309,6 +312,7 @@ async fn drive(
 ) -> anyhow::Result<IntakeRun> {
     let next = Arc::new(AtomicUsize::new(0));
     let before = serve.usage()?;
+    let generator_before = ProcessUsage::of(std::process::id())?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -329,6 +333,7 @@ async fn drive(
     }
     let wall = started.elapsed().as_secs_f64();
     let after = serve.usage()?;
+    let generator_after = ProcessUsage::of(std::process::id())?;
     Ok(IntakeRun {
         accepted,
         failed,
@@ -338,6 +343,7 @@ async fn drive(
         jobs_stored: 0,
         jobs_queued: 0,
         serve: figures(before, after),
+        generator_cpu_seconds: generator_after.cpu_seconds - generator_before.cpu_seconds,
     })
 }
 
@@ -464,8 +470,10 @@ fn print_report(report: &IntakeReport) {
         println!("throughput ratio (group commit / per request): {ratio:.2}");
     }
     println!(
-        "jobs stored: {} ({} queued)",
-        report.group_commit.jobs_stored, report.group_commit.jobs_queued
+        "jobs stored: {} ({} queued); the load generator used {:.2} CPU s",
+        report.group_commit.jobs_stored,
+        report.group_commit.jobs_queued,
+        report.group_commit.generator_cpu_seconds
     );
     let t = &report.targets;
     let mark = |ok: bool| if ok { "met" } else { "MISSED" };

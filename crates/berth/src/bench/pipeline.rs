@@ -103,6 +103,10 @@ pub struct RawFigures {
     pub running_to_exited_ms: Percentiles,
     /// `die` → `destroy`.
     pub exited_to_removed_ms: Percentiles,
+    /// Minting the JIT runner config in the simulator (before the create
+    /// call, so not in `create_to_running_ms`; berth's pipeline pays it
+    /// between the webhook and the start, over the REST API).
+    pub jit_mint_ms: Percentiles,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -346,6 +350,7 @@ pub async fn run(options: PipelineOptions) -> anyhow::Result<PipelineReport> {
 /// One raw-Docker job: when its create call was made, its container, and
 /// whether it exited 0.
 struct RawJob {
+    mint_ms: f64,
     requested: OffsetDateTime,
     container_id: String,
     exit_code: i64,
@@ -437,12 +442,14 @@ async fn raw_job(
 ) -> anyhow::Result<RawJob> {
     sim.queue_job(one_step_job())?;
     let name = format!("berth-{instance}-{n}");
+    let minting = Instant::now();
     let (_, jit) = sim.create_jit_runner(JitRequest {
         scope: standin::ORG.into(),
         name: format!("bench-raw-{n}-{:08x}", rand::random::<u32>()),
         labels: standin::RUNS_ON.iter().map(|s| s.to_string()).collect(),
         work_folder: None,
     })?;
+    let mint_ms = minting.elapsed().as_secs_f64() * 1000.0;
     let body = raw_spec(image, instance, &name).create_body()?;
     let requested = OffsetDateTime::now_utc();
     let created = docker
@@ -496,6 +503,7 @@ async fn raw_job(
         )
         .await?;
     Ok(RawJob {
+        mint_ms,
         requested,
         container_id: id,
         exit_code,
@@ -538,6 +546,7 @@ fn raw_figures(raw: &RawRun, timeline: &Timeline, instance: &str) -> RawFigures 
         create_to_running_ms: Percentiles::of(&to_running),
         running_to_exited_ms: Percentiles::of(&running),
         exited_to_removed_ms: Percentiles::of(&removing),
+        jit_mint_ms: Percentiles::of(&raw.jobs.iter().map(|j| j.mint_ms).collect::<Vec<_>>()),
     }
 }
 
