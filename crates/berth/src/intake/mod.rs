@@ -297,20 +297,17 @@ async fn record(
 ) -> Result<Accepted, IntakeError> {
     // A scale-set runner's key is a runner request id, not a GitHub job id:
     // a webhook never speaks of it (JobStarted/JobCompleted do).
-    if let Some(job) = ctx.store.job_get_by_github_id(event.job_id).await?
-        && job.scale_set.is_some()
-    {
+    let before = ctx.store.job_get_by_github_id(event.job_id).await?;
+    if before.as_ref().is_some_and(|job| job.scale_set.is_some()) {
         return Ok(Accepted::Ignored {
             reason: "the id belongs to a scale-set runner, which webhooks do not track".into(),
         });
     }
     // Whether GitHub's conclusion is new, so that each job is counted once
-    // in `berth_jobs_concluded_total` however often the event arrives.
+    // in `berth_jobs_concluded_total` however often the event arrives. (The
+    // same read as above: one round trip to the store, not two.)
     let concluded_before = if status == GithubStatus::Completed {
-        ctx.store
-            .job_get_by_github_id(event.job_id)
-            .await?
-            .map(|j| j.github_conclusion.is_some())
+        before.map(|j| j.github_conclusion.is_some())
     } else {
         None
     };
