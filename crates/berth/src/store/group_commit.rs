@@ -85,7 +85,15 @@ async fn run_committer(
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
-        match commit_sqlite(&writer, &batch).await {
+        let started = std::time::Instant::now();
+        let committed = commit_sqlite(&writer, &batch).await;
+        tracing::debug!(
+            writes = batch.len(),
+            micros = started.elapsed().as_micros() as u64,
+            ok = committed.is_ok(),
+            "group commit"
+        );
+        match committed {
             Ok(results) => {
                 for (request, written) in batch.drain(..).zip(results) {
                     let _ = request.reply.send(Ok(written));
