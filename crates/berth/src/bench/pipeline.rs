@@ -23,8 +23,8 @@
 //! the baseline's counterpart is the moment before its create call.
 //!
 //! **Tracked jobs.** Before the pipeline runs, `track` jobs are delivered
-//! for a second, parked pool whose one runner slot never frees (its GitHub
-//! calls hang in the simulator): they stay queued in berth's store, so
+//! for a second, parked pool whose one runner slot never frees (its JIT
+//! config request hangs in the simulator): they stay queued in berth's store, so
 //! `berth serve` tracks `track` live jobs plus the pipeline's while its
 //! peak RSS is read.
 
@@ -648,14 +648,19 @@ max_runners = 1
 
 /// Delivers `n` jobs for the parked pool straight to berth's webhook
 /// endpoint (signed), after making every GitHub call about their
-/// repository hang, and waits until berth has them all.
+/// JIT config requests hang, and waits until berth has them all.
 async fn park(sim: &SimHandle, url: &str, secret: &str, n: usize) -> anyhow::Result<()> {
     if n == 0 {
         return Ok(());
     }
+    // Only the JIT config request hangs: berth's reconcilers also ask
+    // GitHub about this repository (its runners, its installation), and a
+    // reconcile pass stuck on a hanging call would stall every repair.
     let mut hang = FaultRule::new(FaultKind::Slow);
     hang.delay_ms = Some(3_600_000);
-    hang.path_prefix = Some(format!("/repos/{PARKED_REPOSITORY}"));
+    hang.path_prefix = Some(format!(
+        "/repos/{PARKED_REPOSITORY}/actions/runners/generate-jitconfig"
+    ));
     sim.add_fault(hang);
     let client = reqwest::Client::new();
     let base = 7_000_000_000_i64 + i64::from(rand::random::<u16>()) * 100_000;
@@ -699,6 +704,7 @@ async fn run_pipeline(
     db: &Path,
 ) -> anyhow::Result<f64> {
     let limit = Duration::from_secs(120 + (jobs as u64 * 10) / concurrency as u64);
+    let deadline = tokio::time::Instant::now() + limit;
     let slots = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let mut last_removed = started;
@@ -713,6 +719,8 @@ async fn run_pipeline(
             ));
         }
         tokio::select! {
+            // Wakes the loop to give up even when nothing else happens.
+            _ = tokio::time::sleep_until(deadline) => {}
             permit = slots.clone().acquire_owned(), if queued < jobs => {
                 permit?.forget();
                 sim.queue_job(one_step_job())?;
