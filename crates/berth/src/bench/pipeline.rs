@@ -647,8 +647,8 @@ max_runners = 1
 }
 
 /// Delivers `n` jobs for the parked pool straight to berth's webhook
-/// endpoint (signed), after making every GitHub call about their
-/// JIT config requests hang, and waits until berth has them all.
+/// endpoint (signed), after making their JIT config requests hang, and
+/// waits until berth has them all.
 async fn park(sim: &SimHandle, url: &str, secret: &str, n: usize) -> anyhow::Result<()> {
     if n == 0 {
         return Ok(());
@@ -865,6 +865,14 @@ fn print_report(r: &PipelineReport) {
             ("running → job done", p.running_to_done_ms),
             ("job done → removed", p.done_to_removed_ms),
         ],
+    );
+    println!(
+        "{:<40} {:<24} {:>8.1} {:>8.1} {:>8.1}",
+        "",
+        "(raw: JIT mint, simulator)",
+        raw.jit_mint_ms.p50,
+        raw.jit_mint_ms.p95,
+        raw.jit_mint_ms.p99
     );
     println!(
         "throughput ratio (berth / raw Docker): {:.3}",
