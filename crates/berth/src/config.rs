@@ -273,6 +273,15 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     #[serde(default = "defaults::work_folder")]
     pub work_folder: String,
+    /// Containers kept created ahead of demand (the warm pool); a job takes
+    /// one instead of waiting for a create. They hold no runner credential
+    /// until hand-off. At most `max_runners`; 0 turns warm pools off.
+    #[serde(default)]
+    pub warm: u32,
+    /// Start warm containers too (their entrypoint waits on stdin for the
+    /// JIT config), so a hand-off skips the start as well as the create.
+    #[serde(default)]
+    pub warm_started: bool,
 }
 
 mod defaults {
@@ -767,6 +776,15 @@ impl Config {
             }
             if pool.max_runners == 0 {
                 bad(key("max_runners"), "must be at least 1".into());
+            }
+            if pool.warm > pool.max_runners {
+                bad(
+                    key("warm"),
+                    format!(
+                        "must be at most max_runners ({}): warm containers count towards the pool's containers",
+                        pool.max_runners
+                    ),
+                );
             }
             if !(pool.cpus > 0.0 && pool.cpus <= 1024.0) {
                 bad(key("cpus"), "must be more than 0".into());

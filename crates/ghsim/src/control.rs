@@ -352,6 +352,12 @@ impl SimHandle {
         secrets
     }
 
+    /// When the runner `name` first opened a broker session (its process
+    /// was up), if it did; remembered after the runner is gone.
+    pub fn runner_session_at(&self, name: &str) -> Option<time::OffsetDateTime> {
+        lock(&self.sim.world).runner_sessions.get(name).copied()
+    }
+
     /// Every recorded webhook delivery, in order.
     pub fn deliveries(&self) -> Vec<Delivery> {
         lock(&self.sim.world).deliveries.clone()

@@ -560,12 +560,16 @@ async fn create_session(
     }
     let sid = Uuid::new_v4();
     r.session_id = Some(sid);
+    let name = r.name.clone();
     r.last_seen = Some(Instant::now());
     r.version = body.agent["version"]
         .as_str()
         .map(String::from)
         .or_else(|| Some("unknown".into()));
     let agent = json!({"id": r.id, "name": r.name, "version": r.version});
+    w.runner_sessions
+        .entry(name)
+        .or_insert_with(time::OffsetDateTime::now_utc);
     drop(w);
     s.jobs_changed.notify_waiters();
     Ok(Json(BrokerSession {

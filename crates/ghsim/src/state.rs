@@ -397,6 +397,10 @@ pub struct World {
     pub fault_hits: u64,
     /// Every encoded JIT config handed out, so tests can prove none leaks.
     pub issued_jit_configs: Vec<String>,
+    /// When each runner (by name) first opened a broker session: the moment
+    /// its process was up and talking. Kept after the runner is deleted, for
+    /// start-up latency measurements.
+    pub runner_sessions: HashMap<String, OffsetDateTime>,
 }
 
 impl World {

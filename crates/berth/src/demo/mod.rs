@@ -188,6 +188,10 @@ fn demo_config(
         job_timeout: Duration::from_secs(120),
         idle_timeout: Duration::from_secs(60),
         work_folder: "_work".into(),
+        // The demo checks that nothing is left behind after its jobs; a
+        // warm pool would keep containers on purpose.
+        warm: 0,
+        warm_started: false,
     });
     config
 }

@@ -158,7 +158,10 @@ async fn steps(
     }
     *runner.lock().expect("runner name") = Some(runner_name.clone());
     made.runner = Some((runner_name.clone(), None));
-    let jit: JitConfig = match &job.scale_set {
+    // Minting (a GitHub round trip) and taking a warm container (a store
+    // transaction) are independent: run them side by side.
+    let mint = async {
+        match &job.scale_set {
         // Scale-set mode: a runner of the scale set, minted through the
         // Actions service with berth's own App credentials.
         Some(set) => ctx
@@ -172,7 +175,7 @@ async fn steps(
                 } else {
                     Stop::Permanent(reason)
                 }
-            })?,
+            }),
         None => github
             .generate_jitconfig(
                 &pool.scope,
@@ -189,8 +192,17 @@ async fn steps(
                 } else {
                     Stop::Permanent(reason)
                 }
-            })?,
+            }),
+        }
     };
+    let (jit, warm) = tokio::join!(mint, super::warm::take(ctx, pool, &runner_name));
+    let warm_hit = warm.is_some();
+    // Taken means recorded on the job: from here it is released like any
+    // container this attempt made.
+    if let Some((container_id, _)) = &warm {
+        made.container = Some(container_id.clone());
+    }
+    let jit: JitConfig = jit?;
     made.runner = Some((runner_name.clone(), Some(jit.runner_id as i64)));
     tracing::Span::current().record("runner_name", runner_name.as_str());
     transition(
@@ -203,9 +215,14 @@ async fn steps(
     .await?;
     crate::failpoint::hit("after_mint");
 
-    // 2. Create the container.
-    let spec = worker_spec(ctx, job, pool, &runner_name);
-    let container_id = create_with_retries(ctx, &spec).await?;
+    // 2. Create the container, unless a warm one was taken.
+    let (container_id, started) = match warm {
+        Some(taken) => taken,
+        None => {
+            let spec = worker_spec(ctx, job, pool, &runner_name);
+            (create_with_retries(ctx, &spec).await?, false)
+        }
+    };
     made.container = Some(container_id.clone());
     tracing::Span::current().record("container_id", container_id.as_str());
     transition(
@@ -218,10 +235,15 @@ async fn steps(
     .await?;
     crate::failpoint::hit("after_create");
 
-    // 3. Deliver the JIT config and start.
-    ctx.docker
-        .start_with_secret(&container_id, jit.encoded.expose().as_bytes())
-        .await
+    // 3. Deliver the JIT config, and start (a warm container may already
+    // run, its entrypoint blocked reading stdin).
+    let secret = jit.encoded.expose().as_bytes();
+    let delivered = if started {
+        ctx.docker.deliver_secret(&container_id, secret).await
+    } else {
+        ctx.docker.start_with_secret(&container_id, secret).await
+    };
+    delivered
         .map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
     crate::failpoint::hit("after_start");
     let now = ctx.store.now();
@@ -246,6 +268,7 @@ async fn steps(
         .observe(waited);
     tracing::info!(
         queue_wait_ms = (waited * 1000.0) as u64,
+        warm = warm_hit,
         "worker container running"
     );
     let holder = match ctx.store.job_get_by_runner_name(&runner_name).await {
@@ -420,12 +443,7 @@ pub fn runner_name(pool: &PoolConfig, job: &Job) -> String {
 pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &str) -> WorkerSpec {
     let id = job.id.simple().to_string();
     let name = format!("berth-{}-{}", &id[id.len() - 12..], job.attempts.max(1));
-    let network = if pool.host_network {
-        WorkerNetwork::Host
-    } else {
-        WorkerNetwork::Bridge(ctx.config.docker.network.clone())
-    };
-    let mut spec = WorkerSpec::new(name, pool.image.clone(), network);
+    let mut spec = pool_spec(ctx, pool, name);
     if let Some(set) = &job.scale_set {
         spec.labels
             .insert(crate::scaleset::LABEL_SCALE_SET.to_string(), set.clone());
@@ -444,6 +462,19 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
             ctx.config.docker.instance.clone(),
         ),
     ]));
+    spec
+}
+
+/// A pool's container settings, without any labels but `berth.managed`:
+/// shared by job containers and warm ones (crate::dispatch::warm), so both
+/// get exactly the same hardening and limits.
+pub fn pool_spec(ctx: &Context, pool: &PoolConfig, name: String) -> WorkerSpec {
+    let network = if pool.host_network {
+        WorkerNetwork::Host
+    } else {
+        WorkerNetwork::Bridge(ctx.config.docker.network.clone())
+    };
+    let mut spec = WorkerSpec::new(name, pool.image.clone(), network);
     spec.cpus = pool.cpus;
     spec.memory_bytes = pool.memory.0 as i64;
     spec.pids_limit = pool.pids_limit;

@@ -76,7 +76,7 @@ use tokio::io::AsyncWriteExt;
 pub use error::DockerError;
 pub use spec::{
     DEFAULT_USER, DEFAULT_WORK_FOLDER, LABEL_GITHUB_JOB_ID, LABEL_JOB, LABEL_MANAGED, LABEL_POOL,
-    LABEL_REPOSITORY, LABEL_RUNNER, NAME_PREFIX, TmpfsSizes, WorkerNetwork, WorkerSpec,
+    LABEL_REPOSITORY, LABEL_RUNNER, LABEL_WARM, NAME_PREFIX, TmpfsSizes, WorkerNetwork, WorkerSpec,
 };
 pub use types::{
     ContainerEvent, ContainerEventKind, ContainerInfo, ContainerStatus, LogOptions,
@@ -394,14 +394,47 @@ impl Controller {
                 "the secret must be one non-empty line (no line breaks)".into(),
             ));
         }
-        let result = self.start_with_secret_inner(container_id, secret).await;
+        let result = self.deliver_inner(container_id, secret, true).await;
         self.report(result)
     }
 
-    async fn start_with_secret_inner(
+    /// Starts a created worker without giving it anything: its entrypoint
+    /// blocks reading stdin (kept open by `OpenStdin`) until
+    /// [`deliver_secret`](Self::deliver_secret). This is a warm container
+    /// started ahead of demand.
+    pub async fn start_waiting(&self, container_id: &str) -> Result<(), DockerError> {
+        check_container_ref(container_id)?;
+        let result = self
+            .call(
+                "container_start",
+                self.docker.start_container(container_id, None),
+            )
+            .await;
+        self.report(result)
+    }
+
+    /// Delivers `secret` to a worker that is already running and waiting on
+    /// stdin ([`start_waiting`](Self::start_waiting)): attach, write the line,
+    /// close. With `StdinOnce`, Docker closes the container's stdin when this
+    /// first attached client ends its input, so the entrypoint reads exactly
+    /// one line. The same rules as [`start_with_secret`](Self::start_with_secret)
+    /// apply: never logged, not idempotent.
+    pub async fn deliver_secret(&self, container_id: &str, secret: &[u8]) -> Result<(), DockerError> {
+        check_container_ref(container_id)?;
+        if secret.is_empty() || secret.contains(&b'\n') || secret.contains(&b'\r') {
+            return Err(DockerError::InvalidSpec(
+                "the secret must be one non-empty line (no line breaks)".into(),
+            ));
+        }
+        let result = self.deliver_inner(container_id, secret, false).await;
+        self.report(result)
+    }
+
+    async fn deliver_inner(
         &self,
         container_id: &str,
         secret: &[u8],
+        start: bool,
     ) -> Result<(), DockerError> {
         let options = AttachContainerOptions {
             stdin: true,
@@ -414,11 +447,13 @@ impl Controller {
                 self.docker.attach_container(container_id, Some(options)),
             )
             .await?;
-        self.call(
-            "container_start",
-            self.docker.start_container(container_id, None),
-        )
-        .await?;
+        if start {
+            self.call(
+                "container_start",
+                self.docker.start_container(container_id, None),
+            )
+            .await?;
+        }
 
         let write = async {
             input.write_all(secret).await?;

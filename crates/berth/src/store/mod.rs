@@ -89,10 +89,12 @@ mod rebind;
 mod scaleset;
 mod tokens;
 mod types;
+mod warm;
 
 pub use clock::{Clock, ManualClock, SystemClock, truncate_to_millis};
 pub use error::{Result, StoreError};
 pub use rebind::Rebound;
+pub use warm::WarmContainer;
 pub use types::{
     ApiToken, ApiTokenScope, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobLogs,
     JobLogsState, JobSource, JobState, NewApiToken, NewJob, UnknownName,
