@@ -147,11 +147,18 @@ pub fn warm_spec(ctx: &Context, pool: &PoolConfig, fingerprint: &str) -> WorkerS
 /// Hash of the image ID and the pool's create body without its labels.
 pub fn fingerprint(ctx: &Context, pool: &PoolConfig, image_id: &str) -> String {
     let spec = super::provision::pool_spec(ctx, pool, "berth-fingerprint".into());
-    let mut body = spec
-        .create_body()
-        .ok()
-        .and_then(|b| serde_json::to_value(b).ok())
-        .unwrap_or_default();
+    fingerprint_spec(spec, image_id, pool.warm_started)
+}
+
+fn fingerprint_spec(mut spec: WorkerSpec, image_id: &str, started: bool) -> String {
+    // Labels are left out of the hash, but the spec needs one to be valid.
+    spec.labels.insert(LABEL_WARM.to_string(), "-".into());
+    // A spec Docker would refuse cannot be fingerprinted; its creates fail
+    // and say why, so the hash only has to differ from every valid one.
+    let mut body = match spec.create_body() {
+        Ok(body) => serde_json::to_value(body).unwrap_or_default(),
+        Err(e) => serde_json::Value::String(e.to_string()),
+    };
     if let Some(map) = body.as_object_mut() {
         map.remove("Labels");
     }
@@ -160,7 +167,7 @@ pub fn fingerprint(ctx: &Context, pool: &PoolConfig, image_id: &str) -> String {
     hash.update([0]);
     hash.update(canonical(&body).as_bytes());
     // Whether the container waits started is part of what a hand-off expects.
-    hash.update([u8::from(pool.warm_started)]);
+    hash.update([u8::from(started)]);
     hex::encode(&hash.finalize()[..12])
 }
 
@@ -208,6 +215,7 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
     // The store first, then Docker: a row is written after its container
     // exists, so every row read here has its container in the list below.
     let rows = ctx.store.warm_list().await.map_err(|e| e.to_string())?;
+    tracing::debug!(rows = rows.len(), "warm refill: rows");
     let containers: HashMap<String, ContainerStatus> = ctx
         .docker
         .list_managed()
@@ -217,6 +225,7 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
         .filter(|c| ctx.owns(&c.labels))
         .map(|c| (c.id, c.status))
         .collect();
+    tracing::debug!(containers = containers.len(), "warm refill: containers");
     let mut busy: HashMap<String, i64> = HashMap::new();
     for count in ctx.store.job_counts().await.map_err(|e| e.to_string())? {
         if count.state.is_active() {
@@ -239,6 +248,7 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
             .set_fingerprint(&pool.name, current.get(pool.name.as_str()).cloned());
     }
 
+    tracing::debug!(?current, "warm refill: fingerprints");
     let mut ready: HashMap<&str, u32> = HashMap::new();
     for row in &rows {
         let alive = matches!(
@@ -363,5 +373,41 @@ pub async fn remove_own(ctx: &Context) {
             .warm_containers
             .get_or_create(&Metrics::pool(&pool.name))
             .set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::controller::WorkerNetwork;
+
+    fn spec() -> WorkerSpec {
+        let mut spec = WorkerSpec::new(
+            "berth-x",
+            "img",
+            WorkerNetwork::Bridge("berth".into()),
+        );
+        spec.tmpfs.tmp_bytes = 1 << 20;
+        spec.read_only_rootfs = true;
+        spec
+    }
+
+    #[test]
+    fn fingerprints_follow_image_and_settings_but_not_names_or_labels() {
+        let base = fingerprint_spec(spec(), "sha256:a", true);
+        assert_eq!(base, fingerprint_spec(spec(), "sha256:a", true));
+        let mut renamed = spec();
+        renamed.name = "berth-y".into();
+        renamed.labels.insert("berth.pool".into(), "other".into());
+        assert_eq!(base, fingerprint_spec(renamed, "sha256:a", true));
+
+        assert_ne!(base, fingerprint_spec(spec(), "sha256:b", true));
+        assert_ne!(base, fingerprint_spec(spec(), "sha256:a", false));
+        let mut changed = spec();
+        changed.pids_limit = 300;
+        assert_ne!(base, fingerprint_spec(changed, "sha256:a", true));
+        let mut changed = spec();
+        changed.memory_bytes *= 2;
+        assert_ne!(base, fingerprint_spec(changed, "sha256:a", true));
     }
 }

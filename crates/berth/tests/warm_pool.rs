@@ -1,0 +1,313 @@
+//! Warm pools against the real Docker engine: containers made ahead of
+//! demand are taken by jobs and refilled, kept by the orphan reconciler,
+//! adopted after a `kill -9`, replaced when the pool's configuration changes,
+//! and removed on graceful shutdown.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::store::{JobState, Store};
+use common::{Berth, World, eventually};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Warm containers of this world's berth, by `docker ps`.
+fn warm_containers(world: &World) -> BTreeSet<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc"])
+        .arg("--filter")
+        .arg(format!("label=berth.instance={}", world.instance))
+        .args(["--filter", "label=berth.warm"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn inspect(id: &str) -> Value {
+    let out = Command::new("docker").args(["inspect", id]).output().unwrap();
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    all[0].clone()
+}
+
+async fn recorded(store: &Store) -> BTreeSet<String> {
+    store
+        .warm_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.container_id)
+        .collect()
+}
+
+async fn open_store(world: &World) -> Store {
+    Store::connect(&format!(
+        "sqlite://{}",
+        world.dir.path().join("berth.db").display()
+    ))
+    .await
+    .unwrap()
+}
+
+/// Waits until the store records exactly `n` warm containers and Docker has
+/// exactly those (running when `started`); returns them.
+async fn wait_warm(world: &World, store: &Store, n: usize, started: bool) -> BTreeSet<String> {
+    let started_at = Instant::now();
+    loop {
+        let rows = recorded(store).await;
+        let docker = warm_containers(world);
+        let running = docker
+            .iter()
+            .all(|id| inspect(id)["State"]["Running"] == started);
+        if rows.len() == n && rows == docker && running {
+            return rows;
+        }
+        assert!(
+            started_at.elapsed() < LIMIT,
+            "expected {n} warm containers: store {rows:?}, docker {docker:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The same hardening a cold worker gets (tests/worker_hardening.rs checks
+/// those from outside and inside), and no job identity on the container.
+fn assert_hardened_warm(c: &Value) {
+    let host = &c["HostConfig"];
+    assert_eq!(c["Config"]["User"], "1001:1001");
+    assert_eq!(host["CapDrop"], serde_json::json!(["ALL"]));
+    assert_eq!(host["Privileged"], false);
+    assert_eq!(
+        host["SecurityOpt"],
+        serde_json::json!(["no-new-privileges:true"])
+    );
+    assert_eq!(host["Memory"], 256 * 1024 * 1024);
+    assert_eq!(host["NanoCpus"], 1_000_000_000i64);
+    assert_eq!(host["Init"], true);
+    assert!(c["Mounts"].as_array().unwrap().is_empty());
+    assert_eq!(c["Config"]["OpenStdin"], true);
+    assert_eq!(c["Config"]["StdinOnce"], true);
+    let labels = &c["Config"]["Labels"];
+    assert_eq!(labels["berth.managed"], "true");
+    assert_eq!(labels["berth.pool"], "linux");
+    assert!(labels["berth.warm"].is_string(), "{labels}");
+    for key in ["berth.job", "berth.runner", "berth.github-job-id"] {
+        assert!(labels[key].is_null(), "a warm container has no {key}: {labels}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_take_warm_containers_and_the_pool_refills() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("warm = 2\nwarm_started = true")).await;
+    // Its own connection: berth closes its store on shutdown.
+    let store = open_store(&world).await;
+    let first = wait_warm(&world, &store, 2, true).await;
+    for id in &first {
+        assert_hardened_warm(&inspect(id));
+    }
+
+    // A warm container of this instance that the store does not record (as
+    // a crash between its create and its record leaves): an orphan.
+    let stray = Command::new("docker")
+        .args(["create", "--name"])
+        .arg(format!("berth-warm-stray-{}", &world.instance[5..17]))
+        .args(["--label", "berth.managed=true", "--label", "berth.pool=linux"])
+        .args(["--label", "berth.warm=0000"])
+        .arg("--label")
+        .arg(format!("berth.instance={}", world.instance))
+        .arg(&world.image_id)
+        .output()
+        .unwrap();
+    assert!(stray.status.success(), "{stray:?}");
+    let stray = String::from_utf8(stray.stdout).unwrap().trim().to_string();
+
+    let gh_job = world.queue(&["echo ran warm", "sleep 1"]);
+    let running = berth
+        .wait_state(gh_job, JobState::Running, LIMIT)
+        .await;
+    let container = running.container_id.clone().unwrap();
+    assert!(
+        first.contains(&container),
+        "the job's container {container} was not one of the warm ones {first:?}"
+    );
+    // The JIT config reached the runner over stdin, never the container's
+    // configuration.
+    let shown = inspect(&container).to_string();
+    for secret in world.sim.issued_secrets() {
+        assert!(!shown.contains(&secret), "a credential is in docker inspect");
+    }
+    let job = berth.wait_terminal(gh_job, LIMIT).await;
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+    assert!(world.sim.job_log(gh_job).unwrap().contains("ran warm"));
+
+    // Refilled to two, without the one the job used.
+    let second = wait_warm(&world, &store, 2, true).await;
+    assert!(!second.contains(&container));
+    assert_eq!(first.intersection(&second).count(), 1);
+    let metrics = berth.ctx.metrics.encode();
+    assert!(
+        metrics.contains("berth_warm_handoffs_total{pool=\"linux\",outcome=\"hit\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("berth_warm_containers{pool=\"linux\"} 2"));
+
+    // The orphan reconciler (grace 5 s, every 2 s) removed the stray and
+    // kept the recorded ones.
+    eventually("the stray warm container removed", LIMIT, || async {
+        !warm_containers(&world).contains(&stray)
+    })
+    .await;
+    assert_eq!(wait_warm(&world, &store, 2, true).await, second);
+
+    // Graceful shutdown removes the warm containers.
+    berth.stop().await;
+    assert!(world.containers().is_empty(), "{:?}", world.containers());
+    assert!(recorded(&store).await.is_empty());
+}
+
+/// `berth serve` as a real process (so `kill -9` is a real crash).
+struct Serve {
+    child: Child,
+}
+
+impl Serve {
+    fn start(world: &World, config: &Path, run: u32) -> Serve {
+        let log = std::fs::File::create(world.dir.path().join(format!("serve-{run}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Serve { child }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "berth serve exited with {status:?}");
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(world: &World, listen: &str, pool_extra: &str) -> PathBuf {
+    let path = world.dir.path().join("berth.toml");
+    std::fs::write(&path, world.config_toml(listen, pool_extra)).unwrap();
+    path
+}
+
+async fn fingerprints(store: &Store) -> BTreeSet<String> {
+    store
+        .warm_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.fingerprint)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_containers_survive_a_crash_and_follow_the_configuration() {
+    let world = World::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    world.point_webhooks_at(&format!("http://{listen}"));
+    let config = write_config(&world, &listen, "warm = 2");
+    // Migrated before berth starts: two processes migrating one SQLite file
+    // at once would race.
+    let store = open_store(&world).await;
+    let first = Serve::start(&world, &config, 1);
+    let made = wait_warm(&world, &store, 2, false).await;
+    let old_print = fingerprints(&store).await;
+
+    // A crash leaves them recorded; the next start adopts them, and makes
+    // no others: nothing is left unaccounted for.
+    first.kill_9();
+    assert_eq!(warm_containers(&world), made);
+    let second = Serve::start(&world, &config, 2);
+    eventually("berth listening", LIMIT, || async {
+        std::net::TcpStream::connect(&listen).is_ok()
+    })
+    .await;
+    // Past the orphan grace (5 s) and a few reconcile passes (every 2 s):
+    // live warm containers of its own pool are not orphans.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(wait_warm(&world, &store, 2, false).await, made);
+
+    // Another crash, and a start with a different pool configuration: the
+    // old warm containers are removed, new ones made with a new fingerprint.
+    second.kill_9();
+    let config = write_config(&world, &listen, "warm = 2\npids_limit = 300");
+    let third = Serve::start(&world, &config, 3);
+    eventually("warm containers with a new fingerprint", LIMIT, || async {
+        let now = fingerprints(&store).await;
+        !now.is_empty() && now.is_disjoint(&old_print)
+    })
+    .await;
+    let remade = wait_warm(&world, &store, 2, false).await;
+    assert!(remade.is_disjoint(&made), "{remade:?} vs {made:?}");
+    let new_print = fingerprints(&store).await;
+    assert_eq!(new_print.len(), 1);
+    assert!(new_print.is_disjoint(&old_print));
+    for id in &remade {
+        assert_eq!(inspect(id)["HostConfig"]["PidsLimit"], 300);
+    }
+
+    // A job runs in one of them (created, not started: started at hand-off).
+    let gh_job = world.queue(&["echo cold start skipped"]);
+    let waiting = Instant::now();
+    let job = loop {
+        if let Some(job) = store.job_get_by_github_id(gh_job as i64).await.unwrap()
+            && job.state.is_terminal()
+        {
+            break job;
+        }
+        assert!(waiting.elapsed() < LIMIT, "the job did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+    assert!(remade.contains(job.container_id.as_deref().unwrap()));
+    wait_warm(&world, &store, 2, false).await;
+
+    // SIGTERM: the warm containers go with it.
+    third.terminate();
+    assert!(world.containers().is_empty(), "{:?}", world.containers());
+    assert!(recorded(&store).await.is_empty());
+}
