@@ -311,3 +311,117 @@ async fn warm_containers_survive_a_crash_and_follow_the_configuration() {
     assert!(world.containers().is_empty(), "{:?}", world.containers());
     assert!(recorded(&store).await.is_empty());
 }
+
+/// Webhook → runner process up, cold against warm, in one run.
+///
+/// One `berth serve` (in this process, through the socket proxy like every
+/// test) with three pools on the same image and limits: `cold` (no warm
+/// pool), `created` (2 warm, created only) and `started` (2 warm, started
+/// and waiting on stdin). Jobs go one at a time, the three modes taking turns
+/// (the first of each round rotating), so drift hits them alike; before a
+/// warm job its pool is full again (steady state, not a burst). The clock
+/// starts just before the simulator queues the job and sends its
+/// `workflow_job` webhook, and stops when the job's runner process opens its
+/// broker session with the simulator (the runner is up and talking).
+///
+/// `cargo nextest run -p berth --test warm_pool --run-ignored only bench`
+/// (`BENCH_JOBS`, default 30 per mode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark: run it on purpose"]
+async fn bench_warm_vs_cold() {
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30);
+    let world = World::new().await;
+    let pool = |name: &str, extra: &str| {
+        format!(
+            "\n[[pool]]\nname = \"{name}\"\nscope = \"org:acme\"\nlabels = [\"self-hosted\", \"{name}\"]\n\
+             image = \"{image}\"\ncpus = 1\nmemory = \"256m\"\nidle_timeout = 60\n{extra}\n",
+            image = world.image_id
+        )
+    };
+    // The harness's first pool (`linux`) is the cold one.
+    let extra = format!(
+        "warm = 0\n{}{}",
+        pool("created", "warm = 2"),
+        pool("started", "warm = 2\nwarm_started = true")
+    );
+    let path = world.dir.path().join("berth.toml");
+    std::fs::write(&path, world.config_toml("127.0.0.1:0", &extra)).unwrap();
+    let config = berth::config::Config::load(
+        Some(&path),
+        Vec::<(String, String)>::new(),
+        berth::config::Role::Serve,
+    )
+    .unwrap()
+    .config;
+    let berth = Berth::start(&world, config).await;
+    let store = berth.store().clone();
+
+    let modes = ["linux", "created", "started"];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for round in 0..jobs {
+        for k in 0..modes.len() {
+            let m = (round + k) % modes.len();
+            let mode = modes[m];
+            if mode != "linux" {
+                let started_at = Instant::now();
+                while store
+                    .warm_list()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|w| w.pool == mode)
+                    .count()
+                    < 2
+                {
+                    assert!(started_at.elapsed() < LIMIT, "{mode} not refilled");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let t0 = time::OffsetDateTime::now_utc();
+            let gh_job = world.queue_spec(ghsim::JobSpec {
+                repository: "acme/widgets".into(),
+                labels: vec!["self-hosted".into(), mode.into()],
+                steps: vec!["true".into()],
+                ..ghsim::JobSpec::default()
+            });
+            let job = berth.wait_terminal(gh_job, LIMIT).await;
+            assert_eq!(job.state, JobState::Completed, "{job:?}");
+            let runner = job.runner_name.clone().unwrap();
+            let up = world
+                .sim
+                .runner_session_at(&runner)
+                .unwrap_or_else(|| panic!("runner {runner} never connected"));
+            samples[m].push((up - t0).as_seconds_f64() * 1000.0);
+        }
+    }
+    let metrics = berth.ctx.metrics.encode();
+    berth.stop().await;
+
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        (at(0.5), at(0.95), mean, v[0], v[v.len() - 1])
+    };
+    let results: Vec<_> = samples.iter_mut().map(stats).collect();
+    let (cold_p50, cold_p95, ..) = results[0];
+    println!("webhook -> runner process up, {jobs} jobs per mode, ms");
+    println!("| mode | p50 | p95 | mean | min | max | p50 vs cold | p95 vs cold |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (mode, (p50, p95, mean, min, max)) in ["cold", "warm, created", "warm, started"]
+        .iter()
+        .zip(&results)
+    {
+        println!(
+            "| {mode} | {p50:.1} | {p95:.1} | {mean:.1} | {min:.1} | {max:.1} | {:.3} | {:.3} |",
+            p50 / cold_p50,
+            p95 / cold_p95
+        );
+    }
+    for line in metrics.lines().filter(|l| l.starts_with("berth_warm_handoffs_total")) {
+        println!("{line}");
+    }
+}
