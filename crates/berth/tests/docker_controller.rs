@@ -577,7 +577,10 @@ async fn a_started_worker_waits_for_its_secret() {
     assert_eq!(wait_exit(&controller, &id).await, 0);
     let out = output(&controller, &id).await;
     let digest = hex::encode(Sha256::digest(secret.as_bytes()));
-    assert!(out.contains(&digest), "the container read other bytes: {out}");
+    assert!(
+        out.contains(&digest),
+        "the container read other bytes: {out}"
+    );
     assert!(out.contains("end-of-input"), "{out}");
     assert!(!raw_inspect_json(&id).await.contains(secret));
 }

@@ -1710,11 +1710,23 @@ async fn warm_containers_are_taken_once_and_bound_to_their_job(h: &Harness) {
     let job = provisioning_with_runner(h, 1, "berth-a").await;
 
     // No provisioning job holds that runner: nothing is taken.
-    assert_eq!(h.store.warm_take("linux", "f1", "berth-nobody").await.unwrap(), None);
+    assert_eq!(
+        h.store
+            .warm_take("linux", "f1", "berth-nobody")
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(ids(h.store.warm_list().await.unwrap()), ["c1", "c2", "c3"]);
     // Another fingerprint or pool: none.
-    assert_eq!(h.store.warm_take("linux", "f2", "berth-a").await.unwrap(), None);
-    assert_eq!(h.store.warm_take("other", "f1", "berth-a").await.unwrap(), None);
+    assert_eq!(
+        h.store.warm_take("linux", "f2", "berth-a").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        h.store.warm_take("other", "f1", "berth-a").await.unwrap(),
+        None
+    );
 
     // The oldest matching one, recorded on the job in the same step.
     let taken = h.store.warm_take("linux", "f1", "berth-a").await.unwrap();

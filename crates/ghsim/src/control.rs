@@ -358,6 +358,15 @@ impl SimHandle {
         lock(&self.sim.world).runner_sessions.get(name).copied()
     }
 
+    /// When the runner `name` first asked for a token (its process was
+    /// running), if it did; remembered after the runner is gone.
+    pub fn runner_first_contact_at(&self, name: &str) -> Option<time::OffsetDateTime> {
+        lock(&self.sim.world)
+            .runner_first_contacts
+            .get(name)
+            .copied()
+    }
+
     /// Every recorded webhook delivery, in order.
     pub fn deliveries(&self) -> Vec<Delivery> {
         lock(&self.sim.world).deliveries.clone()

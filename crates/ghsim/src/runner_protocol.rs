@@ -489,6 +489,7 @@ struct TokenForm {
 }
 
 async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Response {
+    let arrived = time::OffsetDateTime::now_utc();
     let err = |code: StatusCode, e: &str, d: String| {
         (code, Json(json!({"error": e, "error_description": d}))).into_response()
     };
@@ -514,11 +515,11 @@ async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Respon
         Err(e) => return err(StatusCode::UNAUTHORIZED, "invalid_client", e.to_string()),
     };
     let mut w = lock(&s.world);
-    let Some(runner_id) = w
+    let Some((runner_id, name)) = w
         .runners
         .values()
         .find(|r| r.client_id == client_id)
-        .map(|r| r.id)
+        .map(|r| (r.id, r.name.clone()))
     else {
         return err(
             StatusCode::UNAUTHORIZED,
@@ -526,6 +527,7 @@ async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Respon
             format!("no runner with client id {client_id} (registration deleted?)"),
         );
     };
+    w.runner_first_contacts.entry(name).or_insert(arrived);
     let token = random_token("rt_", 40);
     let lifetime = s.cfg.runner_token_lifetime;
     w.runner_tokens.insert(

@@ -401,6 +401,10 @@ pub struct World {
     /// its process was up and talking. Kept after the runner is deleted, for
     /// start-up latency measurements.
     pub runner_sessions: HashMap<String, OffsetDateTime>,
+    /// When each runner (by name) first asked for an OAuth token: the first
+    /// request its process makes, so the earliest sign from outside that the
+    /// process runs. Stamped on arrival, before the assertion is checked.
+    pub runner_first_contacts: HashMap<String, OffsetDateTime>,
 }
 
 impl World {

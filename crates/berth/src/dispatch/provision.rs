@@ -138,8 +138,17 @@ async fn steps(
     let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
     let github = ctx.github().map_err(Stop::Permanent)?;
     let runner_name = runner_name(pool, job);
-    // The image is checked (and pulled) before a runner credential exists.
-    ensure_image(ctx, pool).await?;
+    crate::docker::image_policy::check(&pool.image, &ctx.config.docker.allowed_images)
+        .map_err(Stop::Permanent)?;
+    // The image is checked (and pulled) before a runner credential exists;
+    // a pool with warm containers checks it only when none is ready: a warm
+    // container's fingerprint holds the image ID it was made from, checked
+    // against the pool's image every few seconds (crate::dispatch::warm),
+    // so on a hit there is nothing to pull or inspect.
+    let warm_pool = pool.warm > 0;
+    if !warm_pool {
+        ensure_image(ctx, pool).await?;
+    }
 
     // 1. Record the name, then mint. From here on the runner is the key.
     let named = ctx
@@ -162,37 +171,37 @@ async fn steps(
     // transaction) are independent: run them side by side.
     let mint = async {
         match &job.scale_set {
-        // Scale-set mode: a runner of the scale set, minted through the
-        // Actions service with berth's own App credentials.
-        Some(set) => ctx
-            .scale_sets
-            .mint(set, &runner_name, &pool.work_folder)
-            .await
-            .map_err(|e| {
-                let reason = format!("minting a scale-set runner failed: {e}");
-                if e.is_transient() {
-                    Stop::Transient(reason)
-                } else {
-                    Stop::Permanent(reason)
-                }
-            }),
-        None => github
-            .generate_jitconfig(
-                &pool.scope,
-                &runner_name,
-                pool.runner_group_id,
-                &pool.labels,
-                &pool.work_folder,
-            )
-            .await
-            .map_err(|e| {
-                let reason = format!("minting a JIT runner failed: {e}");
-                if e.is_transient() {
-                    Stop::Transient(reason)
-                } else {
-                    Stop::Permanent(reason)
-                }
-            }),
+            // Scale-set mode: a runner of the scale set, minted through the
+            // Actions service with berth's own App credentials.
+            Some(set) => ctx
+                .scale_sets
+                .mint(set, &runner_name, &pool.work_folder)
+                .await
+                .map_err(|e| {
+                    let reason = format!("minting a scale-set runner failed: {e}");
+                    if e.is_transient() {
+                        Stop::Transient(reason)
+                    } else {
+                        Stop::Permanent(reason)
+                    }
+                }),
+            None => github
+                .generate_jitconfig(
+                    &pool.scope,
+                    &runner_name,
+                    pool.runner_group_id,
+                    &pool.labels,
+                    &pool.work_folder,
+                )
+                .await
+                .map_err(|e| {
+                    let reason = format!("minting a JIT runner failed: {e}");
+                    if e.is_transient() {
+                        Stop::Transient(reason)
+                    } else {
+                        Stop::Permanent(reason)
+                    }
+                }),
         }
     };
     let (jit, warm) = tokio::join!(mint, super::warm::take(ctx, pool, &runner_name));
@@ -205,35 +214,53 @@ async fn steps(
     let jit: JitConfig = jit?;
     made.runner = Some((runner_name.clone(), Some(jit.runner_id as i64)));
     tracing::Span::current().record("runner_name", runner_name.as_str());
-    transition(
-        ctx,
-        &runner_name,
-        JobState::Provisioning,
-        JobState::Provisioning,
-        JobChanges::new().runner(&runner_name, jit.runner_id as i64),
-    )
-    .await?;
-    crate::failpoint::hit("after_mint");
+    let recorded = JobChanges::new().runner(&runner_name, jit.runner_id as i64);
 
     // 2. Create the container, unless a warm one was taken.
     let (container_id, started) = match warm {
-        Some(taken) => taken,
+        // Already recorded on the job: one write records the runner and
+        // moves on (the hand-off is latency-bound; each write is a commit).
+        Some((container_id, started)) => {
+            tracing::Span::current().record("container_id", container_id.as_str());
+            transition(
+                ctx,
+                &runner_name,
+                JobState::Provisioning,
+                JobState::Starting,
+                recorded.container_id(&container_id),
+            )
+            .await?;
+            (container_id, started)
+        }
         None => {
+            transition(
+                ctx,
+                &runner_name,
+                JobState::Provisioning,
+                JobState::Provisioning,
+                recorded,
+            )
+            .await?;
+            crate::failpoint::hit("after_mint");
+            if warm_pool {
+                ensure_image(ctx, pool).await?;
+            }
             let spec = worker_spec(ctx, job, pool, &runner_name);
-            (create_with_retries(ctx, &spec).await?, false)
+            let container_id = create_with_retries(ctx, &spec).await?;
+            made.container = Some(container_id.clone());
+            tracing::Span::current().record("container_id", container_id.as_str());
+            transition(
+                ctx,
+                &runner_name,
+                JobState::Provisioning,
+                JobState::Starting,
+                JobChanges::new().container_id(&container_id),
+            )
+            .await?;
+            crate::failpoint::hit("after_create");
+            (container_id, false)
         }
     };
-    made.container = Some(container_id.clone());
-    tracing::Span::current().record("container_id", container_id.as_str());
-    transition(
-        ctx,
-        &runner_name,
-        JobState::Provisioning,
-        JobState::Starting,
-        JobChanges::new().container_id(&container_id),
-    )
-    .await?;
-    crate::failpoint::hit("after_create");
 
     // 3. Deliver the JIT config, and start (a warm container may already
     // run, its entrypoint blocked reading stdin).
@@ -243,8 +270,7 @@ async fn steps(
     } else {
         ctx.docker.start_with_secret(&container_id, secret).await
     };
-    delivered
-        .map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
+    delivered.map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
     crate::failpoint::hit("after_start");
     let now = ctx.store.now();
     transition(

@@ -128,11 +128,8 @@ pub async fn take(ctx: &Context, pool: &PoolConfig, runner_name: &str) -> Option
 pub fn warm_spec(ctx: &Context, pool: &PoolConfig, fingerprint: &str) -> WorkerSpec {
     let suffix = format!("{:08x}", rand::random::<u32>());
     let pool_part: String = pool.name.chars().take(24).collect();
-    let mut spec = super::provision::pool_spec(
-        ctx,
-        pool,
-        format!("berth-warm-{pool_part}-{suffix}"),
-    );
+    let mut spec =
+        super::provision::pool_spec(ctx, pool, format!("berth-warm-{pool_part}-{suffix}"));
     spec.labels.extend(BTreeMap::from([
         (LABEL_POOL.to_string(), pool.name.clone()),
         (LABEL_WARM.to_string(), fingerprint.to_string()),
@@ -177,7 +174,8 @@ fn canonical(value: &serde_json::Value) -> String {
     fn sort(v: &Value) -> Value {
         match v {
             Value::Object(map) => {
-                let sorted: BTreeMap<_, _> = map.iter().map(|(k, v)| (k.clone(), sort(v))).collect();
+                let sorted: BTreeMap<_, _> =
+                    map.iter().map(|(k, v)| (k.clone(), sort(v))).collect();
                 Value::Object(sorted.into_iter().collect())
             }
             Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
@@ -242,7 +240,9 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
             // No image yet (a job's pull brings it) or Docker hiccup: no
             // warm pool for now, and nothing stale can be taken meanwhile.
             Ok(None) => {}
-            Err(e) => tracing::warn!(pool = %pool.name, error = %e, "inspecting the worker image failed"),
+            Err(e) => {
+                tracing::warn!(pool = %pool.name, error = %e, "inspecting the worker image failed")
+            }
         }
         ctx.warm
             .set_fingerprint(&pool.name, current.get(pool.name.as_str()).cloned());
@@ -257,8 +257,8 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
         );
         // Another replica's container made with a different configuration
         // (a rolling upgrade) is theirs to replace; one that died is anyone's.
-        let stale = row.owner == ctx.replica_id
-            && current.get(row.pool.as_str()) != Some(&row.fingerprint);
+        let stale =
+            row.owner == ctx.replica_id && current.get(row.pool.as_str()) != Some(&row.fingerprint);
         if !alive || stale {
             discard(ctx, &row.container_id, if alive { "stale" } else { "gone" }).await;
             continue;
@@ -382,11 +382,7 @@ mod tests {
     use crate::docker::controller::WorkerNetwork;
 
     fn spec() -> WorkerSpec {
-        let mut spec = WorkerSpec::new(
-            "berth-x",
-            "img",
-            WorkerNetwork::Bridge("berth".into()),
-        );
+        let mut spec = WorkerSpec::new("berth-x", "img", WorkerNetwork::Bridge("berth".into()));
         spec.tmpfs.tmp_bytes = 1 << 20;
         spec.read_only_rootfs = true;
         spec

@@ -419,7 +419,11 @@ impl Controller {
     /// first attached client ends its input, so the entrypoint reads exactly
     /// one line. The same rules as [`start_with_secret`](Self::start_with_secret)
     /// apply: never logged, not idempotent.
-    pub async fn deliver_secret(&self, container_id: &str, secret: &[u8]) -> Result<(), DockerError> {
+    pub async fn deliver_secret(
+        &self,
+        container_id: &str,
+        secret: &[u8],
+    ) -> Result<(), DockerError> {
         check_container_ref(container_id)?;
         if secret.is_empty() || secret.contains(&b'\n') || secret.contains(&b'\r') {
             return Err(DockerError::InvalidSpec(

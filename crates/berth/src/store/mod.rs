@@ -94,11 +94,11 @@ mod warm;
 pub use clock::{Clock, ManualClock, SystemClock, truncate_to_millis};
 pub use error::{Result, StoreError};
 pub use rebind::Rebound;
-pub use warm::WarmContainer;
 pub use types::{
     ApiToken, ApiTokenScope, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobLogs,
     JobLogsState, JobSource, JobState, NewApiToken, NewJob, UnknownName,
 };
+pub use warm::WarmContainer;
 
 /// How long a SQLite statement waits for another process's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
