@@ -193,10 +193,16 @@ struct Serve {
 
 impl Serve {
     fn start(world: &World, config: &Path, run: u32) -> Serve {
+        Self::start_with(world, config, run, "")
+    }
+
+    /// With `BERTH_FAILPOINTS` (see crate::failpoint).
+    fn start_with(world: &World, config: &Path, run: u32, failpoints: &str) -> Serve {
         let log = std::fs::File::create(world.dir.path().join(format!("serve-{run}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["serve", "--config"])
             .arg(config)
+            .env("BERTH_FAILPOINTS", failpoints)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -325,6 +331,73 @@ async fn warm_containers_survive_a_crash_and_follow_the_configuration() {
     third.terminate();
     assert!(world.containers().is_empty(), "{:?}", world.containers());
     assert!(recorded(&store).await.is_empty());
+}
+
+/// berth dies right after recording a warm container on its job, before the
+/// JIT config reaches it: after a restart the job still completes once, and
+/// every container left is a recorded warm one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_a_hand_off_is_recovered() {
+    let world = World::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    world.point_webhooks_at(&format!("http://{listen}"));
+    let config = write_config(&world, &listen, "warm = 1");
+    // Short leases, as tests/crash_recovery.rs has them.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("lease = 10", "lease = 5");
+    std::fs::write(&config, text).unwrap();
+    let store = open_store(&world).await;
+    let mut first = Serve::start_with(&world, &config, 1, "after_warm_take");
+    let warm = wait_warm(&world, &store, 1, false).await;
+    let gh_job = world.queue(&["echo recovered"]);
+    let aborted = Instant::now();
+    while first.child.try_wait().unwrap().is_none() {
+        assert!(aborted.elapsed() < LIMIT, "the failpoint was not reached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let taken = store
+        .job_get_by_github_id(gh_job as i64)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.state, JobState::Starting);
+    assert!(warm.contains(taken.container_id.as_deref().unwrap()));
+
+    let _second = Serve::start(&world, &config, 2);
+    let waiting = Instant::now();
+    let job = loop {
+        if let Some(job) = store.job_get_by_github_id(gh_job as i64).await.unwrap()
+            && job.state.is_terminal()
+        {
+            break job;
+        }
+        assert!(waiting.elapsed() < LIMIT, "the job did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+    assert_eq!(job.attempts, 2, "{job:?}");
+    assert_eq!(
+        world.sim.job(gh_job).unwrap().conclusion.as_deref(),
+        Some("success")
+    );
+    // The half-handed-off container is gone; what is left is the refilled
+    // warm pool, recorded; no runner registration is left behind.
+    let left = wait_warm(&world, &store, 1, false).await;
+    assert!(left.is_disjoint(&warm));
+    eventually("every container recorded", LIMIT, || async {
+        world.containers().into_iter().collect::<BTreeSet<_>>() == recorded(&store).await
+    })
+    .await;
+    eventually("no runner registration left", LIMIT, || async {
+        world.berth_runners().is_empty()
+    })
+    .await;
 }
 
 /// Webhook → runner process up, cold against warm, in one run.

@@ -230,6 +230,7 @@ async fn steps(
                 recorded.container_id(&container_id),
             )
             .await?;
+            crate::failpoint::hit("after_warm_take");
             (container_id, started)
         }
         None => {

@@ -213,7 +213,6 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
     // The store first, then Docker: a row is written after its container
     // exists, so every row read here has its container in the list below.
     let rows = ctx.store.warm_list().await.map_err(|e| e.to_string())?;
-    tracing::debug!(rows = rows.len(), "warm refill: rows");
     let containers: HashMap<String, ContainerStatus> = ctx
         .docker
         .list_managed()
@@ -223,7 +222,6 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
         .filter(|c| ctx.owns(&c.labels))
         .map(|c| (c.id, c.status))
         .collect();
-    tracing::debug!(containers = containers.len(), "warm refill: containers");
     let mut busy: HashMap<String, i64> = HashMap::new();
     for count in ctx.store.job_counts().await.map_err(|e| e.to_string())? {
         if count.state.is_active() {
@@ -248,7 +246,6 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
             .set_fingerprint(&pool.name, current.get(pool.name.as_str()).cloned());
     }
 
-    tracing::debug!(?current, "warm refill: fingerprints");
     let mut ready: HashMap<&str, u32> = HashMap::new();
     for row in &rows {
         let alive = matches!(
