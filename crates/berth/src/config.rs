@@ -1062,6 +1062,26 @@ mod tests {
     }
 
     #[test]
+    fn a_warm_pool_is_at_most_max_runners() {
+        let pool = |warm: u32| {
+            file(&format!(
+                "[[pool]]\nname = \"linux\"\nscope = \"org:acme\"\nlabels = [\"linux\"]\nimage = \"img\"\nmax_runners = 2\nwarm = {warm}\nwarm_started = true\n"
+            ))
+        };
+        let f = pool(3);
+        let text = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("`pool[0].warm`"), "{text}");
+        let f = pool(2);
+        let text = match Config::load(Some(f.path()), NO_ENV, Role::Serve) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        assert!(!text.contains("`pool[0].warm`"), "{text}");
+    }
+
+    #[test]
     fn problems_name_key_and_file() {
         let f = file(
             "[server]\nlisten = \"nowhere\"\n[[pool]]\nname = \"linux\"\nscope = \"org:acme\"\nlabels = [\"linux\"]\nimage = \"img\"\nmax_runners = 0\n",

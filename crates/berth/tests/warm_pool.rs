@@ -409,9 +409,12 @@ async fn a_crash_in_the_middle_of_a_hand_off_is_recovered() {
 /// (the first of each round rotating), so drift hits them alike; before a
 /// warm job its pool is full again (steady state, not a burst). The clock
 /// starts just before the simulator queues the job and sends its
-/// `workflow_job` webhook, and stops when the job's runner process makes its
-/// first request (an OAuth token; the process runs), and again when it opens
-/// its broker session (the runner is connected and asks for work).
+/// `workflow_job` webhook, and is read at four points: berth has written the
+/// JIT config to the container (the job's `started_at`); the runner process
+/// started (the stand-in reports the moment its `main` began with its first
+/// request; containers share the host's clock); that first request (an
+/// OAuth token) reached the simulator; the runner opened its broker session
+/// (connected, asking for work).
 ///
 /// `cargo nextest run -p berth --test warm_pool --run-ignored only bench`
 /// (`BENCH_JOBS`, default 30 per mode).
@@ -452,6 +455,7 @@ async fn bench_warm_vs_cold() {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut sessions: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     let mut handed: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut process: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for round in 0..jobs {
         for k in 0..modes.len() {
             let m = (round + k) % modes.len();
@@ -489,6 +493,7 @@ async fn bench_warm_vs_cold() {
             // written to the container (berth's part of the hand-off); the
             // store keeps milliseconds.
             handed[m].push(ms(job.started_at));
+            process[m].push(ms(world.sim.runner_process_started_at(&runner)));
             samples[m].push(ms(world.sim.runner_first_contact_at(&runner)));
             sessions[m].push(ms(world.sim.runner_session_at(&runner)));
         }
@@ -507,7 +512,8 @@ async fn bench_warm_vs_cold() {
             "JIT config written to the container (berth's part)",
             &mut handed,
         ),
-        ("runner process up (its first request)", &mut samples),
+        ("runner process started (its main())", &mut process),
+        ("runner's first request (an OAuth token)", &mut samples),
         ("runner connected (broker session open)", &mut sessions),
     ] {
         let results: Vec<_> = samples.iter_mut().map(stats).collect();

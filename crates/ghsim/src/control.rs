@@ -367,6 +367,15 @@ impl SimHandle {
             .copied()
     }
 
+    /// When the runner `name`'s process started, as the stand-in reported
+    /// it with its first request; remembered after the runner is gone.
+    pub fn runner_process_started_at(&self, name: &str) -> Option<time::OffsetDateTime> {
+        lock(&self.sim.world)
+            .runner_process_starts
+            .get(name)
+            .copied()
+    }
+
     /// Every recorded webhook delivery, in order.
     pub fn deliveries(&self) -> Vec<Delivery> {
         lock(&self.sim.world).deliveries.clone()

@@ -488,8 +488,17 @@ struct TokenForm {
     client_assertion: Option<String>,
 }
 
-async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Response {
+async fn token(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Form(f): Form<TokenForm>,
+) -> Response {
     let arrived = time::OffsetDateTime::now_utc();
+    let process_started = headers
+        .get(crate::runner::PROCESS_STARTED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i128>().ok())
+        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok());
     let err = |code: StatusCode, e: &str, d: String| {
         (code, Json(json!({"error": e, "error_description": d}))).into_response()
     };
@@ -527,6 +536,11 @@ async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Respon
             format!("no runner with client id {client_id} (registration deleted?)"),
         );
     };
+    if let Some(started) = process_started {
+        w.runner_process_starts
+            .entry(name.clone())
+            .or_insert(started);
+    }
     w.runner_first_contacts.entry(name).or_insert(arrived);
     let token = random_token("rt_", 40);
     let lifetime = s.cfg.runner_token_lifetime;

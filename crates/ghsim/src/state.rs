@@ -405,6 +405,9 @@ pub struct World {
     /// request its process makes, so the earliest sign from outside that the
     /// process runs. Stamped on arrival, before the assertion is checked.
     pub runner_first_contacts: HashMap<String, OffsetDateTime>,
+    /// When each runner's process started, as the stand-in reports it with
+    /// its first request (`runner::PROCESS_STARTED_HEADER`).
+    pub runner_process_starts: HashMap<String, OffsetDateTime>,
 }
 
 impl World {
