@@ -45,12 +45,17 @@ pub enum Command {
         #[arg(long)]
         metrics: Option<String>,
     },
-    /// Run the egress proxy with a domain allowlist.
+    /// Run the egress proxy: workers reach only the destinations of its allowlist.
     EgressProxy {
+        /// `host:port` or `unix:PATH`.
         #[arg(long)]
         listen: String,
+        /// The TOML allowlist (see docs/egress-proxy.md); reloaded on SIGHUP.
         #[arg(long)]
         allow: PathBuf,
+        /// Serve Prometheus metrics at `GET /metrics` on this `host:port`.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Run the whole system on this machine against the built-in GitHub simulator.
     Demo,
@@ -125,9 +130,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             policy,
             metrics,
         } => socket_proxy(&listen, &docker, policy.as_deref(), metrics.as_deref()).await,
-        other => Err(anyhow::anyhow!(
-            "`{other:?}` is not available in this build yet"
-        )),
+        Command::EgressProxy {
+            listen,
+            allow,
+            metrics,
+        } => return egress_proxy(&listen, &allow, metrics.as_deref()).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -247,6 +254,35 @@ async fn socket_proxy(
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     berth_proxies::socket::run(listen, docker, policy, metrics, shutdown.cancelled_owned()).await?;
     Ok(())
+}
+
+/// `berth egress-proxy`: JSON logs (level from `BERTH_LOGS__LEVEL`, default
+/// `info`); a bad allowlist exits 64 naming the line and key, like `berth
+/// config check`; SIGHUP reloads the allowlist; SIGTERM or SIGINT stops it.
+/// See `docs/egress-proxy.md`.
+async fn egress_proxy(listen: &str, allow: &Path, metrics: Option<&str>) -> ExitCode {
+    // Checked before anything else, so a bad file is reported on stderr
+    // plainly, with the configuration exit code.
+    if let Err(e) = berth_proxies::egress::Allowlist::from_file(allow) {
+        eprintln!("berth: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let level = std::env::var("BERTH_LOGS__LEVEL").unwrap_or_else(|_| "info".into());
+    crate::observability::logging::init(&level);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match berth_proxies::egress::run(listen, allow, metrics, shutdown.cancelled_owned()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(berth_proxies::egress::EgressError::Allowlist(e)) => {
+            eprintln!("berth: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "berth egress-proxy failed");
+            eprintln!("berth: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.
