@@ -478,7 +478,10 @@ async fn an_allowed_name_on_a_private_address_needs_a_cidr_entry() {
     );
     let (status, _) = exchange(
         proxy.addr(),
-        format!("GET http://localhost:{u}/ HTTP/1.1\r\nHost: localhost:{u}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET http://localhost:{u}/ HTTP/1.1\r\nHost: localhost:{u}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await;
     assert_eq!(status, 403);
@@ -497,7 +500,10 @@ async fn an_allowed_name_on_a_private_address_needs_a_cidr_entry() {
     )));
     let (status, text) = exchange(
         proxy.addr(),
-        format!("GET http://localhost:{u}/ HTTP/1.1\r\nHost: localhost:{u}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET http://localhost:{u}/ HTTP/1.1\r\nHost: localhost:{u}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await;
     assert_eq!(status, 200, "{text}");
