@@ -455,5 +455,7 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
         format!("/home/runner/{}", pool.work_folder)
     };
     spec.extra_hosts = ctx.config.docker.extra_hosts.clone();
+    spec.env
+        .extend(crate::docker::egress::worker_env(&ctx.config.docker));
     spec
 }
