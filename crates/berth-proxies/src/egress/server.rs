@@ -774,6 +774,9 @@ impl EgressProxy {
                     .timer(TokioTimer::new())
                     .header_read_timeout(limits.idle_timeout())
                     .max_buf_size(limits.max_header_bytes)
+                    // A client may close its sending side once the request
+                    // is out (nc does); the answer must still reach it.
+                    .half_close(true)
                     .serve_connection(TokioIo::new(io), service)
                     .with_upgrades();
                 tokio::pin!(served);
