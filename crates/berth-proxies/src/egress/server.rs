@@ -949,6 +949,9 @@ pub async fn run(
 ) -> Result<(), EgressError> {
     let allowlist = Allowlist::from_file(allow)?;
     let entries = allowlist.entries.len();
+    // Before anything listens: a SIGHUP that arrives once clients can
+    // connect must reload, not kill the process (its default action).
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let proxy = EgressProxy::new(allowlist, Some(allow.to_path_buf()));
     let metrics_listener = match metrics {
         Some(addr) => {
@@ -980,7 +983,6 @@ pub async fn run(
     });
     let reloader = {
         let proxy = proxy.clone();
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the egress allowlist");
