@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, EXIT_CONFIG, Role};
 
+pub mod progress;
+pub mod remote;
+
 /// berth: every GitHub Actions job in a fresh, single-use, locked-down Docker container.
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about, propagate_version = true)]
@@ -68,6 +71,59 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Jobs of a running orchestrator.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// A job's output; with `-f`, live until the job ends.
+    Logs {
+        /// The berth job id.
+        job: String,
+        /// Keep streaming until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// The orchestrator's pools with their queued and active jobs.
+    Pools {
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first: state, pool, repository, queue wait, duration.
+    List {
+        #[command(flatten)]
+        filter: remote::ListFilter,
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything berth knows about one job.
+    Show {
+        /// The berth job id.
+        id: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask berth to cancel a job (needs an `admin` token).
+    Cancel {
+        /// The berth job id.
+        id: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +191,23 @@ pub async fn run(cli: Cli) -> ExitCode {
             allow,
             metrics,
         } => return egress_proxy(&listen, &allow, metrics.as_deref()).await,
+        Command::Jobs(JobsCommand::List {
+            filter,
+            remote,
+            json,
+        }) => remote::jobs_list(&remote, &filter, json).await,
+        Command::Jobs(JobsCommand::Show { id, remote, json }) => {
+            remote::jobs_show(&remote, &id, json).await
+        }
+        Command::Jobs(JobsCommand::Cancel { id, remote, json }) => {
+            remote::jobs_cancel(&remote, &id, json).await
+        }
+        Command::Logs {
+            job,
+            follow,
+            remote,
+        } => remote::logs(&remote, &job, follow).await,
+        Command::Pools { remote, json } => remote::pools(&remote, json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -317,20 +390,24 @@ async fn token_create(path: Option<&Path>, scope: &str, name: &str) -> anyhow::R
 async fn build_worker_image(docker: Option<&str>) -> anyhow::Result<()> {
     use crate::docker::worker_image;
 
+    let progress = progress::Progress::new();
     let sources = worker_image::ImageSources::locate()?;
-    eprintln!(
-        "berth: building the local worker image from {} and {}…",
+    progress.say(&format!(
+        "building the local worker image from {} and {}",
         sources.runner.display(),
         sources.busybox.display()
-    );
+    ));
+    progress.status("connecting to Docker");
     let docker = worker_image::connect(docker).await?;
+    progress.status("assembling the root filesystem and importing it into Docker");
     let image = worker_image::build_worker_image(&docker, &sources).await?;
+    progress.finish();
     let how = if image.built {
         "built"
     } else {
         "already present"
     };
-    eprintln!("berth: image {how}");
+    progress.say(&format!("image {how}"));
     println!("image: {}", image.reference);
     println!("id:    {}", image.id);
     Ok(())
