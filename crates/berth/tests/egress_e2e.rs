@@ -219,13 +219,17 @@ async fn scenario(docker: Docker) {
     let outside = format!("{PREFIX}-out-{tag}");
 
     // berth's network, as `berth serve` creates it with an egress proxy
-    // configured: internal.
-    let controller = Controller::connect(
+    // configured: internal. Through the socket proxy, as in production.
+    let socket_proxy = berth_proxies::socket::Running::start(
+        berth_proxies::socket::Policy::default(),
         &format!("unix://{}", socket_path()),
-        Duration::from_secs(30),
+        "127.0.0.1:0",
     )
     .await
     .unwrap();
+    let controller = Controller::connect(socket_proxy.docker_host(), Duration::from_secs(30))
+        .await
+        .unwrap();
     let internal_id = controller
         .ensure_network_with(&internal, true)
         .await
@@ -387,4 +391,5 @@ echo "== end"
         "{metrics}"
     );
     proxy.stop().await;
+    socket_proxy.stop().await;
 }
