@@ -637,3 +637,77 @@ fn the_example_allowlist_parses() {
     let list = Allowlist::from_toml(text, "deploy/egress-allow.example.toml").unwrap();
     assert!(!list.entries.is_empty());
 }
+
+#[tokio::test]
+async fn an_upstream_that_does_not_accept_times_out_with_504() {
+    // A listener whose accept queue is full and never drained: the kernel
+    // drops further SYNs, so a connect hangs, as to a black-holed host.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let list = allowlist(&format!(
+        "[limits]\nconnect_timeout_seconds = 1\n\n[[allow]]\ncidr = \"127.0.0.1\"\nports = [{port}]\n"
+    ));
+    let proxy = Running::start(list, "127.0.0.1:0").await.unwrap();
+    let started = std::time::Instant::now();
+    let (status, text) = exchange(
+        proxy.addr(),
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 504, "{text}");
+    assert!(text.contains("timed out"), "{text}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(
+        proxy
+            .proxy()
+            .metrics()
+            .encode()
+            .contains(r#"berth_egress_upstream_errors_total{reason="timeout"} 1"#)
+    );
+    drop(listener);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn listens_on_a_unix_socket() {
+    let up = Upstream::start("127.0.0.1:0", Kind::Http).await;
+    let u = up.port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("egress.sock");
+    let proxy = Running::start(loopback_allowlist(u), &format!("unix:{}", path.display()))
+        .await
+        .unwrap();
+    let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    s.write_all(
+        format!(
+            "GET http://127.0.0.1:{u}/ HTTP/1.1\r\nHost: 127.0.0.1:{u}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with(BODY),
+        "{out}"
+    );
+    proxy.stop().await;
+}
