@@ -5,7 +5,9 @@
 //!   `allowed` or why it was refused (`not-allowed`, `port-not-allowed`,
 //!   `private-address`, `bad-target`, `host-mismatch`, `method`);
 //! * `berth_egress_upstream_errors_total{reason}`: allowed requests whose
-//!   upstream could not be reached (`dns`, `connect`, `timeout`);
+//!   upstream could not be reached (`dns`, `connect`, `timeout`). An allow
+//!   is counted in `requests_total` once the upstream connection is made,
+//!   so each request is counted exactly once in one of the two;
 //! * `berth_egress_bytes_total{direction}`: bytes relayed, `sent`
 //!   (client to upstream) and `received` (upstream to client);
 //! * `berth_egress_connections` (gauge): client connections open now;
