@@ -566,6 +566,29 @@ async fn limits_headers_connections_and_idle_time() {
         "closed too early: {:?}",
         started.elapsed()
     );
+
+    // Every connection closed (the second one idle too): none is counted
+    // as open, and the slots are free again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while !proxy
+        .proxy()
+        .metrics()
+        .encode()
+        .contains("berth_egress_connections 0")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            proxy.proxy().metrics().encode()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, text) = exchange(
+        proxy.addr(),
+        format!("GET http://127.0.0.1:{e}/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
     proxy.stop().await;
 }
 
