@@ -7,7 +7,8 @@
 //! # Ports an entry allows when it lists none of its own.
 //! default_ports = [443, 80]
 //!
-//! [limits]                      # read at start; see Limits
+//! [limits]                      # new connections use the values of the last
+//!                               # (re)load; max_connections is read at start
 //! connect_timeout_seconds = 10  # DNS + TCP connect to the upstream
 //! idle_timeout_seconds = 300    # a connection or tunnel with no bytes either way
 //! max_header_bytes = 16384      # request head (line + headers), at least 8192
