@@ -53,7 +53,7 @@ pub async fn build(
         }));
     if config.pools.iter().any(|p| !p.host_network) {
         docker
-            .ensure_network(&config.docker.network)
+            .ensure_network_with(&config.docker.network, config.docker.egress_proxy.is_some())
             .await
             .with_context(|| format!("creating the Docker network `{}`", config.docker.network))?;
     }

@@ -822,13 +822,19 @@ impl Listener {
     }
 
     async fn accept(&self) -> io::Result<Accepted> {
+        Ok(self.accept_with_peer().await?.0)
+    }
+
+    /// Accepts a connection and names its peer (`IP:PORT`, or `unix`), for
+    /// logs.
+    pub(crate) async fn accept_with_peer(&self) -> io::Result<(Accepted, String)> {
         match self {
             Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
+                let (s, peer) = l.accept().await?;
                 s.set_nodelay(true)?;
-                Ok(Accepted::Tcp(s))
+                Ok((Accepted::Tcp(s), peer.to_string()))
             }
-            Listener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+            Listener::Unix(l, _) => Ok((Accepted::Unix(l.accept().await?.0), "unix".to_owned())),
         }
     }
 }

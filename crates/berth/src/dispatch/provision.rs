@@ -513,5 +513,7 @@ pub fn pool_spec(ctx: &Context, pool: &PoolConfig, name: String) -> WorkerSpec {
         format!("/home/runner/{}", pool.work_folder)
     };
     spec.extra_hosts = ctx.config.docker.extra_hosts.clone();
+    spec.env
+        .extend(crate::docker::egress::worker_env(&ctx.config.docker));
     spec
 }

@@ -225,13 +225,60 @@ impl Controller {
     /// oldest and removes its own copy if that lost. A network berth creates
     /// is labelled `berth.managed=true`.
     pub async fn ensure_network(&self, name: &str) -> Result<String, DockerError> {
+        self.ensure_network_with(name, false).await
+    }
+
+    /// [`ensure_network`](Self::ensure_network), and when `internal` is set
+    /// the network is created `Internal` (no route out of it: workers
+    /// reach the outside only through the egress proxy attached to it), and
+    /// an existing network of that name that is not internal is an error
+    /// ([`DockerError::Conflict`]) rather than silently used, since workers
+    /// on it could bypass the proxy.
+    pub async fn ensure_network_with(
+        &self,
+        name: &str,
+        internal: bool,
+    ) -> Result<String, DockerError> {
         spec::validate_network_name(name)?;
         let _one_at_a_time = self.network_lock.lock().await;
-        let result = self.ensure_network_inner(name).await;
+        let mut result = self.ensure_network_inner(name, internal).await;
+        if internal && let Ok(id) = &result {
+            result = match self.network_is_internal(id).await {
+                Ok(true) => Ok(id.clone()),
+                Ok(false) => Err(DockerError::Conflict {
+                    op: "network_create",
+                    message: format!(
+                        "network {name} exists and is not internal, so workers on it could bypass the \
+                         egress proxy; remove it (berth re-creates it internal) or set docker.network \
+                         to an internal network"
+                    ),
+                }),
+                Err(e) => Err(e),
+            };
+        }
         self.report(result)
     }
 
-    async fn ensure_network_inner(&self, name: &str) -> Result<String, DockerError> {
+    /// Whether the network with this full ID is `Internal`.
+    async fn network_is_internal(&self, id: &str) -> Result<bool, DockerError> {
+        // Listing (filtered by ID) rather than inspecting: the socket proxy
+        // allows the list for any network, the inspect only for berth's own.
+        let options = ListNetworksOptions {
+            filters: Some(HashMap::from([("id".to_owned(), vec![id.to_owned()])])),
+        };
+        let networks = self
+            .call("network_list", self.docker.list_networks(Some(options)))
+            .await?;
+        Ok(networks
+            .iter()
+            .any(|n| n.id.as_deref() == Some(id) && n.internal == Some(true)))
+    }
+
+    async fn ensure_network_inner(
+        &self,
+        name: &str,
+        internal: bool,
+    ) -> Result<String, DockerError> {
         match self.networks_named(name).await?.as_slice() {
             [] => {}
             [only] => return Ok(only.clone()),
@@ -245,6 +292,7 @@ impl Controller {
             "Name": name,
             "Driver": "bridge",
             "CheckDuplicate": true,
+            "Internal": internal,
             "Labels": { LABEL_MANAGED: "true" },
         });
         let body = Bytes::from(body.to_string());
