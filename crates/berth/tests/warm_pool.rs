@@ -180,6 +180,19 @@ async fn jobs_take_warm_containers_and_the_pool_refills() {
     .await;
     assert_eq!(wait_warm(&world, &store, 2, true).await, second);
 
+    // A warm container that dies waiting is struck off and replaced.
+    let victim = second.iter().next().unwrap().clone();
+    let killed = Command::new("docker")
+        .args(["kill", &victim])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    eventually("the dead warm container replaced", LIMIT, || async {
+        let now = recorded(&store).await;
+        now.len() == 2 && !now.contains(&victim) && !warm_containers(&world).contains(&victim)
+    })
+    .await;
+
     // Graceful shutdown removes the warm containers.
     berth.stop().await;
     assert!(world.containers().is_empty(), "{:?}", world.containers());
