@@ -113,7 +113,13 @@ fn assert_hardened_warm(c: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_take_warm_containers_and_the_pool_refills() {
     let world = World::new().await;
-    let berth = Berth::start(&world, world.config("warm = 2\nwarm_started = true")).await;
+    // max_runners = 2: while a job runs, the pool holds one warm container
+    // (busy + warm ≤ max_runners).
+    let berth = Berth::start(
+        &world,
+        world.config("warm = 2\nwarm_started = true\nmax_runners = 2"),
+    )
+    .await;
     // Its own connection: berth closes its store on shutdown.
     let store = open_store(&world).await;
     let first = wait_warm(&world, &store, 2, true).await;
@@ -141,7 +147,7 @@ async fn jobs_take_warm_containers_and_the_pool_refills() {
     assert!(stray.status.success(), "{stray:?}");
     let stray = String::from_utf8(stray.stdout).unwrap().trim().to_string();
 
-    let gh_job = world.queue(&["echo ran warm", "sleep 1"]);
+    let gh_job = world.queue(&["echo ran warm", "sleep 2"]);
     let running = berth.wait_state(gh_job, JobState::Running, LIMIT).await;
     let container = running.container_id.clone().unwrap();
     assert!(
@@ -157,6 +163,17 @@ async fn jobs_take_warm_containers_and_the_pool_refills() {
             "a credential is in docker inspect"
         );
     }
+    // The take woke the refill; as long as the job holds its slot, the
+    // refill must not go past max_runners (one busy, one warm).
+    let watching = Instant::now();
+    while berth.job(gh_job).await.unwrap().state.is_active() {
+        assert!(
+            recorded(&store).await.len() <= 1,
+            "warm + busy > max_runners"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(watching.elapsed() > Duration::from_millis(1500));
     let job = berth.wait_terminal(gh_job, LIMIT).await;
     assert_eq!(job.state, JobState::Completed, "{job:?}");
     assert!(world.sim.job_log(gh_job).unwrap().contains("ran warm"));

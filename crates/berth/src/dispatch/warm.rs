@@ -42,10 +42,11 @@
 //! # Limits
 //!
 //! Warm containers are not runners: they do not count against a pool's
-//! `max_runners` when a job is claimed. But a pool never holds more than
-//! `max_runners` containers from the refill's side: it keeps
-//! `warm + active jobs ≤ max_runners`, so under full load the warm pool
-//! shrinks to nothing rather than add containers the host was not sized for.
+//! `max_runners` (or `dispatch.global_max_runners`) when a job is claimed.
+//! But the refill never makes one that would take a pool past `max_runners`
+//! containers (`warm + active jobs ≤ max_runners`), nor berth past
+//! `global_max_runners`, so under full load the warm pools shrink to nothing
+//! rather than add containers the host was not sized for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -265,6 +266,11 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
         }
     }
 
+    // The host's cap: every container berth keeps (busy or warm) within
+    // `dispatch.global_max_runners`, as each pool's within its `max_runners`.
+    let mut global_room = i64::from(ctx.config.dispatch.global_max_runners)
+        - busy.values().sum::<i64>()
+        - ready.values().map(|n| i64::from(*n)).sum::<i64>();
     for pool in &ctx.config.pools {
         let have = ready.get(pool.name.as_str()).copied().unwrap_or(0);
         let Some(fingerprint) = current.get(pool.name.as_str()) else {
@@ -276,7 +282,10 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
         };
         let active = busy.get(&pool.name).copied().unwrap_or(0);
         let room = (i64::from(pool.max_runners) - active - i64::from(have)).max(0);
-        let want = i64::from(pool.warm.saturating_sub(have)).min(room);
+        let want = i64::from(pool.warm.saturating_sub(have))
+            .min(room)
+            .min(global_room.max(0));
+        global_room -= want;
         let mut made = 0;
         for _ in 0..want {
             if shutdown.is_cancelled() {
