@@ -74,6 +74,16 @@ pub async fn provision(ctx: Arc<Context>, job: Job) {
         _ = lost.cancelled() => Err(Stop::Lost),
     };
     renewer.abort();
+    // Refill the warm pool once this hand-off is done and its runner had a
+    // moment to start: a refill's create and start would compete with both
+    // for the engine and the CPU (crate::dispatch::warm::REFILL_SETTLE).
+    if ctx.pool(&job.pool).is_some_and(|p| p.warm > 0) {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(super::warm::REFILL_SETTLE).await;
+            ctx.warm.wake();
+        });
+    }
     let Err(stop) = outcome else { return };
     // The job to settle: whichever holds the runner now, else the one claimed.
     let holder = match &made.runner {

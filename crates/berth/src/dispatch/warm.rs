@@ -34,7 +34,7 @@
 //!
 //! [`run`] adopts, at start-up, every warm container recorded in the store
 //! (a crashed predecessor's included: it becomes this replica's), then
-//! refills every few seconds and whenever a container is taken. On graceful
+//! refills every few seconds and after each hand-off. On graceful
 //! shutdown it removes the warm containers this replica owns. After a crash
 //! they stay recorded, so the next start adopts or replaces them; none is
 //! left unaccounted for.
@@ -66,6 +66,12 @@ use crate::store::WarmContainer;
 /// How often the refill loop checks every pool when nothing wakes it (an
 /// image re-tag is noticed within this long).
 const REFILL_EVERY: Duration = Duration::from_secs(5);
+
+/// How long after a hand-off the refill waits. Creating and starting a
+/// container keeps the engine and the CPU busy for hundreds of
+/// milliseconds; doing that while the runner that was just handed its config
+/// starts would slow exactly the start the warm pool is there to speed up.
+pub const REFILL_SETTLE: Duration = Duration::from_millis(300);
 
 /// The warm pools' shared state: each pool's current fingerprint (what a job
 /// may take) and the refill loop's wake-up.
@@ -119,8 +125,8 @@ pub async fn take(ctx: &Context, pool: &PoolConfig, runner_name: &str) -> Option
             None
         }
     };
+    // The refill is woken when the hand-off is over (crate::dispatch::provision).
     ctx.metrics.warm_handoff(&pool.name, taken.is_some());
-    ctx.warm.wake();
     taken
 }
 
