@@ -1748,7 +1748,9 @@ async fn warm_containers_are_taken_once_and_bound_to_their_job(h: &Harness) {
 
     // Adoption and deletion: only the caller that deletes the row may remove
     // the container.
-    assert_eq!(h.store.warm_adopt_all("replica-2").await.unwrap(), 1);
+    assert!(h.store.warm_adopt("c3", "replica-2").await.unwrap());
+    assert!(!h.store.warm_adopt("c3", "replica-2").await.unwrap());
+    assert!(!h.store.warm_adopt("c9", "replica-2").await.unwrap());
     assert_eq!(h.store.warm_list().await.unwrap()[0].owner, "replica-2");
     assert!(h.store.warm_delete("c3").await.unwrap());
     assert!(!h.store.warm_delete("c3").await.unwrap());

@@ -23,8 +23,9 @@
 //!
 //! # Fingerprints
 //!
-//! The fingerprint hashes the image's ID (not its name: a re-tagged image is
-//! a new image) and the pool's whole create body apart from name and labels.
+//! The fingerprint hashes the Docker host, the image's ID (not its name: a
+//! re-tagged image is a new image) and the pool's whole create body apart
+//! from name and labels.
 //! A job only takes a warm container whose fingerprint is the pool's current
 //! one; the refill loop removes the others and makes new ones. So changing a
 //! pool's image or settings (and restarting berth), or re-pointing its tag,
@@ -32,8 +33,8 @@
 //!
 //! # Lifecycle
 //!
-//! [`run`] adopts, at start-up, every warm container recorded in the store
-//! (a crashed predecessor's included: it becomes this replica's), then
+//! [`run`] adopts, at start-up, every recorded warm container on its Docker
+//! host (a crashed predecessor's included: it becomes this replica's), then
 //! refills every few seconds and after each hand-off. On graceful
 //! shutdown it removes the warm containers this replica owns. After a crash
 //! they stay recorded, so the next start adopts or replaces them; none is
@@ -151,10 +152,12 @@ pub fn warm_spec(ctx: &Context, pool: &PoolConfig, fingerprint: &str) -> WorkerS
 /// Hash of the image ID and the pool's create body without its labels.
 pub fn fingerprint(ctx: &Context, pool: &PoolConfig, image_id: &str) -> String {
     let spec = super::provision::pool_spec(ctx, pool, "berth-fingerprint".into());
-    fingerprint_spec(spec, image_id, pool.warm_started)
+    fingerprint_spec(spec, &ctx.config.docker.host, image_id, pool.warm_started)
 }
 
-fn fingerprint_spec(mut spec: WorkerSpec, image_id: &str, started: bool) -> String {
+/// The Docker host is part of it: replicas sharing a store but driving
+/// different hosts must never take each other's warm containers.
+fn fingerprint_spec(mut spec: WorkerSpec, host: &str, image_id: &str, started: bool) -> String {
     // Labels are left out of the hash, but the spec needs one to be valid.
     spec.labels.insert(LABEL_WARM.to_string(), "-".into());
     // A spec Docker would refuse cannot be fingerprinted; its creates fail
@@ -167,6 +170,8 @@ fn fingerprint_spec(mut spec: WorkerSpec, image_id: &str, started: bool) -> Stri
         map.remove("Labels");
     }
     let mut hash = Sha256::new();
+    hash.update(host.as_bytes());
+    hash.update([0]);
     hash.update(image_id.as_bytes());
     hash.update([0]);
     hash.update(canonical(&body).as_bytes());
@@ -195,14 +200,14 @@ fn canonical(value: &serde_json::Value) -> String {
 /// Adopts what the store records, then keeps every pool's warm pool filled
 /// until `shutdown`; then removes this replica's warm containers.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    // A crashed predecessor's warm containers are ours now: refilled around,
-    // replaced if stale, removed at our shutdown.
-    match ctx.store.warm_adopt_all(&ctx.replica_id).await {
-        Ok(n) if n > 0 => tracing::info!(adopted = n, "adopted recorded warm containers"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "adopting warm containers failed"),
-    }
+    let mut adopted = false;
     loop {
+        if !adopted {
+            match adopt(&ctx).await {
+                Ok(()) => adopted = true,
+                Err(e) => tracing::warn!(error = %e, "adopting warm containers failed; retrying"),
+            }
+        }
         if let Err(e) = refill_once(&ctx, &shutdown).await {
             tracing::warn!(error = %e, "refilling the warm pools failed; retrying");
         }
@@ -213,6 +218,39 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
     }
     remove_own(&ctx).await;
+}
+
+/// Once, at start-up: the recorded warm containers on this replica's Docker
+/// host (of this instance) become this replica's, whoever made them: a
+/// crashed predecessor's are kept if their fingerprint matches, else
+/// replaced, and removed at this replica's shutdown. Rows of other hosts are
+/// left to the replicas there.
+async fn adopt(ctx: &Context) -> Result<(), String> {
+    let rows = ctx.store.warm_list().await.map_err(|e| e.to_string())?;
+    let here: std::collections::HashSet<String> = ctx
+        .docker
+        .list_managed()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| ctx.owns(&c.labels))
+        .map(|c| c.id)
+        .collect();
+    let mut adopted = 0;
+    for row in rows.iter().filter(|r| here.contains(&r.container_id)) {
+        if ctx
+            .store
+            .warm_adopt(&row.container_id, &ctx.replica_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            adopted += 1;
+        }
+    }
+    if adopted > 0 {
+        tracing::info!(adopted, "adopted recorded warm containers");
+    }
+    Ok(())
 }
 
 /// One pass: drop dead or stale warm containers, create missing ones.
@@ -255,19 +293,22 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
 
     let mut ready: HashMap<&str, u32> = HashMap::new();
     for row in &rows {
-        let alive = matches!(
-            containers.get(&row.container_id),
-            Some(ContainerStatus::Created | ContainerStatus::Running)
-        );
-        // Another replica's container made with a different configuration
-        // (a rolling upgrade) is theirs to replace; one that died is anyone's.
-        let stale =
-            row.owner == ctx.replica_id && current.get(row.pool.as_str()) != Some(&row.fingerprint);
-        if !alive || stale {
-            discard(ctx, &row.container_id, if alive { "stale" } else { "gone" }).await;
-            continue;
+        let current_print = current.get(row.pool.as_str()) == Some(&row.fingerprint);
+        // Another replica's rows are its to replace (it may run another
+        // configuration during a rolling upgrade, or drive another Docker
+        // host); one that dies is struck off by whichever watcher sees it
+        // exit (crate::dispatch::exit).
+        if row.owner == ctx.replica_id {
+            let alive = matches!(
+                containers.get(&row.container_id),
+                Some(ContainerStatus::Created | ContainerStatus::Running)
+            );
+            if !alive || !current_print {
+                discard(ctx, &row.container_id, if alive { "stale" } else { "gone" }).await;
+                continue;
+            }
         }
-        if current.get(row.pool.as_str()) == Some(&row.fingerprint) {
+        if current_print {
             *ready.entry(row.pool.as_str()).or_default() += 1;
         }
     }
@@ -402,20 +443,24 @@ mod tests {
 
     #[test]
     fn fingerprints_follow_image_and_settings_but_not_names_or_labels() {
-        let base = fingerprint_spec(spec(), "sha256:a", true);
-        assert_eq!(base, fingerprint_spec(spec(), "sha256:a", true));
+        let base = fingerprint_spec(spec(), "h", "sha256:a", true);
+        assert_eq!(base, fingerprint_spec(spec(), "h", "sha256:a", true));
         let mut renamed = spec();
         renamed.name = "berth-y".into();
         renamed.labels.insert("berth.pool".into(), "other".into());
-        assert_eq!(base, fingerprint_spec(renamed, "sha256:a", true));
+        assert_eq!(base, fingerprint_spec(renamed, "h", "sha256:a", true));
 
-        assert_ne!(base, fingerprint_spec(spec(), "sha256:b", true));
-        assert_ne!(base, fingerprint_spec(spec(), "sha256:a", false));
+        assert_ne!(base, fingerprint_spec(spec(), "h", "sha256:b", true));
+        assert_ne!(
+            base,
+            fingerprint_spec(spec(), "other-host", "sha256:a", true)
+        );
+        assert_ne!(base, fingerprint_spec(spec(), "h", "sha256:a", false));
         let mut changed = spec();
         changed.pids_limit = 300;
-        assert_ne!(base, fingerprint_spec(changed, "sha256:a", true));
+        assert_ne!(base, fingerprint_spec(changed, "h", "sha256:a", true));
         let mut changed = spec();
         changed.memory_bytes *= 2;
-        assert_ne!(base, fingerprint_spec(changed, "sha256:a", true));
+        assert_ne!(base, fingerprint_spec(changed, "h", "sha256:a", true));
     }
 }

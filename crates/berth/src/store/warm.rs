@@ -96,18 +96,22 @@ impl Store {
         .map_err(StoreError::query("warm_delete"))
     }
 
-    /// Makes `owner` the owner of every warm container (a restarted replica
-    /// adopting what a crashed one left; graceful shutdown removes the
-    /// containers its replica owns).
-    pub async fn warm_adopt_all(&self, owner: &str) -> Result<u64> {
+    /// Makes `owner` the owner of a warm container (a restarted replica
+    /// adopting what a crashed one left on its Docker host; graceful
+    /// shutdown removes the containers its replica owns). `true` if it
+    /// changed hands.
+    pub async fn warm_adopt(&self, container_id: &str, owner: &str) -> Result<bool> {
         on_writer!(self, pool => {
-            sqlx::query("UPDATE warm_containers SET owner = $1 WHERE owner <> $1")
-                .bind(owner)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
+            sqlx::query(
+                "UPDATE warm_containers SET owner = $2 WHERE container_id = $1 AND owner <> $2",
+            )
+            .bind(container_id)
+            .bind(owner)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
         })
-        .map_err(StoreError::query("warm_adopt_all"))
+        .map_err(StoreError::query("warm_adopt"))
     }
 
     /// Takes the oldest warm container of `pool` with `fingerprint` for the
