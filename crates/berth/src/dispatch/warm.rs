@@ -227,6 +227,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 /// left to the replicas there.
 async fn adopt(ctx: &Context) -> Result<(), String> {
     let rows = ctx.store.warm_list().await.map_err(|e| e.to_string())?;
+    if rows.is_empty() {
+        return Ok(());
+    }
     let here: std::collections::HashSet<String> = ctx
         .docker
         .list_managed()
@@ -258,6 +261,10 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
     // The store first, then Docker: a row is written after its container
     // exists, so every row read here has its container in the list below.
     let rows = ctx.store.warm_list().await.map_err(|e| e.to_string())?;
+    if rows.is_empty() && ctx.config.pools.iter().all(|p| p.warm == 0) {
+        // No warm pool, nothing left of one: no Docker list, no job count.
+        return Ok(());
+    }
     let containers: HashMap<String, ContainerStatus> = ctx
         .docker
         .list_managed()
