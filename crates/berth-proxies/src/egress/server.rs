@@ -820,7 +820,7 @@ fn authority_for_host(target: &Target) -> String {
 }
 
 /// Answers `503` to a connection over `max_connections` and closes it.
-async fn refuse_busy(mut stream: crate::socket::server::Accepted) {
+async fn refuse_busy(mut stream: crate::socket::server::Socket) {
     let body = "berth egress-proxy: too many connections, try again later\n";
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
