@@ -287,11 +287,16 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
             Ok(Some(id)) => {
                 current.insert(&pool.name, fingerprint(ctx, pool, &id));
             }
-            // No image yet (a job's pull brings it) or Docker hiccup: no
-            // warm pool for now, and nothing stale can be taken meanwhile.
+            // No image (yet: a job's pull brings it): no warm pool for now,
+            // and nothing made from an image no longer there can be taken.
             Ok(None) => {}
+            // A Docker hiccup says nothing about the image: keep what was
+            // known, rather than throw the warm containers away.
             Err(e) => {
-                tracing::warn!(pool = %pool.name, error = %e, "inspecting the worker image failed")
+                tracing::warn!(pool = %pool.name, error = %e, "inspecting the worker image failed");
+                if let Some(known) = ctx.warm.fingerprint(&pool.name) {
+                    current.insert(&pool.name, known);
+                }
             }
         }
         ctx.warm
