@@ -569,3 +569,58 @@ async fn bench_warm_vs_cold() {
         println!("{line}");
     }
 }
+
+/// The pool names its image by a tag; re-pointing the tag at another image
+/// replaces the warm containers (the refill compares image IDs every 5 s),
+/// with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retagged_image_replaces_the_warm_containers() {
+    let world = World::new().await;
+    let tag = format!("berth-warm-retag-{}:v1", &world.instance[5..17]);
+    let tagged = Command::new("docker")
+        .args(["tag", &world.image_id, &tag])
+        .output()
+        .unwrap();
+    assert!(tagged.status.success(), "{tagged:?}");
+    let mut config = world.config("warm = 1");
+    config.pools[0].image = tag.clone();
+    config.pools[0].pull_policy = berth::docker::image_policy::PullPolicy::Never;
+    config.docker.allowed_images = vec!["berth-warm-retag-".into()];
+    let berth = Berth::start(&world, config).await;
+    let store = open_store(&world).await;
+    let first = wait_warm(&world, &store, 1, false).await;
+    let old = first.iter().next().unwrap().clone();
+    assert_eq!(inspect(&old)["Image"], world.image_id);
+
+    // Another image under the same tag (a commit of the warm container: same
+    // files, new ID).
+    let committed = Command::new("docker")
+        .args(["commit", &old, &tag])
+        .output()
+        .unwrap();
+    assert!(committed.status.success(), "{committed:?}");
+    let new_image = String::from_utf8(committed.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(new_image, world.image_id);
+
+    eventually(
+        "the warm container remade from the new image",
+        LIMIT,
+        || async {
+            let now = recorded(&store).await;
+            now.len() == 1
+                && !now.contains(&old)
+                && now
+                    .iter()
+                    .all(|id| inspect(id)["Image"] == new_image.as_str())
+        },
+    )
+    .await;
+    assert!(!warm_containers(&world).contains(&old));
+    berth.stop().await;
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &tag, &new_image])
+        .output();
+}
