@@ -8,4 +8,5 @@
 //! no Docker client. The proxies that enforce it must keep working, and keep
 //! being auditable, even if everything else in berth is compromised.
 
+pub mod egress;
 pub mod socket;

@@ -151,6 +151,16 @@ pub struct DockerConfig {
     /// Extra `/etc/hosts` entries for workers, as `name:address`
     /// (`host.docker.internal:host-gateway` lets workers reach a service on the host).
     pub extra_hosts: Vec<String>,
+    /// The egress proxy workers go out through, `http://HOST:PORT` (see
+    /// docs/egress-proxy.md). When set, workers get `HTTP_PROXY`,
+    /// `HTTPS_PROXY` and `NO_PROXY` (and their lower-case forms) naming it,
+    /// and `network` must be an internal network (berth creates it with
+    /// `Internal: true`), so the proxy is the only way out. Not a secret:
+    /// credentials in it are refused.
+    pub egress_proxy: Option<String>,
+    /// Destinations workers reach without the proxy (`NO_PROXY`), when
+    /// `egress_proxy` is set: names on the internal network, loopback.
+    pub no_proxy: Vec<String>,
 }
 
 impl Default for DockerConfig {
@@ -163,6 +173,8 @@ impl Default for DockerConfig {
             allowed_images: Vec::new(),
             pull_timeout: Duration::from_secs(600),
             extra_hosts: Vec::new(),
+            egress_proxy: None,
+            no_proxy: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
         }
     }
 }
@@ -278,6 +290,15 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     #[serde(default = "defaults::work_folder")]
     pub work_folder: String,
+    /// Containers kept created ahead of demand (the warm pool); a job takes
+    /// one instead of waiting for a create. They hold no runner credential
+    /// until hand-off. At most `max_runners`; 0 turns warm pools off.
+    #[serde(default)]
+    pub warm: u32,
+    /// Start warm containers too (their entrypoint waits on stdin for the
+    /// JIT config), so a hand-off skips the start as well as the create.
+    #[serde(default)]
+    pub warm_started: bool,
 }
 
 mod defaults {
@@ -715,6 +736,30 @@ impl Config {
                 "must be unix:///path, tcp://host:port or http://host:port".into(),
             );
         }
+        if let Some(proxy) = &self.docker.egress_proxy {
+            if let Err(why) = check_egress_proxy_url(proxy) {
+                bad("docker.egress_proxy".into(), why);
+            }
+            for (i, pool) in self.pools.iter().enumerate() {
+                if pool.host_network {
+                    bad(
+                        format!("pool[{i}].host_network"),
+                        "a pool on the host's network would bypass docker.egress_proxy".into(),
+                    );
+                }
+            }
+        }
+        if let Some(entry) = self
+            .docker
+            .no_proxy
+            .iter()
+            .find(|e| e.is_empty() || e.contains(',') || e.chars().any(char::is_whitespace))
+        {
+            bad(
+                "docker.no_proxy".into(),
+                format!("`{entry}` is not a host, domain or address (no commas or spaces)"),
+            );
+        }
         if self.dispatch.global_max_runners == 0 {
             bad(
                 "dispatch.global_max_runners".into(),
@@ -772,6 +817,15 @@ impl Config {
             }
             if pool.max_runners == 0 {
                 bad(key("max_runners"), "must be at least 1".into());
+            }
+            if pool.warm > pool.max_runners {
+                bad(
+                    key("warm"),
+                    format!(
+                        "must be at most max_runners ({}): warm containers count towards the pool's containers",
+                        pool.max_runners
+                    ),
+                );
             }
             if !(pool.cpus > 0.0 && pool.cpus <= 1024.0) {
                 bad(key("cpus"), "must be more than 0".into());
@@ -1008,6 +1062,32 @@ pub fn read_secret(
     }
 }
 
+/// `http://HOST:PORT` with nothing else: no credentials (the URL lands in
+/// every worker's environment, which `docker inspect` shows), no path.
+fn check_egress_proxy_url(proxy: &str) -> Result<(), String> {
+    let url = url::Url::parse(proxy).map_err(|e| format!("`{proxy}` is not a URL: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "`{proxy}`: must be http://HOST:PORT (the proxy speaks plain HTTP; HTTPS goes through it with CONNECT)"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not carry credentials: workers' environment is visible to `docker inspect`"
+                .into(),
+        );
+    }
+    if url.host_str().is_none_or(str::is_empty) || url.port().is_none() {
+        return Err(format!(
+            "`{proxy}`: must name a host and a port, http://HOST:PORT"
+        ));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{proxy}`: must be http://HOST:PORT with no path"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1032,6 +1112,41 @@ mod tests {
     }
 
     #[test]
+    fn egress_proxy_is_checked() {
+        let f = file("[docker]\negress_proxy = \"http://berth-egress:3128\"\n");
+        let c = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+            .unwrap()
+            .config;
+        assert_eq!(
+            c.docker.egress_proxy.as_deref(),
+            Some("http://berth-egress:3128")
+        );
+        assert_eq!(c.docker.no_proxy, ["localhost", "127.0.0.1", "::1"]);
+        for (value, want) in [
+            ("https://p:3128", "must be http://HOST:PORT"),
+            ("http://user:pw@p:3128", "must not carry credentials"),
+            ("http://p", "must name a host and a port"),
+            ("http://p:3128/x", "no path"),
+            ("p:3128", "must be http://HOST:PORT"),
+        ] {
+            let f = file(&format!("[docker]\negress_proxy = \"{value}\"\n"));
+            let err = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`docker.egress_proxy`"), "{value}: {err}");
+            assert!(err.contains(want), "{value}: {err}");
+        }
+        let f = file(
+            "[docker]\negress_proxy = \"http://p:3128\"\nno_proxy = [\"a,b\"]\n[github]\napp_id = 1\nprivate_key = \"k\"\n[[pool]]\nname = \"linux\"\nscope = \"org:acme\"\nlabels = [\"linux\"]\nimage = \"img@sha256:0000000000000000000000000000000000000000000000000000000000000000\"\nhost_network = true\n",
+        );
+        let err = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`pool[0].host_network`"), "{err}");
+        assert!(err.contains("`docker.no_proxy`"), "{err}");
+    }
+
+    #[test]
     fn env_overrides_file_and_names_nested_keys() {
         let f = file("[server]\nlisten = \"127.0.0.1:9000\"\n[store]\nurl = \"sqlite://x.db\"\n");
         let env = [
@@ -1046,6 +1161,26 @@ mod tests {
         assert_eq!(c.server.listen, "0.0.0.0:7000");
         assert_eq!(c.store.url, "sqlite://x.db");
         assert_eq!(c.dispatch.global_max_runners, 7);
+    }
+
+    #[test]
+    fn a_warm_pool_is_at_most_max_runners() {
+        let pool = |warm: u32| {
+            file(&format!(
+                "[[pool]]\nname = \"linux\"\nscope = \"org:acme\"\nlabels = [\"linux\"]\nimage = \"img\"\nmax_runners = 2\nwarm = {warm}\nwarm_started = true\n"
+            ))
+        };
+        let f = pool(3);
+        let text = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("`pool[0].warm`"), "{text}");
+        let f = pool(2);
+        let text = match Config::load(Some(f.path()), NO_ENV, Role::Serve) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        assert!(!text.contains("`pool[0].warm`"), "{text}");
     }
 
     #[test]

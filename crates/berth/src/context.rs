@@ -44,6 +44,8 @@ pub struct Context {
     pub job_output: Option<std::sync::Mutex<std::fs::File>>,
     /// Containers whose exit is being handled right now.
     pub exits_in_progress: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The warm pools' current fingerprints and refill wake-up.
+    pub warm: crate::dispatch::warm::WarmPools,
 }
 
 impl Context {

@@ -57,7 +57,7 @@ pub async fn build(
         }));
     if config.pools.iter().any(|p| !p.host_network) {
         docker
-            .ensure_network(&config.docker.network)
+            .ensure_network_with(&config.docker.network, config.docker.egress_proxy.is_some())
             .await
             .with_context(|| format!("creating the Docker network `{}`", config.docker.network))?;
     }
@@ -98,6 +98,7 @@ pub async fn build(
         log_level,
         log_captures: Default::default(),
         exits_in_progress: Default::default(),
+        warm: Default::default(),
         job_output,
     }))
 }
@@ -146,6 +147,7 @@ pub async fn run(
     let watcher = tokio::spawn(dispatch::watch(ctx.clone(), shutdown.clone()));
     let reconciler = tokio::spawn(reconcile::run(ctx.clone(), shutdown.clone()));
     let dispatcher = tokio::spawn(dispatch::run(ctx.clone(), shutdown.clone(), DRAIN));
+    let warm = tokio::spawn(dispatch::warm::run(ctx.clone(), shutdown.clone()));
     let listeners = tokio::spawn(scale_set_listeners(ctx.clone(), shutdown.clone()));
     let api = api::serve(ctx.clone(), listener, shutdown.clone());
     // Streaming responses (followed logs) could hold graceful shutdown open.
@@ -155,6 +157,9 @@ pub async fn run(
     };
     let _ = tokio::time::timeout(DRAIN, async {
         let _ = dispatcher.await;
+        // After the dispatcher: no hand-off is in flight while the warm
+        // containers this replica owns are removed.
+        let _ = warm.await;
         let _ = watcher.await;
         let _ = reconciler.await;
         let _ = listeners.await;

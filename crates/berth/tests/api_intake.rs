@@ -352,6 +352,16 @@ async fn delegate_api_needs_a_delegate_token_and_is_idempotent() {
         metrics.contains("berth_job_delegation_requests_total{outcome=\"duplicate\"} 1"),
         "{metrics}"
     );
+    // Refusals count too: no token, a forged one and the wrong scope; five
+    // malformed bodies and one no pool serves.
+    assert!(
+        metrics.contains("berth_job_delegation_requests_total{outcome=\"unauthorized\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_job_delegation_requests_total{outcome=\"invalid\"} 6"),
+        "{metrics}"
+    );
     berth.stop().await;
 }
 

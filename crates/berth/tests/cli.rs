@@ -167,3 +167,37 @@ fn token_create_prints_once_and_stores_a_hash() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Long operations show a live status line on a terminal, and only plain
+/// timestamped lines when their output is captured.
+#[test]
+fn worker_image_build_shows_progress_on_a_terminal_and_plain_lines_otherwise() {
+    let binary = env!("CARGO_BIN_EXE_berth");
+    // `script` gives the command a pseudo-terminal, as an operator's shell does.
+    let on_tty = Command::new("script")
+        .args(["-qec", &format!("{binary} worker-image build"), "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(on_tty.status.success());
+    let tty = String::from_utf8_lossy(&on_tty.stdout);
+    assert!(
+        tty.contains("connecting to Docker") && tty.contains("\x1b[2K"),
+        "a redrawn status line: {tty:?}"
+    );
+    assert!(tty.contains("image: berth-worker-local:"), "{tty:?}");
+
+    let piped = berth().args(["worker-image", "build"]).output().unwrap();
+    assert!(piped.status.success());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !stderr.contains('\x1b'),
+        "no terminal codes in captured output: {stderr:?}"
+    );
+    assert!(!stderr.contains("connecting to Docker"), "{stderr:?}");
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.starts_with('[') && l.contains("s] ")),
+        "timestamped event lines: {stderr:?}"
+    );
+}

@@ -550,6 +550,41 @@ async fn secret_reaches_stdin_and_nothing_docker_shows() {
     ));
 }
 
+/// A warm container: started with nothing on stdin, it waits in its `read`
+/// for as long as it takes; the secret delivered later is the one line it
+/// reads, then its input ends. Nothing of it shows in `docker inspect`.
+#[tokio::test]
+async fn a_started_worker_waits_for_its_secret() {
+    let case = "waiting";
+    let _cleanup = Cleanup::new(case);
+    let images = images().await;
+    let controller = controller().await;
+    let script = "IFS= read -r line; printf %s \"$line\" | sha256sum; \
+                  IFS= read -r more && echo more-input || echo end-of-input";
+    let s = spec(case, &images.plain, script);
+    let id = controller.create_worker(&s).await.expect("create");
+    controller.start_waiting(&id).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        controller.inspect(&id).await.expect("inspect").running,
+        "a started worker with no input must keep waiting"
+    );
+    let secret = "d2FybS1zZWNyZXQtZm9yLXRoZS1ydW5uZXI";
+    controller
+        .deliver_secret(&id, secret.as_bytes())
+        .await
+        .expect("deliver");
+    assert_eq!(wait_exit(&controller, &id).await, 0);
+    let out = output(&controller, &id).await;
+    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    assert!(
+        out.contains(&digest),
+        "the container read other bytes: {out}"
+    );
+    assert!(out.contains("end-of-input"), "{out}");
+    assert!(!raw_inspect_json(&id).await.contains(secret));
+}
+
 /// A plain TCP front for the Docker socket, as berth's socket proxy is: each
 /// connection is piped to the unix socket, half-closes included.
 async fn tcp_front() -> std::net::SocketAddr {

@@ -74,6 +74,7 @@ store_suite!(
     api_tokens_are_found_by_hash,
     prune_deletes_finished_jobs_and_their_logs,
     everything_survives_a_reopen,
+    warm_containers_are_taken_once_and_bound_to_their_job,
 );
 
 // ---- Harness -----------------------------------------------------------------
@@ -1713,4 +1714,95 @@ async fn a_missing_sqlite_file_is_created() {
     assert!(path.exists());
     store.ping().await.unwrap();
     store.close().await;
+}
+
+/// A claimed job with its runner named, as provisioning has it before it
+/// takes a warm container.
+async fn provisioning_with_runner(h: &Harness, github_job_id: i64, runner: &str) -> Job {
+    h.insert(github_job_id, "linux").await;
+    let job = h.claim("linux").await.expect("claimed");
+    assert!(
+        h.store
+            .job_transition(
+                job.id,
+                &[Provisioning],
+                Provisioning,
+                JobChanges::new().runner_name(runner),
+            )
+            .await
+            .unwrap()
+    );
+    job
+}
+
+async fn warm_containers_are_taken_once_and_bound_to_their_job(h: &Harness) {
+    use berth::store::WarmContainer;
+    let now = h.now();
+    for (i, (id, fingerprint)) in [("c1", "f1"), ("c2", "f1"), ("c3", "old")]
+        .into_iter()
+        .enumerate()
+    {
+        h.store
+            .warm_insert(&WarmContainer {
+                container_id: id.into(),
+                pool: "linux".into(),
+                fingerprint: fingerprint.into(),
+                owner: "replica-1".into(),
+                started: i == 0,
+                created_at: now + Duration::from_millis(i as u64),
+            })
+            .await
+            .unwrap();
+    }
+    let ids = |rows: Vec<WarmContainer>| -> Vec<String> {
+        rows.into_iter().map(|w| w.container_id).collect()
+    };
+    let job = provisioning_with_runner(h, 1, "berth-a").await;
+
+    // No provisioning job holds that runner: nothing is taken.
+    assert_eq!(
+        h.store
+            .warm_take("linux", "f1", "berth-nobody")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(ids(h.store.warm_list().await.unwrap()), ["c1", "c2", "c3"]);
+    // Another fingerprint or pool: none.
+    assert_eq!(
+        h.store.warm_take("linux", "f2", "berth-a").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        h.store.warm_take("other", "f1", "berth-a").await.unwrap(),
+        None
+    );
+
+    // The oldest matching one, recorded on the job in the same step.
+    let taken = h.store.warm_take("linux", "f1", "berth-a").await.unwrap();
+    assert_eq!(taken, Some(("c1".to_string(), true)));
+    assert_eq!(h.job(job.id).await.container_id.as_deref(), Some("c1"));
+    assert_eq!(ids(h.store.warm_list().await.unwrap()), ["c2", "c3"]);
+    assert!(h.store.active_container_ids().await.unwrap().contains("c1"));
+
+    // Two jobs race for the one container left with f1: exactly one wins.
+    provisioning_with_runner(h, 2, "berth-b").await;
+    provisioning_with_runner(h, 3, "berth-c").await;
+    let (b, c) = tokio::join!(
+        h.store.warm_take("linux", "f1", "berth-b"),
+        h.store.warm_take("linux", "f1", "berth-c")
+    );
+    let wins: Vec<_> = [b.unwrap(), c.unwrap()].into_iter().flatten().collect();
+    assert_eq!(wins, [("c2".to_string(), false)]);
+    assert_eq!(ids(h.store.warm_list().await.unwrap()), ["c3"]);
+
+    // Adoption and deletion: only the caller that deletes the row may remove
+    // the container.
+    assert!(h.store.warm_adopt("c3", "replica-2").await.unwrap());
+    assert!(!h.store.warm_adopt("c3", "replica-2").await.unwrap());
+    assert!(!h.store.warm_adopt("c9", "replica-2").await.unwrap());
+    assert_eq!(h.store.warm_list().await.unwrap()[0].owner, "replica-2");
+    assert!(h.store.warm_delete("c3").await.unwrap());
+    assert!(!h.store.warm_delete("c3").await.unwrap());
+    assert!(h.store.warm_list().await.unwrap().is_empty());
 }

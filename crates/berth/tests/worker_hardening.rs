@@ -28,12 +28,24 @@ const PROBE: &[&str] = &[
     "sleep 2",
 ];
 
-async fn run_probe(read_only: bool) -> (String, Value) {
+async fn run_probe(read_only: bool, warm: bool) -> (String, Value) {
     let world = World::new().await;
     let mut config = world.config("");
     config.pools[0].read_only_rootfs = read_only;
     config.pools[0].pids_limit = 256;
+    if warm {
+        // Started ahead and waiting on stdin: the hand-off that differs most
+        // from a cold start.
+        config.pools[0].warm = 1;
+        config.pools[0].warm_started = true;
+    }
     let berth = Berth::start(&world, config).await;
+    if warm {
+        common::eventually("a warm container", Duration::from_secs(30), || async {
+            berth.store().warm_list().await.unwrap().len() == 1
+        })
+        .await;
+    }
     let sim_port = world
         .sim
         .public_url()
@@ -91,12 +103,15 @@ fn assert_hardened_from_outside(c: &Value) {
     assert_eq!(host["IpcMode"], "private");
     let labels = &c["Config"]["Labels"];
     assert_eq!(labels["berth.managed"], "true");
-    for key in [
-        "berth.job",
-        "berth.pool",
-        "berth.repository",
-        "berth.github-job-id",
-    ] {
+    assert!(labels["berth.pool"].is_string(), "{labels}");
+    // A warm container was made before its job existed: the store, not its
+    // labels, says which job it runs.
+    let keys: &[&str] = if labels["berth.warm"].is_string() {
+        &[]
+    } else {
+        &["berth.job", "berth.repository", "berth.github-job-id"]
+    };
+    for key in keys {
         assert!(labels[key].is_string(), "label {key} missing: {labels}");
     }
 }
@@ -126,7 +141,7 @@ fn assert_hardened_from_inside(log: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_are_hardened_and_cannot_reach_docker() {
-    let (log, inspect) = run_probe(false).await;
+    let (log, inspect) = run_probe(false, false).await;
     assert_hardened_from_outside(&inspect);
     assert_hardened_from_inside(&log);
     assert_eq!(inspect["HostConfig"]["ReadonlyRootfs"], false);
@@ -135,7 +150,7 @@ async fn workers_are_hardened_and_cannot_reach_docker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_only_workers_get_tmpfs_work_folders() {
-    let (log, inspect) = run_probe(true).await;
+    let (log, inspect) = run_probe(true, false).await;
     assert_hardened_from_outside(&inspect);
     assert_hardened_from_inside(&log);
     assert_eq!(inspect["HostConfig"]["ReadonlyRootfs"], true);
@@ -144,5 +159,19 @@ async fn read_only_workers_get_tmpfs_work_folders() {
         tmpfs["/tmp"].is_string() && tmpfs["/home/runner/_work"].is_string(),
         "{tmpfs}"
     );
+    assert!(log.contains("rootfs=read-only"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_workers_are_hardened_alike() {
+    let (log, inspect) = run_probe(true, true).await;
+    assert!(
+        inspect["Config"]["Labels"]["berth.warm"].is_string(),
+        "the job did not run in a warm container: {}",
+        inspect["Config"]["Labels"]
+    );
+    assert_hardened_from_outside(&inspect);
+    assert_hardened_from_inside(&log);
+    assert_eq!(inspect["HostConfig"]["ReadonlyRootfs"], true);
     assert!(log.contains("rootfs=read-only"), "{log}");
 }

@@ -352,6 +352,30 @@ impl SimHandle {
         secrets
     }
 
+    /// When the runner `name` first opened a broker session (its process
+    /// was up), if it did; remembered after the runner is gone.
+    pub fn runner_session_at(&self, name: &str) -> Option<time::OffsetDateTime> {
+        lock(&self.sim.world).runner_sessions.get(name).copied()
+    }
+
+    /// When the runner `name` first asked for a token (its process was
+    /// running), if it did; remembered after the runner is gone.
+    pub fn runner_first_contact_at(&self, name: &str) -> Option<time::OffsetDateTime> {
+        lock(&self.sim.world)
+            .runner_first_contacts
+            .get(name)
+            .copied()
+    }
+
+    /// When the runner `name`'s process started, as the stand-in reported
+    /// it with its first request; remembered after the runner is gone.
+    pub fn runner_process_started_at(&self, name: &str) -> Option<time::OffsetDateTime> {
+        lock(&self.sim.world)
+            .runner_process_starts
+            .get(name)
+            .copied()
+    }
+
     /// Every recorded webhook delivery, in order.
     pub fn deliveries(&self) -> Vec<Delivery> {
         lock(&self.sim.world).deliveries.clone()

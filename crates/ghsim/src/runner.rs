@@ -36,6 +36,19 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Env var the real runner reads its JIT config from.
 pub const JIT_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
 
+/// Header of the stand-in's first request (the OAuth token): when its
+/// process started, in nanoseconds since the Unix epoch. The real runner
+/// sends no such thing; the simulator records it so that start-up latency
+/// ("webhook → runner process started") can be measured from outside.
+pub const PROCESS_STARTED_HEADER: &str = "x-ghsim-runner-process-started";
+
+static PROCESS_STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+
+/// Records now as the moment this process started; call it first in `main`.
+pub fn mark_process_start() {
+    PROCESS_STARTED.get_or_init(std::time::SystemTime::now);
+}
+
 /// A runner-level failure: [`Error::Runner`] with its exit code.
 fn fail(code: i32, message: impl Into<String>) -> Error {
     Error::Runner {
@@ -133,9 +146,13 @@ impl Conn {
         let data = &self.jit.credentials.data;
         let assertion = sign_assertion(&self.key, &data.client_id, &data.authorization_url)
             .map_err(|e| fail(3, format!("cannot sign client assertion: {e}")))?;
-        let resp = self
-            .http
-            .post(&data.authorization_url)
+        let mut request = self.http.post(&data.authorization_url);
+        if let Some(started) = PROCESS_STARTED.get()
+            && let Ok(since) = started.duration_since(std::time::UNIX_EPOCH)
+        {
+            request = request.header(PROCESS_STARTED_HEADER, since.as_nanos().to_string());
+        }
+        let resp = request
             .form(&[
                 ("grant_type", "client_credentials"),
                 (

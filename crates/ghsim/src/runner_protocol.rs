@@ -488,7 +488,17 @@ struct TokenForm {
     client_assertion: Option<String>,
 }
 
-async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Response {
+async fn token(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Form(f): Form<TokenForm>,
+) -> Response {
+    let arrived = time::OffsetDateTime::now_utc();
+    let process_started = headers
+        .get(crate::runner::PROCESS_STARTED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i128>().ok())
+        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok());
     let err = |code: StatusCode, e: &str, d: String| {
         (code, Json(json!({"error": e, "error_description": d}))).into_response()
     };
@@ -514,11 +524,11 @@ async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Respon
         Err(e) => return err(StatusCode::UNAUTHORIZED, "invalid_client", e.to_string()),
     };
     let mut w = lock(&s.world);
-    let Some(runner_id) = w
+    let Some((runner_id, name)) = w
         .runners
         .values()
         .find(|r| r.client_id == client_id)
-        .map(|r| r.id)
+        .map(|r| (r.id, r.name.clone()))
     else {
         return err(
             StatusCode::UNAUTHORIZED,
@@ -526,6 +536,12 @@ async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Respon
             format!("no runner with client id {client_id} (registration deleted?)"),
         );
     };
+    if let Some(started) = process_started {
+        w.runner_process_starts
+            .entry(name.clone())
+            .or_insert(started);
+    }
+    w.runner_first_contacts.entry(name).or_insert(arrived);
     let token = random_token("rt_", 40);
     let lifetime = s.cfg.runner_token_lifetime;
     w.runner_tokens.insert(
@@ -560,12 +576,16 @@ async fn create_session(
     }
     let sid = Uuid::new_v4();
     r.session_id = Some(sid);
+    let name = r.name.clone();
     r.last_seen = Some(Instant::now());
     r.version = body.agent["version"]
         .as_str()
         .map(String::from)
         .or_else(|| Some("unknown".into()));
     let agent = json!({"id": r.id, "name": r.name, "version": r.version});
+    w.runner_sessions
+        .entry(name)
+        .or_insert_with(time::OffsetDateTime::now_utc);
     drop(w);
     s.jobs_changed.notify_waiters();
     Ok(Json(BrokerSession {

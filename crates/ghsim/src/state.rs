@@ -397,6 +397,17 @@ pub struct World {
     pub fault_hits: u64,
     /// Every encoded JIT config handed out, so tests can prove none leaks.
     pub issued_jit_configs: Vec<String>,
+    /// When each runner (by name) first opened a broker session: the moment
+    /// its process was up and talking. Kept after the runner is deleted, for
+    /// start-up latency measurements.
+    pub runner_sessions: HashMap<String, OffsetDateTime>,
+    /// When each runner (by name) first asked for an OAuth token: the first
+    /// request its process makes, so the earliest sign from outside that the
+    /// process runs. Stamped on arrival, before the assertion is checked.
+    pub runner_first_contacts: HashMap<String, OffsetDateTime>,
+    /// When each runner's process started, as the stand-in reports it with
+    /// its first request (`runner::PROCESS_STARTED_HEADER`).
+    pub runner_process_starts: HashMap<String, OffsetDateTime>,
 }
 
 impl World {

@@ -152,51 +152,7 @@ impl DockerAddr {
     }
 }
 
-/// A connection to the engine: a unix socket or TCP.
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl Connection for Stream {
+impl Connection for Socket {
     fn connected(&self) -> Connected {
         Connected::new()
     }
@@ -207,9 +163,9 @@ impl Connection for Stream {
 struct Connector(Arc<DockerAddr>);
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Stream>;
+    type Response = TokioIo<Socket>;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Stream>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Socket>>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -219,11 +175,11 @@ impl tower_service::Service<Uri> for Connector {
         let addr = self.0.clone();
         Box::pin(async move {
             let stream = match &*addr {
-                DockerAddr::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
+                DockerAddr::Unix(path) => Socket::Unix(UnixStream::connect(path).await?),
                 DockerAddr::Tcp(a) => {
                     let s = TcpStream::connect(a).await?;
                     s.set_nodelay(true)?;
-                    Stream::Tcp(s)
+                    Socket::Tcp(s)
                 }
             };
             Ok(TokioIo::new(stream))
@@ -740,46 +696,47 @@ pub enum Listener {
     Unix(UnixListener, PathBuf),
 }
 
-/// An accepted connection.
-pub enum Accepted {
+/// A unix-socket or TCP connection: accepted from a client, or opened to
+/// the engine.
+pub enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
-impl AsyncRead for Accepted {
+impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Accepted::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Accepted::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Accepted {
+impl AsyncWrite for Socket {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Accepted::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Accepted::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Accepted::Unix(s) => Pin::new(s).poll_flush(cx),
-            Accepted::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Accepted::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Accepted::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -821,14 +778,20 @@ impl Listener {
         }
     }
 
-    async fn accept(&self) -> io::Result<Accepted> {
+    async fn accept(&self) -> io::Result<Socket> {
+        Ok(self.accept_with_peer().await?.0)
+    }
+
+    /// Accepts a connection and names its peer (`IP:PORT`, or `unix`), for
+    /// logs.
+    pub(crate) async fn accept_with_peer(&self) -> io::Result<(Socket, String)> {
         match self {
             Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
+                let (s, peer) = l.accept().await?;
                 s.set_nodelay(true)?;
-                Ok(Accepted::Tcp(s))
+                Ok((Socket::Tcp(s), peer.to_string()))
             }
-            Listener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+            Listener::Unix(l, _) => Ok((Socket::Unix(l.accept().await?.0), "unix".to_owned())),
         }
     }
 }

@@ -196,8 +196,24 @@ async fn delegate(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    auth::authorize(&ctx.store, &headers, Need::Delegate).await?;
+    // Requests refused before intake are counted here, so that
+    // `berth_job_delegation_requests_total` sees every call (the
+    // BerthDelegationFailures alert is about exactly these).
+    let refused = |outcome: &'static str| {
+        ctx.metrics
+            .delegation_requests
+            .get_or_create(&crate::observability::metrics::Metrics::outcome(outcome))
+            .inc();
+    };
+    if let Err(e) = auth::authorize(&ctx.store, &headers, Need::Delegate).await {
+        refused(match e {
+            auth::AuthError::Unavailable => "error",
+            _ => "unauthorized",
+        });
+        return Err(e.into());
+    }
     let request: DelegateRequest = serde_json::from_slice(&body).map_err(|e| {
+        refused("invalid");
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid delegate request: {e}"),

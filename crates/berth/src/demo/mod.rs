@@ -55,12 +55,13 @@ const DEMO_LIMIT: Duration = Duration::from_secs(180);
 
 /// Runs the demo; `Ok` only when every sample job succeeded.
 pub async fn run() -> anyhow::Result<()> {
-    let started = Instant::now();
-    let say = move |line: &str| eprintln!("[{:>6.2}s] {line}", started.elapsed().as_secs_f64());
+    let progress = crate::cli::progress::Progress::new();
+    let say = |line: &str| progress.say(line);
     say("berth demo: sample jobs end to end against the built-in GitHub simulator");
 
     let docker = worker_image::connect(None).await?;
     say("building the local worker image (runner stand-in + shell)…");
+    progress.status("building the local worker image");
     let image = worker_image::ensure_local_worker_image(&docker).await?;
     say(&format!(
         "worker image {} ({}), pinned as {}",
@@ -115,9 +116,10 @@ pub async fn run() -> anyhow::Result<()> {
     ));
 
     let outcome = tokio::select! {
-        outcome = follow(&ctx, &names, &say) => outcome,
+        outcome = follow(&ctx, &names, &progress) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
+    progress.status("stopping berth, checking nothing is left behind");
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(12), service).await;
     let jobs = match outcome {
@@ -129,6 +131,7 @@ pub async fn run() -> anyhow::Result<()> {
         }
     };
     let leftovers = leftovers(&ctx, &sim, &instance).await;
+    progress.finish();
     print_summary(&ctx, &sim, &jobs, &names).await;
     cleanup(&ctx, &instance).await;
     sim.shutdown();
@@ -188,6 +191,10 @@ fn demo_config(
         job_timeout: Duration::from_secs(120),
         idle_timeout: Duration::from_secs(60),
         work_folder: "_work".into(),
+        // The demo checks that nothing is left behind after its jobs; a
+        // warm pool would keep containers on purpose.
+        warm: 0,
+        warm_started: false,
     });
     config
 }
@@ -196,8 +203,9 @@ fn demo_config(
 async fn follow(
     ctx: &Arc<Context>,
     names: &BTreeMap<i64, &str>,
-    say: &(dyn Fn(&str) + Sync),
+    progress: &crate::cli::progress::Progress,
 ) -> anyhow::Result<Vec<Job>> {
+    let say = |line: &str| progress.say(line);
     let started = Instant::now();
     let mut last: BTreeMap<i64, (JobState, Option<String>)> = BTreeMap::new();
     loop {
@@ -236,6 +244,14 @@ async fn follow(
                 last.insert(job.github_job_id, seen);
             }
         }
+        let count = |f: fn(JobState) -> bool| jobs.iter().filter(|j| f(j.state)).count();
+        progress.status(format!(
+            "{} of {} jobs finished, {} running, {} waiting",
+            count(JobState::is_terminal),
+            names.len(),
+            count(|s| s == JobState::Running),
+            names.len() - jobs.len() + count(|s| !s.is_terminal() && s != JobState::Running),
+        ));
         if jobs.len() == names.len() && jobs.iter().all(|j| j.state.is_terminal()) {
             return Ok(jobs);
         }

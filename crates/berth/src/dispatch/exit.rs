@@ -61,8 +61,18 @@ async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Opt
         }
     };
     let Some(job) = job.filter(|j| j.state.is_active()) else {
-        // No live job owns it: an orphan, or a job already finished. Removing
-        // it is all there is to do (the runner reconciler handles registrations).
+        // No live job owns it: an orphan, a job already finished, or a warm
+        // container that died waiting. Removing it is all there is to do (the
+        // runner reconciler handles registrations); a warm one is first
+        // struck from the warm table so no job takes it, and its pool refilled.
+        if matches!(ctx.store.warm_delete(container_id).await, Ok(true)) {
+            tracing::info!(
+                container_id,
+                exit_code,
+                "a warm container exited; replacing it"
+            );
+            ctx.warm.wake();
+        }
         resources::remove_container(ctx, container_id).await;
         return;
     };

@@ -11,6 +11,8 @@
 //!   a JIT runner takes *any* job whose labels match, so the runner berth
 //!   started for job A may run job B; the bookkeeping follows GitHub.
 //! * [`logs`] keeps each job's container output in the store.
+//! * [`warm`] keeps each pool's warm containers (created ahead of demand)
+//!   ready; provisioning takes one instead of creating a container.
 //!
 //! Every step is a conditional update of the job's row. When one fails, some
 //! other actor (a reconciler, another replica, a webhook) changed the job
@@ -21,6 +23,7 @@ pub mod exit;
 pub mod logs;
 pub mod provision;
 pub mod resources;
+pub mod warm;
 pub mod watch;
 
 use std::sync::Arc;

@@ -74,6 +74,16 @@ pub async fn provision(ctx: Arc<Context>, job: Job) {
         _ = lost.cancelled() => Err(Stop::Lost),
     };
     renewer.abort();
+    // Refill the warm pool once this hand-off is done and its runner had a
+    // moment to start: a refill's create and start would compete with both
+    // for the engine and the CPU (crate::dispatch::warm::REFILL_SETTLE).
+    if ctx.pool(&job.pool).is_some_and(|p| p.warm > 0) {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(super::warm::REFILL_SETTLE).await;
+            ctx.warm.wake();
+        });
+    }
     let Err(stop) = outcome else { return };
     // The job to settle: whichever holds the runner now, else the one claimed.
     let holder = match &made.runner {
@@ -138,8 +148,17 @@ async fn steps(
     let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
     let github = ctx.github().map_err(Stop::Permanent)?;
     let runner_name = runner_name(pool, job);
-    // The image is checked (and pulled) before a runner credential exists.
-    ensure_image(ctx, pool).await?;
+    crate::docker::image_policy::check(&pool.image, &ctx.config.docker.allowed_images)
+        .map_err(Stop::Permanent)?;
+    // The image is checked (and pulled) before a runner credential exists;
+    // a pool with warm containers checks it only when none is ready: a warm
+    // container's fingerprint holds the image ID it was made from, checked
+    // against the pool's image every few seconds (crate::dispatch::warm),
+    // so on a hit there is nothing to pull or inspect.
+    let warm_pool = pool.warm > 0;
+    if !warm_pool {
+        ensure_image(ctx, pool).await?;
+    }
 
     // 1. Record the name, then mint. From here on the runner is the key.
     let named = ctx
@@ -158,71 +177,111 @@ async fn steps(
     }
     *runner.lock().expect("runner name") = Some(runner_name.clone());
     made.runner = Some((runner_name.clone(), None));
-    let jit: JitConfig = match &job.scale_set {
-        // Scale-set mode: a runner of the scale set, minted through the
-        // Actions service with berth's own App credentials.
-        Some(set) => ctx
-            .scale_sets
-            .mint(set, &runner_name, &pool.work_folder)
-            .await
-            .map_err(|e| {
-                let reason = format!("minting a scale-set runner failed: {e}");
-                if e.is_transient() {
-                    Stop::Transient(reason)
-                } else {
-                    Stop::Permanent(reason)
-                }
-            })?,
-        None => github
-            .generate_jitconfig(
-                &pool.scope,
-                &runner_name,
-                pool.runner_group_id,
-                &pool.labels,
-                &pool.work_folder,
-            )
-            .await
-            .map_err(|e| {
-                let reason = format!("minting a JIT runner failed: {e}");
-                if e.is_transient() {
-                    Stop::Transient(reason)
-                } else {
-                    Stop::Permanent(reason)
-                }
-            })?,
+    // Minting (a GitHub round trip) and taking a warm container (a store
+    // transaction) are independent: run them side by side.
+    let mint = async {
+        match &job.scale_set {
+            // Scale-set mode: a runner of the scale set, minted through the
+            // Actions service with berth's own App credentials.
+            Some(set) => ctx
+                .scale_sets
+                .mint(set, &runner_name, &pool.work_folder)
+                .await
+                .map_err(|e| {
+                    let reason = format!("minting a scale-set runner failed: {e}");
+                    if e.is_transient() {
+                        Stop::Transient(reason)
+                    } else {
+                        Stop::Permanent(reason)
+                    }
+                }),
+            None => github
+                .generate_jitconfig(
+                    &pool.scope,
+                    &runner_name,
+                    pool.runner_group_id,
+                    &pool.labels,
+                    &pool.work_folder,
+                )
+                .await
+                .map_err(|e| {
+                    let reason = format!("minting a JIT runner failed: {e}");
+                    if e.is_transient() {
+                        Stop::Transient(reason)
+                    } else {
+                        Stop::Permanent(reason)
+                    }
+                }),
+        }
     };
+    let (jit, warm) = tokio::join!(mint, super::warm::take(ctx, pool, &runner_name));
+    let warm_hit = warm.is_some();
+    // Taken means recorded on the job: from here it is released like any
+    // container this attempt made.
+    if let Some((container_id, _)) = &warm {
+        made.container = Some(container_id.clone());
+    }
+    let jit: JitConfig = jit?;
     made.runner = Some((runner_name.clone(), Some(jit.runner_id as i64)));
     tracing::Span::current().record("runner_name", runner_name.as_str());
-    transition(
-        ctx,
-        &runner_name,
-        JobState::Provisioning,
-        JobState::Provisioning,
-        JobChanges::new().runner(&runner_name, jit.runner_id as i64),
-    )
-    .await?;
-    crate::failpoint::hit("after_mint");
+    let recorded = JobChanges::new().runner(&runner_name, jit.runner_id as i64);
 
-    // 2. Create the container.
-    let spec = worker_spec(ctx, job, pool, &runner_name);
-    let container_id = create_with_retries(ctx, &spec).await?;
-    made.container = Some(container_id.clone());
-    tracing::Span::current().record("container_id", container_id.as_str());
-    transition(
-        ctx,
-        &runner_name,
-        JobState::Provisioning,
-        JobState::Starting,
-        JobChanges::new().container_id(&container_id),
-    )
-    .await?;
-    crate::failpoint::hit("after_create");
+    // 2. Create the container, unless a warm one was taken.
+    let (container_id, started) = match warm {
+        // Already recorded on the job: one write records the runner and
+        // moves on (the hand-off is latency-bound; each write is a commit).
+        Some((container_id, started)) => {
+            tracing::Span::current().record("container_id", container_id.as_str());
+            transition(
+                ctx,
+                &runner_name,
+                JobState::Provisioning,
+                JobState::Starting,
+                recorded.container_id(&container_id),
+            )
+            .await?;
+            crate::failpoint::hit("after_warm_take");
+            (container_id, started)
+        }
+        None => {
+            transition(
+                ctx,
+                &runner_name,
+                JobState::Provisioning,
+                JobState::Provisioning,
+                recorded,
+            )
+            .await?;
+            crate::failpoint::hit("after_mint");
+            if warm_pool {
+                ensure_image(ctx, pool).await?;
+            }
+            let spec = worker_spec(ctx, job, pool, &runner_name);
+            let container_id = create_with_retries(ctx, &spec).await?;
+            made.container = Some(container_id.clone());
+            tracing::Span::current().record("container_id", container_id.as_str());
+            transition(
+                ctx,
+                &runner_name,
+                JobState::Provisioning,
+                JobState::Starting,
+                JobChanges::new().container_id(&container_id),
+            )
+            .await?;
+            crate::failpoint::hit("after_create");
+            (container_id, false)
+        }
+    };
 
-    // 3. Deliver the JIT config and start.
-    ctx.docker
-        .start_with_secret(&container_id, jit.encoded.expose().as_bytes())
-        .await
-        .map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
+    // 3. Deliver the JIT config, and start (a warm container may already
+    // run, its entrypoint blocked reading stdin).
+    let secret = jit.encoded.expose().as_bytes();
+    let delivered = if started {
+        ctx.docker.deliver_secret(&container_id, secret).await
+    } else {
+        ctx.docker.start_with_secret(&container_id, secret).await
+    };
+    delivered.map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
     crate::failpoint::hit("after_start");
     let now = ctx.store.now();
     transition(
@@ -246,6 +305,7 @@ async fn steps(
         .observe(waited);
     tracing::info!(
         queue_wait_ms = (waited * 1000.0) as u64,
+        warm = warm_hit,
         "worker container running"
     );
     let holder = match ctx.store.job_get_by_runner_name(&runner_name).await {
@@ -420,12 +480,7 @@ pub fn runner_name(pool: &PoolConfig, job: &Job) -> String {
 pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &str) -> WorkerSpec {
     let id = job.id.simple().to_string();
     let name = format!("berth-{}-{}", &id[id.len() - 12..], job.attempts.max(1));
-    let network = if pool.host_network {
-        WorkerNetwork::Host
-    } else {
-        WorkerNetwork::Bridge(ctx.config.docker.network.clone())
-    };
-    let mut spec = WorkerSpec::new(name, pool.image.clone(), network);
+    let mut spec = pool_spec(ctx, pool, name);
     if let Some(set) = &job.scale_set {
         spec.labels
             .insert(crate::scaleset::LABEL_SCALE_SET.to_string(), set.clone());
@@ -444,6 +499,19 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
             ctx.config.docker.instance.clone(),
         ),
     ]));
+    spec
+}
+
+/// A pool's container settings, without any labels but `berth.managed`:
+/// shared by job containers and warm ones (crate::dispatch::warm), so both
+/// get exactly the same hardening and limits.
+pub fn pool_spec(ctx: &Context, pool: &PoolConfig, name: String) -> WorkerSpec {
+    let network = if pool.host_network {
+        WorkerNetwork::Host
+    } else {
+        WorkerNetwork::Bridge(ctx.config.docker.network.clone())
+    };
+    let mut spec = WorkerSpec::new(name, pool.image.clone(), network);
     spec.cpus = pool.cpus;
     spec.memory_bytes = pool.memory.0 as i64;
     spec.pids_limit = pool.pids_limit;
@@ -455,5 +523,7 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
         format!("/home/runner/{}", pool.work_folder)
     };
     spec.extra_hosts = ctx.config.docker.extra_hosts.clone();
+    spec.env
+        .extend(crate::docker::egress::worker_env(&ctx.config.docker));
     spec
 }

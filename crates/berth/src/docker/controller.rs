@@ -76,7 +76,7 @@ use tokio::io::AsyncWriteExt;
 pub use error::DockerError;
 pub use spec::{
     DEFAULT_USER, DEFAULT_WORK_FOLDER, LABEL_GITHUB_JOB_ID, LABEL_JOB, LABEL_MANAGED, LABEL_POOL,
-    LABEL_REPOSITORY, LABEL_RUNNER, NAME_PREFIX, TmpfsSizes, WorkerNetwork, WorkerSpec,
+    LABEL_REPOSITORY, LABEL_RUNNER, LABEL_WARM, NAME_PREFIX, TmpfsSizes, WorkerNetwork, WorkerSpec,
 };
 pub use types::{
     ContainerEvent, ContainerEventKind, ContainerInfo, ContainerStatus, LogOptions,
@@ -225,13 +225,60 @@ impl Controller {
     /// oldest and removes its own copy if that lost. A network berth creates
     /// is labelled `berth.managed=true`.
     pub async fn ensure_network(&self, name: &str) -> Result<String, DockerError> {
+        self.ensure_network_with(name, false).await
+    }
+
+    /// [`ensure_network`](Self::ensure_network), and when `internal` is set
+    /// the network is created `Internal` (no route out of it: workers
+    /// reach the outside only through the egress proxy attached to it), and
+    /// an existing network of that name that is not internal is an error
+    /// ([`DockerError::Conflict`]) rather than silently used, since workers
+    /// on it could bypass the proxy.
+    pub async fn ensure_network_with(
+        &self,
+        name: &str,
+        internal: bool,
+    ) -> Result<String, DockerError> {
         spec::validate_network_name(name)?;
         let _one_at_a_time = self.network_lock.lock().await;
-        let result = self.ensure_network_inner(name).await;
+        let mut result = self.ensure_network_inner(name, internal).await;
+        if internal && let Ok(id) = &result {
+            result = match self.network_is_internal(id).await {
+                Ok(true) => Ok(id.clone()),
+                Ok(false) => Err(DockerError::Conflict {
+                    op: "network_create",
+                    message: format!(
+                        "network {name} exists and is not internal, so workers on it could bypass the \
+                         egress proxy; remove it (berth re-creates it internal) or set docker.network \
+                         to an internal network"
+                    ),
+                }),
+                Err(e) => Err(e),
+            };
+        }
         self.report(result)
     }
 
-    async fn ensure_network_inner(&self, name: &str) -> Result<String, DockerError> {
+    /// Whether the network with this full ID is `Internal`.
+    async fn network_is_internal(&self, id: &str) -> Result<bool, DockerError> {
+        // Listing (filtered by ID) rather than inspecting: the socket proxy
+        // allows the list for any network, the inspect only for berth's own.
+        let options = ListNetworksOptions {
+            filters: Some(HashMap::from([("id".to_owned(), vec![id.to_owned()])])),
+        };
+        let networks = self
+            .call("network_list", self.docker.list_networks(Some(options)))
+            .await?;
+        Ok(networks
+            .iter()
+            .any(|n| n.id.as_deref() == Some(id) && n.internal == Some(true)))
+    }
+
+    async fn ensure_network_inner(
+        &self,
+        name: &str,
+        internal: bool,
+    ) -> Result<String, DockerError> {
         match self.networks_named(name).await?.as_slice() {
             [] => {}
             [only] => return Ok(only.clone()),
@@ -245,6 +292,7 @@ impl Controller {
             "Name": name,
             "Driver": "bridge",
             "CheckDuplicate": true,
+            "Internal": internal,
             "Labels": { LABEL_MANAGED: "true" },
         });
         let body = Bytes::from(body.to_string());
@@ -394,14 +442,51 @@ impl Controller {
                 "the secret must be one non-empty line (no line breaks)".into(),
             ));
         }
-        let result = self.start_with_secret_inner(container_id, secret).await;
+        let result = self.deliver_inner(container_id, secret, true).await;
         self.report(result)
     }
 
-    async fn start_with_secret_inner(
+    /// Starts a created worker without giving it anything: its entrypoint
+    /// blocks reading stdin (kept open by `OpenStdin`) until
+    /// [`deliver_secret`](Self::deliver_secret). This is a warm container
+    /// started ahead of demand.
+    pub async fn start_waiting(&self, container_id: &str) -> Result<(), DockerError> {
+        check_container_ref(container_id)?;
+        let result = self
+            .call(
+                "container_start",
+                self.docker.start_container(container_id, None),
+            )
+            .await;
+        self.report(result)
+    }
+
+    /// Delivers `secret` to a worker that is already running and waiting on
+    /// stdin ([`start_waiting`](Self::start_waiting)): attach, write the line,
+    /// close. With `StdinOnce`, Docker closes the container's stdin when this
+    /// first attached client ends its input, so the entrypoint reads exactly
+    /// one line. The same rules as [`start_with_secret`](Self::start_with_secret)
+    /// apply: never logged, not idempotent.
+    pub async fn deliver_secret(
         &self,
         container_id: &str,
         secret: &[u8],
+    ) -> Result<(), DockerError> {
+        check_container_ref(container_id)?;
+        if secret.is_empty() || secret.contains(&b'\n') || secret.contains(&b'\r') {
+            return Err(DockerError::InvalidSpec(
+                "the secret must be one non-empty line (no line breaks)".into(),
+            ));
+        }
+        let result = self.deliver_inner(container_id, secret, false).await;
+        self.report(result)
+    }
+
+    async fn deliver_inner(
+        &self,
+        container_id: &str,
+        secret: &[u8],
+        start: bool,
     ) -> Result<(), DockerError> {
         let options = AttachContainerOptions {
             stdin: true,
@@ -414,11 +499,13 @@ impl Controller {
                 self.docker.attach_container(container_id, Some(options)),
             )
             .await?;
-        self.call(
-            "container_start",
-            self.docker.start_container(container_id, None),
-        )
-        .await?;
+        if start {
+            self.call(
+                "container_start",
+                self.docker.start_container(container_id, None),
+            )
+            .await?;
+        }
 
         let write = async {
             input.write_all(secret).await?;

@@ -2,6 +2,7 @@
 //! and the local worker-image builder used by tests and `berth demo`.
 
 pub mod controller;
+pub mod egress;
 pub mod image_policy;
 pub mod worker_image;
 

@@ -152,6 +152,16 @@ struct Inner {
     tokens: Mutex<HashMap<u64, CachedToken>>,
 }
 
+/// The HTTP client of every call to GitHub (REST and the Actions service):
+/// each request limited to `request_timeout`, connecting for at most 10 s.
+pub(crate) fn http_client(request_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(request_timeout)
+        .connect_timeout(request_timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 impl GithubClient {
     /// `api_url` is `https://api.github.com` or a GHES `https://HOST/api/v3`.
     pub fn new(
@@ -161,11 +171,7 @@ impl GithubClient {
         retry: RetryPolicy,
         metrics: Metrics,
     ) -> Result<Self, GithubError> {
-        let http = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(request_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let http = http_client(request_timeout)
             .map_err(|e| GithubError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {

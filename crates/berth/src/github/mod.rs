@@ -5,6 +5,7 @@ mod app;
 mod client;
 
 pub use app::AppAuth;
+pub(crate) use client::http_client;
 pub use client::{GithubClient, JitConfig, RetryPolicy, Runner, WorkflowJob};
 
 use std::time::Duration;

@@ -71,6 +71,12 @@ pub struct ScaleSetOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolOutcomeLabels {
+    pub pool: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub op: &'static str,
 }
@@ -181,6 +187,12 @@ pub struct Metrics {
     pub scaleset_session_events: Family<ScaleSetOutcomeLabels, Counter>,
     /// Job messages received, by kind (available, assigned, started, completed).
     pub scaleset_job_messages: Family<ScaleSetOutcomeLabels, Counter>,
+    /// Warm containers waiting for a job, per pool (this replica's view of
+    /// the store's warm pool after its last refill).
+    pub warm_containers: Family<PoolLabels, Gauge>,
+    /// Hand-offs per pool: `hit` (a job took a warm container), `miss` (the
+    /// pool has a warm pool but none was ready; a cold create followed).
+    pub warm_handoffs: Family<PoolOutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -370,6 +382,18 @@ impl Metrics {
         ] {
             drop(webhook_deliveries.get_or_create(&Self::outcome(outcome)));
         }
+        let warm_containers = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "warm_containers",
+            "Warm containers (created ahead, no job yet) per pool",
+            warm_containers.clone(),
+        );
+        let warm_handoffs = Family::<PoolOutcomeLabels, Counter>::default();
+        registry.register(
+            "warm_handoffs",
+            "Jobs of pools with a warm pool, by whether a warm container was ready (hit) or not (miss)",
+            warm_handoffs.clone(),
+        );
         for kind in RECONCILER_KINDS {
             drop(reconciler_actions.get_or_create(&KindLabels { kind }));
             drop(reconciler_failures.get_or_create(&KindLabels { kind }));
@@ -406,6 +430,8 @@ impl Metrics {
             scaleset_retirements,
             scaleset_session_events,
             scaleset_job_messages,
+            warm_containers,
+            warm_handoffs,
         }
     }
 
@@ -450,6 +476,13 @@ impl Metrics {
             drop(self.job_execution_duration.get_or_create(&labels));
             drop(self.queue_wait.get_or_create(&labels));
             drop(self.pool_max_runners.get_or_create(&labels));
+            drop(self.warm_containers.get_or_create(&labels));
+            for outcome in ["hit", "miss"] {
+                drop(self.warm_handoffs.get_or_create(&PoolOutcomeLabels {
+                    pool: pool.to_string(),
+                    outcome,
+                }));
+            }
             for state in crate::store::JobState::TERMINAL {
                 drop(self.jobs_finished.get_or_create(&PoolStateLabels {
                     pool: pool.to_string(),
@@ -470,6 +503,17 @@ impl Metrics {
         self.pool_max_runners
             .get_or_create(&Self::pool(pool))
             .set(i64::from(max_runners));
+    }
+
+    /// Counts a hand-off of a pool with a warm pool: `hit` or `miss`
+    /// (`berth_warm_handoffs_total`).
+    pub fn warm_handoff(&self, pool: &str, hit: bool) {
+        self.warm_handoffs
+            .get_or_create(&PoolOutcomeLabels {
+                pool: pool.to_string(),
+                outcome: if hit { "hit" } else { "miss" },
+            })
+            .inc();
     }
 
     /// Counts a job that reached a terminal state (`berth_jobs_finished_total`).
@@ -585,6 +629,8 @@ mod tests {
             "berth_reconciler_failures_total{kind=\"orphan_runner\"} 0",
             "berth_docker_api_errors_total{op=\"container_create\"} 0",
             "berth_webhook_deliveries_total{outcome=\"error\"} 0",
+            "berth_warm_containers{pool=\"linux\"} 0",
+            "berth_warm_handoffs_total{pool=\"linux\",outcome=\"miss\"} 0",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -9,6 +9,7 @@
 //! |-------------------------------------------------|------------------------------------------------|
 //! | a claim whose lease ran out                     | job requeued, or running if its worker runs    |
 //! | a `berth.managed` container no live job owns    | removed after `orphan_grace`                   |
+//! | a warm container recorded in the store           | left to crate::dispatch::warm (kept or replaced) |
 //! | an offline `berth-` runner no live job owns     | registration deleted                           |
 //! | a job queued longer than `queued_check_after`   | checked on GitHub; expired if no longer queued |
 //! | a job past its pool's `job_timeout`             | worker stopped (SIGTERM, then kill); failed    |
@@ -388,11 +389,29 @@ async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     // Docker's list first, then the store (the same reasoning as for runners).
     let containers = ctx.docker.list_managed().await.map_err(err)?;
+    // Warm containers before the jobs: taking one moves it from the warm
+    // table to its job in one transaction, so read in this order it is
+    // always in one of the two sets. Those the warm table records are the
+    // warm pools' to keep, replace or remove (crate::dispatch::warm); a
+    // `berth.warm` container in neither (a crash between its create and its
+    // record) is an orphan like any other.
+    let warm: BTreeSet<String> = ctx
+        .store
+        .warm_list()
+        .await
+        .map_err(err)?
+        .into_iter()
+        .map(|w| w.container_id)
+        .collect();
     let owned = ctx.store.active_container_ids().await.map_err(err)?;
     let live_runners = ctx.store.active_runner_names().await.map_err(err)?;
     let mut acted = 0;
     for c in containers {
-        if !ctx.owns(&c.labels) || owned.contains(&c.id) || now - c.created < grace {
+        if !ctx.owns(&c.labels)
+            || owned.contains(&c.id)
+            || warm.contains(&c.id)
+            || now - c.created < grace
+        {
             continue;
         }
         tracing::info!(container_id = %c.id, name = %c.name, "removing an orphan worker container");

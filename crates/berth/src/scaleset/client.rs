@@ -177,11 +177,7 @@ impl ActionsClient {
         metrics: Metrics,
     ) -> Result<Self, ScaleSetError> {
         let config = ConfigUrl::parse(config_url)?;
-        let http = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(request_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let http = crate::github::http_client(request_timeout)
             .map_err(|e| ScaleSetError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {

@@ -97,6 +97,7 @@ mod rebind;
 mod scaleset;
 mod tokens;
 mod types;
+mod warm;
 
 pub use clock::{Clock, ManualClock, SystemClock, truncate_to_millis};
 pub use error::{Result, StoreError};
@@ -106,6 +107,7 @@ pub use types::{
     ApiToken, ApiTokenScope, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobLogs,
     JobLogsState, JobSource, JobState, NewApiToken, NewJob, UnknownName,
 };
+pub use warm::WarmContainer;
 
 /// How long a SQLite statement waits for another process's write lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);

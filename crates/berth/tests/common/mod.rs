@@ -36,10 +36,17 @@ impl World {
 
     /// The simulator listens on all addresses so that workers reach it
     /// through `host.docker.internal` (the host's docker0 address).
-    pub async fn with_sim(mut sim_config: SimConfig) -> World {
-        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    pub async fn with_sim(sim_config: SimConfig) -> World {
+        Self::with_sim_at(sim_config, "0.0.0.0", "host.docker.internal").await
+    }
+
+    /// The simulator listening on `bind` (an address, port chosen), telling
+    /// runners to reach it as `public_host` (e.g. loopback only, reached by
+    /// workers through the egress proxy as `localhost`).
+    pub async fn with_sim_at(mut sim_config: SimConfig, bind: &str, public_host: &str) -> World {
+        let listener = tokio::net::TcpListener::bind((bind, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        sim_config.public_url = Some(format!("http://host.docker.internal:{port}"));
+        sim_config.public_url = Some(format!("http://{public_host}:{port}"));
         let sim = Simulator::start(sim_config, listener).unwrap();
         let docker = berth::docker::worker_image::connect(None).await.unwrap();
         let image = berth::docker::worker_image::ensure_local_worker_image(&docker)

@@ -13,6 +13,7 @@ fn usage() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    ghsim::runner::mark_process_start();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--version" || a == "-v") {
         println!("ghsim-runner {}", ghsim::runner::VERSION);

@@ -28,6 +28,11 @@ pub const LABEL_REPOSITORY: &str = "berth.repository";
 pub const LABEL_GITHUB_JOB_ID: &str = "berth.github-job-id";
 /// Label with the JIT runner's name.
 pub const LABEL_RUNNER: &str = "berth.runner";
+/// Label of a warm container (created ahead of demand, no job yet): the
+/// fingerprint of the image and pool settings it was made with. A warm
+/// container has no `berth.job`: labels cannot change after create, so which
+/// job took it is recorded in berth's store, not on the container.
+pub const LABEL_WARM: &str = "berth.warm";
 
 /// Container and runner names start with this.
 pub const NAME_PREFIX: &str = "berth-";
@@ -230,7 +235,8 @@ impl WorkerSpec {
     ///
     /// - `name` starts with `berth-` and is a valid Docker name;
     /// - `image` is not empty and has no whitespace;
-    /// - labels hold `berth.managed=true` and a non-empty `berth.job`;
+    /// - labels hold `berth.managed=true` and a non-empty `berth.job`, or
+    ///   instead `berth.warm` for a warm container;
     /// - `cpus` ≥ 0.01 (and ≤ 1024), `memory_bytes` ≥ 6 MiB, `pids_limit` ≥ 1:
     ///   limits are mandatory, "unlimited" cannot be expressed;
     /// - `cap_add` names known capabilities, not `ALL` and none of those that
@@ -274,13 +280,12 @@ impl WorkerSpec {
             Some("true") => {}
             _ => return invalid(format!("label `{LABEL_MANAGED}=true` is required")),
         }
-        if self
-            .labels
-            .get(LABEL_JOB)
-            .is_none_or(|v| v.trim().is_empty())
-        {
+        let labelled = |key: &str| self.labels.get(key).is_some_and(|v| !v.trim().is_empty());
+        // A warm container is made before its job exists; it carries the
+        // warm label instead, never both.
+        if labelled(LABEL_JOB) == labelled(LABEL_WARM) {
             return invalid(format!(
-                "label `{LABEL_JOB}` (the berth job id) is required"
+                "exactly one of the labels `{LABEL_JOB}` (the berth job id) and `{LABEL_WARM}` (a warm container) is required"
             ));
         }
         if let Some(key) = self.labels.keys().find(|k| k.trim().is_empty()) {
@@ -666,6 +671,13 @@ mod tests {
         refused(&s);
         let mut s = spec();
         s.labels.remove(LABEL_JOB);
+        refused(&s);
+        // A warm container has the warm label instead of a job; not both.
+        let mut s = spec();
+        s.labels.remove(LABEL_JOB);
+        s.labels.insert(LABEL_WARM.into(), "f00d".into());
+        assert!(s.validate().is_ok());
+        s.labels.insert(LABEL_JOB.into(), "0a1b2c3d".into());
         refused(&s);
         let mut s = spec();
         s.name = "runner-1".into();

@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, EXIT_CONFIG, Role};
 
+pub mod progress;
+pub mod remote;
+
 /// berth: every GitHub Actions job in a fresh, single-use, locked-down Docker container.
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about, propagate_version = true)]
@@ -45,12 +48,17 @@ pub enum Command {
         #[arg(long)]
         metrics: Option<String>,
     },
-    /// Run the egress proxy with a domain allowlist.
+    /// Run the egress proxy: workers reach only the destinations of its allowlist.
     EgressProxy {
+        /// `host:port` or `unix:PATH`.
         #[arg(long)]
         listen: String,
+        /// The TOML allowlist (see docs/egress-proxy.md); reloaded on SIGHUP.
         #[arg(long)]
         allow: PathBuf,
+        /// Serve Prometheus metrics at `GET /metrics` on this `host:port`.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Run the whole system on this machine against the built-in GitHub simulator.
     Demo,
@@ -66,6 +74,59 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Jobs of a running orchestrator.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// A job's output; with `-f`, live until the job ends.
+    Logs {
+        /// The berth job id.
+        job: String,
+        /// Keep streaming until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// The orchestrator's pools with their queued and active jobs.
+    Pools {
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first: state, pool, repository, queue wait, duration.
+    List {
+        #[command(flatten)]
+        filter: remote::ListFilter,
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything berth knows about one job.
+    Show {
+        /// The berth job id.
+        id: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask berth to cancel a job (needs an `admin` token).
+    Cancel {
+        /// The berth job id.
+        id: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,9 +262,28 @@ pub async fn run(cli: Cli) -> ExitCode {
             policy,
             metrics,
         } => socket_proxy(&listen, &docker, policy.as_deref(), metrics.as_deref()).await,
-        other => Err(anyhow::anyhow!(
-            "`{other:?}` is not available in this build yet"
-        )),
+        Command::EgressProxy {
+            listen,
+            allow,
+            metrics,
+        } => return egress_proxy(&listen, &allow, metrics.as_deref()).await,
+        Command::Jobs(JobsCommand::List {
+            filter,
+            remote,
+            json,
+        }) => remote::jobs_list(&remote, &filter, json).await,
+        Command::Jobs(JobsCommand::Show { id, remote, json }) => {
+            remote::jobs_show(&remote, &id, json).await
+        }
+        Command::Jobs(JobsCommand::Cancel { id, remote, json }) => {
+            remote::jobs_cancel(&remote, &id, json).await
+        }
+        Command::Logs {
+            job,
+            follow,
+            remote,
+        } => remote::logs(&remote, &job, follow).await,
+        Command::Pools { remote, json } => remote::pools(&remote, json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -325,6 +405,35 @@ async fn socket_proxy(
     Ok(())
 }
 
+/// `berth egress-proxy`: JSON logs (level from `BERTH_LOGS__LEVEL`, default
+/// `info`); a bad allowlist exits 64 naming the line and key, like `berth
+/// config check`; SIGHUP reloads the allowlist; SIGTERM or SIGINT stops it.
+/// See `docs/egress-proxy.md`.
+async fn egress_proxy(listen: &str, allow: &Path, metrics: Option<&str>) -> ExitCode {
+    // Checked before anything else, so a bad file is reported on stderr
+    // plainly, with the configuration exit code.
+    if let Err(e) = berth_proxies::egress::Allowlist::from_file(allow) {
+        eprintln!("berth: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let level = std::env::var("BERTH_LOGS__LEVEL").unwrap_or_else(|_| "info".into());
+    crate::observability::logging::init(&level);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match berth_proxies::egress::run(listen, allow, metrics, shutdown.cancelled_owned()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(berth_proxies::egress::EgressError::Allowlist(e)) => {
+            eprintln!("berth: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "berth egress-proxy failed");
+            eprintln!("berth: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Cancels `token` on SIGTERM or SIGINT.
 pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -357,20 +466,24 @@ async fn token_create(path: Option<&Path>, scope: &str, name: &str) -> anyhow::R
 async fn build_worker_image(docker: Option<&str>) -> anyhow::Result<()> {
     use crate::docker::worker_image;
 
+    let progress = progress::Progress::new();
     let sources = worker_image::ImageSources::locate()?;
-    eprintln!(
-        "berth: building the local worker image from {} and {}…",
+    progress.say(&format!(
+        "building the local worker image from {} and {}",
         sources.runner.display(),
         sources.busybox.display()
-    );
+    ));
+    progress.status("connecting to Docker");
     let docker = worker_image::connect(docker).await?;
+    progress.status("assembling the root filesystem and importing it into Docker");
     let image = worker_image::build_worker_image(&docker, &sources).await?;
+    progress.finish();
     let how = if image.built {
         "built"
     } else {
         "already present"
     };
-    eprintln!("berth: image {how}");
+    progress.say(&format!("image {how}"));
     println!("image: {}", image.reference);
     println!("id:    {}", image.id);
     Ok(())

@@ -1,0 +1,452 @@
+//! The operator commands that talk to a running orchestrator over its HTTP
+//! API: `berth jobs list|show|cancel`, `berth logs JOB [-f]`, `berth pools`.
+//!
+//! They are thin: every answer comes from the API (so they work against a
+//! remote `berth serve` and see exactly what the dashboard sees), printed as a
+//! readable table, or as the API's own JSON with `--json` for scripts. The
+//! token is read from `BERTH_TOKEN` or a file, never from the command line,
+//! where `ps` would show it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::store::Job;
+
+/// Where the orchestrator is and how to authenticate to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Remote {
+    /// The orchestrator's base URL.
+    #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A file holding an API token (`read` scope; `admin` to cancel). The
+    /// `BERTH_TOKEN` environment variable works too.
+    #[arg(long, env = "BERTH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A PEM certificate to trust, for an `https` URL with a private CA.
+    #[arg(long, env = "BERTH_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Filters of `berth jobs list`, passed to `GET /v1/jobs` as they are.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ListFilter {
+    /// Only jobs in these states (comma-separated: `queued,running`).
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// `owner/name`.
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// At most this many jobs, newest first (1 to 5000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
+
+/// An authenticated client of one orchestrator.
+pub struct Client {
+    http: reqwest::Client,
+    base: url::Url,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(remote: &Remote) -> anyhow::Result<Self> {
+        let base = url::Url::parse(&remote.url)
+            .with_context(|| format!("--url `{}` is not a URL", remote.url))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            bail!("--url `{}` must be http:// or https://", remote.url);
+        }
+        let token = match (&remote.token_file, std::env::var("BERTH_TOKEN")) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, Ok(token)) if !token.trim().is_empty() => Some(token.trim().to_string()),
+            _ => None,
+        };
+        let mut http = reqwest::Client::builder()
+            .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(path) = &remote.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            http = http.add_root_certificate(cert);
+        }
+        Ok(Client {
+            http: http.build()?,
+            base,
+            token,
+        })
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
+        let url = self
+            .base
+            .join(path)
+            .with_context(|| format!("building a URL for {path}"))?;
+        let mut req = self.http.request(method, url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        Ok(req)
+    }
+
+    /// Sends a request; any answer but 2xx becomes an error carrying the
+    /// API's own message.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach berth at {}: {e}", self.base))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or(body);
+        let hint = match status.as_u16() {
+            401 => {
+                " (set BERTH_TOKEN or --token-file; `berth token create --scope read` makes one)"
+            }
+            403 => " (this token's scope does not allow it)",
+            _ => "",
+        };
+        bail!("{status}: {message}{hint}")
+    }
+
+    async fn get_json(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let req = self.request(reqwest::Method::GET, path)?.query(query);
+        Ok(self.send(req).await?.json().await?)
+    }
+}
+
+/// `berth jobs list`.
+pub async fn jobs_list(remote: &Remote, filter: &ListFilter, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let mut query = Vec::new();
+    for (key, value) in [
+        ("state", &filter.state),
+        ("pool", &filter.pool),
+        ("repository", &filter.repository),
+    ] {
+        if let Some(v) = value {
+            query.push((key, v.clone()));
+        }
+    }
+    if let Some(limit) = filter.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    let answer = client.get_json("/v1/jobs", &query).await?;
+    if json {
+        return print_json(&answer);
+    }
+    let jobs: Vec<Job> = serde_json::from_value(answer.get("jobs").cloned().unwrap_or_default())
+        .context("the server's job list is not in the expected form")?;
+    if jobs.is_empty() {
+        eprintln!("no jobs");
+        return Ok(());
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut table = Table::new(&[
+        "ID",
+        "STATE",
+        "POOL",
+        "REPOSITORY",
+        "JOB",
+        "WAIT",
+        "DURATION",
+        "UPDATED",
+    ]);
+    for job in &jobs {
+        table.row(vec![
+            job.id.to_string(),
+            job.state.as_str().to_string(),
+            job.pool.clone(),
+            job.repository.clone(),
+            job_title(job),
+            queue_wait(job, now),
+            run_duration(job, now),
+            format!("{} ago", human(now - job.updated_at)),
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+/// `berth jobs show`.
+pub async fn jobs_show(remote: &Remote, id: &str, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let answer = client
+        .get_json(&format!("/v1/jobs/{}", path_segment(id)), &[])
+        .await?;
+    if json {
+        return print_json(&answer);
+    }
+    let job: Job =
+        serde_json::from_value(answer).context("the server's job is not in the expected form")?;
+    print_job(&job);
+    Ok(())
+}
+
+/// `berth jobs cancel`.
+pub async fn jobs_cancel(remote: &Remote, id: &str, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let req = client.request(
+        reqwest::Method::POST,
+        &format!("/v1/jobs/{}/cancel", path_segment(id)),
+    )?;
+    let answer: Value = client.send(req).await?.json().await?;
+    if json {
+        return print_json(&answer);
+    }
+    let job: Job =
+        serde_json::from_value(answer).context("the server's job is not in the expected form")?;
+    println!(
+        "cancel requested for job {} ({}); it was {}",
+        job.id,
+        job_title(&job),
+        job.state
+    );
+    Ok(())
+}
+
+/// `berth logs JOB [-f]`: the job's output as the server stores it; with
+/// `follow`, streamed until the job ends.
+pub async fn logs(remote: &Remote, id: &str, follow: bool) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let mut req = client.request(
+        reqwest::Method::GET,
+        &format!("/v1/jobs/{}/logs", path_segment(id)),
+    )?;
+    if follow {
+        req = req.query(&[("follow", "true")]);
+    }
+    let resp = client.send(req).await?;
+    let mut body = resp.bytes_stream();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("the log stream broke off")?;
+        stdout.write_all(&chunk)?;
+        // Flush per chunk: `-f` is read by people watching a job live.
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+/// `berth pools`.
+pub async fn pools(remote: &Remote, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let answer = client.get_json("/v1/pools", &[]).await?;
+    if json {
+        return print_json(&answer);
+    }
+    let pools = answer
+        .get("pools")
+        .and_then(Value::as_array)
+        .context("the server's pool list is not in the expected form")?;
+    let mut table = Table::new(&["POOL", "SCOPE", "LABELS", "QUEUED", "ACTIVE", "MAX"]);
+    for pool in pools {
+        let text = |key: &str| match pool.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(other) => other.to_string(),
+            None => "-".into(),
+        };
+        table.row(vec![
+            text("name"),
+            text("scope"),
+            text("labels"),
+            text("queued"),
+            text("active"),
+            text("max_runners"),
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// An id typed by a person goes into a URL path: encode it so a stray `/` or
+/// `?` cannot address another route.
+fn path_segment(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id.trim(), percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn job_title(job: &Job) -> String {
+    match (&job.workflow, &job.job_name) {
+        (Some(w), Some(j)) => format!("{w} / {j}"),
+        (None, Some(j)) => j.clone(),
+        (Some(w), None) => w.clone(),
+        (None, None) => format!("#{}", job.github_job_id),
+    }
+}
+
+/// Queued → container running; still counting while the job waits.
+fn queue_wait(job: &Job, now: OffsetDateTime) -> String {
+    match job.started_at {
+        Some(started) => human(started - job.queued_at),
+        None if !job.state.is_terminal() => format!("{}…", human(now - job.queued_at)),
+        None => "-".into(),
+    }
+}
+
+/// Container running → finished; still counting while it runs.
+fn run_duration(job: &Job, now: OffsetDateTime) -> String {
+    match (job.started_at, job.finished_at) {
+        (Some(s), Some(f)) => human(f - s),
+        (Some(s), None) => format!("{}…", human(now - s)),
+        _ => "-".into(),
+    }
+}
+
+/// A duration as a person reads it: `850ms`, `12.3s`, `4m05s`, `2h10m`.
+fn human(d: time::Duration) -> String {
+    let ms = d.whole_milliseconds().max(0);
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
+fn print_job(job: &Job) {
+    let now = OffsetDateTime::now_utc();
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let num = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let at = |v: Option<OffsetDateTime>| {
+        v.map(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    let fields: Vec<(&str, String)> = vec![
+        ("id", job.id.to_string()),
+        ("state", job.state.as_str().to_string()),
+        ("repository", job.repository.clone()),
+        ("workflow", opt(&job.workflow)),
+        ("job", opt(&job.job_name)),
+        ("github job id", job.github_job_id.to_string()),
+        ("run id", job.run_id.to_string()),
+        ("labels", job.labels.join(",")),
+        ("pool", job.pool.clone()),
+        ("source", job.source.as_str().to_string()),
+        ("scale set", opt(&job.scale_set)),
+        ("attempts", job.attempts.to_string()),
+        ("runner", opt(&job.runner_name)),
+        ("container", opt(&job.container_id)),
+        ("github conclusion", opt(&job.github_conclusion)),
+        ("exit code", num(job.exit_code)),
+        ("cancel requested", job.cancel_requested.to_string()),
+        ("error", opt(&job.error)),
+        ("created", at(Some(job.created_at))),
+        ("queued", at(Some(job.queued_at))),
+        ("started", at(job.started_at)),
+        ("finished", at(job.finished_at)),
+        ("queue wait", queue_wait(job, now)),
+        ("duration", run_duration(job, now)),
+    ];
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in fields {
+        println!("{key:<width$}  {value}");
+    }
+}
+
+/// Left-aligned columns as wide as their widest cell: what `docker ps` and
+/// `kubectl get` print, which operators already read without thinking.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        Table {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}   "));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    fn print(&self) {
+        print!("{}", self.render());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_person_writes_them() {
+        assert_eq!(human(time::Duration::milliseconds(850)), "850ms");
+        assert_eq!(human(time::Duration::milliseconds(12_345)), "12.3s");
+        assert_eq!(human(time::Duration::seconds(245)), "4m05s");
+        assert_eq!(human(time::Duration::minutes(130)), "2h10m");
+        assert_eq!(human(time::Duration::milliseconds(-5)), "0ms");
+    }
+
+    #[test]
+    fn table_columns_line_up() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["wide cell".into(), "x".into()]);
+        assert_eq!(t.render(), "A           LONGER\nwide cell   x\n");
+    }
+
+    #[test]
+    fn ids_cannot_escape_their_path_segment() {
+        assert_eq!(path_segment("../metrics?x=1"), "%2E%2E%2Fmetrics%3Fx%3D1");
+    }
+}
