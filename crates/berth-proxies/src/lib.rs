@@ -9,4 +9,5 @@
 //! being auditable, even if everything else in berth is compromised.
 
 pub mod egress;
+mod metrics_endpoint;
 pub mod socket;

@@ -149,3 +149,55 @@ async fn orphan_containers_and_runner_registrations_are_removed() {
     );
     berth.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_github_does_not_hold_up_local_repairs() {
+    let world = World::new().await;
+    let mut config = world.config("max_runners = 1");
+    config.reconcile.queued_check_after = Duration::from_secs(1);
+    let berth = Berth::start(&world, config).await;
+    // The pool's one slot is busy, so the next job waits in the queue.
+    let busy = world.queue(&["sleep 30"]);
+    berth
+        .wait_state(busy, JobState::Running, Duration::from_secs(30))
+        .await;
+    // Looking that job up on GitHub hangs: each attempt runs into the
+    // client's 5 s timeout, and the client tries several times.
+    let mut hang = ghsim::FaultRule::new(ghsim::FaultKind::Slow);
+    hang.delay_ms = Some(20_000);
+    hang.path_prefix = Some("/repos/acme/widgets/actions/jobs/".into());
+    world.sim.add_fault(hang);
+    berth::intake::accept_delegate(&berth.ctx, delegate(555_001))
+        .await
+        .unwrap();
+    // Let a pass start on the stale job (queued_check_after is 1 s, passes
+    // run every 2 s), then leave an orphan container behind.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut spec = WorkerSpec::new(
+        "berth-orphan-hang",
+        world.image_id.clone(),
+        WorkerNetwork::Bridge("berth-test".into()),
+    );
+    spec.labels.extend(BTreeMap::from([
+        ("berth.job".to_string(), uuid::Uuid::now_v7().to_string()),
+        ("berth.pool".to_string(), "linux".to_string()),
+        ("berth.instance".to_string(), world.instance.clone()),
+    ]));
+    spec.memory_bytes = 64 << 20;
+    let orphan = berth.ctx.docker.create_worker(&spec).await.unwrap();
+    // Removed after its 5 s grace by the next local pass, while the GitHub
+    // lane is still waiting on the hanging lookup.
+    eventually(
+        "orphan container removed while GitHub hangs",
+        Duration::from_secs(15),
+        || async { !world.containers().contains(&orphan) },
+    )
+    .await;
+    assert_eq!(
+        berth.job(555_001).await.unwrap().state,
+        JobState::Queued,
+        "the GitHub lane is still waiting"
+    );
+    world.sim.clear_faults();
+    berth.stop().await;
+}

@@ -860,40 +860,8 @@ pub async fn serve_metrics(
     proxy: SocketProxy,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-        };
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let proxy = proxy.clone();
-                async move {
-                    let answer = if req.uri().path() == "/metrics" {
-                        let mut r = Response::new(full(proxy.metrics().encode()));
-                        r.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static(
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            ),
-                        );
-                        r
-                    } else {
-                        json_answer(StatusCode::NOT_FOUND, "only /metrics is here")
-                    };
-                    Ok::<_, Infallible>(answer)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let encode = move || proxy.metrics().encode();
+    crate::metrics_endpoint::serve(listener, encode, shutdown).await
 }
 
 /// `berth socket-proxy`: loads the policy, listens, serves until

@@ -10,6 +10,11 @@
 //!    reconciler removes after its grace period;
 //! 3. the JIT config exists only in memory here and in the container's stdin.
 //!
+//! Within that order, the runner (name, then mint: a GitHub round trip) and
+//! the container (image check, then create: Docker calls) are made side by
+//! side, and one commit records both before the container starts: a cold
+//! start costs the slower of the two rather than their sum.
+//!
 //! The claim is a lease, renewed while this runs. If it is lost (this
 //! process stalled and a reconciler requeued the job), provisioning stops
 //! and releases what it made.
@@ -27,7 +32,7 @@ use crate::docker::controller::{
     DockerError, LABEL_GITHUB_JOB_ID, LABEL_JOB, LABEL_POOL, LABEL_REPOSITORY, LABEL_RUNNER,
     WorkerNetwork, WorkerSpec,
 };
-use crate::github::JitConfig;
+use crate::github::{GithubClient, JitConfig};
 use crate::observability::Metrics;
 use crate::store::{Job, JobChanges, JobState};
 
@@ -147,131 +152,109 @@ async fn steps(
 ) -> Result<(), Stop> {
     let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
     let github = ctx.github().map_err(Stop::Permanent)?;
-    let runner_name = runner_name(pool, job);
+    let runner_name = &runner_name(pool, job);
     crate::docker::image_policy::check(&pool.image, &ctx.config.docker.allowed_images)
         .map_err(Stop::Permanent)?;
-    // The image is checked (and pulled) before a runner credential exists;
-    // a pool with warm containers checks it only when none is ready: a warm
-    // container's fingerprint holds the image ID it was made from, checked
-    // against the pool's image every few seconds (crate::dispatch::warm),
-    // so on a hit there is nothing to pull or inspect.
     let warm_pool = pool.warm > 0;
-    if !warm_pool {
-        ensure_image(ctx, pool).await?;
-    }
 
-    // 1. Record the name, then mint. From here on the runner is the key.
-    let named = ctx
-        .store
-        .job_transition(
-            job.id,
-            &[JobState::Provisioning],
-            JobState::Provisioning,
-            JobChanges::new().runner_name(&runner_name),
-        )
-        .await;
-    match named {
-        Ok(true) => {}
-        Ok(false) => return Err(Stop::Lost),
-        Err(e) => return Err(Stop::Transient(format!("the store failed: {e}"))),
-    }
-    *runner.lock().expect("runner name") = Some(runner_name.clone());
-    made.runner = Some((runner_name.clone(), None));
-    // Minting (a GitHub round trip) and taking a warm container (a store
-    // transaction) are independent: run them side by side.
-    let mint = async {
-        match &job.scale_set {
-            // Scale-set mode: a runner of the scale set, minted through the
-            // Actions service with berth's own App credentials.
-            Some(set) => ctx
-                .scale_sets
-                .mint(set, &runner_name, &pool.work_folder)
-                .await
-                .map_err(|e| {
-                    let reason = format!("minting a scale-set runner failed: {e}");
-                    if e.is_transient() {
-                        Stop::Transient(reason)
-                    } else {
-                        Stop::Permanent(reason)
-                    }
-                }),
-            None => github
-                .generate_jitconfig(
-                    &pool.scope,
-                    &runner_name,
-                    pool.runner_group_id,
-                    &pool.labels,
-                    &pool.work_folder,
-                )
-                .await
-                .map_err(|e| {
-                    let reason = format!("minting a JIT runner failed: {e}");
-                    if e.is_transient() {
-                        Stop::Transient(reason)
-                    } else {
-                        Stop::Permanent(reason)
-                    }
-                }),
+    // The runner side and the container side run side by side: the JIT
+    // config goes over stdin at start, so the create does not wait for the
+    // GitHub round trip, nor the mint for Docker.
+    let (named_tx, named_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner_side = async move {
+        // 1. Record the name, then mint. From here on the runner is the key.
+        let named = ctx
+            .store
+            .job_transition(
+                job.id,
+                &[JobState::Provisioning],
+                JobState::Provisioning,
+                JobChanges::new().runner_name(runner_name),
+            )
+            .await;
+        match named {
+            Ok(true) => {}
+            Ok(false) => return (false, Err(Stop::Lost)),
+            Err(e) => {
+                return (
+                    false,
+                    Err(Stop::Transient(format!("the store failed: {e}"))),
+                );
+            }
         }
+        *runner.lock().expect("runner name") = Some(runner_name.clone());
+        let _ = named_tx.send(());
+        let jit = mint(ctx, job, pool, github, runner_name).await;
+        if jit.is_ok() {
+            crate::failpoint::hit("after_mint");
+        }
+        (true, jit)
     };
-    let (jit, warm) = tokio::join!(mint, super::warm::take(ctx, pool, &runner_name));
-    let warm_hit = warm.is_some();
-    // Taken means recorded on the job: from here it is released like any
-    // container this attempt made.
-    if let Some((container_id, _)) = &warm {
-        made.container = Some(container_id.clone());
+    let container_side = async move {
+        // 2. A warm container is taken for the runner's name (so only once
+        // it is recorded); a cold one is created with the job's labels, and
+        // a crash before its id is recorded leaves a labelled container the
+        // orphan reconciler removes. A warm container's fingerprint holds
+        // the image ID it was made from, checked against the pool's image
+        // every few seconds (crate::dispatch::warm).
+        if warm_pool {
+            if named_rx.await.is_err() {
+                return Ok(None);
+            }
+            if let Some((id, started)) = super::warm::take(ctx, pool, runner_name).await {
+                return Ok(Some(Worker {
+                    id,
+                    started,
+                    warm: true,
+                }));
+            }
+        }
+        let spec = worker_spec(ctx, job, pool, runner_name);
+        let id = create_container(ctx, pool, &spec).await?;
+        Ok::<_, Stop>(Some(Worker {
+            id,
+            started: false,
+            warm: false,
+        }))
+    };
+    let ((named, jit), worker) = tokio::join!(runner_side, container_side);
+
+    // Whatever was made is noted before any failure is looked at, so that
+    // a failed attempt releases all of it.
+    if let Ok(Some(worker)) = &worker {
+        made.container = Some(worker.id.clone());
+    }
+    if named {
+        let runner_id = jit.as_ref().ok().map(|jit| jit.runner_id as i64);
+        made.runner = Some((runner_name.clone(), runner_id));
     }
     let jit: JitConfig = jit?;
-    made.runner = Some((runner_name.clone(), Some(jit.runner_id as i64)));
-    tracing::Span::current().record("runner_name", runner_name.as_str());
-    let recorded = JobChanges::new().runner(&runner_name, jit.runner_id as i64);
-
-    // 2. Create the container, unless a warm one was taken.
-    let (container_id, started) = match warm {
-        // Already recorded on the job: one write records the runner and
-        // moves on (the hand-off is latency-bound; each write is a commit).
-        Some((container_id, started)) => {
-            tracing::Span::current().record("container_id", container_id.as_str());
-            transition(
-                ctx,
-                &runner_name,
-                JobState::Provisioning,
-                JobState::Starting,
-                recorded.container_id(&container_id),
-            )
-            .await?;
-            crate::failpoint::hit("after_warm_take");
-            (container_id, started)
-        }
-        None => {
-            transition(
-                ctx,
-                &runner_name,
-                JobState::Provisioning,
-                JobState::Provisioning,
-                recorded,
-            )
-            .await?;
-            crate::failpoint::hit("after_mint");
-            if warm_pool {
-                ensure_image(ctx, pool).await?;
-            }
-            let spec = worker_spec(ctx, job, pool, &runner_name);
-            let container_id = create_with_retries(ctx, &spec).await?;
-            made.container = Some(container_id.clone());
-            tracing::Span::current().record("container_id", container_id.as_str());
-            transition(
-                ctx,
-                &runner_name,
-                JobState::Provisioning,
-                JobState::Starting,
-                JobChanges::new().container_id(&container_id),
-            )
-            .await?;
-            crate::failpoint::hit("after_create");
-            (container_id, false)
-        }
+    let Some(worker) = worker? else {
+        return Err(Stop::Lost);
     };
+    let span = tracing::Span::current();
+    span.record("runner_name", runner_name.as_str());
+    span.record("container_id", worker.id.as_str());
+    let warm_hit = worker.warm;
+    let (container_id, started) = (worker.id, worker.started);
+
+    // One commit records the runner and its container (each write is an
+    // fsync, and the hand-off is latency-bound).
+    transition(
+        ctx,
+        runner_name,
+        JobState::Provisioning,
+        JobState::Starting,
+        JobChanges::new()
+            .runner(runner_name, jit.runner_id as i64)
+            .container_id(&container_id),
+    )
+    .await?;
+    crate::failpoint::hit(if warm_hit {
+        "after_warm_take"
+    } else {
+        "after_create"
+    });
 
     // 3. Deliver the JIT config, and start (a warm container may already
     // run, its entrypoint blocked reading stdin).
@@ -286,7 +269,7 @@ async fn steps(
     let now = ctx.store.now();
     transition(
         ctx,
-        &runner_name,
+        runner_name,
         JobState::Starting,
         JobState::Running,
         JobChanges::new().started_at(now).clear_lease(),
@@ -308,12 +291,58 @@ async fn steps(
         warm = warm_hit,
         "worker container running"
     );
-    let holder = match ctx.store.job_get_by_runner_name(&runner_name).await {
+    let holder = match ctx.store.job_get_by_runner_name(runner_name).await {
         Ok(Some(holder)) => holder.id,
         _ => job.id,
     };
     super::logs::spawn_capture(ctx, holder, &container_id);
     Ok(())
+}
+
+/// A worker container provisioning got hold of.
+struct Worker {
+    id: String,
+    /// Already running, its entrypoint blocked reading stdin.
+    started: bool,
+    /// Taken from the pool's warm containers.
+    warm: bool,
+}
+
+/// Mints the job's runner: through the Actions service for a scale-set job
+/// (with berth's own App credentials), else a repository or organisation
+/// JIT runner.
+async fn mint(
+    ctx: &Context,
+    job: &Job,
+    pool: &PoolConfig,
+    github: &GithubClient,
+    runner_name: &str,
+) -> Result<JitConfig, Stop> {
+    let classify = |what: &str, transient: bool, e: &dyn std::fmt::Display| {
+        let reason = format!("minting {what} failed: {e}");
+        if transient {
+            Stop::Transient(reason)
+        } else {
+            Stop::Permanent(reason)
+        }
+    };
+    match &job.scale_set {
+        Some(set) => ctx
+            .scale_sets
+            .mint(set, runner_name, &pool.work_folder)
+            .await
+            .map_err(|e| classify("a scale-set runner", e.is_transient(), &e)),
+        None => github
+            .generate_jitconfig(
+                &pool.scope,
+                runner_name,
+                pool.runner_group_id,
+                &pool.labels,
+                &pool.work_folder,
+            )
+            .await
+            .map_err(|e| classify("a JIT runner", e.is_transient(), &e)),
+    }
 }
 
 /// One conditional transition of the job holding the runner; `Lost` when it
@@ -336,78 +365,85 @@ async fn transition(
     }
 }
 
-/// Applies the image policy and the pool's pull policy.
-async fn ensure_image(ctx: &Context, pool: &PoolConfig) -> Result<(), Stop> {
-    use crate::docker::image_policy::{self, PullPolicy};
-    image_policy::check(&pool.image, &ctx.config.docker.allowed_images).map_err(Stop::Permanent)?;
-    let present = ctx
-        .docker
-        .image_id(&pool.image)
-        .await
-        .map_err(|e| Stop::Transient(format!("inspecting the worker image failed: {e}")))?
-        .is_some();
+/// Creates the job's container under the pool's pull policy. `always`
+/// pulls first; otherwise the create itself tells whether the image is on
+/// the host, so the hot path makes no image inspect, and `if-not-present`
+/// pulls and creates again when it is not.
+async fn create_container(
+    ctx: &Context,
+    pool: &PoolConfig,
+    spec: &WorkerSpec,
+) -> Result<String, Stop> {
+    use crate::docker::image_policy::PullPolicy;
     // A bare image ID names a local image; there is nothing to pull it from.
-    let local_id = pool.image.starts_with("sha256:");
-    let pull = match pool.pull_policy {
-        PullPolicy::Never => false,
-        PullPolicy::IfNotPresent => !present,
-        PullPolicy::Always => true,
-    };
-    if pull && !local_id {
-        tracing::info!(image = %pool.image, "pulling the worker image");
-        return ctx
-            .docker
-            .pull_image(&pool.image, ctx.config.docker.pull_timeout)
-            .await
-            .map_err(|e| {
-                let reason = format!("pulling the worker image `{}` failed: {e}", pool.image);
-                if e.is_transient() {
-                    Stop::Transient(reason)
-                } else {
-                    Stop::Permanent(reason)
-                }
-            });
+    let pullable = !pool.image.starts_with("sha256:");
+    if pool.pull_policy == PullPolicy::Always && pullable {
+        pull(ctx, pool).await?;
     }
-    if present {
-        Ok(())
-    } else {
-        Err(Stop::Permanent(format!(
-            "the worker image `{}` is not on the Docker host (pull_policy = {:?})",
-            pool.image, pool.pull_policy
-        )))
+    match create_with_retries(ctx, spec).await {
+        Ok(id) => Ok(id),
+        Err(DockerError::ImageMissing { .. })
+            if pool.pull_policy == PullPolicy::IfNotPresent && pullable =>
+        {
+            pull(ctx, pool).await?;
+            create_with_retries(ctx, spec)
+                .await
+                .map_err(|e| create_failed(pool, e))
+        }
+        Err(e) => Err(create_failed(pool, e)),
     }
 }
 
-async fn create_with_retries(ctx: &Context, spec: &WorkerSpec) -> Result<String, Stop> {
+async fn pull(ctx: &Context, pool: &PoolConfig) -> Result<(), Stop> {
+    tracing::info!(image = %pool.image, "pulling the worker image");
+    ctx.docker
+        .pull_image(&pool.image, ctx.config.docker.pull_timeout)
+        .await
+        .map_err(|e| {
+            let reason = format!("pulling the worker image `{}` failed: {e}", pool.image);
+            if e.is_transient() {
+                Stop::Transient(reason)
+            } else {
+                Stop::Permanent(reason)
+            }
+        })
+}
+
+/// Creates the container, trying again after transient failures; a refused
+/// spec or a missing image is returned at once.
+async fn create_with_retries(ctx: &Context, spec: &WorkerSpec) -> Result<String, DockerError> {
     let attempts = ctx.config.dispatch.create_attempts.max(1);
-    let mut last = None;
-    for attempt in 1..=attempts {
+    let mut attempt = 1;
+    loop {
         match ctx.docker.create_worker(spec).await {
             Ok(id) => return Ok(id),
-            Err(DockerError::InvalidSpec(msg)) => {
-                return Err(Stop::Permanent(format!(
-                    "the pool's worker settings are invalid: {msg}"
-                )));
+            Err(e @ (DockerError::InvalidSpec(_) | DockerError::ImageMissing { .. })) => {
+                return Err(e);
             }
+            Err(e) if attempt >= attempts => return Err(e),
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "creating the worker container failed");
-                last = Some(e);
-                if attempt < attempts {
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-                }
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                attempt += 1;
             }
         }
     }
-    Err(match last {
-        Some(DockerError::ImageMissing { image }) => Stop::Permanent(format!(
-            "the worker image `{image}` is not on the Docker host (berth does not pull it; build or load it there)"
+}
+
+fn create_failed(pool: &PoolConfig, e: DockerError) -> Stop {
+    match e {
+        DockerError::InvalidSpec(msg) => {
+            Stop::Permanent(format!("the pool's worker settings are invalid: {msg}"))
+        }
+        DockerError::ImageMissing { image } => Stop::Permanent(format!(
+            "the worker image `{image}` is not on the Docker host (pull_policy = {:?})",
+            pool.pull_policy
         )),
-        Some(e) if e.is_transient() => {
+        e if e.is_transient() => {
             Stop::Transient(format!("creating the worker container failed: {e}"))
         }
-        Some(e) => Stop::Permanent(format!("creating the worker container failed: {e}")),
-        None => Stop::Transient("creating the worker container failed".into()),
-    })
+        e => Stop::Permanent(format!("creating the worker container failed: {e}")),
+    }
 }
 
 /// Releases the runner registration and container a failed attempt made,

@@ -422,9 +422,8 @@ impl Controller {
     /// Starts a created worker and delivers `secret` (the runner's base64 JIT
     /// config) as one line on its stdin, then closes stdin.
     ///
-    /// Order matters: attach first (so nothing is lost and the entrypoint's
-    /// `read` waits for us), start, write `secret` + `\n` and close our write
-    /// half. Docker then closes the container's stdin (`StdinOnce`): the
+    /// Attach and start (side by side: the entrypoint's `read` waits for
+    /// us either way), then write `secret` + `\n` and close our write half. Docker then closes the container's stdin (`StdinOnce`): the
     /// entrypoint reads exactly one line, then end of input. Returns once the
     /// bytes are handed to the connection. The secret is never logged and
     /// never part of an error.
@@ -493,19 +492,22 @@ impl Controller {
             stream: true,
             ..Default::default()
         };
-        let AttachContainerResults { output, mut input } = self
-            .call(
-                "container_attach",
-                self.docker.attach_container(container_id, Some(options)),
-            )
-            .await?;
-        if start {
-            self.call(
+        let attach = self.call(
+            "container_attach",
+            self.docker.attach_container(container_id, Some(options)),
+        );
+        // Attach and start on two connections at once: either order is safe
+        // (the entrypoint blocks reading stdin, kept open by `OpenStdin`, until
+        // our line comes), so the container runs one round trip sooner.
+        let AttachContainerResults { output, mut input } = if start {
+            let start = self.call(
                 "container_start",
                 self.docker.start_container(container_id, None),
-            )
-            .await?;
-        }
+            );
+            tokio::try_join!(attach, start)?.0
+        } else {
+            attach.await?
+        };
 
         let write = async {
             input.write_all(secret).await?;

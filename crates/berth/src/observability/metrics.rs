@@ -96,7 +96,7 @@ pub const GITHUB_CONCLUSIONS: [&str; 10] = [
     "other",
 ];
 
-/// The reconcilers (`reconcile::reconcile_once`), as `kind` labels.
+/// The reconcilers (`crate::reconcile`), as `kind` labels.
 pub const RECONCILER_KINDS: [&str; 8] = [
     "lease_expired",
     "cancelled",

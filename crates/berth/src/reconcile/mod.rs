@@ -58,65 +58,115 @@ pub struct Report {
     pub failures: u32,
 }
 
-/// Runs a pass now, then every `interval` and whenever woken.
+/// Runs the two lanes of reconcilers, each on its own schedule: a pass now,
+/// then every `interval`; the local lane also whenever woken (a cancel, a
+/// runner to tear down).
+///
+/// The GitHub lane reads GitHub (a job lookup per long-queued job, the
+/// runner list per scope): a slow or unreachable GitHub holds a pass of it
+/// up to `request_timeout × max_attempts` per call, and must not hold up the
+/// repairs of the local lane, which needs the store and Docker. Within a
+/// lane the order stands; across lanes every action is conditional, so
+/// whatever one lane sees half-done a later pass finishes. A pass cut short
+/// by shutdown is like one cut short by a crash: the next start finishes it.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    loop {
-        reconcile_once(&ctx).await;
-        tokio::select! {
-            _ = tokio::time::sleep(ctx.config.reconcile.interval) => {}
-            _ = ctx.reconcile_wake.notified() => {}
-            _ = shutdown.cancelled() => return,
+    let local = async {
+        loop {
+            tokio::select! {
+                _ = local_pass(&ctx) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ctx.config.reconcile.interval) => {}
+                _ = ctx.reconcile_wake.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
-    }
+    };
+    let github = async {
+        loop {
+            tokio::select! {
+                _ = github_pass(&ctx) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ctx.config.reconcile.interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    };
+    tokio::join!(local, github);
 }
 
-/// One full pass over every reconciler.
-pub async fn reconcile_once(ctx: &Arc<Context>) -> Report {
-    let mut report = Report::default();
-    macro_rules! step {
-        ($kind:literal, $field:ident, $call:expr) => {
-            match $call.await {
-                Ok(n) => {
-                    report.$field += n;
-                    if n > 0 {
-                        ctx.metrics
-                            .reconciler_actions
-                            .get_or_create(&KindLabels { kind: $kind })
-                            .inc_by(u64::from(n));
-                    }
-                }
-                Err(e) => {
-                    report.failures += 1;
-                    ctx.metrics
-                        .reconciler_failures
+/// Runs one reconciler, counts what it did into `$report` and the metrics.
+macro_rules! step {
+    ($ctx:ident, $report:ident, $kind:literal, $field:ident, $call:expr) => {
+        match $call.await {
+            Ok(n) => {
+                $report.$field += n;
+                if n > 0 {
+                    $ctx.metrics
+                        .reconciler_actions
                         .get_or_create(&KindLabels { kind: $kind })
-                        .inc();
-                    tracing::warn!(reconciler = $kind, error = %e, "reconciler failed");
+                        .inc_by(u64::from(n));
                 }
             }
-        };
-    }
-    step!("lease_expired", leases_expired, expired_leases(ctx));
-    step!("cancelled", cancelled, cancellations(ctx));
+            Err(e) => {
+                $report.failures += 1;
+                $ctx.metrics
+                    .reconciler_failures
+                    .get_or_create(&KindLabels { kind: $kind })
+                    .inc();
+                tracing::warn!(reconciler = $kind, error = %e, "reconciler failed");
+            }
+        }
+    };
+}
+
+/// The reconcilers that need only the store and Docker (and GitHub only to
+/// delete a registration they release).
+async fn local_pass(ctx: &Arc<Context>) -> Report {
+    let mut r = Report::default();
+    step!(ctx, r, "lease_expired", leases_expired, expired_leases(ctx));
+    step!(ctx, r, "cancelled", cancelled, cancellations(ctx));
     step!(
+        ctx,
+        r,
         "completed_elsewhere",
         completed_elsewhere,
         completed_elsewhere(ctx)
     );
-    step!("timeout", timed_out, timeouts(ctx));
-    step!("idle_runner", idle_runners, idle_runners(ctx));
+    step!(ctx, r, "timeout", timed_out, timeouts(ctx));
+    step!(ctx, r, "idle_runner", idle_runners, idle_runners(ctx));
     watch::catch_up(ctx).await;
-    step!("queued_expired", queued_expired, queued_too_long(ctx));
     step!(
+        ctx,
+        r,
         "orphan_container",
         orphan_containers,
         orphan_containers(ctx)
     );
-    step!("orphan_runner", orphan_runners, orphan_runners(ctx));
-    if report != Report::default() {
-        tracing::info!(?report, "reconcile pass acted");
+    if r != Report::default() {
+        tracing::info!(report = ?r, lane = "local", "reconcile pass acted");
     }
-    report
+    r
+}
+
+/// The reconcilers that read GitHub.
+async fn github_pass(ctx: &Arc<Context>) -> Report {
+    let mut r = Report::default();
+    step!(
+        ctx,
+        r,
+        "queued_expired",
+        queued_expired,
+        queued_too_long(ctx)
+    );
+    step!(ctx, r, "orphan_runner", orphan_runners, orphan_runners(ctx));
+    if r != Report::default() {
+        tracing::info!(report = ?r, lane = "github", "reconcile pass acted");
+    }
+    r
 }
 
 type Result<T> = std::result::Result<T, String>;
