@@ -434,6 +434,11 @@ async fn image_policy_and_pull_policy() {
             "sha256:00000000000000000000000000000000000000000000000000000000000000aa",
             PullPolicy::IfNotPresent,
         ),
+        pool(
+            "absent",
+            "127.0.0.1:1/berth-absent:latest",
+            PullPolicy::IfNotPresent,
+        ),
     ];
     let berth = Berth::start(&world, config).await;
     let queue = |label: &str| {
@@ -448,6 +453,7 @@ async fn image_policy_and_pull_policy() {
     let allowlisted = queue("allowlisted");
     let always = queue("always");
     let missing = queue("missing");
+    let absent = queue("absent");
 
     let job = berth.wait_terminal(unpinned, JOB_LIMIT).await;
     assert_eq!(job.state, JobState::Failed);
@@ -487,8 +493,111 @@ async fn image_policy_and_pull_policy() {
         "{job:?}"
     );
 
+    // Not on the host and `if-not-present`: the create misses, berth pulls.
+    let job = berth.wait_terminal(absent, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert!(
+        job.error
+            .as_deref()
+            .unwrap()
+            .contains("pulling the worker image `127.0.0.1:1/berth-absent:latest`"),
+        "{job:?}"
+    );
+
     assert_clean(&world).await;
     berth.stop().await;
+}
+
+/// Requests the socket proxy in front of the engine let through for `rule`.
+fn proxied(world: &World, rule: &str) -> u64 {
+    let needle =
+        format!("berth_socket_proxy_requests_total{{decision=\"allow\",rule=\"{rule}\"}} ");
+    world
+        .proxy
+        .proxy()
+        .metrics()
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(&needle))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_start_creates_the_container_while_the_runner_is_minted() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("")).await;
+    let inspects = proxied(&world, "image_inspect");
+    // GitHub takes its time over the runner: longer than the client's 5 s
+    // request timeout, so the first attempt cannot finish within 4.5 s.
+    let mut slow = ghsim::FaultRule::new(ghsim::FaultKind::Slow);
+    slow.delay_ms = Some(8_000);
+    slow.path_prefix = Some("/orgs/acme/actions/runners/generate-jitconfig".into());
+    slow.count = Some(1);
+    world.sim.add_fault(slow);
+    let gh_job = world.queue(&["echo side by side"]);
+    eventually(
+        "the container is created while the runner is minted",
+        Duration::from_millis(4_500),
+        || async { !world.containers().is_empty() },
+    )
+    .await;
+    let job = berth.job(gh_job).await.unwrap();
+    assert_eq!(job.state, JobState::Provisioning, "{job:?}");
+    assert!(job.runner_name.is_some(), "the name comes first: {job:?}");
+    assert!(job.runner_id.is_none(), "the mint is not done: {job:?}");
+
+    let job = berth.wait_terminal(gh_job, JOB_LIMIT).await;
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+    // The create itself says whether the image is there.
+    assert_eq!(
+        proxied(&world, "image_inspect"),
+        inspects,
+        "no image inspect on a cold start"
+    );
+    assert_eq!(proxied(&world, "container_create"), 1);
+    assert_clean(&world).await;
+    berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graceful_stop_mid_hand_off_releases_what_was_made() {
+    let world = World::new().await;
+    let config = world.config("");
+    let store_url = config.store.url.clone();
+    let berth = Berth::start(&world, config).await;
+    // GitHub never answers the mint in time: the hand-off is in flight
+    // (its container already created) when berth is told to stop.
+    let mut hang = ghsim::FaultRule::new(ghsim::FaultKind::Slow);
+    hang.delay_ms = Some(60_000);
+    hang.path_prefix = Some("/orgs/acme/actions/runners/generate-jitconfig".into());
+    world.sim.add_fault(hang);
+    let gh_job = world.queue(&["echo later"]);
+    eventually(
+        "the container is created",
+        Duration::from_secs(15),
+        || async { !world.containers().is_empty() },
+    )
+    .await;
+    berth.stop().await;
+
+    assert!(
+        world.containers().is_empty(),
+        "the stop removed the container it made: {:?}",
+        world.containers()
+    );
+    let store = berth::store::Store::connect(&store_url).await.unwrap();
+    let job = store
+        .job_get_by_github_id(gh_job as i64)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Queued, "back in the queue: {job:?}");
+    assert_eq!(
+        job.error.as_deref(),
+        Some("berth shut down while provisioning")
+    );
+    assert!(job.lease_expires_at.is_none(), "{job:?}");
+    world.sim.clear_faults();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

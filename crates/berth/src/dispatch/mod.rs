@@ -43,10 +43,14 @@ pub use watch::watch;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// The claim loop. Returns after `shutdown`, once in-flight provisioning has
-/// finished or `drain` has passed (whatever is left is recovered by the
-/// lease reconciler on the next start).
+/// finished. Hand-offs get half of `drain` to finish; those that have not
+/// are then abandoned: each releases what it made and requeues its job, so
+/// a graceful stop leaves no container or runner registration behind
+/// (whatever is still left after `drain` is the reconcilers' at the next
+/// start, as after a crash).
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, drain: Duration) {
     let tasks = TaskTracker::new();
+    let abandon = CancellationToken::new();
     'outer: loop {
         let mut claimed = false;
         for pool in &ctx.config.pools {
@@ -56,9 +60,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, drain: Duration
             match claim(&ctx, &pool.name, pool.max_runners).await {
                 Ok(Some(job)) => {
                     claimed = true;
-                    let ctx = ctx.clone();
+                    let (ctx, abandon) = (ctx.clone(), abandon.clone());
                     let span = crate::job_span!(job);
-                    tasks.spawn(async move { provision(ctx, job).await }.instrument(span));
+                    tasks.spawn(async move { provision(ctx, job, abandon).await }.instrument(span));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -76,7 +80,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, drain: Duration
         }
     }
     tasks.close();
-    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(drain / 2, tasks.wait()).await.is_ok() {
+        return;
+    }
+    abandon.cancel();
+    if tokio::time::timeout(drain / 2, tasks.wait()).await.is_err() {
         tracing::warn!(
             "provisioning still in progress at shutdown; leases will expire and the jobs be recovered"
         );

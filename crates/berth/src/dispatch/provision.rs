@@ -20,7 +20,7 @@
 //! and releases what it made.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -45,13 +45,38 @@ enum Stop {
     Transient(String),
     /// Will not work however often it is tried (missing image, bad pool).
     Permanent(String),
+    /// berth is shutting down and the hand-off did not finish in time.
+    Abandoned,
 }
 
-/// What provisioning made, to release if it does not finish.
+/// What provisioning made, noted the moment it exists, so that a step cut
+/// short (a lost lease, shutdown) still releases it. The lease renewer reads
+/// it too: once the runner is named, the lease is renewed by runner.
 #[derive(Default)]
 struct Made {
-    runner: Option<(String, Option<i64>)>,
-    container: Option<String>,
+    /// The runner's name once recorded, and its GitHub id once minted.
+    runner: Mutex<Option<(String, Option<i64>)>>,
+    /// The container: its name before the create is sent (a create cut
+    /// short may still have made it), its id once created or taken.
+    container: Mutex<Option<String>>,
+}
+
+impl Made {
+    fn runner(&self) -> Option<(String, Option<i64>)> {
+        self.runner.lock().expect("made").clone()
+    }
+
+    fn runner_made(&self, name: &str, id: Option<i64>) {
+        *self.runner.lock().expect("made") = Some((name.to_owned(), id));
+    }
+
+    fn container(&self) -> Option<String> {
+        self.container.lock().expect("made").clone()
+    }
+
+    fn container_made(&self, reference: &str) {
+        *self.container.lock().expect("made") = Some(reference.to_owned());
+    }
 }
 
 /// Drives a claimed job (state `provisioning`) to `running`, or back to the
@@ -63,20 +88,18 @@ struct Made {
 /// being made is then that job's.
 ///
 /// [`Store::job_take_runner`]: crate::store::Store::job_take_runner
-pub async fn provision(ctx: Arc<Context>, job: Job) {
+///
+/// When `abandon` fires (shutdown, after the dispatcher's drain time), it
+/// stops, releases what it made and puts the job back in the queue.
+pub async fn provision(ctx: Arc<Context>, job: Job, abandon: CancellationToken) {
     let claimed_at = Instant::now();
     let lost = CancellationToken::new();
-    let runner: Arc<std::sync::Mutex<Option<String>>> = Default::default();
-    let renewer = tokio::spawn(renew_lease(
-        ctx.clone(),
-        job.id,
-        runner.clone(),
-        lost.clone(),
-    ));
-    let mut made = Made::default();
+    let made: Arc<Made> = Default::default();
+    let renewer = tokio::spawn(renew_lease(ctx.clone(), job.id, made.clone(), lost.clone()));
     let outcome = tokio::select! {
-        outcome = steps(&ctx, &job, &mut made, &runner, claimed_at) => outcome,
+        outcome = steps(&ctx, &job, &made, claimed_at) => outcome,
         _ = lost.cancelled() => Err(Stop::Lost),
+        _ = abandon.cancelled() => Err(Stop::Abandoned),
     };
     renewer.abort();
     // Refill the warm pool once this hand-off is done and its runner had a
@@ -91,8 +114,8 @@ pub async fn provision(ctx: Arc<Context>, job: Job) {
     }
     let Err(stop) = outcome else { return };
     // The job to settle: whichever holds the runner now, else the one claimed.
-    let holder = match &made.runner {
-        Some((name, _)) => match ctx.store.job_get_by_runner_name(name).await {
+    let holder = match made.runner() {
+        Some((name, _)) => match ctx.store.job_get_by_runner_name(&name).await {
             Ok(Some(holder)) if holder.state.is_active() => holder,
             _ => job.clone(),
         },
@@ -103,6 +126,11 @@ pub async fn provision(ctx: Arc<Context>, job: Job) {
     match stop {
         Stop::Lost => {
             tracing::info!("lost the claim while provisioning; released what was made");
+        }
+        Stop::Abandoned => {
+            let reason = "berth shut down while provisioning";
+            tracing::info!("{reason}; released what was made, job back in the queue");
+            let _ = ctx.store.job_requeue(holder.id, &in_flight, reason).await;
         }
         Stop::Transient(reason) => {
             let max = ctx.config.dispatch.max_attempts;
@@ -146,8 +174,7 @@ async fn finish_failed(ctx: &Context, job: &Job, error: &str) {
 async fn steps(
     ctx: &Arc<Context>,
     job: &Job,
-    made: &mut Made,
-    runner: &std::sync::Mutex<Option<String>>,
+    made: &Made,
     claimed_at: Instant,
 ) -> Result<(), Stop> {
     let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
@@ -174,21 +201,17 @@ async fn steps(
             .await;
         match named {
             Ok(true) => {}
-            Ok(false) => return (false, Err(Stop::Lost)),
-            Err(e) => {
-                return (
-                    false,
-                    Err(Stop::Transient(format!("the store failed: {e}"))),
-                );
-            }
+            Ok(false) => return Err(Stop::Lost),
+            Err(e) => return Err(Stop::Transient(format!("the store failed: {e}"))),
         }
-        *runner.lock().expect("runner name") = Some(runner_name.clone());
+        made.runner_made(runner_name, None);
         let _ = named_tx.send(());
         let jit = mint(ctx, job, pool, github, runner_name).await;
-        if jit.is_ok() {
+        if let Ok(jit) = &jit {
+            made.runner_made(runner_name, Some(jit.runner_id as i64));
             crate::failpoint::hit("after_mint");
         }
-        (true, jit)
+        jit
     };
     let container_side = async move {
         // 2. A warm container is taken for the runner's name (so only once
@@ -202,6 +225,7 @@ async fn steps(
                 return Ok(None);
             }
             if let Some((id, started)) = super::warm::take(ctx, pool, runner_name).await {
+                made.container_made(&id);
                 return Ok(Some(Worker {
                     id,
                     started,
@@ -210,24 +234,17 @@ async fn steps(
             }
         }
         let spec = worker_spec(ctx, job, pool, runner_name);
+        made.container_made(&spec.name);
         let id = create_container(ctx, pool, &spec).await?;
+        made.container_made(&id);
         Ok::<_, Stop>(Some(Worker {
             id,
             started: false,
             warm: false,
         }))
     };
-    let ((named, jit), worker) = tokio::join!(runner_side, container_side);
+    let (jit, worker) = tokio::join!(runner_side, container_side);
 
-    // Whatever was made is noted before any failure is looked at, so that
-    // a failed attempt releases all of it.
-    if let Ok(Some(worker)) = &worker {
-        made.container = Some(worker.id.clone());
-    }
-    if named {
-        let runner_id = jit.as_ref().ok().map(|jit| jit.runner_id as i64);
-        made.runner = Some((runner_name.clone(), runner_id));
-    }
     let jit: JitConfig = jit?;
     let Some(worker) = worker? else {
         return Err(Stop::Lost);
@@ -449,40 +466,35 @@ fn create_failed(pool: &PoolConfig, e: DockerError) -> Stop {
 /// Releases the runner registration and container a failed attempt made,
 /// unless a live job still holds them (one GitHub gave the runner to).
 async fn release(ctx: &Context, made: &Made, job: &Job) {
-    if let Some(container_id) = &made.container {
+    if let Some(container) = made.container() {
         let held = matches!(
-            ctx.store.job_get_by_container_id(container_id).await,
+            ctx.store.job_get_by_container_id(&container).await,
             Ok(Some(holder)) if holder.state.is_active()
         );
         if held {
             return;
         }
-        resources::remove_container(ctx, container_id).await;
+        resources::remove_container(ctx, &container).await;
     }
-    if let Some((name, id)) = &made.runner {
-        let holder = ctx.store.job_get_by_runner_name(name).await.ok().flatten();
+    if let Some((name, id)) = made.runner() {
+        let holder = ctx.store.job_get_by_runner_name(&name).await.ok().flatten();
         if holder.as_ref().is_some_and(|h| h.state.is_active()) {
             return;
         }
-        resources::deregister_job_runner(ctx, holder.as_ref().unwrap_or(job), *id, name).await;
+        resources::deregister_job_runner(ctx, holder.as_ref().unwrap_or(job), id, &name).await;
     }
 }
 
 /// Keeps the claim alive (by job id until the runner is named, then by
 /// runner); cancels `lost` when it cannot.
-async fn renew_lease(
-    ctx: Arc<Context>,
-    id: uuid::Uuid,
-    runner: Arc<std::sync::Mutex<Option<String>>>,
-    lost: CancellationToken,
-) {
+async fn renew_lease(ctx: Arc<Context>, id: uuid::Uuid, made: Arc<Made>, lost: CancellationToken) {
     let lease = ctx.config.dispatch.lease;
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
         let until =
             ctx.store.now() + time::Duration::try_from(lease).unwrap_or(time::Duration::MINUTE);
-        let name = runner.lock().expect("runner name").clone();
+        let name = made.runner().map(|(name, _)| name);
         let renewed = match &name {
             Some(name) => {
                 ctx.store
