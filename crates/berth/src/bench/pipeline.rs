@@ -3,8 +3,8 @@
 //!
 //! **Baseline (raw Docker).** `concurrency` workers, each in a loop: queue a
 //! one-step job (`true`) on the simulator, mint a JIT runner for it through
-//! the simulator's control API, then create → attach → start → write the
-//! JIT config on stdin → wait → remove, with bollard, using the very create
+//! the simulator's control API, then create → attach and start (at once,
+//! as berth does) → write the JIT config on stdin → wait → remove, with bollard, using the very create
 //! body berth sends for the pool (same image, command, limits, hardening,
 //! network). The runner stand-in inside takes the job and runs it, so both
 //! ways do the same work inside the container.
@@ -69,6 +69,9 @@ const PIDS_LIMIT: i64 = 512;
 pub struct PipelineOptions {
     pub jobs: usize,
     pub concurrency: usize,
+    /// Rounds the jobs are split into, each running both ways, alternating
+    /// which goes first.
+    pub rounds: usize,
     pub track: usize,
     pub json: Option<PathBuf>,
     pub berth: Option<PathBuf>,
@@ -230,17 +233,6 @@ pub async fn run(options: PipelineOptions) -> anyhow::Result<PipelineReport> {
     };
 
     let outcome = async {
-        say(&format!(
-            "raw Docker: {} jobs at concurrency {}…",
-            options.jobs, options.concurrency
-        ));
-        let raw = run_raw(&docker, &sim, &image.id, &raw_instance, &options).await?;
-        // Let the last events arrive.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let raw_figures = raw_figures(&raw, &timeline, &raw_instance);
-        drain(&mut destroyed_rx);
-        cancel_leftover_jobs(&sim);
-
         let dir = tempfile::tempdir()?;
         let secret = format!("bench-{:032x}", rand::random::<u128>());
         let addr = super::free_loopback_addr()?;
@@ -258,35 +250,62 @@ pub async fn run(options: PipelineOptions) -> anyhow::Result<PipelineReport> {
             },
         )?;
         let serve = ServeChild::start(&berth, &config, &url, &dir.path().join("serve.log")).await?;
+        let webhooks = WebhookTarget {
+            url: format!("{url}/v1/webhooks/github"),
+            secret: Some(secret.clone()),
+        };
         let result = async {
             park(&sim, &url, &secret, options.track).await?;
-            sim.set_webhook(Some(WebhookTarget {
-                url: format!("{url}/v1/webhooks/github"),
-                secret: Some(secret.clone()),
-            }));
+            let rounds = options.rounds.clamp(1, options.jobs);
             say(&format!(
-                "pipeline: {} jobs at concurrency {} ({} parked jobs tracked)…",
+                "{} jobs each way at concurrency {} in {rounds} interleaved rounds ({} parked jobs tracked)…",
                 options.jobs, options.concurrency, options.track
             ));
-            let before = serve.usage()?;
-            let wall = run_pipeline(
-                &sim,
-                &instance,
-                options.jobs,
-                options.concurrency,
-                &mut destroyed_rx,
-                &dir.path().join("berth.db"),
-            )
-            .await?;
+            let mut raw = RawRun::default();
+            let (mut pipeline_wall, mut pipeline_cpu, mut pipeline_done) = (0.0, 0.0, 0);
+            for round in 0..rounds {
+                // Jobs of this round, spread as evenly as the count allows.
+                let jobs = options.jobs / rounds + usize::from(round < options.jobs % rounds);
+                // Raw first in even rounds, berth first in odd ones, so a
+                // machine that drifts (caches, other load) favours neither.
+                for raw_turn in [round % 2 == 0, round % 2 == 1] {
+                    if raw_turn {
+                        // No webhooks to berth while the raw way runs.
+                        sim.set_webhook(None);
+                        let this = run_raw(&docker, &sim, &image.id, &raw_instance, raw.jobs.len(), jobs, options.concurrency).await?;
+                        raw.absorb(this);
+                        // Let the last events arrive.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        drain(&mut destroyed_rx);
+                        cancel_leftover_jobs(&sim);
+                    } else {
+                        sim.set_webhook(Some(webhooks.clone()));
+                        let before = serve.usage()?;
+                        pipeline_done += jobs;
+                        pipeline_wall += run_pipeline(
+                            &sim,
+                            &instance,
+                            jobs,
+                            pipeline_done,
+                            options.concurrency,
+                            &mut destroyed_rx,
+                            &dir.path().join("berth.db"),
+                        )
+                        .await?;
+                        pipeline_cpu += serve.usage()?.cpu_seconds - before.cpu_seconds;
+                    }
+                }
+            }
             let after = serve.usage()?;
             tokio::time::sleep(Duration::from_millis(300)).await;
+            let raw_figures = raw_figures(&raw, &timeline, &raw_instance);
             let store = Store::connect(&format!(
                 "sqlite://{}",
                 dir.path().join("berth.db").display()
             ))
             .await?;
             let figures =
-                pipeline_figures(&store, &timeline, &instance, options.jobs, wall).await?;
+                pipeline_figures(&store, &timeline, &instance, options.jobs, pipeline_wall).await?;
             let counts = store.job_counts().await?;
             store.close().await;
             let jobs_tracked: u64 = counts.iter().map(|c| c.count as u64).sum();
@@ -295,7 +314,6 @@ pub async fn run(options: PipelineOptions) -> anyhow::Result<PipelineReport> {
                 .filter(|c| !c.state.is_terminal())
                 .map(|c| c.count as u64)
                 .sum();
-            let pipeline_cpu = after.cpu_seconds - before.cpu_seconds;
             let serve_figures = ServeFigures {
                 cpu_seconds_pipeline: pipeline_cpu,
                 cpu_ms_per_job: pipeline_cpu * 1000.0 / options.jobs as f64,
@@ -304,15 +322,14 @@ pub async fn run(options: PipelineOptions) -> anyhow::Result<PipelineReport> {
                 jobs_tracked,
                 jobs_live,
             };
-            anyhow::Ok((figures, serve_figures))
+            anyhow::Ok((raw_figures, figures, serve_figures))
         }
         .await;
         if result.is_err() {
             eprintln!("{}", serve.log_tail());
         }
         serve.stop().await;
-        let (pipeline, serve_figures) = result?;
-        anyhow::Ok((raw_figures, pipeline, serve_figures))
+        result
     }
     .await;
 
@@ -356,10 +373,20 @@ struct RawJob {
     exit_code: i64,
 }
 
+#[derive(Default)]
 struct RawRun {
     jobs: Vec<RawJob>,
     failures: usize,
     wall_seconds: f64,
+}
+
+impl RawRun {
+    /// Adds a round's jobs and wall time to the run's.
+    fn absorb(&mut self, round: RawRun) {
+        self.jobs.extend(round.jobs);
+        self.failures += round.failures;
+        self.wall_seconds += round.wall_seconds;
+    }
 }
 
 async fn run_raw(
@@ -367,15 +394,17 @@ async fn run_raw(
     sim: &SimHandle,
     image: &str,
     instance: &str,
-    options: &PipelineOptions,
+    first: usize,
+    jobs: usize,
+    concurrency: usize,
 ) -> anyhow::Result<RawRun> {
-    let next = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(first));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..options.concurrency {
+    for _ in 0..concurrency {
         let (docker, sim, next) = (docker.clone(), sim.clone(), next.clone());
         let (image, instance) = (image.to_owned(), instance.to_owned());
-        let total = options.jobs;
+        let total = first + jobs;
         workers.push(tokio::spawn(async move {
             let mut done = Vec::new();
             let mut failures = 0;
@@ -462,17 +491,18 @@ async fn raw_job(
         )
         .await?;
     let id = created.id;
-    let AttachContainerResults { output, mut input } = docker
-        .attach_container(
-            &id,
-            Some(AttachContainerOptions {
-                stdin: true,
-                stream: true,
-                ..Default::default()
-            }),
-        )
-        .await?;
-    docker.start_container(&id, None).await?;
+    // Attach and start at once, as berth's controller does: the baseline
+    // gets every trick the pipeline uses.
+    let attach = docker.attach_container(
+        &id,
+        Some(AttachContainerOptions {
+            stdin: true,
+            stream: true,
+            ..Default::default()
+        }),
+    );
+    let (AttachContainerResults { output, mut input }, ()) =
+        tokio::try_join!(attach, docker.start_container(&id, None))?;
     input.write_all(jit.as_bytes()).await?;
     input.write_all(b"\n").await?;
     input.shutdown().await?;
@@ -695,10 +725,13 @@ async fn park(sim: &SimHandle, url: &str, secret: &str, n: usize) -> anyhow::Res
 /// whose container is not yet removed, and returns the wall time from the
 /// first queued to the last removed. Ends when every job is finished in
 /// berth's store.
+/// Runs `jobs` more jobs through berth; returns the round's wall time once
+/// `total` jobs (this round's and earlier rounds') are finished in its store.
 async fn run_pipeline(
     sim: &SimHandle,
     instance: &str,
     jobs: usize,
+    total: usize,
     concurrency: usize,
     destroyed: &mut mpsc::UnboundedReceiver<String>,
     db: &Path,
@@ -740,7 +773,7 @@ async fn run_pipeline(
                         ..JobFilter::default()
                     })
                     .await?;
-                if done.len() >= jobs && done.iter().all(|j| j.state.is_terminal()) {
+                if done.len() >= total && done.iter().all(|j| j.state.is_terminal()) {
                     break Ok((last_removed - started).as_secs_f64());
                 }
             }

@@ -141,6 +141,10 @@ pub enum BenchCommand {
         /// Jobs in flight at once, each way.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Rounds the jobs are split into; each runs both ways, alternating
+        /// which goes first, so drift in the machine favours neither.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
         /// Jobs berth keeps queued on a parked pool meanwhile (for the RSS figure).
         #[arg(long, default_value_t = 1000)]
         track: usize,
@@ -229,12 +233,14 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::Pipeline {
             jobs,
             concurrency,
+            rounds,
             track,
             json,
             berth,
         }) => crate::bench::pipeline::run(crate::bench::pipeline::PipelineOptions {
             jobs,
             concurrency,
+            rounds,
             track,
             json,
             berth,
