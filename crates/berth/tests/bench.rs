@@ -76,6 +76,24 @@ fn pipeline_bench_runs_every_job_both_ways_and_leaves_nothing() {
     ] {
         percentiles_are_sane(&report, path, 5);
     }
+    // berth's own account of each hand-off, read from its log.
+    for phase in [
+        "claim_wait_ms",
+        "runner_ms",
+        "container_ms",
+        "record_ms",
+        "start_ms",
+    ] {
+        let p = &report["pipeline"]["handoff"][phase];
+        assert!(p["count"].as_u64().unwrap() >= 5, "{phase}: {p}");
+        assert!(p["p50"].as_f64().unwrap() >= 0.0, "{phase}: {p}");
+    }
+    let handoff = &report["pipeline"]["handoff"];
+    assert!(
+        handoff["start_ms"]["p50"].as_f64().unwrap() > 0.0
+            && handoff["container_ms"]["p50"].as_f64().unwrap() > 0.0,
+        "{handoff}"
+    );
     for way in ["raw_docker", "pipeline"] {
         let rate = report[way]["jobs_per_second"].as_f64().unwrap();
         let wall = report[way]["wall_seconds"].as_f64().unwrap();

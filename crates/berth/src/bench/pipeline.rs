@@ -125,6 +125,62 @@ pub struct PipelineFigures {
     pub running_to_done_ms: Percentiles,
     /// `die` → `destroy`.
     pub done_to_removed_ms: Percentiles,
+    /// Where berth's hand-offs spent their time, from its own log.
+    pub handoff: HandoffFigures,
+}
+
+/// The fields of berth's `worker container running` log line, per job of
+/// the measured pool: berth's queue, then the runner and the container made
+/// side by side, then one commit and Docker's attach and start.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HandoffFigures {
+    /// Intake (or requeue) → claim.
+    pub claim_wait_ms: Percentiles,
+    /// Runner named and minted (GitHub round trip).
+    pub runner_ms: Percentiles,
+    /// Container created (Docker).
+    pub container_ms: Percentiles,
+    /// Runner and container recorded (one commit).
+    pub record_ms: Percentiles,
+    /// Attach and start (Docker), JIT config written.
+    pub start_ms: Percentiles,
+}
+
+impl HandoffFigures {
+    /// Reads the `worker container running` lines of `pool` in berth's
+    /// JSON log.
+    fn from_log(log: &str, pool: &str) -> Self {
+        let mut fields: [Vec<f64>; 5] = Default::default();
+        const NAMES: [&str; 5] = [
+            "claim_wait_ms",
+            "runner_ms",
+            "container_ms",
+            "record_ms",
+            "start_ms",
+        ];
+        for line in log.lines() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let entry = entry.get("fields").unwrap_or(&entry);
+            if entry["message"] != "worker container running" || entry["pool"] != pool {
+                continue;
+            }
+            for (samples, name) in fields.iter_mut().zip(NAMES) {
+                if let Some(ms) = entry[name].as_f64() {
+                    samples.push(ms);
+                }
+            }
+        }
+        let [claim_wait, runner, container, record, start] = fields.map(|f| Percentiles::of(&f));
+        HandoffFigures {
+            claim_wait_ms: claim_wait,
+            runner_ms: runner,
+            container_ms: container,
+            record_ms: record,
+            start_ms: start,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -329,7 +385,11 @@ pub async fn run(options: PipelineOptions) -> anyhow::Result<PipelineReport> {
             eprintln!("{}", serve.log_tail());
         }
         serve.stop().await;
-        result
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        result.map(|(raw, mut pipeline, serve)| {
+            pipeline.handoff = HandoffFigures::from_log(&log, "linux");
+            (raw, pipeline, serve)
+        })
     }
     .await;
 
@@ -629,7 +689,9 @@ global_max_runners = {global}
 interval = 30
 orphan_grace = 60
 [logs]
-level = "warn"
+# `info`: the bench reads each hand-off's breakdown from the
+# "worker container running" lines.
+level = "info"
 
 [[pool]]
 name = "linux"
@@ -837,6 +899,7 @@ async fn pipeline_figures(
         webhook_to_running_ms: Percentiles::of(&to_running),
         running_to_done_ms: Percentiles::of(&running),
         done_to_removed_ms: Percentiles::of(&removing),
+        handoff: HandoffFigures::default(),
     })
 }
 
@@ -907,6 +970,19 @@ fn print_report(r: &PipelineReport) {
         raw.jit_mint_ms.p95,
         raw.jit_mint_ms.p99
     );
+    let h = &p.handoff;
+    for (phase, q) in [
+        ("(berth: claim wait)", h.claim_wait_ms),
+        ("(runner named, minted)", h.runner_ms),
+        ("(container created)", h.container_ms),
+        ("(both recorded)", h.record_ms),
+        ("(attach and start)", h.start_ms),
+    ] {
+        println!(
+            "{:<40} {:<24} {:>8.1} {:>8.1} {:>8.1}",
+            "", phase, q.p50, q.p95, q.p99
+        );
+    }
     println!(
         "throughput ratio (berth / raw Docker): {:.3}",
         r.throughput_ratio

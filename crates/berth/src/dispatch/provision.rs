@@ -93,11 +93,14 @@ impl Made {
 /// stops, releases what it made and puts the job back in the queue.
 pub async fn provision(ctx: Arc<Context>, job: Job, abandon: CancellationToken) {
     let claimed_at = Instant::now();
+    // From intake (or the last requeue) to this claim: time in berth's queue.
+    let claim_wait =
+        (ctx.store.now() - job.queued_at.max(job.created_at)).max(time::Duration::ZERO);
     let lost = CancellationToken::new();
     let made: Arc<Made> = Default::default();
     let renewer = tokio::spawn(renew_lease(ctx.clone(), job.id, made.clone(), lost.clone()));
     let outcome = tokio::select! {
-        outcome = steps(&ctx, &job, &made, claimed_at) => outcome,
+        outcome = steps(&ctx, &job, &made, claimed_at, claim_wait) => outcome,
         _ = lost.cancelled() => Err(Stop::Lost),
         _ = abandon.cancelled() => Err(Stop::Abandoned),
     };
@@ -176,6 +179,7 @@ async fn steps(
     job: &Job,
     made: &Made,
     claimed_at: Instant,
+    claim_wait: time::Duration,
 ) -> Result<(), Stop> {
     let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
     let github = ctx.github().map_err(Stop::Permanent)?;
@@ -243,7 +247,8 @@ async fn steps(
             warm: false,
         }))
     };
-    let (jit, worker) = tokio::join!(runner_side, container_side);
+    let ((jit, runner_took), (worker, container_took)) =
+        tokio::join!(timed(runner_side), timed(container_side));
 
     let jit: JitConfig = jit?;
     let Some(worker) = worker? else {
@@ -257,6 +262,7 @@ async fn steps(
 
     // One commit records the runner and its container (each write is an
     // fsync, and the hand-off is latency-bound).
+    let recording = Instant::now();
     transition(
         ctx,
         runner_name,
@@ -275,6 +281,8 @@ async fn steps(
 
     // 3. Deliver the JIT config, and start (a warm container may already
     // run, its entrypoint blocked reading stdin).
+    let record_took = recording.elapsed();
+    let starting = Instant::now();
     let secret = jit.encoded.expose().as_bytes();
     let delivered = if started {
         ctx.docker.deliver_secret(&container_id, secret).await
@@ -283,6 +291,7 @@ async fn steps(
     };
     delivered.map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
     crate::failpoint::hit("after_start");
+    let start_took = starting.elapsed();
     let now = ctx.store.now();
     transition(
         ctx,
@@ -303,9 +312,17 @@ async fn steps(
         .queue_wait
         .get_or_create(&labels)
         .observe(waited);
+    // Where the hand-off's time went: the runner (name and mint) and the
+    // container (take or create) side by side, then the record and start.
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     tracing::info!(
         queue_wait_ms = (waited * 1000.0) as u64,
+        claim_wait_ms = claim_wait.as_seconds_f64() * 1000.0,
         warm = warm_hit,
+        runner_ms = ms(runner_took),
+        container_ms = ms(container_took),
+        record_ms = ms(record_took),
+        start_ms = ms(start_took),
         "worker container running"
     );
     let holder = match ctx.store.job_get_by_runner_name(runner_name).await {
@@ -314,6 +331,13 @@ async fn steps(
     };
     super::logs::spawn_capture(ctx, holder, &container_id);
     Ok(())
+}
+
+/// `work`'s output and how long it took.
+async fn timed<T>(work: impl Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let output = work.await;
+    (output, started.elapsed())
 }
 
 /// A worker container provisioning got hold of.
