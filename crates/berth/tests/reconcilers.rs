@@ -60,17 +60,49 @@ async fn a_runner_that_never_gets_a_job_is_removed_after_its_idle_time() {
     berth.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn stale_queued_jobs_are_checked_against_github() {
-    let world = World::new().await;
+/// berth with a one-runner pool whose runner is busy (`sleep 30`), so
+/// every other job waits in the queue, checked on GitHub after `check_after`.
+async fn busy_berth(world: &World, check_after: Duration) -> Berth {
     let mut config = world.config("max_runners = 1");
-    config.reconcile.queued_check_after = Duration::from_secs(2);
-    let berth = Berth::start(&world, config).await;
-    // The pool's one slot is busy, so these wait in the queue.
-    let busy = world.queue(&["sleep 20"]);
+    config.reconcile.queued_check_after = check_after;
+    let berth = Berth::start(world, config).await;
+    let busy = world.queue(&["sleep 30"]);
     berth
         .wait_state(busy, JobState::Running, Duration::from_secs(30))
         .await;
+    berth
+}
+
+/// A container labelled as this test's berth's, for a job berth does not
+/// have (as if berth crashed between creating it and recording it).
+async fn orphan_container(
+    world: &World,
+    berth: &Berth,
+    name: &str,
+    runner: Option<&str>,
+) -> String {
+    let mut spec = WorkerSpec::new(
+        name,
+        world.image_id.clone(),
+        WorkerNetwork::Bridge("berth-test".into()),
+    );
+    spec.labels.extend(BTreeMap::from([
+        ("berth.job".to_string(), uuid::Uuid::now_v7().to_string()),
+        ("berth.pool".to_string(), "linux".to_string()),
+        ("berth.instance".to_string(), world.instance.clone()),
+    ]));
+    if let Some(runner) = runner {
+        spec.labels
+            .insert("berth.runner".to_string(), runner.to_string());
+    }
+    spec.memory_bytes = 64 << 20;
+    berth.ctx.docker.create_worker(&spec).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_queued_jobs_are_checked_against_github() {
+    let world = World::new().await;
+    let berth = busy_berth(&world, Duration::from_secs(2)).await;
     berth::intake::accept_delegate(&berth.ctx, delegate(987_654))
         .await
         .unwrap();
@@ -90,24 +122,14 @@ async fn stale_queued_jobs_are_checked_against_github() {
 async fn orphan_containers_and_runner_registrations_are_removed() {
     let world = World::new().await;
     let berth = Berth::start(&world, world.config("")).await;
-    // A container labelled as berth's, for a job berth does not have (as
-    // if berth crashed between creating it and recording it)...
-    let mut spec = WorkerSpec::new(
+    // A container labelled as berth's, for a job berth does not have...
+    let orphan = orphan_container(
+        &world,
+        &berth,
         "berth-orphan-test",
-        world.image_id.clone(),
-        WorkerNetwork::Bridge("berth-test".into()),
-    );
-    spec.labels.extend(BTreeMap::from([
-        ("berth.job".to_string(), uuid::Uuid::now_v7().to_string()),
-        ("berth.pool".to_string(), "linux".to_string()),
-        ("berth.instance".to_string(), world.instance.clone()),
-        (
-            "berth.runner".to_string(),
-            "berth-linux-orphan-1".to_string(),
-        ),
-    ]));
-    spec.memory_bytes = 64 << 20;
-    let orphan = berth.ctx.docker.create_worker(&spec).await.unwrap();
+        Some("berth-linux-orphan-1"),
+    )
+    .await;
     // ...and an offline `berth-` registration nobody owns, plus one that is not berth's.
     let github = berth.ctx.github.as_ref().unwrap();
     let scope = berth::config::Scope::Org("acme".into());
@@ -153,14 +175,7 @@ async fn orphan_containers_and_runner_registrations_are_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hanging_github_does_not_hold_up_local_repairs() {
     let world = World::new().await;
-    let mut config = world.config("max_runners = 1");
-    config.reconcile.queued_check_after = Duration::from_secs(1);
-    let berth = Berth::start(&world, config).await;
-    // The pool's one slot is busy, so the next job waits in the queue.
-    let busy = world.queue(&["sleep 30"]);
-    berth
-        .wait_state(busy, JobState::Running, Duration::from_secs(30))
-        .await;
+    let berth = busy_berth(&world, Duration::from_secs(1)).await;
     // Looking that job up on GitHub hangs: each attempt runs into the
     // client's 5 s timeout, and the client tries several times.
     let mut hang = ghsim::FaultRule::new(ghsim::FaultKind::Slow);
@@ -173,18 +188,7 @@ async fn a_hanging_github_does_not_hold_up_local_repairs() {
     // Let a pass start on the stale job (queued_check_after is 1 s, passes
     // run every 2 s), then leave an orphan container behind.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut spec = WorkerSpec::new(
-        "berth-orphan-hang",
-        world.image_id.clone(),
-        WorkerNetwork::Bridge("berth-test".into()),
-    );
-    spec.labels.extend(BTreeMap::from([
-        ("berth.job".to_string(), uuid::Uuid::now_v7().to_string()),
-        ("berth.pool".to_string(), "linux".to_string()),
-        ("berth.instance".to_string(), world.instance.clone()),
-    ]));
-    spec.memory_bytes = 64 << 20;
-    let orphan = berth.ctx.docker.create_worker(&spec).await.unwrap();
+    let orphan = orphan_container(&world, &berth, "berth-orphan-hang", None).await;
     // Removed after its 5 s grace by the next local pass, while the GitHub
     // lane is still waiting on the hanging lookup.
     eventually(

@@ -522,6 +522,16 @@ fn proxied(world: &World, rule: &str) -> u64 {
         .map_or(0, |n| n.trim().parse().unwrap())
 }
 
+/// The simulator answers JIT-runner requests for the test org only after
+/// `delay_ms` (the next `count` of them, or all).
+fn slow_mint(delay_ms: u64, count: Option<u32>) -> ghsim::FaultRule {
+    let mut slow = ghsim::FaultRule::new(ghsim::FaultKind::Slow);
+    slow.delay_ms = Some(delay_ms);
+    slow.path_prefix = Some("/orgs/acme/actions/runners/generate-jitconfig".into());
+    slow.count = count;
+    slow
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cold_start_creates_the_container_while_the_runner_is_minted() {
     let world = World::new().await;
@@ -529,11 +539,7 @@ async fn a_cold_start_creates_the_container_while_the_runner_is_minted() {
     let inspects = proxied(&world, "image_inspect");
     // GitHub takes its time over the runner: longer than the client's 5 s
     // request timeout, so the first attempt cannot finish within 4.5 s.
-    let mut slow = ghsim::FaultRule::new(ghsim::FaultKind::Slow);
-    slow.delay_ms = Some(8_000);
-    slow.path_prefix = Some("/orgs/acme/actions/runners/generate-jitconfig".into());
-    slow.count = Some(1);
-    world.sim.add_fault(slow);
+    world.sim.add_fault(slow_mint(8_000, Some(1)));
     let gh_job = world.queue(&["echo side by side"]);
     eventually(
         "the container is created while the runner is minted",
@@ -567,10 +573,7 @@ async fn a_graceful_stop_mid_hand_off_releases_what_was_made() {
     let berth = Berth::start(&world, config).await;
     // GitHub never answers the mint in time: the hand-off is in flight
     // (its container already created) when berth is told to stop.
-    let mut hang = ghsim::FaultRule::new(ghsim::FaultKind::Slow);
-    hang.delay_ms = Some(60_000);
-    hang.path_prefix = Some("/orgs/acme/actions/runners/generate-jitconfig".into());
-    world.sim.add_fault(hang);
+    world.sim.add_fault(slow_mint(60_000, None));
     let gh_job = world.queue(&["echo later"]);
     eventually(
         "the container is created",
