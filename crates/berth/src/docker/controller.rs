@@ -423,7 +423,8 @@ impl Controller {
     /// config) as one line on its stdin, then closes stdin.
     ///
     /// Attach and start (side by side: the entrypoint's `read` waits for
-    /// us either way), then write `secret` + `\n` and close our write half. Docker then closes the container's stdin (`StdinOnce`): the
+    /// us either way), then write `secret` + `\n` and close our write half.
+    /// Docker then closes the container's stdin (`StdinOnce`): the
     /// entrypoint reads exactly one line, then end of input. Returns once the
     /// bytes are handed to the connection. The secret is never logged and
     /// never part of an error.
