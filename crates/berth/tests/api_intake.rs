@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(format!(
-        "{}/../../../shared/fixtures/webhooks/{path}",
+        "{}/../../fixtures/webhooks/{path}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()

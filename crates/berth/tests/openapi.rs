@@ -163,7 +163,7 @@ fn the_description_is_openapi_3_1_with_the_bearer_scheme_and_scopes() {
 fn github_webhook_payloads_fit_the_described_event() {
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/webhooks/examples"
+        "/../../fixtures/webhooks/examples"
     );
     let mut seen = 0;
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -161,7 +161,7 @@ mod tests {
     fn fixture(path: &str) -> Vec<u8> {
         let root = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/webhooks/"
+            "/../../fixtures/webhooks/"
         );
         std::fs::read(format!("{root}{path}")).unwrap()
     }

@@ -18,21 +18,13 @@ use ghsim::runner_protocol::{
 use ghsim::{SimConfig, SimHandle, Simulator};
 use serde_json::{Value, json};
 
-/// The fixtures folder (`shared/fixtures` beside the repository), or `GHSIM_FIXTURES`.
+/// The repository's fixtures folder (`fixtures/`, real GitHub data with its
+/// provenance in `fixtures/PROVENANCE.md`), or `GHSIM_FIXTURES`.
 pub fn fixtures() -> PathBuf {
     if let Ok(p) = std::env::var("GHSIM_FIXTURES") {
         return PathBuf::from(p);
     }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for up in [
-        manifest.join("../../../shared/fixtures"),
-        manifest.join("../../shared/fixtures"),
-    ] {
-        if up.is_dir() {
-            return up;
-        }
-    }
-    panic!("fixtures not found: set GHSIM_FIXTURES or place shared/ beside the repository");
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 pub fn read_json(p: impl AsRef<Path>) -> Value {
