@@ -28,6 +28,8 @@ pub struct Context {
     /// (minting and removing scale-set runners).
     pub scale_sets: Arc<crate::scaleset::Registry>,
     pub metrics: Metrics,
+    /// Every supervised component's status (crate::supervise).
+    pub components: crate::supervise::Components,
     pub webhook_secret: Option<Secret>,
     /// This process's identity in leases (`hostname-pid-random`).
     pub replica_id: String,

@@ -31,3 +31,4 @@ pub mod reconcile;
 pub mod scaleset;
 pub mod service;
 pub mod store;
+pub mod supervise;

@@ -22,6 +22,7 @@ use crate::observability::Metrics;
 use crate::observability::logging::LogLevelHandle;
 use crate::observability::metrics::OpLabels;
 use crate::store::Store;
+use crate::supervise::Supervisor;
 use crate::{api, dispatch, reconcile};
 
 /// How long shutdown waits for in-flight provisioning before leaving it to
@@ -90,6 +91,7 @@ pub async fn build(
         docker,
         github,
         scale_sets: Arc::new(scale_sets),
+        components: crate::supervise::Components::new(metrics.clone()),
         metrics,
         webhook_secret,
         replica_id: new_replica_id(),
@@ -130,7 +132,11 @@ pub fn github_client(config: &Config, metrics: Metrics) -> anyhow::Result<Github
     )?)
 }
 
-/// Runs every component until `shutdown`.
+/// Runs every component until `shutdown`, each under the supervisor
+/// (crate::supervise: which component is restarted and which stops the
+/// process, and why). Returns an error when the API server fails or a
+/// component whose policy is to stop the process ends; `main` then exits
+/// non-zero.
 pub async fn run(
     ctx: Arc<Context>,
     listener: tokio::net::TcpListener,
@@ -144,64 +150,134 @@ pub async fn run(
         pools = ctx.config.pools.len(),
         "berth serving"
     );
-    let watcher = tokio::spawn(dispatch::watch(ctx.clone(), shutdown.clone()));
-    let reconciler = tokio::spawn(reconcile::run(ctx.clone(), shutdown.clone()));
-    let dispatcher = tokio::spawn(dispatch::run(ctx.clone(), shutdown.clone(), DRAIN));
-    let warm = tokio::spawn(dispatch::warm::run(ctx.clone(), shutdown.clone()));
-    let listeners = tokio::spawn(scale_set_listeners(ctx.clone(), shutdown.clone()));
-    let api = api::serve(ctx.clone(), listener, shutdown.clone());
+    // Before any component: a predecessor's leases are released, so the
+    // first reconcile pass recovers its hand-offs at once.
+    reconcile::replicas::release_predecessors(&ctx)
+        .await
+        .context("releasing the leases of the previous process")?;
+    // Components stop on `stop`: the caller's shutdown, or a fatal end of
+    // a component.
+    let stop = shutdown.child_token();
+    let mut supervisor = Supervisor::new(ctx.components.clone(), stop.clone());
+    let dispatch_supervisor = spawn_components(&ctx, &mut supervisor, &stop);
+    let api = api::serve(ctx.clone(), listener, stop.clone());
     // Streaming responses (followed logs) could hold graceful shutdown open.
-    let api_result = tokio::select! {
-        r = api => r,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => Ok(()),
+    let outcome = tokio::select! {
+        r = api => r.context("serving the API"),
+        _ = async { stop.cancelled().await; tokio::time::sleep(DRAIN).await } => Ok(()),
+        cause = supervisor.fatal() => Err(anyhow::anyhow!(cause)),
     };
+    stop.cancel();
     let _ = tokio::time::timeout(DRAIN, async {
-        let _ = dispatcher.await;
-        // After the dispatcher: no hand-off is in flight while the warm
+        // The dispatcher first: no hand-off is in flight while the warm
         // containers this replica owns are removed.
-        let _ = warm.await;
-        let _ = watcher.await;
-        let _ = reconciler.await;
-        let _ = listeners.await;
+        dispatch_supervisor.join().await;
+        supervisor.join().await;
     })
     .await;
     ctx.store.close().await;
     tracing::info!("berth stopped; running jobs keep running and are picked up at the next start");
-    api_result.context("serving the API")
+    outcome
+}
+
+/// Starts every background component under `supervisor`; the dispatcher
+/// gets a supervisor of its own, returned, so that shutdown can wait for its
+/// hand-offs before the warm refill removes its containers.
+fn spawn_components(
+    ctx: &Arc<Context>,
+    supervisor: &mut Supervisor,
+    stop: &CancellationToken,
+) -> Supervisor {
+    use crate::supervise::OnExit::Restart;
+    let mut dispatch_supervisor = Supervisor::new(ctx.components.clone(), stop.clone());
+    let with = |ctx: &Arc<Context>| (ctx.clone(), stop.clone());
+    let (c, s) = with(ctx);
+    dispatch_supervisor.spawn("dispatcher", true, Restart, move |status| {
+        let (c, s) = (c.clone(), s.clone());
+        async move {
+            dispatch::run(c, s, DRAIN, status).await;
+            Ok(())
+        }
+    });
+    let (c, s) = with(ctx);
+    supervisor.spawn("watcher", true, Restart, move |status| {
+        let (c, s) = (c.clone(), s.clone());
+        async move {
+            dispatch::watch(c, s, status).await;
+            Ok(())
+        }
+    });
+    let (c, s) = with(ctx);
+    supervisor.spawn("reconciler.local", true, Restart, move |status| {
+        let (c, s) = (c.clone(), s.clone());
+        async move {
+            reconcile::run_local(c, s, status).await;
+            Ok(())
+        }
+    });
+    let (c, s) = with(ctx);
+    supervisor.spawn("reconciler.github", false, Restart, move |status| {
+        let (c, s) = (c.clone(), s.clone());
+        async move {
+            reconcile::run_github(c, s, status).await;
+            Ok(())
+        }
+    });
+    let (c, s) = with(ctx);
+    supervisor.spawn("warm_refill", false, Restart, move |status| {
+        let (c, s) = (c.clone(), s.clone());
+        async move {
+            dispatch::warm::run(c, s, status).await;
+            Ok(())
+        }
+    });
+    if reconcile::replicas::needs_heartbeat(ctx) {
+        let (c, s) = with(ctx);
+        supervisor.spawn(
+            "heartbeat",
+            true,
+            crate::supervise::OnExit::StopProcess,
+            move |status| reconcile::replicas::heartbeat(c.clone(), s.clone(), status),
+        );
+    }
+    scale_set_listeners(ctx, supervisor, stop);
+    dispatch_supervisor
 }
 
 /// The listeners of the scale sets this service runs itself (`listener =
-/// "serve"`), delegating in-process. A listener that stops on an error
-/// retrying cannot fix is logged; the service goes on.
-async fn scale_set_listeners(ctx: Arc<Context>, shutdown: CancellationToken) {
+/// "serve"`), delegating in-process, each a component `scale_set:<name>`.
+/// A listener that stops on an error retrying cannot fix is restarted with
+/// backoff, and shows as down meanwhile.
+fn scale_set_listeners(ctx: &Arc<Context>, supervisor: &mut Supervisor, stop: &CancellationToken) {
     use crate::config::ListenerSite;
     use crate::scaleset::{InProcessDelegator, listener};
-    let sets: Vec<_> = ctx
+    let delegator = Arc::new(InProcessDelegator::new(ctx.clone()));
+    for set in ctx
         .config
         .scale_sets
         .iter()
         .filter(|s| s.listener == ListenerSite::Serve)
-        .cloned()
-        .collect();
-    if sets.is_empty() {
-        return;
-    }
-    let delegator = Arc::new(InProcessDelegator::new(ctx.clone()));
-    let mut tasks = tokio::task::JoinSet::new();
-    for set in sets {
-        let l = listener::Listener::new(
-            set,
-            ctx.scale_sets.clone(),
-            delegator.clone(),
-            ctx.metrics.clone(),
-            listener::Timing::default(),
+    {
+        let (ctx, stop, delegator, set) =
+            (ctx.clone(), stop.clone(), delegator.clone(), set.clone());
+        let name = format!("scale_set:{}", set.name);
+        supervisor.spawn(
+            &name,
+            false,
+            crate::supervise::OnExit::Restart,
+            move |status| {
+                let l = listener::Listener::new(
+                    set.clone(),
+                    ctx.scale_sets.clone(),
+                    delegator.clone(),
+                    ctx.metrics.clone(),
+                    listener::Timing::default(),
+                )
+                .with_status(status);
+                let stop = stop.clone();
+                async move { l.run(stop).await.map_err(anyhow::Error::from) }
+            },
         );
-        tasks.spawn(l.run(shutdown.clone()));
-    }
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(Err(e)) = done {
-            tracing::error!(error = %e, "a scale-set listener stopped; its scale set gets no runners until berth restarts");
-        }
     }
 }
 

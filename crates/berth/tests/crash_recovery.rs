@@ -5,61 +5,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::store::{JobState, Store};
-use common::{World, eventually};
+use common::{ServeProcess, World, eventually, free_port, wait_for_job, wait_listening};
+use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-struct Serve {
-    child: Child,
-}
-
-impl Serve {
-    fn start(world: &World, config: &PathBuf, failpoints: &str, run: u32) -> Serve {
-        let log = std::fs::File::create(world.dir.path().join(format!("serve-{run}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("BERTH_FAILPOINTS", failpoints)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Serve { child }
-    }
-
-    /// Waits for the process to end by itself (a failpoint aborted it).
-    fn wait_abort(&mut self, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(!status.success(), "berth exited normally: {status:?}");
-                return;
-            }
-            assert!(started.elapsed() < limit, "the failpoint was not reached");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn setup() -> (World, PathBuf, Store) {
     let world = World::new().await;
@@ -80,20 +34,7 @@ async fn setup() -> (World, PathBuf, Store) {
 }
 
 async fn wait_terminal(store: &Store, gh_job: u64) -> berth::store::Job {
-    let started = Instant::now();
-    loop {
-        if let Some(job) = store.job_get_by_github_id(gh_job as i64).await.unwrap()
-            && job.state.is_terminal()
-        {
-            return job;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "job not finished: {:?}",
-            store.job_get_by_github_id(gh_job as i64).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_job(store, gh_job, LIMIT, "finished", |j| j.state.is_terminal()).await
 }
 
 async fn wait_for(
@@ -102,20 +43,7 @@ async fn wait_for(
     what: &str,
     check: impl Fn(&berth::store::Job) -> bool,
 ) {
-    let started = Instant::now();
-    loop {
-        if let Some(job) = store.job_get_by_github_id(gh_job as i64).await.unwrap()
-            && check(&job)
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "{what}: {:?}",
-            store.job_get_by_github_id(gh_job as i64).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_job(store, gh_job, LIMIT, what, check).await;
 }
 
 async fn assert_nothing_left(world: &World) {
@@ -135,7 +63,7 @@ async fn assert_nothing_left(world: &World) {
 /// Crashes at `failpoint`, restarts, and checks the job still completes once.
 async fn crash_at(failpoint: &str) {
     let (world, config, store) = setup().await;
-    let mut first = Serve::start(&world, &config, failpoint, 1);
+    let mut first = ServeProcess::start_with(&world, &config, 1, failpoint);
     // Let the process come up before GitHub delivers the job.
     eventually("berth listening", Duration::from_secs(20), || async {
         std::net::TcpStream::connect(config_listen(&config)).is_ok()
@@ -143,7 +71,7 @@ async fn crash_at(failpoint: &str) {
     .await;
     let gh_job = world.queue(&["echo survived"]);
     first.wait_abort(LIMIT);
-    let _second = Serve::start(&world, &config, "", 2);
+    let _second = ServeProcess::start(&world, &config, 2);
     let job = wait_terminal(&store, gh_job).await;
     assert_eq!(
         job.state,
@@ -184,7 +112,7 @@ async fn crash_after_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_running() {
     let (world, config, store) = setup().await;
-    let mut first = Serve::start(&world, &config, "", 1);
+    let mut first = ServeProcess::start(&world, &config, 1);
     eventually("berth listening", Duration::from_secs(20), || async {
         std::net::TcpStream::connect(config_listen(&config)).is_ok()
     })
@@ -193,7 +121,7 @@ async fn kill_9_while_running() {
     wait_for(&store, gh_job, "running", |j| j.state == JobState::Running).await;
     first.child.kill().unwrap(); // SIGKILL
     first.child.wait().unwrap();
-    let _second = Serve::start(&world, &config, "", 2);
+    let _second = ServeProcess::start(&world, &config, 2);
     let job = wait_terminal(&store, gh_job).await;
     assert_eq!(job.state, JobState::Completed, "{job:?}");
     assert_eq!(
@@ -213,7 +141,7 @@ async fn kill_9_while_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_leaves_running_jobs_running() {
     let (world, config, store) = setup().await;
-    let first = Serve::start(&world, &config, "", 1);
+    let first = ServeProcess::start(&world, &config, 1);
     eventually("berth listening", Duration::from_secs(20), || async {
         std::net::TcpStream::connect(config_listen(&config)).is_ok()
     })
@@ -248,7 +176,7 @@ async fn sigterm_leaves_running_jobs_running() {
         "running jobs are left running"
     );
     assert_eq!(world.containers().len(), 1, "the worker keeps running");
-    let _second = Serve::start(&world, &config, "", 2);
+    let _second = ServeProcess::start(&world, &config, 2);
     let job = wait_terminal(&store, gh_job).await;
     assert_eq!(job.state, JobState::Completed, "{job:?}");
     assert_nothing_left(&world).await;
@@ -397,7 +325,7 @@ async fn the_log_level_changes_at_run_time() {
         .unwrap()
         .replace("level = \"berth=debug,info\"", "level = \"warn\"");
     std::fs::write(&config, toml).unwrap();
-    let _serve = Serve::start(&world, &config, "", 1);
+    let _serve = ServeProcess::start(&world, &config, 1);
     let url = format!("http://{}", config_listen(&config));
     eventually("berth listening", Duration::from_secs(20), || async {
         std::net::TcpStream::connect(config_listen(&config)).is_ok()
@@ -443,4 +371,280 @@ async fn the_log_level_changes_at_run_time() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+}
+
+// ---- Supervision: a component that panics or keeps failing ----------------
+
+/// An admin token for the berth of `config` (stored in its database).
+fn admin_token(config: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["token", "create", "--scope", "admin", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn get_status(listen: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("http://{listen}/v1/status"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn component<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no component {name} in {status:#}"))
+}
+
+async fn readyz(listen: &str) -> (u16, Value) {
+    let r = reqwest::get(format!("http://{listen}/readyz"))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn metric(listen: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// A dispatcher that panics once is restarted: the status counts the
+/// restart, and jobs run afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_that_panics_is_restarted_and_jobs_still_run() {
+    let (world, config, store) = setup().await;
+    let listen = config_listen(&config);
+    let token = admin_token(&config);
+    let _serve = ServeProcess::start_with(&world, &config, 1, "dispatch_round=panic-once");
+    wait_listening(&listen, Duration::from_secs(20)).await;
+    eventually(
+        "the dispatcher restarted",
+        Duration::from_secs(20),
+        || async {
+            let s = get_status(&listen, &token).await;
+            let d = component(&s, "dispatcher");
+            d["restarts"] == 1 && d["up"] == true
+        },
+    )
+    .await;
+    let s = get_status(&listen, &token).await;
+    let d = component(&s, "dispatcher");
+    assert!(
+        d["last_error"].as_str().unwrap_or("").contains("panicked") || d["last_result"] == "ok",
+        "{d:#}"
+    );
+    assert_eq!(
+        metric(
+            &listen,
+            "berth_component_restarts_total{component=\"dispatcher\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    let gh_job = world.queue(&["echo after the restart"]);
+    let job = wait_terminal(&store, gh_job).await;
+    assert_eq!(job.state, JobState::Completed, "{job:?}");
+    let log = std::fs::read_to_string(world.dir.path().join("serve-1.log")).unwrap();
+    assert!(
+        log.contains("a component stopped unexpectedly; restarting it")
+            && log.contains("dispatch_round"),
+        "the panic and its cause are logged: {log}"
+    );
+}
+
+/// A dispatcher that panics every time stays down: `/readyz` answers 503
+/// naming it, the metric says 0, `/healthz` (liveness) still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_that_keeps_panicking_makes_berth_unready() {
+    let (world, config, _store) = setup().await;
+    let listen = config_listen(&config);
+    let token = admin_token(&config);
+    let _serve = ServeProcess::start_with(&world, &config, 1, "dispatch_round=panic");
+    wait_listening(&listen, Duration::from_secs(20)).await;
+    eventually(
+        "restarted at least twice",
+        Duration::from_secs(20),
+        || async {
+            component(&get_status(&listen, &token).await, "dispatcher")["restarts"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 2
+        },
+    )
+    .await;
+    let (code, body) = readyz(&listen).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["components_down"], serde_json::json!(["dispatcher"]));
+    let s = get_status(&listen, &token).await;
+    assert_eq!(s["ready"], false);
+    let d = component(&s, "dispatcher");
+    assert_eq!(d["up"], false, "{d:#}");
+    assert!(
+        ["restarting", "recovering"].contains(&d["state"].as_str().unwrap()),
+        "{d:#}"
+    );
+    assert!(
+        d["last_error"].as_str().unwrap().contains("failpoint"),
+        "{d:#}"
+    );
+    assert_eq!(
+        metric(&listen, "berth_component_up{component=\"dispatcher\"}").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&listen, "berth_component_up{component=\"watcher\"}").await,
+        Some(1.0)
+    );
+    let health = reqwest::get(format!("http://{listen}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}
+
+/// A reconcile lane whose passes keep failing is reported: its status counts
+/// the failures in a row, `/readyz` turns 503, `berth status` says so and
+/// exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_lane_that_keeps_failing_makes_berth_unready() {
+    let (world, config, _store) = setup().await;
+    let listen = config_listen(&config);
+    let token = admin_token(&config);
+    let _serve = ServeProcess::start_with(&world, &config, 1, "reconcile_local=error");
+    wait_listening(&listen, Duration::from_secs(20)).await;
+    // Passes every 2 s (reconcile.interval); down after 3 failures in a row.
+    eventually(
+        "the local lane is down",
+        Duration::from_secs(30),
+        || async { readyz(&listen).await.0 == 503 },
+    )
+    .await;
+    let s = get_status(&listen, &token).await;
+    let lane = component(&s, "reconciler.local");
+    assert_eq!(lane["state"], "failing", "{lane:#}");
+    assert!(
+        lane["consecutive_failures"].as_u64().unwrap() >= 3,
+        "{lane:#}"
+    );
+    assert_eq!(lane["last_result"], "error");
+    assert!(
+        lane["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("reconcile_local")
+    );
+    assert!(lane["last_started_at"].is_string() && lane["last_duration_seconds"].is_number());
+    assert_eq!(component(&s, "reconciler.github")["up"], true);
+    assert_eq!(
+        metric(
+            &listen,
+            "berth_component_up{component=\"reconciler.local\"}"
+        )
+        .await,
+        Some(0.0)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["status", "--url", &format!("http://{listen}")])
+        .env("BERTH_TOKEN", &token)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    assert!(
+        table.contains("reconciler.local") && table.contains("failing"),
+        "{table}"
+    );
+    assert!(table.contains("NOT READY"), "{table}");
+}
+
+// ---- Restart after kill -9: leases of the dead process -------------------
+
+/// kill -9 while a burst of jobs is being handed off, with a two-minute
+/// lease: the restarted process releases the dead one's leases at
+/// once (SQLite has one process), so every job gets a runner within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_during_a_burst_every_job_gets_a_runner_within_seconds() {
+    let world = World::new().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let toml = world
+        .config_toml(&listen, "max_runners = 4")
+        .replace("lease = 10", "lease = 120");
+    let config = world.dir.path().join("berth.toml");
+    std::fs::write(&config, toml).unwrap();
+    world.point_webhooks_at(&format!("http://{listen}"));
+    let store = Store::connect(&format!(
+        "sqlite://{}",
+        world.dir.path().join("berth.db").display()
+    ))
+    .await
+    .unwrap();
+    // GitHub is slow to mint runners: the whole burst is accepted and
+    // claimed (leases live), and then the process is killed mid hand-off.
+    world.sim.add_fault(common::slow_mint(4_000, None));
+    let first = ServeProcess::start(&world, &config, 1);
+    wait_listening(&listen, Duration::from_secs(20)).await;
+    let jobs: Vec<u64> = (0..4)
+        .map(|i| world.queue(&[&format!("echo job {i}"), "sleep 1"]))
+        .collect();
+    for gh_job in &jobs {
+        wait_for_job(&store, *gh_job, LIMIT, "claimed", |j| {
+            j.state == JobState::Provisioning
+        })
+        .await;
+    }
+    first.kill_9();
+    world.sim.clear_faults();
+    let leased = store
+        .jobs_in_states(&[JobState::Provisioning, JobState::Starting])
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 4, "the crash left the burst mid hand-off");
+    let restarted = Instant::now();
+    let _second = ServeProcess::start(&world, &config, 2);
+    for gh_job in &jobs {
+        wait_for_job(
+            &store,
+            *gh_job,
+            Duration::from_secs(60),
+            "has a runner",
+            |j| j.state == JobState::Running || j.state.is_terminal(),
+        )
+        .await;
+    }
+    let took = restarted.elapsed();
+    // Typically 2-5 s; a loaded CI machine gets slack, far below the lease.
+    assert!(
+        took < Duration::from_secs(40),
+        "every job had a runner {took:?} after the restart (the lease is 120 s)"
+    );
+    eprintln!("every job had a runner {took:?} after the restart");
+    for gh_job in jobs {
+        assert_eq!(
+            wait_terminal(&store, gh_job).await.state,
+            JobState::Completed
+        );
+    }
+    assert_nothing_left(&world).await;
 }

@@ -391,3 +391,72 @@ async fn an_idle_buffer_is_kept_on_top_of_busy_runners() {
     assert_eq!(world.berth_runners().len(), 1);
     berth.stop().await;
 }
+
+/// Runners that fail before taking a job (here: the pool's image is one the
+/// image policy refuses) make the listener back off instead of delegating a
+/// new runner the moment the last one failed: a bounded number of attempts
+/// and log lines, the failures counted, and each job ending with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runners_that_fail_at_once_are_delegated_with_backoff() {
+    let world = World::new().await;
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    // An unpinned tag outside any allowed repository: every job fails at
+    // provisioning, before a container exists.
+    let toml = world.config_toml(&listen, "").replace(
+        &format!("image = \"{}\"", world.image_id),
+        "image = \"berth-worker-local:latest\"",
+    ) + &scale_set_toml(&world, "");
+    let config = world.dir.path().join("berth.toml");
+    std::fs::write(&config, toml).unwrap();
+    let serve = common::ServeProcess::start(&world, &config, 1);
+    common::wait_listening(&listen, Duration::from_secs(20)).await;
+    queue(&world, &["echo never runs"]);
+    let watched = Duration::from_secs(12);
+    tokio::time::sleep(watched).await;
+    let text = scaleset_common::get_text(&format!("http://{listen}/metrics")).await;
+    let delegated = sample(
+        &text,
+        "berth_scaleset_delegations_total{scale_set=\"berth-linux\",outcome=\"accepted\"}",
+    ) + sample(
+        &text,
+        "berth_scaleset_delegations_total{scale_set=\"berth-linux\",outcome=\"duplicate\"}",
+    );
+    let failed = sample(
+        &text,
+        "berth_scaleset_delegations_total{scale_set=\"berth-linux\",outcome=\"runner_failed\"}",
+    );
+    // Waits of 1, 2, 4, 8 s: about five attempts in 12 s (without the
+    // backoff: thousands).
+    assert!(
+        (1.0..=8.0).contains(&delegated),
+        "{delegated} delegations in {watched:?}\n{text}"
+    );
+    assert!(failed >= 1.0, "failures are counted\n{text}");
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    let lines = log.lines().count();
+    assert!(lines < 200, "{lines} log lines in {watched:?}");
+    let backoff_started = log
+        .lines()
+        .filter(|l| l.contains("fail before taking a job"))
+        .count();
+    assert_eq!(
+        backoff_started, 1,
+        "the backoff is logged once, when it starts:\n{log}"
+    );
+    let store = berth::store::Store::connect(&format!(
+        "sqlite://{}",
+        world.dir.path().join("berth.db").display()
+    ))
+    .await
+    .unwrap();
+    let jobs = jobs_of(&store).await;
+    assert!(!jobs.is_empty());
+    for job in jobs {
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        let error = job.error.unwrap_or_default();
+        assert!(
+            error.contains("berth-worker-local:latest"),
+            "the job names its reason: {error}"
+        );
+    }
+}

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use berth::store::JobState;
-use common::{Berth, World, eventually};
+use common::{Berth, World, eventually, slow_mint};
 
 const JOB_LIMIT: Duration = Duration::from_secs(60);
 
@@ -520,16 +520,6 @@ fn proxied(world: &World, rule: &str) -> u64 {
         .lines()
         .find_map(|line| line.strip_prefix(&needle))
         .map_or(0, |n| n.trim().parse().unwrap())
-}
-
-/// The simulator answers JIT-runner requests for the test org only after
-/// `delay_ms` (the next `count` of them, or all).
-fn slow_mint(delay_ms: u64, count: Option<u32>) -> ghsim::FaultRule {
-    let mut slow = ghsim::FaultRule::new(ghsim::FaultKind::Slow);
-    slow.delay_ms = Some(delay_ms);
-    slow.path_prefix = Some("/orgs/acme/actions/runners/generate-jitconfig".into());
-    slow.count = count;
-    slow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

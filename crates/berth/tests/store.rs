@@ -75,6 +75,9 @@ store_suite!(
     prune_deletes_finished_jobs_and_their_logs,
     everything_survives_a_reopen,
     warm_containers_are_taken_once_and_bound_to_their_job,
+    leases_of_replicas_that_stopped_heartbeating_are_released,
+    leases_of_a_dead_predecessor_are_released_at_start,
+    an_exited_worker_frees_its_slot_before_its_job_ends,
 );
 
 // ---- Harness -----------------------------------------------------------------
@@ -1805,4 +1808,207 @@ async fn warm_containers_are_taken_once_and_bound_to_their_job(h: &Harness) {
     assert!(h.store.warm_delete("c3").await.unwrap());
     assert!(!h.store.warm_delete("c3").await.unwrap());
     assert!(h.store.warm_list().await.unwrap().is_empty());
+}
+
+async fn leases_of_replicas_that_stopped_heartbeating_are_released(h: &Harness) {
+    let a = h.insert(1, "linux").await;
+    let b = h.insert(2, "linux").await;
+    h.tick(1);
+    let now = h.now();
+    let until = now + Duration::from_secs(60);
+    h.store.replica_heartbeat("alive", now).await.unwrap();
+    h.store.replica_heartbeat("dead", now).await.unwrap();
+    let claimed_dead = h
+        .store
+        .job_claim("linux", 10, 10, "dead", until, now)
+        .await
+        .unwrap()
+        .unwrap();
+    let claimed_alive = h
+        .store
+        .job_claim("linux", 10, 10, "alive", until, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((claimed_dead.id, claimed_alive.id), (a.id, b.id));
+    let forget = now - Duration::from_secs(3600);
+
+    // 5 s on, both beat recently enough: nothing is released.
+    let now = h.tick(5_000);
+    h.store.replica_heartbeat("alive", now).await.unwrap();
+    let stale = now - Duration::from_secs(10);
+    assert_eq!(
+        h.store
+            .leases_release_dead_replicas(stale, forget, now)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // 11 s after its last beat, "dead" is dead: its lease expires now, the
+    // live replica's does not.
+    let now = h.tick(6_000);
+    h.store.replica_heartbeat("alive", now).await.unwrap();
+    let stale = now - Duration::from_secs(10);
+    assert_eq!(
+        h.store
+            .leases_release_dead_replicas(stale, forget, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        ids(&h.store.jobs_with_expired_leases(now).await.unwrap()),
+        [a.id]
+    );
+    assert_eq!(h.job(b.id).await.lease_expires_at, Some(until));
+    // Idempotent: nothing more to release.
+    assert_eq!(
+        h.store
+            .leases_release_dead_replicas(stale, forget, now)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // A clean stop marks the replica dead at once.
+    h.store.replica_stopped("alive").await.unwrap();
+    let now = h.tick(1);
+    let stale = now - Duration::from_secs(10);
+    assert_eq!(
+        h.store
+            .leases_release_dead_replicas(stale, forget, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        ids(&h.store.jobs_with_expired_leases(now).await.unwrap()),
+        [a.id, b.id]
+    );
+}
+
+async fn leases_of_a_dead_predecessor_are_released_at_start(h: &Harness) {
+    let a = h.insert(1, "linux").await;
+    let b = h.insert(2, "linux").await;
+    h.tick(1);
+    let now = h.now();
+    let until = now + Duration::from_secs(60);
+    h.store
+        .job_claim("linux", 10, 10, "old-process", until, now)
+        .await
+        .unwrap()
+        .unwrap();
+    h.store
+        .job_claim("linux", 10, 10, "me", until, now)
+        .await
+        .unwrap()
+        .unwrap();
+    let now = h.tick(1);
+    assert_eq!(h.store.leases_release_others("me", now).await.unwrap(), 1);
+    assert_eq!(
+        ids(&h.store.jobs_with_expired_leases(now).await.unwrap()),
+        [a.id]
+    );
+    assert_eq!(h.job(b.id).await.lease_owner.as_deref(), Some("me"));
+}
+
+async fn an_exited_worker_frees_its_slot_before_its_job_ends(h: &Harness) {
+    for i in 0..3 {
+        h.insert(i, "linux").await;
+        h.tick(1);
+    }
+    let now = h.now();
+    let until = now + Duration::from_secs(60);
+    let first = h
+        .store
+        .job_claim("linux", 1, 10, "d", until, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        h.store
+            .job_transition(
+                first.id,
+                &[Provisioning],
+                Running,
+                JobChanges::new().container_id("c1")
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        h.store
+            .job_claim("linux", 1, 10, "d", until, now)
+            .await
+            .unwrap(),
+        None,
+        "the pool is full"
+    );
+
+    // The worker exits: its slot is free while the job is still running
+    // (its end being recorded).
+    assert!(h.store.job_worker_exited("c1", h.tick(1)).await.unwrap());
+    assert!(
+        !h.store.job_worker_exited("c1", h.tick(1)).await.unwrap(),
+        "recorded once"
+    );
+    assert!(!h.store.job_worker_exited("unknown", h.now()).await.unwrap());
+    assert_eq!(h.job(first.id).await.state, Running);
+    let second = h
+        .store
+        .job_claim("linux", 1, 10, "d", until, h.now())
+        .await
+        .unwrap();
+    assert!(second.is_some(), "the exited worker's slot is free");
+    assert_eq!(
+        h.store
+            .job_claim("linux", 1, 10, "d", until, h.now())
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A requeued job counts again once it is claimed again: the exit mark
+    // belongs to its old container.
+    assert!(
+        h.store
+            .job_requeue(first.id, JobState::ACTIVE, "ran another job")
+            .await
+            .unwrap()
+    );
+    let second = second.unwrap();
+    assert!(
+        h.store
+            .job_finish(second.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    let third = h
+        .store
+        .job_claim("linux", 1, 10, "d", until, h.tick(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        h.store
+            .job_finish(third.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    let again = h
+        .store
+        .job_claim("linux", 1, 10, "d", until, h.tick(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(
+        h.store
+            .job_claim("linux", 1, 10, "d", until, h.now())
+            .await
+            .unwrap(),
+        None,
+        "the requeued job holds its slot again"
+    );
 }

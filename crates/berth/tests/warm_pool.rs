@@ -6,12 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth::store::{JobState, Store};
-use common::{Berth, World, eventually};
+use common::{Berth, ServeProcess, World, eventually, write_config};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -217,69 +216,6 @@ async fn jobs_take_warm_containers_and_the_pool_refills() {
 }
 
 /// `berth serve` as a real process (so `kill -9` is a real crash).
-struct Serve {
-    child: Child,
-}
-
-impl Serve {
-    fn start(world: &World, config: &Path, run: u32) -> Serve {
-        Self::start_with(world, config, run, "")
-    }
-
-    /// With `BERTH_FAILPOINTS` (see crate::failpoint).
-    fn start_with(world: &World, config: &Path, run: u32, failpoints: &str) -> Serve {
-        let log = std::fs::File::create(world.dir.path().join(format!("serve-{run}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("BERTH_FAILPOINTS", failpoints)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Serve { child }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, and wait for a clean exit.
-    fn terminate(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "berth serve exited with {status:?}");
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_config(world: &World, listen: &str, pool_extra: &str) -> PathBuf {
-    let path = world.dir.path().join("berth.toml");
-    std::fs::write(&path, world.config_toml(listen, pool_extra)).unwrap();
-    path
-}
-
 async fn fingerprints(store: &Store) -> BTreeSet<String> {
     store
         .warm_list()
@@ -304,7 +240,7 @@ async fn warm_containers_survive_a_crash_and_follow_the_configuration() {
     // Migrated before berth starts: two processes migrating one SQLite file
     // at once would race.
     let store = open_store(&world).await;
-    let first = Serve::start(&world, &config, 1);
+    let first = ServeProcess::start(&world, &config, 1);
     let made = wait_warm(&world, &store, 2, false).await;
     let old_print = fingerprints(&store).await;
 
@@ -312,7 +248,7 @@ async fn warm_containers_survive_a_crash_and_follow_the_configuration() {
     // no others: nothing is left unaccounted for.
     first.kill_9();
     assert_eq!(warm_containers(&world), made);
-    let second = Serve::start(&world, &config, 2);
+    let second = ServeProcess::start(&world, &config, 2);
     eventually("berth listening", LIMIT, || async {
         std::net::TcpStream::connect(&listen).is_ok()
     })
@@ -326,7 +262,7 @@ async fn warm_containers_survive_a_crash_and_follow_the_configuration() {
     // old warm containers are removed, new ones made with a new fingerprint.
     second.kill_9();
     let config = write_config(&world, &listen, "warm = 2\npids_limit = 300");
-    let third = Serve::start(&world, &config, 3);
+    let third = ServeProcess::start(&world, &config, 3);
     eventually("warm containers with a new fingerprint", LIMIT, || async {
         let now = fingerprints(&store).await;
         !now.is_empty() && now.is_disjoint(&old_print)
@@ -383,7 +319,7 @@ async fn a_crash_in_the_middle_of_a_hand_off_is_recovered() {
         .replace("lease = 10", "lease = 5");
     std::fs::write(&config, text).unwrap();
     let store = open_store(&world).await;
-    let mut first = Serve::start_with(&world, &config, 1, "after_warm_take");
+    let mut first = ServeProcess::start_with(&world, &config, 1, "after_warm_take");
     let warm = wait_warm(&world, &store, 1, false).await;
     let gh_job = world.queue(&["echo recovered"]);
     let aborted = Instant::now();
@@ -399,7 +335,7 @@ async fn a_crash_in_the_middle_of_a_hand_off_is_recovered() {
     assert_eq!(taken.state, JobState::Starting);
     assert!(warm.contains(taken.container_id.as_deref().unwrap()));
 
-    let _second = Serve::start(&world, &config, 2);
+    let _second = ServeProcess::start(&world, &config, 2);
     let waiting = Instant::now();
     let job = loop {
         if let Some(job) = store.job_get_by_github_id(gh_job as i64).await.unwrap()

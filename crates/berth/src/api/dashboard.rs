@@ -88,7 +88,7 @@ th{background:#eaeef2}.stats{display:flex;gap:12px;margin-bottom:14px;flex-wrap:
 .filters a{margin-right:10px}.state{font-weight:600}.completed{color:#1a7f37}.failed,.expired{color:#cf222e}\
 .cancelled{color:#6e7781}.running,.starting,.provisioning{color:#0969da}.queued{color:#9a6700}\
 pre{background:#0d1117;color:#e6edf3;padding:12px;overflow:auto;max-height:70vh}dl{display:grid;grid-template-columns:max-content auto;gap:4px 16px}\
-dt{color:#57606a}dd{margin:0}";
+dt{color:#57606a}dd{margin:0}.alert{background:#ffebe9;border:1px solid #cf222e;color:#cf222e;padding:8px 14px;border-radius:6px}";
 
 fn esc(s: &str) -> String {
     super::html_escape(s)
@@ -207,7 +207,9 @@ async fn render_index(ctx: &Context, q: ListQuery) -> ApiResult<Response> {
     for s in JobState::ALL {
         let _ = write!(body, "<a href=\"/?state={0}\">{0}</a>", s.as_str());
     }
-    body.push_str("</nav><h2>Jobs</h2>");
+    body.push_str("</nav>");
+    render_components(ctx, &mut body);
+    body.push_str("<h2>Jobs</h2>");
     if jobs.is_empty() {
         body.push_str("<p id=\"no-jobs\">No jobs yet.</p>");
     } else {
@@ -244,6 +246,54 @@ async fn render_index(ctx: &Context, q: ListQuery) -> ApiResult<Response> {
         body.push_str("</tbody></table>");
     }
     Ok(page("berth", Some(5), &body))
+}
+
+/// The supervised components (crate::supervise): a banner when a required
+/// one is down, and a table with each one's last pass.
+fn render_components(ctx: &Context, body: &mut String) {
+    let down = ctx.components.required_down();
+    if !down.is_empty() {
+        let _ = write!(
+            body,
+            "<p id=\"not-ready\" class=\"alert\">Not ready: {} down.</p>",
+            esc(&down.join(", "))
+        );
+    }
+    body.push_str(
+        "<h2>Components</h2><table id=\"components\"><thead><tr><th>component</th><th>state</th>\
+         <th>last pass</th><th>took</th><th>failures in a row</th><th>restarts</th><th>detail</th>\
+         </tr></thead><tbody>",
+    );
+    let now = time::OffsetDateTime::now_utc();
+    for c in ctx.components.snapshot() {
+        let last = match (c.last_finished_at, c.last_result) {
+            (Some(at), Some(result)) => format!(
+                "{result}, {} ago",
+                duration((now - at).as_seconds_f64().max(0.0))
+            ),
+            _ => "-".into(),
+        };
+        let detail = c
+            .last_error
+            .as_deref()
+            .or(c.detail.as_deref())
+            .unwrap_or("");
+        let _ = write!(
+            body,
+            "<tr data-component=\"{name}\"><td>{name}{req}</td><td class=\"state {class}\">{state}</td>\
+             <td>{last}</td><td>{took}</td><td>{fails}</td><td>{restarts}</td><td>{detail}</td></tr>",
+            name = esc(&c.name),
+            req = if c.required { " (required)" } else { "" },
+            class = if c.up { "running" } else { "failed" },
+            state = c.state.as_str(),
+            last = esc(&last),
+            took = c.last_duration_seconds.map_or("-".into(), duration),
+            fails = c.consecutive_failures,
+            restarts = c.restarts,
+            detail = esc(detail),
+        );
+    }
+    body.push_str("</tbody></table>");
 }
 
 /// `GET /jobs/{id}`: one job and its output, refreshed while it runs.

@@ -121,6 +121,7 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/pools", get(list_pools))
+        .route("/v1/status", get(status))
         .route(
             "/v1/scale-sets/{name}/runners",
             get(crate::scaleset::api::list_runners),
@@ -487,14 +488,16 @@ async fn healthz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResu
     Ok(Json(json!({ "status": "ok" })).into_response())
 }
 
-/// Ready when the store and Docker answer.
+/// Ready when the store and Docker answer and every required component
+/// (crate::supervise) is up.
 async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
     if !ctx.config.server.public_health {
         auth::authorize(&ctx.store, &headers, Need::Read).await?;
     }
     let store = ctx.store.ping().await.map_err(|e| e.to_string());
     let docker = ctx.docker.ping().await.map_err(|e| e.to_string());
-    let status = if store.is_ok() && docker.is_ok() {
+    let components_down = ctx.components.required_down();
+    let status = if store.is_ok() && docker.is_ok() && components_down.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -505,9 +508,30 @@ async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResul
     };
     Ok((
         status,
-        Json(json!({ "store": show(&store), "docker": show(&docker) })),
+        Json(json!({
+            "store": show(&store),
+            "docker": show(&docker),
+            "components_down": components_down,
+        })),
     )
         .into_response())
+}
+
+/// `GET /v1/status` (read): whether this replica is ready, and every
+/// supervised component's status.
+async fn status(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    Ok(Json(status_document(&ctx)).into_response())
+}
+
+/// The body of `GET /v1/status`.
+pub fn status_document(ctx: &Context) -> serde_json::Value {
+    let components = ctx.components.snapshot();
+    json!({
+        "replica": ctx.replica_id,
+        "ready": ctx.components.required_down().is_empty(),
+        "components": components,
+    })
 }
 
 pub fn html_escape(s: &str) -> String {

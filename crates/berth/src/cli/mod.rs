@@ -95,6 +95,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Whether the orchestrator is ready, and each component's status: up
+    /// or down, its last pass, result, duration, failures in a row.
+    /// Exits 1 when a required component is down.
+    Status {
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,6 +300,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             remote,
         } => remote::logs(&remote, &job, follow).await,
         Command::Pools { remote, json } => remote::pools(&remote, json).await,
+        Command::Status { remote, json } => remote::status(&remote, json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -286,6 +286,91 @@ pub async fn pools(remote: &Remote, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `berth status`: each component's status; fails (exit 1) when a
+/// required component is down, so scripts and probes can use it.
+pub async fn status(remote: &Remote, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let answer = client.get_json("/v1/status", &[]).await?;
+    let ready = answer.get("ready").and_then(Value::as_bool);
+    if json {
+        print_json(&answer)?;
+    } else {
+        let components = answer
+            .get("components")
+            .and_then(Value::as_array)
+            .context("the server's status is not in the expected form")?;
+        let now = OffsetDateTime::now_utc();
+        let mut table = Table::new(&[
+            "COMPONENT",
+            "REQUIRED",
+            "UP",
+            "STATE",
+            "LAST PASS",
+            "TOOK",
+            "RESULT",
+            "FAILS",
+            "RESTARTS",
+            "DETAIL",
+        ]);
+        for c in components {
+            let text = |key: &str| match c.get(key) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => "-".into(),
+                Some(other) => other.to_string(),
+            };
+            let yes_no = |key: &str| match c.get(key).and_then(Value::as_bool) {
+                Some(true) => "yes".to_string(),
+                Some(false) => "no".to_string(),
+                None => "-".to_string(),
+            };
+            let ago = c
+                .get("last_finished_at")
+                .and_then(Value::as_str)
+                .and_then(|t| {
+                    OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+                })
+                .map_or("-".into(), |t| format!("{} ago", human(now - t)));
+            let took = c
+                .get("last_duration_seconds")
+                .and_then(Value::as_f64)
+                .map_or("-".into(), |s| human(time::Duration::seconds_f64(s)));
+            let result = match (
+                text("last_result").as_str(),
+                c.get("last_error").and_then(Value::as_str),
+            ) {
+                ("error", Some(e)) => format!("error: {e}"),
+                (r, _) => r.to_string(),
+            };
+            table.row(vec![
+                text("name"),
+                yes_no("required"),
+                yes_no("up"),
+                text("state"),
+                ago,
+                took,
+                result,
+                text("consecutive_failures"),
+                text("restarts"),
+                text("detail"),
+            ]);
+        }
+        table.print();
+        println!(
+            "replica {}: {}",
+            answer.get("replica").and_then(Value::as_str).unwrap_or("-"),
+            if ready == Some(true) {
+                "ready"
+            } else {
+                "NOT READY"
+            }
+        );
+    }
+    if ready != Some(true) {
+        anyhow::bail!("not ready: a required component is down");
+    }
+    Ok(())
+}
+
 fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

@@ -53,6 +53,17 @@ pub async fn handle_exit(ctx: &Arc<Context>, container_id: &str, exit_code: Opti
 }
 
 async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Option<i64>) {
+    // The slot first: the dispatcher may start the next job while this
+    // one's output is kept, GitHub asked and the container removed.
+    match ctx
+        .store
+        .job_worker_exited(container_id, ctx.store.now())
+        .await
+    {
+        Ok(true) => ctx.wake_dispatcher(),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(container_id, error = %e, "recording a worker's exit failed"),
+    }
     let job = match ctx.store.job_get_by_container_id(container_id).await {
         Ok(job) => job,
         Err(e) => {

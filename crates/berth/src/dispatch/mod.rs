@@ -35,6 +35,7 @@ use tracing::Instrument;
 
 use crate::context::Context;
 use crate::store::Job;
+use crate::supervise::ComponentHandle;
 
 pub use provision::provision;
 pub use watch::watch;
@@ -48,11 +49,22 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// a graceful stop leaves no container or runner registration behind
 /// (whatever is still left after `drain` is the reconcilers' at the next
 /// start, as after a crash).
-pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, drain: Duration) {
+///
+/// Each round over the pools is one pass of the `dispatcher` component
+/// (crate::supervise): a round in which a claim failed is a failed pass.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    status: ComponentHandle,
+) {
     let tasks = TaskTracker::new();
     let abandon = CancellationToken::new();
     'outer: loop {
         let mut claimed = false;
+        let started = std::time::Instant::now();
+        let mut failure = None;
+        crate::failpoint::hit("dispatch_round");
         for pool in &ctx.config.pools {
             if shutdown.is_cancelled() {
                 break 'outer;
@@ -67,9 +79,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, drain: Duration
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(pool = %pool.name, error = %e, "claiming a job failed");
+                    failure = Some(format!("claiming a job of pool `{}`: {e}", pool.name));
                 }
             }
         }
+        status.pass(started, failure.map_or(Ok(()), Err));
         if claimed {
             continue;
         }

@@ -63,6 +63,7 @@ use crate::context::{Context, LABEL_INSTANCE};
 use crate::docker::controller::{ContainerStatus, LABEL_POOL, LABEL_WARM, WorkerSpec};
 use crate::observability::Metrics;
 use crate::store::WarmContainer;
+use crate::supervise::ComponentHandle;
 
 /// How often the refill loop checks every pool when nothing wakes it (an
 /// image re-tag is noticed within this long).
@@ -199,18 +200,25 @@ fn canonical(value: &serde_json::Value) -> String {
 
 /// Adopts what the store records, then keeps every pool's warm pool filled
 /// until `shutdown`; then removes this replica's warm containers.
-pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, status: ComponentHandle) {
     let mut adopted = false;
     loop {
+        status.pass_started();
+        let mut result = Ok(());
         if !adopted {
             match adopt(&ctx).await {
                 Ok(()) => adopted = true,
-                Err(e) => tracing::warn!(error = %e, "adopting warm containers failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "adopting warm containers failed; retrying");
+                    result = Err(format!("adopting warm containers: {e}"));
+                }
             }
         }
         if let Err(e) = refill_once(&ctx, &shutdown).await {
             tracing::warn!(error = %e, "refilling the warm pools failed; retrying");
+            result = Err(format!("refilling: {e}"));
         }
+        status.pass_finished(result);
         tokio::select! {
             _ = tokio::time::sleep(REFILL_EVERY) => {}
             _ = ctx.warm.wake.notified() => {}

@@ -18,12 +18,20 @@ use super::logs;
 use crate::context::Context;
 use crate::docker::controller::ContainerEventKind;
 use crate::store::JobState;
+use crate::supervise::ComponentHandle;
 
-pub async fn watch(ctx: Arc<Context>, shutdown: CancellationToken) {
+/// Follows the event stream until `shutdown`. Each subscription is a pass
+/// of the `watcher` component (crate::supervise): it succeeds once the
+/// catch-up is done, and a broken stream is a failed pass.
+pub async fn watch(ctx: Arc<Context>, shutdown: CancellationToken, status: ComponentHandle) {
     let mut since = None;
     loop {
+        status.pass_started();
         let mut events = ctx.docker.events(since);
-        catch_up(&ctx).await;
+        match catch_up(&ctx).await {
+            Ok(()) => status.pass_finished(Ok(())),
+            Err(e) => status.pass_finished(Err(e)),
+        }
         loop {
             let next = tokio::select! {
                 next = events.next() => next,
@@ -43,9 +51,15 @@ pub async fn watch(ctx: Arc<Context>, shutdown: CancellationToken) {
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "the Docker event stream failed; re-subscribing");
+                    status.pass_started();
+                    status.pass_finished(Err(format!("the Docker event stream failed: {e}")));
                     break;
                 }
-                None => break,
+                None => {
+                    status.pass_started();
+                    status.pass_finished(Err("the Docker event stream ended".into()));
+                    break;
+                }
             }
         }
         tokio::select! {
@@ -56,13 +70,14 @@ pub async fn watch(ctx: Arc<Context>, shutdown: CancellationToken) {
 }
 
 /// Checks every running job's container once: exited ones are handled,
-/// running ones get their output captured (after a restart).
-pub async fn catch_up(ctx: &Arc<Context>) {
+/// running ones get their output captured (after a restart). Fails only
+/// when the running jobs cannot be listed.
+pub async fn catch_up(ctx: &Arc<Context>) -> Result<(), String> {
     let jobs = match ctx.store.jobs_in_states(&[JobState::Running]).await {
         Ok(jobs) => jobs,
         Err(e) => {
             tracing::error!(error = %e, "listing running jobs failed");
-            return;
+            return Err(format!("listing running jobs: {e}"));
         }
     };
     for job in jobs {
@@ -80,4 +95,5 @@ pub async fn catch_up(ctx: &Arc<Context>) {
             Err(e) => tracing::warn!(container_id, error = %e, "inspecting a worker failed"),
         }
     }
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! scraped, so they are never stale and cost nothing between scrapes.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -62,6 +63,11 @@ pub struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScaleSetLabels {
     pub scale_set: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub component: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,6 +199,12 @@ pub struct Metrics {
     /// Hand-offs per pool: `hit` (a job took a warm container), `miss` (the
     /// pool has a warm pool but none was ready; a cold create followed).
     pub warm_handoffs: Family<PoolOutcomeLabels, Counter>,
+    /// Supervised components (crate::supervise): 1 while up, 0 while down.
+    pub component_up: Family<ComponentLabels, Gauge>,
+    /// When each component last finished a pass successfully (Unix seconds).
+    pub component_last_success: Family<ComponentLabels, Gauge<f64, AtomicU64>>,
+    /// Times the supervisor restarted each component.
+    pub component_restarts: Family<ComponentLabels, Counter>,
 }
 
 impl Metrics {
@@ -394,6 +406,24 @@ impl Metrics {
             "Jobs of pools with a warm pool, by whether a warm container was ready (hit) or not (miss)",
             warm_handoffs.clone(),
         );
+        let component_up = Family::<ComponentLabels, Gauge>::default();
+        registry.register(
+            "component_up",
+            "Whether each supervised component is up (1) or down (0)",
+            component_up.clone(),
+        );
+        let component_last_success = Family::<ComponentLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "component_last_success_timestamp_seconds",
+            "When each supervised component last finished a pass successfully (Unix time)",
+            component_last_success.clone(),
+        );
+        let component_restarts = Family::<ComponentLabels, Counter>::default();
+        registry.register(
+            "component_restarts",
+            "Times the supervisor started a component again after it ended unexpectedly",
+            component_restarts.clone(),
+        );
         for kind in RECONCILER_KINDS {
             drop(reconciler_actions.get_or_create(&KindLabels { kind }));
             drop(reconciler_failures.get_or_create(&KindLabels { kind }));
@@ -432,7 +462,42 @@ impl Metrics {
             scaleset_job_messages,
             warm_containers,
             warm_handoffs,
+            component_up,
+            component_last_success,
+            component_restarts,
         }
+    }
+
+    fn component(name: &str) -> ComponentLabels {
+        ComponentLabels {
+            component: name.to_string(),
+        }
+    }
+
+    /// Sets `berth_component_up{component}`.
+    pub fn component_up(&self, component: &str, up: bool) {
+        self.component_up
+            .get_or_create(&Self::component(component))
+            .set(i64::from(up));
+        // The restart counter exists from the first report on, at zero.
+        drop(
+            self.component_restarts
+                .get_or_create(&Self::component(component)),
+        );
+    }
+
+    /// Sets `berth_component_last_success_timestamp_seconds{component}`.
+    pub fn component_last_success(&self, component: &str, at: time::OffsetDateTime) {
+        self.component_last_success
+            .get_or_create(&Self::component(component))
+            .set(at.unix_timestamp_nanos() as f64 / 1e9);
+    }
+
+    /// Counts a restart (`berth_component_restarts_total`).
+    pub fn component_restarted(&self, component: &str) {
+        self.component_restarts
+            .get_or_create(&Self::component(component))
+            .inc();
     }
 
     /// Creates every per-scale-set series at zero (see [`Metrics::init_pools`]).

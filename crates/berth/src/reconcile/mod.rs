@@ -28,6 +28,8 @@
 //! once without harm. Normal running and crash recovery share this one code
 //! path: there is no separate "recovery mode".
 
+pub mod replicas;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,7 @@ use crate::dispatch::{logs, resources, watch};
 use crate::docker::controller::{LABEL_POOL, LABEL_RUNNER, NAME_PREFIX};
 use crate::observability::metrics::KindLabels;
 use crate::store::{GithubStatus, Job, JobChanges, JobSource, JobState};
+use crate::supervise::ComponentHandle;
 
 /// Grace given to a worker between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -56,46 +59,62 @@ pub struct Report {
     pub cancelled: u32,
     pub completed_elsewhere: u32,
     pub failures: u32,
+    /// The reconcilers that failed, each with its error.
+    pub failed: Vec<String>,
 }
 
-/// Runs the two lanes of reconcilers, each on its own schedule: a pass now,
-/// then every `interval`; the local lane also whenever woken (a cancel, a
-/// runner to tear down).
+/// The local lane (`reconciler.local`): a pass now, then every `interval`
+/// and whenever woken (a cancel, a runner to tear down).
 ///
-/// The GitHub lane reads GitHub (a job lookup per long-queued job, the
-/// runner list per scope): a slow or unreachable GitHub holds a pass of it
-/// up to `request_timeout × max_attempts` per call, and must not hold up the
-/// repairs of the local lane, which needs the store and Docker. Within a
-/// lane the order stands; across lanes every action is conditional, so
-/// whatever one lane sees half-done a later pass finishes. A pass cut short
-/// by shutdown is like one cut short by a crash: the next start finishes it.
-pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let local = async {
-        loop {
-            tokio::select! {
-                _ = local_pass(&ctx) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(ctx.config.reconcile.interval) => {}
-                _ = ctx.reconcile_wake.notified() => {}
-                _ = shutdown.cancelled() => return,
-            }
+/// The reconcilers run in two lanes, each a component of its own
+/// (crate::supervise). The GitHub lane ([`run_github`]) reads GitHub (a job
+/// lookup per long-queued job, the runner list per scope): a slow or
+/// unreachable GitHub holds a pass of it up to `request_timeout ×
+/// max_attempts` per call, and must not hold up the repairs of the local
+/// lane, which needs the store and Docker. Within a lane the order stands;
+/// across lanes every action is conditional, so whatever one lane sees
+/// half-done a later pass finishes. A pass cut short by shutdown is like one
+/// cut short by a crash: the next start finishes it. A pass in which a
+/// reconciler failed is a failed pass of its lane.
+pub async fn run_local(ctx: Arc<Context>, shutdown: CancellationToken, status: ComponentHandle) {
+    loop {
+        status.pass_started();
+        tokio::select! {
+            r = local_pass(&ctx) => status.pass_finished(r.outcome()),
+            _ = shutdown.cancelled() => return,
         }
-    };
-    let github = async {
-        loop {
-            tokio::select! {
-                _ = github_pass(&ctx) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(ctx.config.reconcile.interval) => {}
-                _ = shutdown.cancelled() => return,
-            }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.reconcile.interval) => {}
+            _ = ctx.reconcile_wake.notified() => {}
+            _ = shutdown.cancelled() => return,
         }
-    };
-    tokio::join!(local, github);
+    }
+}
+
+/// The GitHub lane (`reconciler.github`): a pass now, then every `interval`.
+pub async fn run_github(ctx: Arc<Context>, shutdown: CancellationToken, status: ComponentHandle) {
+    loop {
+        status.pass_started();
+        tokio::select! {
+            r = github_pass(&ctx) => status.pass_finished(r.outcome()),
+            _ = shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.reconcile.interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+impl Report {
+    /// A pass's result for its lane's status: the reconcilers that failed.
+    fn outcome(&self) -> std::result::Result<(), String> {
+        if self.failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("reconcilers failed: {}", self.failed.join("; ")))
+        }
+    }
 }
 
 /// Runs one reconciler, counts what it did into `$report` and the metrics.
@@ -113,6 +132,7 @@ macro_rules! step {
             }
             Err(e) => {
                 $report.failures += 1;
+                $report.failed.push(format!("{}: {e}", $kind));
                 $ctx.metrics
                     .reconciler_failures
                     .get_or_create(&KindLabels { kind: $kind })
@@ -127,6 +147,11 @@ macro_rules! step {
 /// delete a registration they release).
 async fn local_pass(ctx: &Arc<Context>) -> Report {
     let mut r = Report::default();
+    if crate::failpoint::fails("reconcile_local") {
+        r.failures += 1;
+        r.failed
+            .push("failpoint: the failpoint `reconcile_local` is armed".into());
+    }
     step!(ctx, r, "lease_expired", leases_expired, expired_leases(ctx));
     step!(ctx, r, "cancelled", cancelled, cancellations(ctx));
     step!(
@@ -138,7 +163,10 @@ async fn local_pass(ctx: &Arc<Context>) -> Report {
     );
     step!(ctx, r, "timeout", timed_out, timeouts(ctx));
     step!(ctx, r, "idle_runner", idle_runners, idle_runners(ctx));
-    watch::catch_up(ctx).await;
+    if let Err(e) = watch::catch_up(ctx).await {
+        r.failures += 1;
+        r.failed.push(format!("catch_up: {e}"));
+    }
     step!(
         ctx,
         r,

@@ -50,6 +50,7 @@ use crate::config::ScaleSetConfig;
 use crate::intake::DelegateRequest;
 use crate::observability::Metrics;
 use crate::observability::metrics::{ScaleSetLabels, ScaleSetOutcomeLabels};
+use crate::supervise::ComponentHandle;
 
 /// How long a busy runner that left the orchestrator's list without a
 /// `JobCompleted` still counts (a runner that died with its job: GitHub
@@ -91,6 +92,9 @@ pub struct Listener {
     metrics: Metrics,
     owner: String,
     timing: Timing,
+    /// Where the listener records its session state and polls, when it runs
+    /// as a supervised component (crate::supervise).
+    status: Option<ComponentHandle>,
 }
 
 /// A delegation not yet visible in the orchestrator's runner list.
@@ -123,6 +127,60 @@ struct State {
     /// Retirements: `None` in progress, `Some(listing)` done at that count.
     retiring: BTreeMap<i64, Option<u64>>,
     orchestrator_up: Option<bool>,
+    /// Runners that fail before taking a job (see [`StartBackoff`]).
+    backoff: StartBackoff,
+}
+
+/// Backoff of new delegations while the scale set's runners fail before
+/// taking a job (a pool whose image the policy refuses, a broken image, a
+/// GitHub that refuses runners): without it the scaler would delegate a new
+/// runner the moment the last one failed, thousands of times a second.
+///
+/// Each delegation the orchestrator refuses, or answers with a runner that
+/// has already ended (its key known, but not among the runners it lists), is
+/// one failure; new runners then wait
+/// [`START_BACKOFF_MIN`] doubling per failure up to [`START_BACKOFF_MAX`].
+/// A runner that takes a job, or stays up idle, ends the backoff. The
+/// listener logs when the backoff starts and when it ends, not per attempt.
+#[derive(Default)]
+struct StartBackoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+/// First wait after a runner failed before taking a job.
+const START_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between runners while they keep failing.
+const START_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+impl StartBackoff {
+    fn delay(failures: u32) -> Duration {
+        START_BACKOFF_MIN
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+            .min(START_BACKOFF_MAX)
+    }
+
+    /// Records one failure; `true` when this starts a backoff.
+    fn fail(&mut self, now: Instant) -> bool {
+        self.failures += 1;
+        self.until = Some(now + Self::delay(self.failures));
+        self.failures == 1
+    }
+
+    /// Records a runner that works; `true` when this ends a backoff.
+    fn succeed(&mut self) -> bool {
+        let was = self.failures > 0;
+        self.failures = 0;
+        self.until = None;
+        was
+    }
+
+    /// How long new runners must still wait.
+    fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.until
+            .and_then(|t| t.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
 }
 
 struct Shared {
@@ -175,6 +233,31 @@ impl Listener {
             metrics,
             owner: owner_name(),
             timing,
+            status: None,
+        }
+    }
+
+    /// Records the session state and each poll in `status`.
+    pub fn with_status(mut self, status: ComponentHandle) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    fn session_state(&self, state: impl Into<String>) {
+        if let Some(status) = &self.status {
+            status.set_detail(state);
+        }
+    }
+
+    fn poll_started(&self) {
+        if let Some(status) = &self.status {
+            status.pass_started();
+        }
+    }
+
+    fn poll_finished(&self, result: Result<(), String>) {
+        if let Some(status) = &self.status {
+            status.pass_finished(result);
         }
     }
 
@@ -208,11 +291,14 @@ impl Listener {
 
     async fn run_inner(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), ScaleSetError> {
         let mut attempt = 0;
+        self.session_state("finding the scale set");
         let id = loop {
+            self.poll_started();
             match self.registry.id(&self.set.name).await {
                 Ok(id) => break id,
                 Err(e) if e.is_transient() => {
                     attempt += 1;
+                    self.poll_finished(Err(format!("finding the scale set: {e}")));
                     tracing::warn!(error = %e, attempt, "finding the scale set failed; retrying");
                     if !pause(
                         &shutdown,
@@ -223,9 +309,14 @@ impl Listener {
                         return Ok(());
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.session_state("stopped: the scale set cannot be used");
+                    self.poll_finished(Err(format!("finding the scale set: {e}")));
+                    return Err(e);
+                }
             }
         };
+        self.poll_finished(Ok(()));
         tracing::info!(
             scale_set_id = id,
             delegator = self.delegator.kind(),
@@ -269,10 +360,15 @@ impl Listener {
                 self.acquire(id, &mut session, &mut to_acquire, shared, shutdown)
                     .await;
             }
+            self.poll_started();
             let polled = tokio::select! {
                 r = self.registry.client(&self.set.name)?.get_message(&session, last, self.set.max_runners) => r,
                 _ = shutdown.cancelled() => break,
             };
+            match &polled {
+                Ok(_) => self.poll_finished(Ok(())),
+                Err(e) => self.poll_finished(Err(format!("polling: {e}"))),
+            }
             match polled {
                 Ok(Some(message)) => {
                     failures = 0;
@@ -318,7 +414,10 @@ impl Listener {
         )
         .await
         {
-            Ok(Ok(())) => tracing::info!("message session deleted"),
+            Ok(Ok(())) => {
+                self.session_state("stopped: session deleted");
+                tracing::info!("message session deleted")
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "deleting the message session failed"),
             Err(_) => tracing::warn!("deleting the message session timed out"),
         }
@@ -335,6 +434,7 @@ impl Listener {
     ) -> Option<Session> {
         let client = self.registry.client(&self.set.name).ok()?;
         let mut attempt = 0;
+        self.session_state("opening a message session");
         loop {
             attempt += 1;
             let opened = tokio::select! {
@@ -345,6 +445,7 @@ impl Listener {
                 Ok(session) => {
                     self.count("session", "created");
                     tracing::info!(owner = %self.owner, "message session open");
+                    self.session_state("session open: polling");
                     if let Some(stats) = session.statistics {
                         self.adopt(shared, stats);
                     }
@@ -353,6 +454,9 @@ impl Listener {
                 }
                 Err(ScaleSetError::SessionConflict(message)) => {
                     self.count("session", "conflict");
+                    self.session_state(
+                        "another session holds the scale set (409): retrying until it expires",
+                    );
                     tracing::warn!(
                         attempt,
                         service_message = %message,
@@ -361,6 +465,7 @@ impl Listener {
                 }
                 Err(e) => {
                     self.count("session", "failed");
+                    self.session_state(format!("opening a session failed: {e}; retrying"));
                     tracing::warn!(attempt, error = %e, "opening the message session failed; retrying");
                 }
             }
@@ -519,6 +624,11 @@ impl Listener {
                     if !st.done.contains(&runner) {
                         st.busy.insert(runner.clone(), None);
                     }
+                    if st.backoff.succeed() {
+                        tracing::info!(
+                            "a runner took a job: new runners start without waiting again"
+                        );
+                    }
                     if let (Some(queued), assigned) = (job.queue_time, job.runner_assign_time) {
                         let started = assigned.unwrap_or_else(time::OffsetDateTime::now_utc);
                         self.metrics
@@ -598,9 +708,18 @@ impl Listener {
 
     async fn scaler_loop(self: Arc<Self>, shared: Arc<Shared>, stop: CancellationToken) {
         loop {
+            // While new runners wait (StartBackoff), run again when the
+            // wait is over rather than at the next wake-up.
+            let next = shared
+                .state()
+                .backoff
+                .remaining(Instant::now())
+                .map_or(self.timing.evaluate_every, |w| {
+                    w.min(self.timing.evaluate_every)
+                });
             tokio::select! {
                 _ = shared.wake.notified() => {}
-                _ = tokio::time::sleep(self.timing.evaluate_every) => {}
+                _ = tokio::time::sleep(next) => {}
                 _ = stop.cancelled() => return,
             }
             if shared.state().statistics.is_some() {
@@ -651,6 +770,7 @@ impl Listener {
                 }
                 st.busy
                     .retain(|_, gone| gone.is_none_or(|t| now - t < VANISHED_BUSY_GRACE));
+                self.note_runner_outcomes(&mut st, &slots);
                 st.slots = slots;
                 // Accepted before this list was asked for: the list shows them.
                 st.in_flight
@@ -716,7 +836,26 @@ impl Listener {
             retire = plan.retire.len(),
             "scaling"
         );
-        for create in plan.create {
+        if !plan.create.is_empty()
+            && let Some(wait) = st.backoff.remaining(Instant::now())
+        {
+            // The scaler runs again when the wait is over (scaler_loop).
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                held_back = plan.create.len(),
+                "runners keep failing before taking a job: new runners wait"
+            );
+            self.count("delegation", "held_back");
+            if plan.retire.is_empty() {
+                return;
+            }
+        }
+        let create = if st.backoff.remaining(Instant::now()).is_some() {
+            Vec::new()
+        } else {
+            plan.create
+        };
+        for create in create {
             let request = match create {
                 Create::ForJob(key) => self.request_for(key, st.waiting.get(&key)),
                 Create::Buffer => self.request_for(buffer_key(), None),
@@ -806,6 +945,21 @@ impl Listener {
                         let mut st = shared.state();
                         let at = st.listing;
                         st.in_flight.insert(key, Flight::Accepted(at));
+                        // "Exists" for a key the orchestrator does not list
+                        // (it lists the runners that have not ended) is a
+                        // runner that already ended: no new runner comes of
+                        // it, as with a refusal.
+                        let ended = !delegated.created
+                            && !st
+                                .slots
+                                .iter()
+                                .any(|s| s.key == key && !s.state.is_terminal());
+                        if ended {
+                            self.runner_failed(
+                                &mut st,
+                                "the orchestrator answered with a runner that already ended",
+                            );
+                        }
                     }
                     self.count(
                         "delegation",
@@ -843,11 +997,41 @@ impl Listener {
                 }
                 Err(e) => {
                     self.count("delegation", "failed");
-                    tracing::error!(key, error = %e, "the orchestrator refused a runner");
-                    shared.state().in_flight.remove(&key);
+                    let mut st = shared.state();
+                    st.in_flight.remove(&key);
+                    self.runner_failed(&mut st, &format!("the orchestrator refused a runner: {e}"));
                     return;
                 }
             }
+        }
+    }
+
+    /// Ends the backoff when a runner of a fresh list is busy.
+    fn note_runner_outcomes(&self, st: &mut State, slots: &[RunnerSlot]) {
+        if slots.iter().any(|s| s.phase == Phase::Busy) && st.backoff.succeed() {
+            tracing::info!("a runner took a job: new runners start without waiting again");
+        }
+    }
+
+    /// One runner that will not run a job: counted, and new runners back
+    /// off. Logged when the backoff starts; later ones only at debug level.
+    fn runner_failed(&self, st: &mut State, why: &str) {
+        self.count("delegation", "runner_failed");
+        let failures = st.backoff.failures + 1;
+        let wait = StartBackoff::delay(failures);
+        if st.backoff.fail(Instant::now()) {
+            tracing::warn!(
+                reason = why,
+                max_wait_secs = START_BACKOFF_MAX.as_secs(),
+                "runners of this scale set fail before taking a job; new runners now wait, longer after each failure (see the jobs' errors)"
+            );
+        } else {
+            tracing::debug!(
+                reason = why,
+                failures,
+                wait_ms = wait.as_millis() as u64,
+                "a runner failed again"
+            );
         }
     }
 

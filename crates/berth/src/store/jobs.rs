@@ -36,9 +36,10 @@ WHERE id = (SELECT id FROM jobs
             LIMIT 1)
   AND state = 'queued'
   AND (SELECT COUNT(*) FROM jobs
-       WHERE pool = $1 AND state IN ('provisioning', 'starting', 'running')) < $5
+       WHERE pool = $1 AND state IN ('provisioning', 'starting', 'running')
+         AND exited_at IS NULL) < $5
   AND (SELECT COUNT(*) FROM jobs
-       WHERE state IN ('provisioning', 'starting', 'running')) < $6
+       WHERE state IN ('provisioning', 'starting', 'running') AND exited_at IS NULL) < $6
 RETURNING *";
 
 /// The claim on PostgreSQL: the same statement, run after taking the claim
@@ -58,9 +59,10 @@ WHERE id = (SELECT id FROM jobs
             FOR UPDATE SKIP LOCKED)
   AND state = 'queued'
   AND (SELECT COUNT(*) FROM jobs
-       WHERE pool = $1 AND state IN ('provisioning', 'starting', 'running')) < $5
+       WHERE pool = $1 AND state IN ('provisioning', 'starting', 'running')
+         AND exited_at IS NULL) < $5
   AND (SELECT COUNT(*) FROM jobs
-       WHERE state IN ('provisioning', 'starting', 'running')) < $6
+       WHERE state IN ('provisioning', 'starting', 'running') AND exited_at IS NULL) < $6
 RETURNING *";
 
 /// Records a GitHub status only if it is later than the stored one: $6 is
@@ -278,6 +280,26 @@ impl Store {
             }
         };
         row.map(JobRow::into_job).transpose()
+    }
+
+    /// Records that the worker container `container_id` of an active job
+    /// exited: from now on the job holds no worker slot (claims do not count
+    /// it), while its end is still being recorded. `false` when no active
+    /// job has that container or its exit was recorded already.
+    pub async fn job_worker_exited(&self, container_id: &str, at: OffsetDateTime) -> Result<bool> {
+        on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET exited_at = $2
+                 WHERE container_id = $1 AND exited_at IS NULL
+                   AND state IN ('provisioning', 'starting', 'running')",
+            )
+            .bind(container_id)
+            .bind(to_millis(at))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() > 0)
+        })
+        .map_err(StoreError::query("job_worker_exited"))
     }
 
     /// Extends `owner`'s lease on an active job to `until`. `false` when the
@@ -701,6 +723,7 @@ impl Store {
             .clear_container_id()
             .error(reason)
             .set(Column::StartedAt, Value::Int(None))
+            .set(Column::ExitedAt, Value::Int(None))
             .set(Column::QueuedAt, Value::Int(Some(to_millis(now))));
         let guard = only_if_lease_expired_at.map(to_millis);
         self.job_update(

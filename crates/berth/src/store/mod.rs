@@ -94,6 +94,7 @@ mod group_commit;
 mod jobs;
 mod logs;
 mod rebind;
+mod replicas;
 mod scaleset;
 mod tokens;
 mod types;

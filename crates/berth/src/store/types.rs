@@ -326,6 +326,8 @@ pub(crate) enum Column {
     TimeoutSecs,
     /// Only set by requeues.
     QueuedAt,
+    /// Only cleared, by requeues (set by `Store::job_worker_exited`).
+    ExitedAt,
 }
 
 impl Column {
@@ -342,6 +344,7 @@ impl Column {
             Column::LeaseExpiresAt => "lease_expires_at",
             Column::TimeoutSecs => "timeout_secs",
             Column::QueuedAt => "queued_at",
+            Column::ExitedAt => "exited_at",
         }
     }
 }

@@ -299,3 +299,142 @@ pub async fn socket_proxy() -> berth_proxies::socket::Running {
     .await
     .expect("start the socket proxy")
 }
+
+/// `berth serve` as a real process (the binary under test), for tests that
+/// kill it, crash it at a failpoint or read its exit status. Its stderr (the
+/// JSON log) goes to `serve-<run>.log` in the world's folder.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl ServeProcess {
+    pub fn start(world: &World, config: &std::path::Path, run: u32) -> ServeProcess {
+        Self::start_with(world, config, run, "")
+    }
+
+    /// With `BERTH_FAILPOINTS` (see berth::failpoint).
+    pub fn start_with(
+        world: &World,
+        config: &std::path::Path,
+        run: u32,
+        failpoints: &str,
+    ) -> ServeProcess {
+        let log = world.dir.path().join(format!("serve-{run}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("BERTH_FAILPOINTS", failpoints)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        ServeProcess { child, log }
+    }
+
+    /// Waits for the process to end by itself (a failpoint aborted it).
+    pub fn wait_abort(&mut self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(!status.success(), "berth exited normally: {status:?}");
+                return;
+            }
+            assert!(started.elapsed() < limit, "the failpoint was not reached");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "berth serve exited with {status:?}");
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes `berth.toml` for `world` listening on `listen`, pointing the
+/// simulator's webhooks at it; returns its path.
+pub fn write_config(world: &World, listen: &str, pool_extra: &str) -> PathBuf {
+    let path = world.dir.path().join("berth.toml");
+    std::fs::write(&path, world.config_toml(listen, pool_extra)).unwrap();
+    path
+}
+
+/// Waits until `address` accepts TCP connections.
+pub async fn wait_listening(address: &str, limit: Duration) {
+    eventually("berth listening", limit, || async {
+        std::net::TcpStream::connect(address).is_ok()
+    })
+    .await;
+}
+
+/// Waits until the job with GitHub id `gh_job` satisfies `check`.
+pub async fn wait_for_job(
+    store: &Store,
+    gh_job: u64,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&Job) -> bool,
+) -> Job {
+    let started = Instant::now();
+    loop {
+        if let Some(job) = store.job_get_by_github_id(gh_job as i64).await.unwrap()
+            && check(&job)
+        {
+            return job;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "job {gh_job}: {what} not true after {limit:?}: {:?}",
+            store.job_get_by_github_id(gh_job as i64).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The simulator answers JIT-runner requests for the test org only after
+/// `delay_ms` (the next `count` of them, or all).
+pub fn slow_mint(delay_ms: u64, count: Option<u32>) -> ghsim::FaultRule {
+    let mut slow = ghsim::FaultRule::new(ghsim::FaultKind::Slow);
+    slow.delay_ms = Some(delay_ms);
+    slow.path_prefix = Some("/orgs/acme/actions/runners/generate-jitconfig".into());
+    slow.count = count;
+    slow
+}

@@ -1,0 +1,118 @@
+//! Replicas and their heartbeats: how the leases of a replica that died are
+//! released within seconds rather than when each lease runs out.
+//!
+//! A claim's lease (`lease_owner`, `lease_expires_at`) is what keeps two
+//! replicas from provisioning the same job; a dead holder's leases are
+//! otherwise recovered only once they expire (`dispatch.lease`, a minute by
+//! default). Two faster signals say a holder is dead:
+//!
+//! * on SQLite there is one process by design: the moment a new process
+//!   holds the database, every lease of another owner is certainly dead
+//!   ([`Store::leases_release_others`], at start-up);
+//! * on PostgreSQL each replica records a heartbeat every few seconds
+//!   ([`Store::replica_heartbeat`]); the leases of a replica whose heartbeat
+//!   is older than a few beats are released by whichever replica notices
+//!   ([`Store::leases_release_dead_replicas`]).
+//!
+//! "Released" means the lease is made to expire now: the lease reconciler
+//! then finishes the job's hand-off exactly as after a lease ran out (adopt a
+//! running worker, else release and requeue). A replica that is in fact alive
+//! but was too slow loses only the race: its next conditional update fails
+//! and it cleans up what it made.
+
+use time::OffsetDateTime;
+
+use super::clock::to_millis;
+use super::{Result, Store, StoreError};
+
+impl Store {
+    /// Records that replica `id` is alive at `now`.
+    pub async fn replica_heartbeat(&self, id: &str, now: OffsetDateTime) -> Result<()> {
+        let now = to_millis(now);
+        on_writer!(self, pool => {
+            sqlx::query(
+                "INSERT INTO replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(StoreError::query("replica_heartbeat"))?;
+        Ok(())
+    }
+
+    /// Marks replica `id` stopped (a clean shutdown): its leases, if any
+    /// are left, are released by the next replica that looks.
+    pub async fn replica_stopped(&self, id: &str) -> Result<()> {
+        on_writer!(self, pool => {
+            sqlx::query("UPDATE replicas SET heartbeat_at = 0 WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(StoreError::query("replica_stopped"))?;
+        Ok(())
+    }
+
+    /// Makes every live lease held by a replica whose heartbeat is older
+    /// than `stale_before` expire at `now`, and forgets replicas silent
+    /// since `forget_before`. Returns the leases released.
+    pub async fn leases_release_dead_replicas(
+        &self,
+        stale_before: OffsetDateTime,
+        forget_before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        let released = on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET lease_expires_at = $2
+                 WHERE lease_expires_at > $2
+                   AND lease_owner IN (SELECT id FROM replicas WHERE heartbeat_at < $1)",
+            )
+            .bind(to_millis(stale_before))
+            .bind(to_millis(now))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(StoreError::query("leases_release_dead_replicas"))?;
+        // Only replicas that hold no lease any more are forgotten.
+        on_writer!(self, pool => {
+            sqlx::query(
+                "DELETE FROM replicas WHERE heartbeat_at < $1
+                   AND id NOT IN (SELECT lease_owner FROM jobs
+                                  WHERE lease_owner IS NOT NULL AND lease_expires_at > $2)",
+            )
+            .bind(to_millis(forget_before))
+            .bind(to_millis(now))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(StoreError::query("replicas_forget"))?;
+        Ok(released)
+    }
+
+    /// Makes every live lease not held by `me` expire at `now`. Only for a
+    /// backend with one process (SQLite), at start-up: any other holder is
+    /// a predecessor that died.
+    pub async fn leases_release_others(&self, me: &str, now: OffsetDateTime) -> Result<u64> {
+        let released = on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET lease_expires_at = $2
+                 WHERE lease_expires_at > $2 AND lease_owner IS NOT NULL AND lease_owner <> $1",
+            )
+            .bind(me)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(StoreError::query("leases_release_others"))?;
+        Ok(released)
+    }
+}
