@@ -159,10 +159,7 @@ mod tests {
     use super::*;
 
     fn fixture(path: &str) -> Vec<u8> {
-        let root = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../fixtures/webhooks/"
-        );
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/webhooks/");
         std::fs::read(format!("{root}{path}")).unwrap()
     }
 
