@@ -301,7 +301,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shutdown_interrupts_a_backoff_and_drains_open_connections() {
+    async fn shutdown_while_accepts_fail_drains_open_connections() {
         let (_ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         // One connection, then failures without end.
         let flaky: &'static Flaky = Box::leak(Box::new(Flaky::new(0, vec![theirs])));
