@@ -13,36 +13,33 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::transport::{self, Drain};
+
 /// The content type of the OpenMetrics text format `prometheus-client` writes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves `encode()` at `GET /metrics` (any other path is a 404) until
-/// `shutdown`. `encode` is called once per scrape.
+/// `shutdown`. `encode` is called once per scrape. Accept errors back off
+/// and open scrapes finish as in [`transport::serve`].
 pub async fn serve(
     listener: TcpListener,
     encode: impl Fn() -> String + Clone + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-        };
+    transport::serve(listener, shutdown, |stream, _peer, drain: &Drain| {
         let encode = encode.clone();
-        tokio::spawn(async move {
+        let drain = drain.clone();
+        async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let answer = answer(req.uri().path(), &encode);
                 async move { Ok::<_, Infallible>(answer) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            transport::drive(conn, &drain, std::future::pending()).await;
+        }
+    })
+    .await
 }
 
 fn answer(path: &str, encode: &impl Fn() -> String) -> Response<Full<Bytes>> {

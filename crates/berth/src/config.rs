@@ -632,290 +632,377 @@ impl Config {
         self.pools.iter().find(|p| p.name == name)
     }
 
+    /// Every problem with this configuration for `role`, and the warnings:
+    /// each section checks itself, then the checks that span sections.
     fn validate(
         &self,
         role: Role,
         source_of: &dyn Fn(&str) -> String,
     ) -> (Vec<ConfigProblem>, Vec<ConfigProblem>) {
-        let mut problems = Vec::new();
-        let mut warnings = Vec::new();
-        let mut bad = |key: String, message: String| {
-            let source = source_of(&key);
-            problems.push(ConfigProblem {
-                key,
-                source,
-                message,
-            })
-        };
-
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            bad(
-                "server.listen".into(),
-                format!(
-                    "`{}` is not an address such as 127.0.0.1:8080",
-                    self.server.listen
-                ),
-            );
-        }
-        match (&self.server.tls_cert, &self.server.tls_key) {
-            (Some(_), None) => bad("server.tls_key".into(), "set with server.tls_cert".into()),
-            (None, Some(_)) => bad("server.tls_cert".into(), "set with server.tls_key".into()),
-            (Some(cert), Some(key)) => {
-                for (k, path) in [("server.tls_cert", cert), ("server.tls_key", key)] {
-                    if !path.is_file() {
-                        bad(k.into(), format!("{} does not exist", path.display()));
-                    }
-                }
-            }
-            (None, None) => {}
-        }
-        let store = &self.store.url;
-        if !(store.starts_with("sqlite:")
-            || store.starts_with("postgres://")
-            || store.starts_with("postgresql://"))
-        {
-            bad(
-                "store.url".into(),
-                "must start with sqlite: or postgres://".into(),
-            );
-        }
-        if url::Url::parse(&self.github.api_url).is_err() {
-            bad("github.api_url".into(), "is not a URL".into());
-        }
-        if self.github.webhook_secret.is_some() && self.github.webhook_secret_file.is_some() {
-            bad(
-                "github.webhook_secret_file".into(),
-                "set either webhook_secret or webhook_secret_file, not both".into(),
-            );
-        }
-        if let Some(path) = &self.github.webhook_secret_file
-            && !path.is_file()
-        {
-            bad(
-                "github.webhook_secret_file".into(),
-                format!("{} does not exist", path.display()),
-            );
-        }
-        if self.github.private_key.is_some() && self.github.private_key_path.is_some() {
-            bad(
-                "github.private_key_path".into(),
-                "set either private_key or private_key_path, not both".into(),
-            );
-        }
-        if let Some(path) = &self.github.private_key_path
-            && !path.is_file()
-        {
-            bad(
-                "github.private_key_path".into(),
-                format!("{} does not exist", path.display()),
-            );
-        }
+        let mut checks = Checks::new(source_of);
+        let c = &mut checks;
+        self.server.validate(c);
+        self.store.validate(c);
+        self.github.validate(c);
+        // Pools and scale sets mint runners, and a proxy's listeners talk to
+        // GitHub: both need the App's credentials.
         let needs_app = role == Role::Serve
             && !(self.pools.is_empty() && self.scale_sets.is_empty())
             || role == Role::Proxy;
         if needs_app {
-            if self.github.app_id.is_none() && self.github.client_id.is_none() {
-                bad(
-                    "github.app_id".into(),
-                    "required to run pools or scale sets (or set github.client_id)".into(),
-                );
-            }
-            if self.github.private_key.is_none() && self.github.private_key_path.is_none() {
-                bad(
-                    "github.private_key_path".into(),
-                    "required to run pools or scale sets".into(),
-                );
-            }
+            self.github.validate_app_credentials(c);
         }
-        if !(self.docker.host.starts_with("unix://")
-            || self.docker.host.starts_with("tcp://")
-            || self.docker.host.starts_with("http://"))
-        {
-            bad(
-                "docker.host".into(),
-                "must be unix:///path, tcp://host:port or http://host:port".into(),
-            );
-        }
-        if let Some(proxy) = &self.docker.egress_proxy {
-            if let Err(why) = check_egress_proxy_url(proxy) {
-                bad("docker.egress_proxy".into(), why);
-            }
+        self.docker.validate(c);
+        if self.docker.egress_proxy.is_some() {
             for (i, pool) in self.pools.iter().enumerate() {
                 if pool.host_network {
-                    bad(
+                    c.bad(
                         format!("pool[{i}].host_network"),
-                        "a pool on the host's network would bypass docker.egress_proxy".into(),
+                        "a pool on the host's network would bypass docker.egress_proxy",
                     );
                 }
             }
         }
-        if let Some(entry) = self
-            .docker
-            .no_proxy
-            .iter()
-            .find(|e| e.is_empty() || e.contains(',') || e.chars().any(char::is_whitespace))
-        {
-            bad(
-                "docker.no_proxy".into(),
-                format!("`{entry}` is not a host, domain or address (no commas or spaces)"),
-            );
-        }
-        if self.dispatch.global_max_runners == 0 {
-            bad(
-                "dispatch.global_max_runners".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if self.dispatch.max_attempts == 0 {
-            bad("dispatch.max_attempts".into(), "must be at least 1".into());
-        }
-        if self.dispatch.create_attempts == 0 {
-            bad(
-                "dispatch.create_attempts".into(),
-                "must be at least 1".into(),
-            );
-        }
-        if self.dispatch.lease < std::time::Duration::from_secs(5) {
-            bad("dispatch.lease".into(), "must be at least 5 seconds".into());
-        }
-        if self.reconcile.interval.is_zero() {
-            bad("reconcile.interval".into(), "must be more than 0".into());
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logs.level) {
-            bad("logs.level".into(), format!("not a log filter: {e}"));
-        }
+        self.dispatch.validate(c);
+        self.reconcile.validate(c);
+        self.logs.validate(c);
 
         let mut names = BTreeSet::new();
         for (i, pool) in self.pools.iter().enumerate() {
-            let key = |field: &str| format!("pool[{i}].{field}");
-            let valid_name = !pool.name.is_empty()
-                && pool.name.len() <= 40
-                && pool
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !valid_name {
-                bad(
-                    key("name"),
-                    "1 to 40 characters of letters, digits, - and _".into(),
-                );
-            }
+            pool.validate(i, &self.docker.allowed_images, c);
             if !names.insert(pool.name.as_str()) {
-                bad(
-                    key("name"),
+                c.bad(
+                    format!("pool[{i}].name"),
                     format!("pool `{}` is defined twice", pool.name),
                 );
-            }
-            if pool.labels.is_empty() || pool.labels.len() > 100 {
-                bad(key("labels"), "needs 1 to 100 labels".into());
-            }
-            if pool.labels.iter().any(|l| l.trim().is_empty()) {
-                bad(key("labels"), "labels must not be empty".into());
-            }
-            if pool.image.trim().is_empty() {
-                bad(key("image"), "must name an image".into());
-            }
-            if pool.max_runners == 0 {
-                bad(key("max_runners"), "must be at least 1".into());
-            }
-            if pool.warm > pool.max_runners {
-                bad(
-                    key("warm"),
-                    format!(
-                        "must be at most max_runners ({}): warm containers count towards the pool's containers",
-                        pool.max_runners
-                    ),
-                );
-            }
-            if !(pool.cpus > 0.0 && pool.cpus <= 1024.0) {
-                bad(key("cpus"), "must be more than 0".into());
-            }
-            if pool.memory.0 < 6 * 1024 * 1024 {
-                bad(
-                    key("memory"),
-                    "must be at least 6m (Docker's minimum)".into(),
-                );
-            }
-            if pool.pids_limit < 16 {
-                bad(key("pids_limit"), "must be at least 16".into());
-            }
-            if pool.job_timeout.is_zero() {
-                bad(key("job_timeout"), "must be more than 0".into());
-            }
-            for cap in &pool.cap_add {
-                if cap.eq_ignore_ascii_case("ALL")
-                    || cap.to_ascii_uppercase().trim_start_matches("CAP_") == "SYS_ADMIN"
-                {
-                    bad(key("cap_add"), format!("`{cap}` cannot be added back"));
-                }
-            }
-            if let Err(reason) =
-                crate::docker::image_policy::check(&pool.image, &self.docker.allowed_images)
-            {
-                warnings.push(ConfigProblem {
-                    source: source_of(&key("image")),
-                    key: key("image"),
-                    message: format!(
-                        "{reason}: its jobs will fail; pin it (name@sha256:…) so every job runs the image you reviewed"
-                    ),
-                });
             }
         }
 
         let mut scale_set_names = BTreeSet::new();
         for (i, set) in self.scale_sets.iter().enumerate() {
-            let key = |field: &str| format!("scale_set[{i}].{field}");
-            if set.name.trim().is_empty() {
-                bad(key("name"), "must not be empty".into());
-            }
+            set.validate(i, c);
             if !scale_set_names.insert(set.name.as_str()) {
-                bad(
-                    key("name"),
+                c.bad(
+                    format!("scale_set[{i}].name"),
                     format!("scale set `{}` is defined twice", set.name),
                 );
             }
-            if let Err(e) = crate::scaleset::client::ConfigUrl::parse(&set.github_config_url) {
-                bad(key("github_config_url"), e.to_string());
-            }
-            if set.max_runners > 10_000 {
-                bad(key("max_runners"), "must be at most 10000".into());
-            }
-            if self.pool(&set.pool).is_none() && role == Role::Serve {
-                bad(key("pool"), format!("no pool named `{}`", set.pool));
-            }
-            if set.max_runners == 0 || set.min_runners > set.max_runners {
-                bad(
-                    key("max_runners"),
-                    "must be at least 1 and at least min_runners".into(),
+            // A standalone proxy delegates to an orchestrator, whose pools
+            // it does not know.
+            if role == Role::Serve && self.pool(&set.pool).is_none() {
+                c.bad(
+                    format!("scale_set[{i}].pool"),
+                    format!("no pool named `{}`", set.pool),
                 );
             }
         }
+
         if role == Role::Proxy {
             match &self.orchestrator {
-                None => bad(
-                    "orchestrator.url".into(),
-                    "required for `berth proxy`".into(),
-                ),
-                Some(o) => {
-                    if url::Url::parse(&o.url).is_err() {
-                        bad("orchestrator.url".into(), "is not a URL".into());
-                    }
-                    if o.token.is_none() && o.token_file.is_none() {
-                        bad(
-                            "orchestrator.token_file".into(),
-                            "a token with the delegate scope is required".into(),
-                        );
+                None => c.bad("orchestrator.url", "required for `berth proxy`"),
+                Some(o) => o.validate(c),
+            }
+            if self.scale_sets.is_empty() {
+                c.bad(
+                    "scale_set",
+                    "`berth proxy` needs at least one [[scale_set]]",
+                );
+            }
+        }
+        (checks.problems, checks.warnings)
+    }
+}
+
+/// The problems and warnings found so far, each naming its key and where the
+/// key's value came from.
+struct Checks<'a> {
+    source_of: &'a dyn Fn(&str) -> String,
+    problems: Vec<ConfigProblem>,
+    warnings: Vec<ConfigProblem>,
+}
+
+impl<'a> Checks<'a> {
+    fn new(source_of: &'a dyn Fn(&str) -> String) -> Self {
+        Self {
+            source_of,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn problem(&self, key: String, message: String) -> ConfigProblem {
+        ConfigProblem {
+            source: (self.source_of)(&key),
+            key,
+            message,
+        }
+    }
+
+    /// `key` is wrong: berth does not start.
+    fn bad(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let problem = self.problem(key.into(), message.into());
+        self.problems.push(problem);
+    }
+
+    /// `key` works, but probably not as meant.
+    fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let warning = self.problem(key.into(), message.into());
+        self.warnings.push(warning);
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self, c: &mut Checks) {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            c.bad(
+                "server.listen",
+                format!("`{}` is not an address such as 127.0.0.1:8080", self.listen),
+            );
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => c.bad("server.tls_key", "set with server.tls_cert"),
+            (None, Some(_)) => c.bad("server.tls_cert", "set with server.tls_key"),
+            (Some(cert), Some(key)) => {
+                for (k, path) in [("server.tls_cert", cert), ("server.tls_key", key)] {
+                    if !path.is_file() {
+                        c.bad(k, format!("{} does not exist", path.display()));
                     }
                 }
             }
-            if self.scale_sets.is_empty() {
-                bad(
-                    "scale_set".into(),
-                    "`berth proxy` needs at least one [[scale_set]]".into(),
-                );
+            (None, None) => {}
+        }
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self, c: &mut Checks) {
+        let url = &self.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            c.bad("store.url", "must start with sqlite: or postgres://");
+        }
+    }
+}
+
+impl GithubConfig {
+    fn validate(&self, c: &mut Checks) {
+        if url::Url::parse(&self.api_url).is_err() {
+            c.bad("github.api_url", "is not a URL");
+        }
+        if self.webhook_secret.is_some() && self.webhook_secret_file.is_some() {
+            c.bad(
+                "github.webhook_secret_file",
+                "set either webhook_secret or webhook_secret_file, not both",
+            );
+        }
+        if let Some(path) = &self.webhook_secret_file
+            && !path.is_file()
+        {
+            c.bad(
+                "github.webhook_secret_file",
+                format!("{} does not exist", path.display()),
+            );
+        }
+        if self.private_key.is_some() && self.private_key_path.is_some() {
+            c.bad(
+                "github.private_key_path",
+                "set either private_key or private_key_path, not both",
+            );
+        }
+        if let Some(path) = &self.private_key_path
+            && !path.is_file()
+        {
+            c.bad(
+                "github.private_key_path",
+                format!("{} does not exist", path.display()),
+            );
+        }
+    }
+
+    /// The App's id (or client id) and private key are there.
+    fn validate_app_credentials(&self, c: &mut Checks) {
+        if self.app_id.is_none() && self.client_id.is_none() {
+            c.bad(
+                "github.app_id",
+                "required to run pools or scale sets (or set github.client_id)",
+            );
+        }
+        if self.private_key.is_none() && self.private_key_path.is_none() {
+            c.bad(
+                "github.private_key_path",
+                "required to run pools or scale sets",
+            );
+        }
+    }
+}
+
+impl DockerConfig {
+    fn validate(&self, c: &mut Checks) {
+        if !(self.host.starts_with("unix://")
+            || self.host.starts_with("tcp://")
+            || self.host.starts_with("http://"))
+        {
+            c.bad(
+                "docker.host",
+                "must be unix:///path, tcp://host:port or http://host:port",
+            );
+        }
+        if let Some(proxy) = &self.egress_proxy
+            && let Err(why) = check_egress_proxy_url(proxy)
+        {
+            c.bad("docker.egress_proxy", why);
+        }
+        if let Some(entry) = self
+            .no_proxy
+            .iter()
+            .find(|e| e.is_empty() || e.contains(',') || e.chars().any(char::is_whitespace))
+        {
+            c.bad(
+                "docker.no_proxy",
+                format!("`{entry}` is not a host, domain or address (no commas or spaces)"),
+            );
+        }
+    }
+}
+
+impl DispatchConfig {
+    fn validate(&self, c: &mut Checks) {
+        if self.global_max_runners == 0 {
+            c.bad("dispatch.global_max_runners", "must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            c.bad("dispatch.max_attempts", "must be at least 1");
+        }
+        if self.create_attempts == 0 {
+            c.bad("dispatch.create_attempts", "must be at least 1");
+        }
+        if self.lease < Duration::from_secs(5) {
+            c.bad("dispatch.lease", "must be at least 5 seconds");
+        }
+    }
+}
+
+impl ReconcileConfig {
+    fn validate(&self, c: &mut Checks) {
+        if self.interval.is_zero() {
+            c.bad("reconcile.interval", "must be more than 0");
+        }
+    }
+}
+
+impl LogsConfig {
+    fn validate(&self, c: &mut Checks) {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.level) {
+            c.bad("logs.level", format!("not a log filter: {e}"));
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Checks `[[pool]]` number `i` on its own (names unique across pools
+    /// are [`Config::validate`]'s). An image neither pinned nor under
+    /// `allowed_images` is a warning.
+    fn validate(&self, i: usize, allowed_images: &[String], c: &mut Checks) {
+        let key = |field: &str| format!("pool[{i}].{field}");
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= 40
+            && self
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+        if !valid_name {
+            c.bad(
+                key("name"),
+                "1 to 40 characters of letters, digits, - and _",
+            );
+        }
+        if self.labels.is_empty() || self.labels.len() > 100 {
+            c.bad(key("labels"), "needs 1 to 100 labels");
+        }
+        if self.labels.iter().any(|l| l.trim().is_empty()) {
+            c.bad(key("labels"), "labels must not be empty");
+        }
+        if self.image.trim().is_empty() {
+            c.bad(key("image"), "must name an image");
+        }
+        if self.max_runners == 0 {
+            c.bad(key("max_runners"), "must be at least 1");
+        }
+        if self.warm > self.max_runners {
+            c.bad(
+                key("warm"),
+                format!(
+                    "must be at most max_runners ({}): warm containers count towards the pool's containers",
+                    self.max_runners
+                ),
+            );
+        }
+        if !(self.cpus > 0.0 && self.cpus <= 1024.0) {
+            c.bad(key("cpus"), "must be more than 0");
+        }
+        if self.memory.0 < 6 * 1024 * 1024 {
+            c.bad(key("memory"), "must be at least 6m (Docker's minimum)");
+        }
+        if self.pids_limit < 16 {
+            c.bad(key("pids_limit"), "must be at least 16");
+        }
+        if self.job_timeout.is_zero() {
+            c.bad(key("job_timeout"), "must be more than 0");
+        }
+        for cap in &self.cap_add {
+            if cap.eq_ignore_ascii_case("ALL")
+                || cap.to_ascii_uppercase().trim_start_matches("CAP_") == "SYS_ADMIN"
+            {
+                c.bad(key("cap_add"), format!("`{cap}` cannot be added back"));
             }
         }
-        (problems, warnings)
+        if let Err(reason) = crate::docker::image_policy::check(&self.image, allowed_images) {
+            c.warn(
+                key("image"),
+                format!(
+                    "{reason}: its jobs will fail; pin it (name@sha256:…) so every job runs the image you reviewed"
+                ),
+            );
+        }
+    }
+}
+
+impl ScaleSetConfig {
+    /// Checks `[[scale_set]]` number `i` on its own (unique names and the
+    /// pool it names are [`Config::validate`]'s).
+    fn validate(&self, i: usize, c: &mut Checks) {
+        let key = |field: &str| format!("scale_set[{i}].{field}");
+        if self.name.trim().is_empty() {
+            c.bad(key("name"), "must not be empty");
+        }
+        if let Err(e) = crate::scaleset::client::ConfigUrl::parse(&self.github_config_url) {
+            c.bad(key("github_config_url"), e.to_string());
+        }
+        if self.max_runners > 10_000 {
+            c.bad(key("max_runners"), "must be at most 10000");
+        }
+        if self.max_runners == 0 || self.min_runners > self.max_runners {
+            c.bad(
+                key("max_runners"),
+                "must be at least 1 and at least min_runners",
+            );
+        }
+    }
+}
+
+impl OrchestratorConfig {
+    fn validate(&self, c: &mut Checks) {
+        if url::Url::parse(&self.url).is_err() {
+            c.bad("orchestrator.url", "is not a URL");
+        }
+        if self.token.is_none() && self.token_file.is_none() {
+            c.bad(
+                "orchestrator.token_file",
+                "a token with the delegate scope is required",
+            );
+        }
     }
 }
 
@@ -1262,6 +1349,167 @@ mod tests {
         assert!("team:x".parse::<Scope>().is_err());
         let s = Secret::new("hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    /// Every problem `validate` can report, each checked word for word:
+    /// users and scripts read these messages.
+    fn problems_of(text: &str, role: Role) -> Vec<String> {
+        let f = file(text);
+        let err = Config::load(Some(f.path()), NO_ENV, role).unwrap_err();
+        let mut found: Vec<String> = err
+            .problems
+            .iter()
+            .map(|p| {
+                assert_eq!(p.source, f.path().display().to_string(), "{p}");
+                format!("{}: {}", p.key, p.message)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn sorted(expected: &[&str]) -> Vec<String> {
+        let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        expected
+    }
+
+    #[test]
+    fn every_section_reports_its_problems_word_for_word() {
+        let log_error = tracing_subscriber::EnvFilter::try_new("=").unwrap_err();
+        let url_error = crate::scaleset::client::ConfigUrl::parse("nope")
+            .unwrap_err()
+            .to_string();
+        let found = problems_of(
+            r#"
+[server]
+listen = "nowhere"
+tls_cert = "/nonexistent/cert.pem"
+[store]
+url = "mysql://x"
+[github]
+api_url = "not a url"
+webhook_secret = "s"
+webhook_secret_file = "/nonexistent/webhook"
+private_key = "k"
+private_key_path = "/nonexistent/key.pem"
+[docker]
+host = "ftp://x"
+egress_proxy = "https://p:3128"
+no_proxy = ["a b"]
+[dispatch]
+global_max_runners = 0
+max_attempts = 0
+create_attempts = 0
+lease = 1
+[reconcile]
+interval = 0
+[logs]
+level = "="
+[[pool]]
+name = "bad name!"
+scope = "org:acme"
+labels = []
+image = " "
+max_runners = 0
+warm = 1
+cpus = 0.0
+memory = "1m"
+pids_limit = 1
+job_timeout = 0
+cap_add = ["ALL", "cap_sys_admin", "CHOWN"]
+host_network = true
+[[pool]]
+name = "bad name!"
+scope = "org:acme"
+labels = ["x", " "]
+image = "img@sha256:00"
+[[scale_set]]
+name = " "
+github_config_url = "nope"
+pool = "missing"
+max_runners = 20000
+[[scale_set]]
+name = " "
+github_config_url = "https://github.com/acme"
+pool = "bad name!"
+min_runners = 11
+"#,
+            Role::Serve,
+        );
+        let expected = [
+            "server.listen: `nowhere` is not an address such as 127.0.0.1:8080".to_string(),
+            "server.tls_key: set with server.tls_cert".into(),
+            "store.url: must start with sqlite: or postgres://".into(),
+            "github.api_url: is not a URL".into(),
+            "github.webhook_secret_file: set either webhook_secret or webhook_secret_file, not both".into(),
+            "github.webhook_secret_file: /nonexistent/webhook does not exist".into(),
+            "github.private_key_path: set either private_key or private_key_path, not both".into(),
+            "github.private_key_path: /nonexistent/key.pem does not exist".into(),
+            "github.app_id: required to run pools or scale sets (or set github.client_id)".into(),
+            "docker.host: must be unix:///path, tcp://host:port or http://host:port".into(),
+            "docker.egress_proxy: `https://p:3128`: must be http://HOST:PORT (the proxy speaks plain HTTP; HTTPS goes through it with CONNECT)".into(),
+            "pool[0].host_network: a pool on the host's network would bypass docker.egress_proxy".into(),
+            "docker.no_proxy: `a b` is not a host, domain or address (no commas or spaces)".into(),
+            "dispatch.global_max_runners: must be at least 1".into(),
+            "dispatch.max_attempts: must be at least 1".into(),
+            "dispatch.create_attempts: must be at least 1".into(),
+            "dispatch.lease: must be at least 5 seconds".into(),
+            "reconcile.interval: must be more than 0".into(),
+            format!("logs.level: not a log filter: {log_error}"),
+            "pool[0].name: 1 to 40 characters of letters, digits, - and _".into(),
+            "pool[0].labels: needs 1 to 100 labels".into(),
+            "pool[0].image: must name an image".into(),
+            "pool[0].max_runners: must be at least 1".into(),
+            "pool[0].warm: must be at most max_runners (0): warm containers count towards the pool's containers".into(),
+            "pool[0].cpus: must be more than 0".into(),
+            "pool[0].memory: must be at least 6m (Docker's minimum)".into(),
+            "pool[0].pids_limit: must be at least 16".into(),
+            "pool[0].job_timeout: must be more than 0".into(),
+            "pool[0].cap_add: `ALL` cannot be added back".into(),
+            "pool[0].cap_add: `cap_sys_admin` cannot be added back".into(),
+            "pool[1].name: 1 to 40 characters of letters, digits, - and _".into(),
+            "pool[1].name: pool `bad name!` is defined twice".into(),
+            "pool[1].labels: labels must not be empty".into(),
+            "scale_set[0].name: must not be empty".into(),
+            format!("scale_set[0].github_config_url: {url_error}"),
+            "scale_set[0].max_runners: must be at most 10000".into(),
+            "scale_set[0].pool: no pool named `missing`".into(),
+            "scale_set[1].name: must not be empty".into(),
+            "scale_set[1].name: scale set ` ` is defined twice".into(),
+            "scale_set[1].max_runners: must be at least 1 and at least min_runners".into(),
+        ];
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        assert_eq!(found, sorted(&expected));
+
+        // The other half of each pair, and what only a proxy needs.
+        let found = problems_of(
+            "[server]\ntls_key = \"/nonexistent/key.pem\"\n",
+            Role::Proxy,
+        );
+        assert_eq!(
+            found,
+            sorted(&[
+                "server.tls_cert: set with server.tls_key",
+                "github.app_id: required to run pools or scale sets (or set github.client_id)",
+                "github.private_key_path: required to run pools or scale sets",
+                "orchestrator.url: required for `berth proxy`",
+                "scale_set: `berth proxy` needs at least one [[scale_set]]",
+            ])
+        );
+        let found = problems_of(
+            "[server]\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n[github]\nclient_id = \"Iv1\"\nprivate_key = \"k\"\n[orchestrator]\nurl = \"not a url\"\n[[scale_set]]\nname = \"s\"\ngithub_config_url = \"https://github.com/acme\"\npool = \"elsewhere\"\n",
+            Role::Proxy,
+        );
+        assert_eq!(
+            found,
+            sorted(&[
+                "server.tls_cert: /nonexistent/cert.pem does not exist",
+                "server.tls_key: /nonexistent/key.pem does not exist",
+                "orchestrator.url: is not a URL",
+                "orchestrator.token_file: a token with the delegate scope is required",
+            ])
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!    from TOML; deny by default; resolved addresses must be public unless
 //!    a CIDR entry covers them (the DNS-rebinding defence).
 //! 3. [`server`]: CONNECT tunnels and plain-HTTP forwarding, limits, logs,
-//!    [`metrics`], reload on SIGHUP.
+//!    [`metrics`], reload on SIGHUP; listening, accepting and draining are
+//!    [`crate::transport`]'s, shared with the socket proxy.
 //!
 //! Everything denied gets `403` with a one-line body
 //! `berth egress-proxy: denied HOST: REASON`. See `docs/egress-proxy.md`

@@ -46,10 +46,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -61,23 +60,19 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::allowlist::{Allowlist, AllowlistError, Refusal};
 use super::metrics::Metrics;
 use super::target::{Host, Target, parse_authority};
-use crate::socket::server::{ListenAddr, Listener, ProxyError};
-
-/// How long open connections get to finish after shutdown is asked.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// The body type of every answer.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub use crate::transport::ProxyBody;
+use crate::transport::{
+    self, Drain, ListenAddr, Listener, SHUTDOWN_GRACE, Socket, TransportError, end_to_end, full,
+};
 
 /// An error starting the egress proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
     #[error(transparent)]
     Allowlist(#[from] AllowlistError),
+    /// A bad `--listen` or `--metrics` address, or one that cannot be bound.
     #[error(transparent)]
-    Proxy(#[from] ProxyError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: io::Error },
+    Transport(#[from] TransportError),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -98,12 +93,6 @@ pub struct EgressProxy {
     inner: Arc<Inner>,
 }
 
-fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed()
-}
-
 fn text_answer(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut response = Response::new(full(format!("berth egress-proxy: {message}\n")));
     *response.status_mut() = status;
@@ -116,42 +105,6 @@ fn text_answer(status: StatusCode, message: &str) -> Response<ProxyBody> {
     // unknown state (a CONNECT body may follow).
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
-}
-
-/// Headers that belong to one connection and are never forwarded.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-/// Copies end-to-end headers: hop-by-hop ones and those the `Connection`
-/// header names are dropped.
-fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if is_hop_by_hop(name) || named.iter().any(|n| n == name.as_str()) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
 }
 
 /// A refusal on the wire: what to answer and how to count it.
@@ -288,7 +241,8 @@ struct Conn {
     activity: Activity,
     /// Held, never read: dropping the last clone frees the permit.
     _guard: Arc<ConnGuard>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    /// Asked to finish: the proxy is shutting down.
+    drain: Drain,
 }
 
 impl EgressProxy {
@@ -560,7 +514,6 @@ impl EgressProxy {
             };
             let mut client = TokioIo::new(client);
             let mut upstream = upstream;
-            let mut stop = conn.stop.clone();
             tokio::select! {
                 result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
                     if let Err(e) = result {
@@ -570,7 +523,7 @@ impl EgressProxy {
                 () = conn.activity.idle(idle) => {
                     tracing::info!(host = %target, client = %conn.peer, idle_seconds = idle.as_secs(), "tunnel closed: idle");
                 }
-                () = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {}
+                () = async { conn.drain.requested().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {}
             }
             let _ = upstream.shutdown().await;
             drop(conn);
@@ -718,95 +671,69 @@ impl EgressProxy {
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then
-    /// lets open requests and tunnels finish for a few seconds.
-    pub async fn serve(
-        self,
-        listener: Listener,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> io::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut connections = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept_with_peer() => accepted,
-                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            };
-            let (stream, peer) = match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
-                self.inner.metrics.connections_rejected.inc();
-                tracing::warn!(client = %peer, max_connections = self.inner.max_connections, "egress connection refused: too many open");
-                connections.spawn(refuse_busy(stream));
-                continue;
-            };
-            self.inner.metrics.connections.inc();
-            let limits = self.allowlist().limits.clone();
-            let activity = Activity::new();
-            let conn = Conn {
-                peer: peer.into(),
-                activity: activity.clone(),
-                _guard: Arc::new(ConnGuard {
-                    _permit: permit,
-                    proxy: self.clone(),
-                }),
-                stop: stop_rx.clone(),
-            };
-            let proxy = self.clone();
-            let mut stop = stop_rx.clone();
-            connections.spawn(async move {
-                let io = Metered { inner: stream, activity: activity.clone(), counters: None };
-                let handler_conn = conn.clone();
-                let service = service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    let conn = handler_conn.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.idle_timeout())
-                    .max_buf_size(limits.max_header_bytes)
-                    // A client may close its sending side once the request
-                    // is out (nc does); the answer must still reach it.
-                    .half_close(true)
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades();
-                tokio::pin!(served);
-                tokio::select! {
-                    result = served.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    }
-                    () = activity.idle(limits.idle_timeout()) => {
-                        tracing::info!(client = %conn.peer, idle_seconds = limits.idle_timeout_seconds, "egress connection closed: idle");
-                    }
-                    () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => {
-                        served.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, served).await;
-                    }
-                }
-                drop(conn);
-            });
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), async {
-            while connections.join_next().await.is_some() {}
+    /// lets open requests and tunnels finish for a few seconds (see
+    /// [`transport::serve`]).
+    pub async fn serve(self, listener: Listener, shutdown: impl Future<Output = ()> + Send) {
+        transport::serve(listener, shutdown, |stream, peer, drain| {
+            self.connection(stream, peer, drain)
         })
-        .await;
-        if drained.is_err() {
-            connections.abort_all();
-        }
-        Ok(())
+        .await
+    }
+
+    /// What to do with an accepted connection: refuse it when
+    /// `max_connections` are open, serve it otherwise.
+    fn connection(
+        &self,
+        stream: Socket,
+        peer: String,
+        drain: &Drain,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            self.inner.metrics.connections_rejected.inc();
+            tracing::warn!(client = %peer, max_connections = self.inner.max_connections, "egress connection refused: too many open");
+            return Box::pin(refuse_busy(stream));
+        };
+        self.inner.metrics.connections.inc();
+        let limits = self.allowlist().limits.clone();
+        let activity = Activity::new();
+        let conn = Conn {
+            peer: peer.into(),
+            activity: activity.clone(),
+            _guard: Arc::new(ConnGuard {
+                _permit: permit,
+                proxy: self.clone(),
+            }),
+            drain: drain.clone(),
+        };
+        let proxy = self.clone();
+        Box::pin(async move {
+            let io = Metered {
+                inner: stream,
+                activity: activity.clone(),
+                counters: None,
+            };
+            let handler_conn = conn.clone();
+            let service = service_fn(move |req| {
+                let proxy = proxy.clone();
+                let conn = handler_conn.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.idle_timeout())
+                .max_buf_size(limits.max_header_bytes)
+                // A client may close its sending side once the request
+                // is out (nc does); the answer must still reach it.
+                .half_close(true)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let idle = async {
+                activity.idle(limits.idle_timeout()).await;
+                tracing::info!(client = %conn.peer, idle_seconds = limits.idle_timeout_seconds, "egress connection closed: idle");
+            };
+            transport::drive(served, &conn.drain, idle).await;
+            drop(conn);
+        })
     }
 }
 
@@ -820,7 +747,7 @@ fn authority_for_host(target: &Target) -> String {
 }
 
 /// Answers `503` to a connection over `max_connections` and closes it.
-async fn refuse_busy(mut stream: crate::socket::server::Socket) {
+async fn refuse_busy(mut stream: Socket) {
     let body = "berth egress-proxy: too many connections, try again later\n";
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -838,7 +765,7 @@ pub struct Running {
     proxy: EgressProxy,
     addr: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -851,10 +778,7 @@ impl Running {
     /// Starts `proxy` on `listen`.
     pub async fn start_with(proxy: EgressProxy, listen: &str) -> Result<Running, EgressError> {
         let listener = Listener::bind(&ListenAddr::parse(listen)?).await?;
-        let addr = match &listener {
-            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
-        };
+        let addr = listener.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(proxy.clone().serve(listener, async move {
             let _ = stopped.await;
@@ -922,16 +846,7 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let proxy = EgressProxy::new(allowlist, Some(allow.to_path_buf()));
     let metrics_listener = match metrics {
-        Some(addr) => {
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| EgressError::Listen {
-                        addr: addr.to_owned(),
-                        source,
-                    })?,
-            )
-        }
+        Some(addr) => Some(transport::bind_tcp(addr).await?),
         None => None,
     };
     let listener = Listener::bind(&ListenAddr::parse(listen)?).await?;
@@ -958,7 +873,7 @@ pub async fn run(
             }
         })
     };
-    proxy.serve(listener, shutdown).await?;
+    proxy.serve(listener, shutdown).await;
     reloader.abort();
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {

@@ -19,7 +19,8 @@
 //! 4. [`filter`]: the pure decision, driven by the fuzz target.
 //! 5. [`server`]: the managed-label check of container- and network-scoped
 //!    calls (through the engine, cached by full ID), forwarding, streaming,
-//!    HTTP upgrades, logs and [`metrics`].
+//!    HTTP upgrades, logs and [`metrics`]; listening, accepting and draining
+//!    are [`crate::transport`]'s, shared with the egress proxy.
 //!
 //! Everything denied gets `403` with `{"message": "berth socket-proxy:
 //! denied by rule `…`: …"}`, which Docker clients print, and never reaches
@@ -35,4 +36,4 @@ pub mod target;
 
 pub use filter::{Denial, Filter, Plan, filter_raw};
 pub use policy::{BodyKind, Policy, PolicyError, Rule, TargetKind};
-pub use server::{DockerAddr, ListenAddr, Listener, ProxyError, Running, SocketProxy, run};
+pub use server::{DockerAddr, ProxyError, Running, SocketProxy, run};

@@ -37,75 +37,40 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 use super::filter::{Denial, Filter, Plan, Scope};
 use super::metrics::Metrics;
 use super::policy::{Policy, PolicyError, TargetKind};
+pub use crate::transport::ProxyBody;
+use crate::transport::{
+    self, Drain, ListenAddr, Listener, Socket, TransportError, end_to_end, full,
+};
 
 /// How long a managed-label inspect may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long open connections get to finish after shutdown is asked.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Most cached managed-label results.
 const CACHE_MAX: usize = 4096;
 
-/// The body type of every answer.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
-
-/// An error starting or running the proxy.
+/// An error starting the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("invalid address `{addr}`: {reason}")]
-    Address { addr: String, reason: String },
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: io::Error },
+    /// A bad `--listen`, `--docker` or `--metrics` address, or one that
+    /// cannot be bound.
     #[error(transparent)]
-    Io(#[from] io::Error),
-}
-
-/// Where the proxy listens: `host:port` or `unix:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddr {
-    Tcp(String),
-    Unix(PathBuf),
-}
-
-impl ListenAddr {
-    pub fn parse(addr: &str) -> Result<ListenAddr, ProxyError> {
-        let bad = |reason: &str| ProxyError::Address {
-            addr: addr.to_owned(),
-            reason: reason.to_owned(),
-        };
-        if let Some(path) = addr
-            .strip_prefix("unix://")
-            .or_else(|| addr.strip_prefix("unix:"))
-        {
-            if path.is_empty() {
-                return Err(bad("expected unix:PATH"));
-            }
-            return Ok(ListenAddr::Unix(PathBuf::from(path)));
-        }
-        let addr = addr.strip_prefix("tcp://").unwrap_or(addr);
-        if !addr.contains(':') || addr.contains('/') {
-            return Err(bad("expected host:port or unix:PATH"));
-        }
-        Ok(ListenAddr::Tcp(addr.to_owned()))
-    }
+    Transport(#[from] TransportError),
 }
 
 /// The Docker engine the proxy forwards to.
@@ -118,11 +83,8 @@ pub enum DockerAddr {
 impl DockerAddr {
     /// `unix:///path` (or `unix:/path`, or a bare absolute path),
     /// `tcp://host:port` or `http://host:port`.
-    pub fn parse(addr: &str) -> Result<DockerAddr, ProxyError> {
-        let bad = |reason: &str| ProxyError::Address {
-            addr: addr.to_owned(),
-            reason: reason.to_owned(),
-        };
+    pub fn parse(addr: &str) -> Result<DockerAddr, TransportError> {
+        let bad = |reason: &str| TransportError::address(addr, reason);
         if let Some(rest) = addr
             .strip_prefix("tcp://")
             .or_else(|| addr.strip_prefix("http://"))
@@ -209,12 +171,6 @@ pub struct SocketProxy {
     inner: Arc<Inner>,
 }
 
-fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed()
-}
-
 fn json_answer(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "message": message }).to_string();
     let mut response = Response::new(full(body));
@@ -224,42 +180,6 @@ fn json_answer(status: StatusCode, message: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// Headers that belong to one connection and are never forwarded.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-/// Copies end-to-end headers: hop-by-hop ones and those the `Connection`
-/// header names are dropped.
-fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if is_hop_by_hop(name) || named.iter().any(|n| n == name.as_str()) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
 }
 
 fn is_full_id(reference: &str) -> bool {
@@ -629,178 +549,27 @@ impl SocketProxy {
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then
-    /// lets open requests finish for a few seconds.
-    pub async fn serve(
-        self,
-        listener: Listener,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> io::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut connections = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
-                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            };
-            let stream = match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    /// lets open requests finish for a few seconds (see [`transport::serve`]).
+    pub async fn serve(self, listener: Listener, shutdown: impl Future<Output = ()> + Send) {
+        transport::serve(
+            listener,
+            shutdown,
+            |stream: Socket, _peer, drain: &Drain| {
+                let proxy = self.clone();
+                let drain = drain.clone();
+                async move {
+                    let service = service_fn(move |req| {
+                        let proxy = proxy.clone();
+                        async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    transport::drive(conn, &drain, std::future::pending()).await;
                 }
-            };
-            let proxy = self.clone();
-            let mut stop = stop_rx.clone();
-            connections.spawn(async move {
-                let service = service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    }
-                    () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-                    }
-                }
-            });
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            connections.abort_all();
-        }
-        Ok(())
-    }
-}
-
-/// A bound listener.
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
-}
-
-/// A unix-socket or TCP connection: accepted from a client, or opened to
-/// the engine.
-pub enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
-            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl Listener {
-    /// Binds `addr`. A unix socket path left by an earlier run is replaced;
-    /// the new socket is made `0660` (owner and group: give the group to
-    /// whoever runs berth).
-    pub async fn bind(addr: &ListenAddr) -> Result<Listener, ProxyError> {
-        let failed = |source: io::Error| ProxyError::Listen {
-            addr: format!("{addr:?}"),
-            source,
-        };
-        match addr {
-            ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await.map_err(failed)?)),
-            ListenAddr::Unix(path) => {
-                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-                if let Ok(meta) = std::fs::symlink_metadata(path)
-                    && meta.file_type().is_socket()
-                {
-                    std::fs::remove_file(path).map_err(failed)?;
-                }
-                let listener = UnixListener::bind(path).map_err(failed)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-                    .map_err(failed)?;
-                Ok(Listener::Unix(listener, path.clone()))
-            }
-        }
-    }
-
-    /// `tcp://IP:PORT` or `unix://PATH`: what a Docker client is given.
-    pub fn docker_host(&self) -> String {
-        match self {
-            Listener::Tcp(l) => l
-                .local_addr()
-                .map(|a| format!("tcp://{a}"))
-                .unwrap_or_default(),
-            Listener::Unix(_, path) => format!("unix://{}", path.display()),
-        }
-    }
-
-    async fn accept(&self) -> io::Result<Socket> {
-        Ok(self.accept_with_peer().await?.0)
-    }
-
-    /// Accepts a connection and names its peer (`IP:PORT`, or `unix`), for
-    /// logs.
-    pub(crate) async fn accept_with_peer(&self) -> io::Result<(Socket, String)> {
-        match self {
-            Listener::Tcp(l) => {
-                let (s, peer) = l.accept().await?;
-                s.set_nodelay(true)?;
-                Ok((Socket::Tcp(s), peer.to_string()))
-            }
-            Listener::Unix(l, _) => Ok((Socket::Unix(l.accept().await?.0), "unix".to_owned())),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
-        }
+            },
+        )
+        .await
     }
 }
 
@@ -809,7 +578,7 @@ pub struct Running {
     proxy: SocketProxy,
     docker_host: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -881,14 +650,7 @@ pub async fn run(
     let proxy = SocketProxy::new(policy, DockerAddr::parse(docker)?)?;
     // Metrics first: once the proxy's socket exists, everything answers.
     let metrics_listener = match metrics {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Listen {
-                    addr: addr.to_owned(),
-                    source,
-                })?,
-        ),
+        Some(addr) => Some(transport::bind_tcp(addr).await?),
         None => None,
     };
     let listener = Listener::bind(&ListenAddr::parse(listen)?).await?;
@@ -911,7 +673,7 @@ pub async fn run(
             let _ = stop.wait_for(|s| *s).await;
         }))
     });
-    proxy.serve(listener, shutdown).await?;
+    proxy.serve(listener, shutdown).await;
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {
         let _ = task.await;

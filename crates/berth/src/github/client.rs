@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -545,15 +544,10 @@ impl GithubClient {
             .inc();
     }
 
-    /// Full-jitter exponential backoff: uniform in [0, min(max, base·2^(n-1))].
+    /// The wait before retry `attempt`: see [`super::backoff`].
     fn backoff(&self, attempt: u32) -> Duration {
         let retry = &self.inner.retry;
-        let exp = retry
-            .base_delay
-            .saturating_mul(1u32 << (attempt - 1).min(16))
-            .min(retry.max_delay);
-        let millis = exp.as_millis().max(1) as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(millis / 4..=millis))
+        super::backoff::backoff(retry.base_delay, retry.max_delay, attempt)
     }
 }
 

@@ -2,6 +2,7 @@
 //! runner registrations and job lookups.
 
 mod app;
+pub(crate) mod backoff;
 mod client;
 
 pub use app::AppAuth;

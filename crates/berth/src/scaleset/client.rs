@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -848,10 +847,16 @@ pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
     (exp > 0.0).then(|| UNIX_EPOCH + Duration::from_secs(exp as u64))
 }
 
+/// The first retry of an idempotent call waits up to this long (a quarter
+/// of it at least), each next one twice as long.
+const RETRY_BASE_DELAY: Duration = Duration::from_millis(400);
+/// The longest wait between retries.
+const RETRY_MAX_DELAY: Duration = Duration::from_millis(6400);
+
+/// Waits before retry `attempt` (see [`crate::github::backoff`]).
 async fn backoff(attempt: u32) {
-    let max = 200u64 << attempt.min(5);
-    let wait = rand::thread_rng().gen_range(max / 2..=max);
-    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let wait = crate::github::backoff::backoff(RETRY_BASE_DELAY, RETRY_MAX_DELAY, attempt);
+    tokio::time::sleep(wait).await;
 }
 
 /// reqwest's errors include the URL (and with it the session id); keep
