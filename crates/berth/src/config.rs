@@ -1,5 +1,6 @@
 //! Configuration: one TOML file, every key also settable as
-//! `BERTH_<SECTION>__<KEY>` (DESIGN.md's contract).
+//! `BERTH_<SECTION>__<KEY>` (docs/reference/configuration.md lists every
+//! key; a test keeps it, deploy/berth.example.toml and this module in step).
 //!
 //! The environment is passed in rather than read from the process, so tests
 //! (and embedders such as `berth demo`) can load a configuration without

@@ -1,7 +1,7 @@
 //! berth runs every GitHub Actions job in a fresh, single-use, locked-down
 //! Docker container on hosts its users own.
 //!
-//! The modules follow the data flow of `DESIGN.md`:
+//! The modules follow berth's data flow (docs/architecture.md):
 //!
 //! ```text
 //! intake ──▶ store (jobs table = queue + state) ──▶ dispatch ──▶ docker

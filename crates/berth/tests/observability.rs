@@ -1,6 +1,7 @@
 //! The Grafana dashboard and the Prometheus rules in `deploy/` name only
-//! metrics that a live `berth serve` exports, and the metrics the issue asks
-//! for are there from the first scrape.
+//! metrics that a live `berth serve` exports, the metrics the issue asks
+//! for are there from the first scrape, and every family exported (by
+//! `berth serve` and by the two proxies) is in docs/reference/metrics.md.
 
 mod common;
 
@@ -59,6 +60,95 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.split(' ').next()?.parse().ok())
+}
+
+/// The metric families of an exposition, as the reference names them: the
+/// sample name a query uses (`…_total` for a counter, `…_info` for an info
+/// metric, the family name otherwise).
+fn families(metrics: &str) -> BTreeSet<String> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').expect("`# TYPE name type`");
+            match kind.trim() {
+                "counter" => format!("{name}_total"),
+                "info" => format!("{name}_info"),
+                _ => name.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The families of `metrics` that docs/reference/metrics.md does not list
+/// (as a backticked name in a table's first column).
+fn undocumented(metrics: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/reference/metrics.md"
+    ))
+    .unwrap();
+    families(metrics)
+        .into_iter()
+        .filter(|f| !doc.contains(&format!("| `{f}` |")))
+        .collect()
+}
+
+/// Offline, and for the proxies too: a family is only encoded once it has a
+/// series, so the families that have none before their first event get
+/// one here. (The live test below checks what a real server exposes.)
+#[test]
+fn every_metric_family_of_berth_and_the_proxies_is_in_the_reference() {
+    use berth::observability::metrics::{GithubLabels, ScaleSetOutcomeLabels};
+
+    let berth = berth::observability::Metrics::new();
+    berth.init_pools(["linux"]);
+    berth.init_scale_sets(["berth-linux"]);
+    drop(berth.github_api_requests.get_or_create(&GithubLabels {
+        endpoint: "get_job",
+        status: "200".into(),
+    }));
+    let set = ScaleSetOutcomeLabels {
+        scale_set: "berth-linux".into(),
+        outcome: "created",
+    };
+    drop(berth.scaleset_retirements.get_or_create(&set));
+    drop(berth.scaleset_session_events.get_or_create(&set));
+    drop(berth.scaleset_job_messages.get_or_create(&set));
+
+    let socket = berth_proxies::socket::metrics::Metrics::default();
+    socket.decision("allow", "ping");
+    drop(
+        socket
+            .managed_checks
+            .get_or_create(&berth_proxies::socket::metrics::CheckLabels {
+                kind: "container",
+                result: "cached",
+            }),
+    );
+
+    let egress = berth_proxies::egress::metrics::Metrics::default();
+    egress.decision("connect", "allow", "allowed");
+    egress.upstream_error("dns");
+    drop(egress.bytes_counter("sent"));
+    drop(
+        egress
+            .reloads
+            .get_or_create(&berth_proxies::egress::metrics::ResultLabels { result: "ok" }),
+    );
+
+    for (who, text) in [
+        ("berth", berth.encode()),
+        ("the socket proxy", socket.encode()),
+        ("the egress proxy", egress.encode()),
+    ] {
+        assert!(families(&text).len() >= 3, "{who}: {text}");
+        let missing = undocumented(&text);
+        assert!(
+            missing.is_empty(),
+            "{who}'s families missing from docs/reference/metrics.md: {missing:?}"
+        );
+    }
 }
 
 async fn scrape(berth: &Berth) -> String {
@@ -167,6 +257,13 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_on_a_live_metrics_page(
     assert!(
         missing.is_empty(),
         "named in deploy/ but not on /metrics: {missing:?}\n{text}"
+    );
+
+    // Everything a live server exports is in the reference.
+    let missing = undocumented(&text);
+    assert!(
+        missing.is_empty(),
+        "exported by berth serve but missing from docs/reference/metrics.md: {missing:?}"
     );
 
     // The values behind the panels and alerts are the real ones.

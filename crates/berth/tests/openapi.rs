@@ -97,6 +97,85 @@ fn every_route_is_described_and_nothing_else() {
     );
 }
 
+/// The lines of a section of a reference page, after its heading up to the
+/// next `##` or `###` heading.
+fn section(text: &str, heading: &str) -> Option<String> {
+    let mut lines = text.lines().skip_while(|l| l.trim_end() != heading);
+    lines.next()?;
+    let body: Vec<&str> = lines
+        .take_while(|l| !l.starts_with("## ") && !l.starts_with("### "))
+        .collect();
+    Some(body.join("\n"))
+}
+
+/// Whether `text` has `number` standing alone (not inside a longer number).
+fn has_number(text: &str, number: &str) -> bool {
+    text.match_indices(number).any(|(at, _)| {
+        let before = text[..at].chars().last();
+        let after = text[at + number.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_digit()) && !after.is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// docs/reference/http-api.md, the readable summary, has a section for
+/// every endpoint the description has, naming its scopes and every status
+/// the endpoint may answer.
+#[test]
+fn every_described_endpoint_has_its_section_in_the_http_api_reference() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/reference/http-api.md"
+    ))
+    .unwrap();
+    let spec = spec();
+    let mut missing = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            let heading = format!("### `{} {path}`", method.to_ascii_uppercase());
+            let Some(text) = section(&doc, &heading) else {
+                missing.push(format!("the section \"{heading}\""));
+                continue;
+            };
+            let scope_line = text
+                .lines()
+                .find(|l| l.starts_with("**Scope:**"))
+                .unwrap_or_default();
+            let security = op.get("security").unwrap_or(&spec["security"]);
+            let requirements = security.as_array().unwrap();
+            let public = requirements.is_empty()
+                || requirements
+                    .iter()
+                    .any(|r| r.as_object().unwrap().is_empty());
+            if public && !scope_line.contains("none") {
+                missing.push(format!("\"none\" in the scope of {heading}"));
+            }
+            for requirement in requirements {
+                for scopes in requirement.as_object().unwrap().values() {
+                    for scope in scopes.as_array().unwrap() {
+                        let scope = scope.as_str().unwrap();
+                        if !scope_line.contains(&format!("`{scope}`")) {
+                            missing.push(format!("`{scope}` in the scope of {heading}"));
+                        }
+                    }
+                }
+            }
+            for status in op["responses"].as_object().unwrap().keys() {
+                if !has_number(&text, status) {
+                    missing.push(format!("status {status} in {heading}"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/reference/http-api.md lacks:\n{}",
+        missing.join("\n")
+    );
+}
+
 #[test]
 fn the_description_is_openapi_3_1_with_the_bearer_scheme_and_scopes() {
     let spec = spec();

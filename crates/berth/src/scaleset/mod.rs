@@ -3,11 +3,12 @@
 //!
 //! # Why a listener, and why it delegates runners rather than jobs
 //!
-//! GitHub does not let anyone hand a job to a chosen runner (DESIGN.md, "Why
-//! the proxy runner speaks the scale-set protocol"). What it does offer is
-//! the scale set: jobs whose `runs-on` names it are assigned to it, a
-//! listener long-polls for them over one outbound connection, and *any* JIT
-//! runner minted for the scale set takes *any* of its jobs. So the listener
+//! GitHub does not let anyone hand a job to a chosen runner
+//! (docs/proxy-runner.md, "Why a listener, not a runner that hands its job
+//! over"). What it does offer is the scale set: jobs whose `runs-on` names
+//! it are assigned to it, a listener long-polls for them over one outbound
+//! connection, and *any* JIT runner minted for the scale set takes *any* of
+//! its jobs. So the listener
 //! does not move jobs anywhere: it keeps the number of runners right, and
 //! each runner is one berth job — one fresh, single-use container.
 //!

@@ -67,7 +67,7 @@ macro_rules! named_enum {
 }
 
 named_enum! {
-    /// Where a job is in its life (DESIGN.md's state machine):
+    /// Where a job is in its life (the state machine of docs/architecture.md):
     ///
     /// ```text
     /// queued → provisioning → starting → running → completed | failed | cancelled | expired
@@ -190,8 +190,9 @@ named_enum! {
 
 /// One GitHub job as berth tracks it: its queue entry and its state.
 ///
-/// Serializes as the job JSON of DESIGN.md's HTTP API: fields under these
-/// names, states and sources as their lowercase names, timestamps as RFC 3339.
+/// Serializes as the job JSON of the HTTP API (docs/reference/http-api.md):
+/// fields under these names, states and sources as their lowercase names,
+/// timestamps as RFC 3339.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// berth's job id (UUID v7, so ids sort by creation time).
