@@ -36,7 +36,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -204,10 +203,10 @@ pub fn owner_name() -> String {
     format!("berth-{host}-{}", std::process::id())
 }
 
+/// The wait before retry `attempt`: from 500 ms doubling up to `max`, with
+/// jitter (the one backoff of berth's clients, crate::github::backoff).
 fn sleep_jittered(max: Duration, attempt: u32) -> Duration {
-    let base = Duration::from_millis(500).saturating_mul(1u32 << attempt.min(10).saturating_sub(1));
-    let capped = base.min(max).as_millis().max(1) as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(capped / 2..=capped))
+    crate::github::backoff::backoff(Duration::from_millis(500), max, attempt)
 }
 
 /// Sleeps, or returns `false` at once when `stop` is cancelled.
