@@ -978,7 +978,7 @@ impl ScaleSetConfig {
         if self.name.trim().is_empty() {
             c.bad(key("name"), "must not be empty");
         }
-        if let Err(e) = crate::scaleset::client::ConfigUrl::parse(&self.github_config_url) {
+        if let Err(e) = ConfigUrl::parse(&self.github_config_url) {
             c.bad(key("github_config_url"), e.to_string());
         }
         if self.max_runners > 10_000 {
@@ -1174,6 +1174,54 @@ fn check_egress_proxy_url(proxy: &str) -> Result<(), String> {
         return Err(format!("`{proxy}`: must be http://HOST:PORT with no path"));
     }
     Ok(())
+}
+
+/// Where a scale set lives, parsed from its GitHub config URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigUrl {
+    pub url: String,
+    pub scope: Scope,
+}
+
+impl ConfigUrl {
+    /// `https://github.com/ORG` or `https://github.com/OWNER/REPO` (GHES
+    /// alike). Enterprise URLs need a personal access token, which berth
+    /// does not use.
+    pub fn parse(url: &str) -> Result<ConfigUrl, String> {
+        let parsed = url::Url::parse(url.trim_end_matches('/'))
+            .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        let parts: Vec<&str> = parsed
+            .path_segments()
+            .map(|s| s.filter(|p| !p.is_empty()).collect())
+            .unwrap_or_default();
+        let scope = match parts.as_slice() {
+            ["enterprises", _] => {
+                return Err(format!(
+                    "`{url}` is an enterprise; berth's GitHub App can serve organisations and repositories"
+                ));
+            }
+            [org] => format!("org:{org}"),
+            [owner, repo] => format!("repo:{owner}/{repo}"),
+            _ => {
+                return Err(format!(
+                    "`{url}` names neither an organisation nor a repository"
+                ));
+            }
+        };
+        Ok(ConfigUrl {
+            url: url.trim_end_matches('/').to_string(),
+            scope: scope.parse()?,
+        })
+    }
+
+    /// `owner` or `owner/name`: what a runner not made for a particular job
+    /// shows as its repository.
+    pub fn display_scope(&self) -> String {
+        match &self.scope {
+            Scope::Org(org) => org.clone(),
+            Scope::Repo { owner, name } => format!("{owner}/{name}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1378,9 +1426,7 @@ mod tests {
     #[test]
     fn every_section_reports_its_problems_word_for_word() {
         let log_error = tracing_subscriber::EnvFilter::try_new("=").unwrap_err();
-        let url_error = crate::scaleset::client::ConfigUrl::parse("nope")
-            .unwrap_err()
-            .to_string();
+        let url_error = ConfigUrl::parse("nope").unwrap_err().to_string();
         let found = problems_of(
             r#"
 [server]

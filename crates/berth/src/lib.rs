@@ -26,6 +26,7 @@ pub mod docker;
 pub mod failpoint;
 pub mod github;
 pub mod intake;
+pub mod lifecycle;
 pub mod observability;
 pub mod reconcile;
 pub mod scaleset;

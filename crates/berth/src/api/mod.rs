@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod scaleset;
 pub mod tls;
 
 use std::sync::Arc;
@@ -122,17 +123,11 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/pools", get(list_pools))
         .route("/v1/status", get(status))
-        .route(
-            "/v1/scale-sets/{name}/runners",
-            get(crate::scaleset::api::list_runners),
-        )
-        .route(
-            "/v1/scale-sets/{name}/events",
-            post(crate::scaleset::api::events),
-        )
+        .route("/v1/scale-sets/{name}/runners", get(scaleset::list_runners))
+        .route("/v1/scale-sets/{name}/events", post(scaleset::events))
         .route(
             "/v1/scale-sets/{name}/runners/{key}/retire",
-            post(crate::scaleset::api::retire),
+            post(scaleset::retire),
         )
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))

@@ -498,7 +498,7 @@ async fn run_raw(
 }
 
 /// The worker spec berth builds for the bench pool (see
-/// `dispatch::provision::worker_spec`), for the raw way.
+/// `dispatch::spec::worker_spec`), for the raw way.
 fn raw_spec(image: &str, instance: &str, name: &str) -> WorkerSpec {
     let mut spec = WorkerSpec::new(name, image, WorkerNetwork::Bridge(NETWORK.into()));
     spec.labels.extend([

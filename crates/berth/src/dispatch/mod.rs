@@ -6,10 +6,8 @@
 //!   to a provisioning task ([`provision`]). It wakes when intake queues a job
 //!   or a slot frees, and once a second regardless.
 //! * [`watch`] follows Docker's event stream and, for every worker that
-//!   exits, decides what the exit means for its job ([`exit`]).
-//! * [`binding`] applies what GitHub says about which runner took which job:
-//!   a JIT runner takes *any* job whose labels match, so the runner berth
-//!   started for job A may run job B; the bookkeeping follows GitHub.
+//!   exits, hands the exit to the job lifecycle
+//!   ([`crate::lifecycle::exit`]).
 //! * [`logs`] keeps each job's container output in the store.
 //! * [`warm`] keeps each pool's warm containers (created ahead of demand)
 //!   ready; provisioning takes one instead of creating a container.
@@ -18,11 +16,9 @@
 //! other actor (a reconciler, another replica, a webhook) changed the job
 //! first; the step cleans up what it made and leaves the job to them.
 
-pub mod binding;
-pub mod exit;
 pub mod logs;
 pub mod provision;
-pub mod resources;
+pub mod spec;
 pub mod warm;
 pub mod watch;
 

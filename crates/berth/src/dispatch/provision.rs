@@ -19,20 +19,17 @@
 //! process stalled and a reconciler requeued the job), provisioning stops
 //! and releases what it made.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::resources;
+use super::spec::{runner_name, worker_spec};
 use crate::config::PoolConfig;
-use crate::context::{Context, LABEL_INSTANCE};
-use crate::docker::controller::{
-    DockerError, LABEL_GITHUB_JOB_ID, LABEL_JOB, LABEL_POOL, LABEL_REPOSITORY, LABEL_RUNNER,
-    WorkerNetwork, WorkerSpec,
-};
+use crate::context::Context;
+use crate::docker::controller::{DockerError, WorkerSpec};
 use crate::github::{GithubClient, JitConfig};
+use crate::lifecycle::resources;
 use crate::observability::Metrics;
 use crate::store::{Job, JobChanges, JobState};
 
@@ -136,18 +133,19 @@ pub async fn provision(ctx: Arc<Context>, job: Job, abandon: CancellationToken) 
             let _ = ctx.store.job_requeue(holder.id, &in_flight, reason).await;
         }
         Stop::Transient(reason) => {
-            let max = ctx.config.dispatch.max_attempts;
-            if holder.attempts >= i64::from(max) {
-                let error = format!("gave up after {} attempts: {reason}", holder.attempts);
-                tracing::error!(error = %error, "job failed");
-                finish_failed(&ctx, &holder, &error).await;
-            } else {
-                tracing::warn!(reason = %reason, attempts = holder.attempts, "provisioning failed; job goes back to the queue");
-                let _ = ctx.store.job_requeue(holder.id, &in_flight, &reason).await;
-                // A short pause before the job can be claimed again, so an
-                // outage is not hammered in a tight loop.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                ctx.wake_dispatcher();
+            match crate::lifecycle::retry_or_give_up(&ctx, &holder, reason) {
+                crate::lifecycle::Retry::GiveUp(error) => {
+                    tracing::error!(error = %error, "job failed");
+                    finish_failed(&ctx, &holder, &error).await;
+                }
+                crate::lifecycle::Retry::Requeue(reason) => {
+                    tracing::warn!(reason = %reason, attempts = holder.attempts, "provisioning failed; job goes back to the queue");
+                    let _ = ctx.store.job_requeue(holder.id, &in_flight, &reason).await;
+                    // A short pause before the job can be claimed again, so an
+                    // outage is not hammered in a tight loop.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    ctx.wake_dispatcher();
+                }
             }
         }
         Stop::Permanent(reason) => {
@@ -158,20 +156,9 @@ pub async fn provision(ctx: Arc<Context>, job: Job, abandon: CancellationToken) 
 }
 
 async fn finish_failed(ctx: &Context, job: &Job, error: &str) {
-    if let Ok(true) = ctx
-        .store
-        .job_finish(job.id, JobState::Failed, None, Some(error))
-        .await
-    {
-        ctx.metrics
-            .jobs_finished
-            .get_or_create(&crate::observability::metrics::PoolStateLabels {
-                pool: job.pool.clone(),
-                state: JobState::Failed.as_str(),
-            })
-            .inc();
+    if let Err(e) = crate::lifecycle::finish(ctx, job, JobState::Failed, None, Some(error)).await {
+        tracing::error!(error = %e, "recording the job's failure failed; the reconcilers retry");
     }
-    ctx.wake_dispatcher();
 }
 
 async fn steps(
@@ -537,65 +524,4 @@ async fn renew_lease(ctx: Arc<Context>, id: uuid::Uuid, made: Arc<Made>, lost: C
             Err(e) => tracing::warn!(error = %e, "renewing a lease failed"),
         }
     }
-}
-
-/// `berth-<pool>-<job id tail>-<attempt>`: unique per attempt, recognisable
-/// by the `berth-` prefix, within GitHub's 64-character limit.
-pub fn runner_name(pool: &PoolConfig, job: &Job) -> String {
-    let id = job.id.simple().to_string();
-    let tail = &id[id.len() - 12..];
-    let pool_part: String = pool.name.chars().take(24).collect();
-    format!("berth-{pool_part}-{tail}-{}", job.attempts.max(1))
-}
-
-/// The container for a job, from its pool's settings and the contract labels.
-pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &str) -> WorkerSpec {
-    let id = job.id.simple().to_string();
-    let name = format!("berth-{}-{}", &id[id.len() - 12..], job.attempts.max(1));
-    let mut spec = pool_spec(ctx, pool, name);
-    if let Some(set) = &job.scale_set {
-        spec.labels
-            .insert(crate::scaleset::LABEL_SCALE_SET.to_string(), set.clone());
-    }
-    spec.labels.extend(BTreeMap::from([
-        (LABEL_JOB.to_string(), job.id.to_string()),
-        (LABEL_POOL.to_string(), job.pool.clone()),
-        (LABEL_REPOSITORY.to_string(), job.repository.clone()),
-        (
-            LABEL_GITHUB_JOB_ID.to_string(),
-            job.github_job_id.to_string(),
-        ),
-        (LABEL_RUNNER.to_string(), runner_name.to_string()),
-        (
-            LABEL_INSTANCE.to_string(),
-            ctx.config.docker.instance.clone(),
-        ),
-    ]));
-    spec
-}
-
-/// A pool's container settings, without any labels but `berth.managed`:
-/// shared by job containers and warm ones (crate::dispatch::warm), so both
-/// get exactly the same hardening and limits.
-pub fn pool_spec(ctx: &Context, pool: &PoolConfig, name: String) -> WorkerSpec {
-    let network = if pool.host_network {
-        WorkerNetwork::Host
-    } else {
-        WorkerNetwork::Bridge(ctx.config.docker.network.clone())
-    };
-    let mut spec = WorkerSpec::new(name, pool.image.clone(), network);
-    spec.cpus = pool.cpus;
-    spec.memory_bytes = pool.memory.0 as i64;
-    spec.pids_limit = pool.pids_limit;
-    spec.cap_add = pool.cap_add.clone();
-    spec.read_only_rootfs = pool.read_only_rootfs;
-    spec.work_folder = if pool.work_folder.starts_with('/') {
-        pool.work_folder.clone()
-    } else {
-        format!("/home/runner/{}", pool.work_folder)
-    };
-    spec.extra_hosts = ctx.config.docker.extra_hosts.clone();
-    spec.env
-        .extend(crate::docker::egress::worker_env(&ctx.config.docker));
-    spec
 }

@@ -57,10 +57,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::resources;
 use crate::config::PoolConfig;
 use crate::context::{Context, LABEL_INSTANCE};
 use crate::docker::controller::{ContainerStatus, LABEL_POOL, LABEL_WARM, WorkerSpec};
+use crate::lifecycle::resources;
 use crate::observability::Metrics;
 use crate::store::WarmContainer;
 use crate::supervise::ComponentHandle;
@@ -137,8 +137,7 @@ pub async fn take(ctx: &Context, pool: &PoolConfig, runner_name: &str) -> Option
 pub fn warm_spec(ctx: &Context, pool: &PoolConfig, fingerprint: &str) -> WorkerSpec {
     let suffix = format!("{:08x}", rand::random::<u32>());
     let pool_part: String = pool.name.chars().take(24).collect();
-    let mut spec =
-        super::provision::pool_spec(ctx, pool, format!("berth-warm-{pool_part}-{suffix}"));
+    let mut spec = super::spec::pool_spec(ctx, pool, format!("berth-warm-{pool_part}-{suffix}"));
     spec.labels.extend(BTreeMap::from([
         (LABEL_POOL.to_string(), pool.name.clone()),
         (LABEL_WARM.to_string(), fingerprint.to_string()),
@@ -152,7 +151,7 @@ pub fn warm_spec(ctx: &Context, pool: &PoolConfig, fingerprint: &str) -> WorkerS
 
 /// Hash of the image ID and the pool's create body without its labels.
 pub fn fingerprint(ctx: &Context, pool: &PoolConfig, image_id: &str) -> String {
-    let spec = super::provision::pool_spec(ctx, pool, "berth-fingerprint".into());
+    let spec = super::spec::pool_spec(ctx, pool, "berth-fingerprint".into());
     fingerprint_spec(spec, &ctx.config.docker.host, image_id, pool.warm_started)
 }
 
@@ -317,7 +316,7 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
         // Another replica's rows are its to replace (it may run another
         // configuration during a rolling upgrade, or drive another Docker
         // host); one that dies is struck off by whichever watcher sees it
-        // exit (crate::dispatch::exit).
+        // exit (crate::lifecycle::exit).
         if row.owner == ctx.replica_id {
             let alive = matches!(
                 containers.get(&row.container_id),

@@ -13,10 +13,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::exit::handle_exit;
 use super::logs;
 use crate::context::Context;
 use crate::docker::controller::ContainerEventKind;
+use crate::lifecycle::exit::handle_exit;
 use crate::store::JobState;
 use crate::supervise::ComponentHandle;
 

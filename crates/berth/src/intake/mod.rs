@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::context::Context;
-use crate::dispatch::binding;
+use crate::lifecycle::binding;
 use crate::observability::Metrics;
 use crate::store::{GithubStatus, IntakeWrite, Job, JobSource, NewJob, StoreError};
 use webhook::{Action, WebhookError, WorkflowJobEvent};
@@ -279,7 +279,7 @@ fn scale_set_serving<'c>(ctx: &'c Context, event: &WorkflowJobEvent) -> Option<&
         .scale_sets
         .iter()
         .find(|set| {
-            let covers = crate::scaleset::client::ConfigUrl::parse(&set.github_config_url)
+            let covers = crate::config::ConfigUrl::parse(&set.github_config_url)
                 .is_ok_and(|c| c.scope.covers(&event.repository));
             let labels = crate::scaleset::registry::labels_of(set);
             covers
@@ -517,7 +517,7 @@ async fn accept_delegate_inner(
         }
         request.pool = Some(set.pool.clone());
         if request.repository.is_empty() {
-            request.repository = crate::scaleset::client::ConfigUrl::parse(&set.github_config_url)
+            request.repository = crate::config::ConfigUrl::parse(&set.github_config_url)
                 .map(|c| c.display_scope())
                 .unwrap_or_default();
         }

@@ -37,9 +37,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
-use crate::dispatch::exit::{Outcome, after_github_completion, apply, handle_exit};
-use crate::dispatch::{logs, resources, watch};
+use crate::dispatch::{logs, watch};
 use crate::docker::controller::{LABEL_POOL, LABEL_RUNNER, NAME_PREFIX};
+use crate::lifecycle::exit::{Outcome, after_github_completion, apply, handle_exit};
+use crate::lifecycle::resources;
 use crate::observability::metrics::KindLabels;
 use crate::store::{GithubStatus, Job, JobChanges, JobSource, JobState};
 use crate::supervise::ComponentHandle;
@@ -238,28 +239,24 @@ async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
             }
         }
         let reason = "the claim's lease expired before the worker was running";
-        let max = i64::from(ctx.config.dispatch.max_attempts);
-        let released = if job.attempts >= max {
-            let error = format!("gave up after {} attempts: {reason}", job.attempts);
-            ctx.store
-                .job_finish(job.id, JobState::Failed, None, Some(&error))
-                .await
-                .map_err(err)?
-        } else {
-            ctx.store
+        let released = match crate::lifecycle::retry_or_give_up(ctx, &job, reason) {
+            crate::lifecycle::Retry::GiveUp(error) => {
+                crate::lifecycle::finish(ctx, &job, JobState::Failed, None, Some(&error))
+                    .await
+                    .map_err(err)?
+            }
+            crate::lifecycle::Retry::Requeue(reason) => ctx
+                .store
                 .job_requeue_if_lease_expired(
                     job.id,
                     &[JobState::Provisioning, JobState::Starting],
                     now,
-                    reason,
+                    &reason,
                 )
                 .await
-                .map_err(err)?
+                .map_err(err)?,
         };
         if released {
-            if job.attempts >= max {
-                ctx.metrics.job_finished(&job.pool, JobState::Failed);
-            }
             release(ctx, &job).await;
             acted += 1;
             ctx.wake_dispatcher();
@@ -298,18 +295,16 @@ async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
             // A claim in flight finishes provisioning first; the next pass stops it.
             (JobState::Provisioning | JobState::Starting, _) if lease_live => {}
             _ => {
-                if ctx
-                    .store
-                    .job_finish(
-                        job.id,
-                        JobState::Cancelled,
-                        None,
-                        Some("cancelled on request"),
-                    )
-                    .await
-                    .map_err(err)?
+                if crate::lifecycle::finish(
+                    ctx,
+                    &job,
+                    JobState::Cancelled,
+                    None,
+                    Some("cancelled on request"),
+                )
+                .await
+                .map_err(err)?
                 {
-                    ctx.metrics.job_finished(&job.pool, JobState::Cancelled);
                     release(ctx, &job).await;
                     acted += 1;
                 }

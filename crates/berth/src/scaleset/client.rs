@@ -39,7 +39,7 @@ use url::Url;
 
 use super::ScaleSetError;
 use super::messages::{Message, RunnerReference, ScaleSet, Session, parse_message};
-use crate::config::{Scope, Secret};
+use crate::config::Secret;
 use crate::github::{GithubClient, JitConfig};
 use crate::observability::Metrics;
 use crate::observability::metrics::GithubLabels;
@@ -54,53 +54,7 @@ const SCALE_SETS: &str = "_apis/runtime/runnerscalesets";
 /// How long one long poll may take: the service holds it for up to ~50 s.
 const POLL_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Where a scale set lives, parsed from its GitHub config URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigUrl {
-    pub url: String,
-    pub scope: Scope,
-}
-
-impl ConfigUrl {
-    /// `https://github.com/ORG` or `https://github.com/OWNER/REPO` (GHES
-    /// alike). Enterprise URLs need a personal access token, which berth
-    /// does not use.
-    pub fn parse(url: &str) -> Result<ConfigUrl, ScaleSetError> {
-        let parsed = Url::parse(url.trim_end_matches('/'))
-            .map_err(|e| ScaleSetError::Config(format!("`{url}` is not a URL: {e}")))?;
-        let parts: Vec<&str> = parsed
-            .path_segments()
-            .map(|s| s.filter(|p| !p.is_empty()).collect())
-            .unwrap_or_default();
-        let scope = match parts.as_slice() {
-            ["enterprises", _] => {
-                return Err(ScaleSetError::Config(format!(
-                    "`{url}` is an enterprise; berth's GitHub App can serve organisations and repositories"
-                )));
-            }
-            [org] => format!("org:{org}"),
-            [owner, repo] => format!("repo:{owner}/{repo}"),
-            _ => {
-                return Err(ScaleSetError::Config(format!(
-                    "`{url}` names neither an organisation nor a repository"
-                )));
-            }
-        };
-        Ok(ConfigUrl {
-            url: url.trim_end_matches('/').to_string(),
-            scope: scope.parse().map_err(ScaleSetError::Config)?,
-        })
-    }
-
-    /// `owner` or `owner/name`: what a runner not made for a particular job
-    /// shows as its repository.
-    pub fn display_scope(&self) -> String {
-        match &self.scope {
-            Scope::Org(org) => org.clone(),
-            Scope::Repo { owner, name } => format!("{owner}/{name}"),
-        }
-    }
-}
+pub use crate::config::ConfigUrl;
 
 #[derive(Clone)]
 struct AdminConnection {
@@ -175,7 +129,7 @@ impl ActionsClient {
         request_timeout: Duration,
         metrics: Metrics,
     ) -> Result<Self, ScaleSetError> {
-        let config = ConfigUrl::parse(config_url)?;
+        let config = ConfigUrl::parse(config_url).map_err(ScaleSetError::Config)?;
         let http = crate::github::http_client(request_timeout)
             .map_err(|e| ScaleSetError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
@@ -876,6 +830,7 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Scope;
 
     #[test]
     fn config_urls_name_an_org_or_a_repository() {

@@ -42,7 +42,8 @@
 //!   list of a scale set, job events, retiring idle runners.
 //! * [`registry`]: the scale sets an orchestrator mints for (id cache,
 //!   scale-set JIT configs, runner removal).
-//! * [`api`]: the HTTP routes a remote proxy uses besides the delegate call.
+//! * the HTTP routes a remote proxy uses besides the delegate call are in
+//!   crate::api::scaleset.
 //! * [`proxy`]: the `berth proxy` command.
 //!
 //! # Keys: a berth job is one runner request
@@ -62,7 +63,6 @@
 //! restarted listener asks the orchestrator which runners exist before it
 //! creates any, so it never duplicates the ones its predecessor made.
 
-pub mod api;
 pub mod client;
 pub mod delegator;
 pub mod listener;

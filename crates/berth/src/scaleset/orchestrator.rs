@@ -25,8 +25,7 @@ use super::ScaleSetError;
 use super::delegator::{EventKind, JobEvent, RetireOutcome, RunnerSlot};
 use super::scaler::Phase;
 use crate::context::Context;
-use crate::dispatch::resources;
-use crate::observability::metrics::PoolStateLabels;
+use crate::lifecycle::resources;
 use crate::store::{GithubStatus, Job, JobChanges, JobState};
 
 /// The error recorded on a runner retired while idle.
@@ -211,13 +210,7 @@ async fn finish(ctx: &Context, job: &Job, from: JobState) -> Result<bool, ScaleS
         )
         .await?;
     if done {
-        ctx.metrics
-            .jobs_finished
-            .get_or_create(&PoolStateLabels {
-                pool: job.pool.clone(),
-                state: JobState::Cancelled.as_str(),
-            })
-            .inc();
+        ctx.metrics.job_finished(&job.pool, JobState::Cancelled);
         ctx.wake_dispatcher();
     }
     Ok(done)

@@ -1,7 +1,7 @@
 //! The handlers of the routes a remote `berth proxy` calls besides `POST
 //! /v1/jobs/delegate` (routed in `crate::api`, described in its OpenAPI
 //! document). Each takes a bearer token with the `delegate` (or `admin`)
-//! scope and is a thin wrapper of [`super::orchestrator`].
+//! scope and is a thin wrapper of [`crate::scaleset::orchestrator`].
 //!
 //! * `GET /v1/scale-sets/{name}/runners` → `{"runners": [{key, id, state,
 //!   runner_name, phase}]}`
@@ -20,12 +20,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::ScaleSetError;
-use super::delegator::{JobEvent, RetireAnswer, RunnerList};
-use super::orchestrator;
 use crate::api::ApiError;
 use crate::api::auth::{self, Need};
 use crate::context::Context;
+use crate::scaleset::ScaleSetError;
+use crate::scaleset::delegator::{JobEvent, RetireAnswer, RunnerList};
+use crate::scaleset::orchestrator;
 
 impl From<ScaleSetError> for ApiError {
     fn from(e: ScaleSetError) -> Self {

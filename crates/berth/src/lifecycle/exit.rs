@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::{logs, resources};
+use super::resources;
 use crate::context::Context;
+use crate::dispatch::logs;
 use crate::observability::Metrics;
-use crate::observability::metrics::PoolStateLabels;
 use crate::store::{GithubStatus, Job, JobState};
 
 /// What to do with a job whose worker exited.
@@ -123,11 +123,7 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
     let now = ctx.store.now();
     match outcome {
         Outcome::Finish { state, error } => {
-            match ctx
-                .store
-                .job_finish(job.id, state, exit_code, error.as_deref())
-                .await
-            {
+            match super::finish(ctx, job, state, exit_code, error.as_deref()).await {
                 Ok(true) => {
                     if let Some(started) = job.started_at {
                         ctx.metrics
@@ -135,13 +131,6 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
                             .get_or_create(&Metrics::pool(&job.pool))
                             .observe((now - started).as_seconds_f64().max(0.0));
                     }
-                    ctx.metrics
-                        .jobs_finished
-                        .get_or_create(&PoolStateLabels {
-                            pool: job.pool.clone(),
-                            state: state.as_str(),
-                        })
-                        .inc();
                     tracing::info!(state = %state, exit_code, error = error.as_deref().unwrap_or(""), "job finished");
                 }
                 Ok(false) => {}
@@ -151,21 +140,22 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
             }
         }
         Outcome::Requeue(reason) => {
-            let max = ctx.config.dispatch.max_attempts;
-            if job.attempts >= i64::from(max) {
-                let error = format!("gave up after {} attempts: {reason}", job.attempts);
-                Box::pin(apply(
-                    ctx,
-                    job,
-                    Outcome::Finish {
-                        state: JobState::Failed,
-                        error: Some(error),
-                    },
-                    exit_code,
-                ))
-                .await;
-                return;
-            }
+            let reason = match super::retry_or_give_up(ctx, job, reason) {
+                super::Retry::Requeue(reason) => reason,
+                super::Retry::GiveUp(error) => {
+                    Box::pin(apply(
+                        ctx,
+                        job,
+                        Outcome::Finish {
+                            state: JobState::Failed,
+                            error: Some(error),
+                        },
+                        exit_code,
+                    ))
+                    .await;
+                    return;
+                }
+            };
             match ctx
                 .store
                 .job_requeue(job.id, JobState::ACTIVE, &reason)
