@@ -23,6 +23,7 @@ pub mod context;
 pub mod demo;
 pub mod dispatch;
 pub mod docker;
+pub mod error;
 pub mod failpoint;
 pub mod github;
 pub mod intake;

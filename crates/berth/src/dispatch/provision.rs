@@ -46,6 +46,20 @@ enum Stop {
     Abandoned,
 }
 
+impl Stop {
+    /// `what` failed with `error`: transient or permanent as the error says
+    /// (crate::error::Error::is_transient, the one place that sorts them).
+    fn failed(what: &str, error: impl Into<crate::error::Error>) -> Stop {
+        let error = error.into();
+        let reason = format!("{what} failed: {error}");
+        if error.is_transient() {
+            Stop::Transient(reason)
+        } else {
+            Stop::Permanent(reason)
+        }
+    }
+}
+
 /// What provisioning made, noted the moment it exists, so that a step cut
 /// short (a lost lease, shutdown) still releases it. The lease renewer reads
 /// it too: once the runner is named, the lease is renewed by runner.
@@ -346,20 +360,12 @@ async fn mint(
     github: &GithubClient,
     runner_name: &str,
 ) -> Result<JitConfig, Stop> {
-    let classify = |what: &str, transient: bool, e: &dyn std::fmt::Display| {
-        let reason = format!("minting {what} failed: {e}");
-        if transient {
-            Stop::Transient(reason)
-        } else {
-            Stop::Permanent(reason)
-        }
-    };
     match &job.scale_set {
         Some(set) => ctx
             .scale_sets
             .mint(set, runner_name, &pool.work_folder)
             .await
-            .map_err(|e| classify("a scale-set runner", e.is_transient(), &e)),
+            .map_err(|e| Stop::failed("minting a scale-set runner", e)),
         None => github
             .generate_jitconfig(
                 &pool.scope,
@@ -369,7 +375,7 @@ async fn mint(
                 &pool.work_folder,
             )
             .await
-            .map_err(|e| classify("a JIT runner", e.is_transient(), &e)),
+            .map_err(|e| Stop::failed("minting a JIT runner", e)),
     }
 }
 
@@ -427,14 +433,7 @@ async fn pull(ctx: &Context, pool: &PoolConfig) -> Result<(), Stop> {
     ctx.docker
         .pull_image(&pool.image, ctx.config.docker.pull_timeout)
         .await
-        .map_err(|e| {
-            let reason = format!("pulling the worker image `{}` failed: {e}", pool.image);
-            if e.is_transient() {
-                Stop::Transient(reason)
-            } else {
-                Stop::Permanent(reason)
-            }
-        })
+        .map_err(|e| Stop::failed(&format!("pulling the worker image `{}`", pool.image), e))
 }
 
 /// Creates the container, trying again after transient failures; a refused
@@ -467,10 +466,7 @@ fn create_failed(pool: &PoolConfig, e: DockerError) -> Stop {
             "the worker image `{image}` is not on the Docker host (pull_policy = {:?})",
             pool.pull_policy
         )),
-        e if e.is_transient() => {
-            Stop::Transient(format!("creating the worker container failed: {e}"))
-        }
-        e => Stop::Permanent(format!("creating the worker container failed: {e}")),
+        e => Stop::failed("creating the worker container", e),
     }
 }
 

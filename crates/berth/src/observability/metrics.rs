@@ -66,6 +66,13 @@ pub struct ScaleSetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcilerErrorLabels {
+    pub reconciler: &'static str,
+    /// crate::error::Error::kind: store, docker, github, scale_set, config.
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ComponentLabels {
     pub component: String,
 }
@@ -172,6 +179,9 @@ pub struct Metrics {
     pub reconciler_actions: Family<KindLabels, Counter>,
     /// Reconcile passes that failed, per reconciler.
     pub reconciler_failures: Family<KindLabels, Counter>,
+    /// Reconciler failures, per reconciler and what failed (store, Docker,
+    /// GitHub, the Actions service, configuration).
+    pub reconciler_errors: Family<ReconcilerErrorLabels, Counter>,
     /// Scale sets (`berth_scaleset_*`), from the service's statistics:
     /// jobs assigned (running included), jobs running, busy and idle runners.
     pub scaleset_assigned_jobs: Family<ScaleSetLabels, Gauge>,
@@ -301,6 +311,12 @@ impl Metrics {
             "reconciler_failures",
             "Reconcile passes that failed, per reconciler",
             reconciler_failures.clone(),
+        );
+        let reconciler_errors = Family::<ReconcilerErrorLabels, Counter>::default();
+        registry.register(
+            "reconciler_errors",
+            "Reconciler failures, per reconciler and kind of error (store, docker, github, scale_set, config)",
+            reconciler_errors.clone(),
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<ScaleSetLabels, Gauge>::default();
@@ -448,6 +464,7 @@ impl Metrics {
             docker_api_errors,
             reconciler_actions,
             reconciler_failures,
+            reconciler_errors,
             scaleset_assigned_jobs,
             scaleset_running_jobs,
             scaleset_busy_runners,
@@ -472,6 +489,14 @@ impl Metrics {
         ComponentLabels {
             component: name.to_string(),
         }
+    }
+
+    /// Counts a reconciler failure by the kind of its error
+    /// (`berth_reconciler_errors_total`).
+    pub fn reconciler_error(&self, reconciler: &'static str, error: &'static str) {
+        self.reconciler_errors
+            .get_or_create(&ReconcilerErrorLabels { reconciler, error })
+            .inc();
     }
 
     /// Sets `berth_component_up{component}`.

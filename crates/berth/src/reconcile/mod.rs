@@ -138,7 +138,9 @@ macro_rules! step {
                     .reconciler_failures
                     .get_or_create(&KindLabels { kind: $kind })
                     .inc();
-                tracing::warn!(reconciler = $kind, error = %e, "reconciler failed");
+                $ctx.metrics.reconciler_error($kind, e.kind());
+                tracing::warn!(reconciler = $kind, error = %e, error_kind = e.kind(),
+                    transient = e.is_transient(), "reconciler failed");
             }
         }
     };
@@ -198,10 +200,12 @@ async fn github_pass(ctx: &Arc<Context>) -> Report {
     r
 }
 
-type Result<T> = std::result::Result<T, String>;
+type Result<T> = std::result::Result<T, crate::error::Error>;
 
-fn err<E: std::fmt::Display>(e: E) -> String {
-    e.to_string()
+/// A configured duration as a `time` duration.
+fn duration(d: Duration, key: &str) -> Result<time::Duration> {
+    time::Duration::try_from(d)
+        .map_err(|e| crate::error::Error::Config(format!("{key} is out of range: {e}")))
 }
 
 /// Claims whose holder died: a running worker is adopted, anything else is
@@ -209,7 +213,7 @@ fn err<E: std::fmt::Display>(e: E) -> String {
 async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
-    for job in ctx.store.jobs_with_expired_leases(now).await.map_err(err)? {
+    for job in ctx.store.jobs_with_expired_leases(now).await? {
         if job.state == JobState::Starting
             && let Some(container_id) = &job.container_id
         {
@@ -220,8 +224,7 @@ async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
                     if ctx
                         .store
                         .job_transition(job.id, &[JobState::Starting], JobState::Running, changes)
-                        .await
-                        .map_err(err)?
+                        .await?
                     {
                         logs::spawn_capture(ctx, job.id, container_id);
                         acted += 1;
@@ -241,20 +244,18 @@ async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
         let reason = "the claim's lease expired before the worker was running";
         let released = match crate::lifecycle::retry_or_give_up(ctx, &job, reason) {
             crate::lifecycle::Retry::GiveUp(error) => {
-                crate::lifecycle::finish(ctx, &job, JobState::Failed, None, Some(&error))
-                    .await
-                    .map_err(err)?
+                crate::lifecycle::finish(ctx, &job, JobState::Failed, None, Some(&error)).await?
             }
-            crate::lifecycle::Retry::Requeue(reason) => ctx
-                .store
-                .job_requeue_if_lease_expired(
-                    job.id,
-                    &[JobState::Provisioning, JobState::Starting],
-                    now,
-                    &reason,
-                )
-                .await
-                .map_err(err)?,
+            crate::lifecycle::Retry::Requeue(reason) => {
+                ctx.store
+                    .job_requeue_if_lease_expired(
+                        job.id,
+                        &[JobState::Provisioning, JobState::Starting],
+                        now,
+                        &reason,
+                    )
+                    .await?
+            }
         };
         if released {
             release(ctx, &job).await;
@@ -285,7 +286,7 @@ async fn stop_and_settle(ctx: &Arc<Context>, container_id: &str) {
 async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
-    for job in ctx.store.jobs_cancel_requested().await.map_err(err)? {
+    for job in ctx.store.jobs_cancel_requested().await? {
         let lease_live = job.lease_expires_at.is_some_and(|t| t > now);
         match (job.state, &job.container_id) {
             (JobState::Running, Some(container_id)) => {
@@ -302,8 +303,7 @@ async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
                     None,
                     Some("cancelled on request"),
                 )
-                .await
-                .map_err(err)?
+                .await?
                 {
                     release(ctx, &job).await;
                     acted += 1;
@@ -319,12 +319,7 @@ async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
 async fn completed_elsewhere(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
-    for job in ctx
-        .store
-        .jobs_in_states(JobState::ACTIVE)
-        .await
-        .map_err(err)?
-    {
+    for job in ctx.store.jobs_in_states(JobState::ACTIVE).await? {
         // A scale-set job is its runner: GitHub's word on a job never ends it.
         let done_elsewhere = job.scale_set.is_none()
             && job.github_status == Some(GithubStatus::Completed)
@@ -350,12 +345,7 @@ async fn completed_elsewhere(ctx: &Arc<Context>) -> Result<u32> {
 async fn timeouts(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
-    for job in ctx
-        .store
-        .jobs_running_past_timeout(now)
-        .await
-        .map_err(err)?
-    {
+    for job in ctx.store.jobs_running_past_timeout(now).await? {
         crate::job_span!(job).in_scope(|| tracing::warn!("job timed out; stopping its worker"));
         match &job.container_id {
             Some(container_id) => stop_and_settle(ctx, container_id).await,
@@ -382,12 +372,7 @@ async fn timeouts(ctx: &Arc<Context>) -> Result<u32> {
 async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
-    for job in ctx
-        .store
-        .jobs_in_states(&[JobState::Running])
-        .await
-        .map_err(err)?
-    {
+    for job in ctx.store.jobs_in_states(&[JobState::Running]).await? {
         let Ok(pool) = ctx.pool_of(&job) else {
             continue;
         };
@@ -421,10 +406,13 @@ async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
     let Some(github) = ctx.github.as_ref() else {
         return Ok(0);
     };
-    let limit = time::Duration::try_from(ctx.config.reconcile.queued_check_after).map_err(err)?;
+    let limit = duration(
+        ctx.config.reconcile.queued_check_after,
+        "reconcile.queued_check_after",
+    )?;
     let before = ctx.store.now() - limit;
     let mut acted = 0;
-    for job in ctx.store.jobs_queued_before(before).await.map_err(err)? {
+    for job in ctx.store.jobs_queued_before(before).await? {
         // A scale-set job's key is a runner request, not a GitHub job.
         if job.source == JobSource::ScaleSet || job.scale_set.is_some() {
             continue;
@@ -448,7 +436,7 @@ async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
                 )),
             },
             Ok(Some(_)) => continue,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         apply(ctx, &job, outcome, None).await;
         acted += 1;
@@ -458,10 +446,10 @@ async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
 
 /// Containers labelled `berth.managed` that no live job owns.
 async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
-    let grace = time::Duration::try_from(ctx.config.reconcile.orphan_grace).map_err(err)?;
+    let grace = duration(ctx.config.reconcile.orphan_grace, "reconcile.orphan_grace")?;
     let now = ctx.store.now();
     // Docker's list first, then the store (the same reasoning as for runners).
-    let containers = ctx.docker.list_managed().await.map_err(err)?;
+    let containers = ctx.docker.list_managed().await?;
     // Warm containers before the jobs: taking one moves it from the warm
     // table to its job in one transaction, so read in this order it is
     // always in one of the two sets. Those the warm table records are the
@@ -471,13 +459,12 @@ async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
     let warm: BTreeSet<String> = ctx
         .store
         .warm_list()
-        .await
-        .map_err(err)?
+        .await?
         .into_iter()
         .map(|w| w.container_id)
         .collect();
-    let owned = ctx.store.active_container_ids().await.map_err(err)?;
-    let live_runners = ctx.store.active_runner_names().await.map_err(err)?;
+    let owned = ctx.store.active_container_ids().await?;
+    let live_runners = ctx.store.active_runner_names().await?;
     let mut acted = 0;
     for c in containers {
         if !ctx.owns(&c.labels)
@@ -518,8 +505,8 @@ async fn orphan_runners(ctx: &Arc<Context>) -> Result<u32> {
         // before it is minted, so every runner in this list that is still
         // wanted is in the live set read afterwards. (The other order would
         // delete a runner minted between the two reads.)
-        let runners = github.list_runners(&pool.scope).await.map_err(err)?;
-        let live = ctx.store.active_runner_names().await.map_err(err)?;
+        let runners = github.list_runners(&pool.scope).await?;
+        let live = ctx.store.active_runner_names().await?;
         for runner in runners {
             if !runner.name.starts_with(NAME_PREFIX)
                 || live.contains(&runner.name)
@@ -528,10 +515,7 @@ async fn orphan_runners(ctx: &Arc<Context>) -> Result<u32> {
                 continue;
             }
             tracing::info!(runner_name = %runner.name, "deleting an orphan runner registration");
-            github
-                .delete_runner(&pool.scope, runner.id)
-                .await
-                .map_err(err)?;
+            github.delete_runner(&pool.scope, runner.id).await?;
             acted += 1;
         }
     }
