@@ -228,10 +228,7 @@ async fn host_tools_image(docker: &Docker) -> WorkerImage {
 async fn building_again_is_one_inspect_and_content_changes_give_a_new_tag() {
     let _latest = LATEST.lock().await;
     let docker = docker().await;
-    let sources = tokio::task::spawn_blocking(ImageSources::locate)
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let sources = ImageSources::locate().unwrap_or_else(|e| panic!("{e}"));
 
     let first = worker_image::build_worker_image(&docker, &sources)
         .await
