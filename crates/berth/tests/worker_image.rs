@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use berth::docker::worker_image::{
-    self, ENTRYPOINT_NO_CONFIG_EXIT, ENTRYPOINT_PATH, ENTRYPOINT_SCRIPT, ImageSources, LATEST_TAG,
-    LOCAL_IMAGE_REPOSITORY, RUNNER_LISTENER_PATH, WorkerImage,
+    self, BUSYBOX_ENV, ENTRYPOINT_NO_CONFIG_EXIT, ENTRYPOINT_PATH, ENTRYPOINT_SCRIPT, HostTools,
+    ImageSources, LATEST_TAG, LOCAL_IMAGE_REPOSITORY, RUNNER_LISTENER_PATH, Rootfs, Shell,
+    WorkerImage,
 };
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -32,6 +33,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The image, built once per test binary and shared by the tests that only use it.
 static IMAGE: tokio::sync::OnceCell<WorkerImage> = tokio::sync::OnceCell::const_new();
+
+/// Held by the test that checks where `berth-worker-local:latest` points and
+/// by the tests that build the image without busybox (which moves `latest`
+/// when this machine has busybox), so they never overlap: here for threads
+/// in one process (`cargo test`), and across processes by nextest's test
+/// group `local-image-latest` (`.config/nextest.toml`).
+static LATEST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn docker() -> Docker {
     worker_image::connect(None)
@@ -185,8 +193,40 @@ async fn drive(docker: &Docker, id: &str, stdin: &[u8]) -> Finished {
     }
 }
 
+/// The image built as on a machine without busybox: the host's `/bin/sh`
+/// and tools (what `BERTH_BUSYBOX=` or no busybox installed gives).
+async fn host_tools_image(docker: &Docker) -> WorkerImage {
+    let runner = worker_image::locate_runner_standin().unwrap_or_else(|e| panic!("{e}"));
+    let host =
+        HostTools::locate("busybox made unavailable by the test").unwrap_or_else(|e| panic!("{e}"));
+    let sources = ImageSources {
+        runner,
+        shell: Shell::HostTools(host),
+    };
+    let image = worker_image::build_worker_image(docker, &sources)
+        .await
+        .unwrap_or_else(|e| panic!("building the image from the host's tools: {e}"));
+
+    // Never the busybox image's tag, whatever this machine's default is.
+    let default = ImageSources::locate().unwrap_or_else(|e| panic!("{e}"));
+    if let Shell::Busybox(busybox) = default.shell {
+        let with_busybox = tokio::task::spawn_blocking(move || {
+            Rootfs::assemble(&ImageSources {
+                shell: Shell::Busybox(busybox),
+                ..sources
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(with_busybox.reference(), image.reference);
+    }
+    image
+}
+
 #[tokio::test]
 async fn building_again_is_one_inspect_and_content_changes_give_a_new_tag() {
+    let _latest = LATEST.lock().await;
     let docker = docker().await;
     let sources = ImageSources::locate().unwrap_or_else(|e| panic!("{e}"));
 
@@ -219,7 +259,7 @@ async fn building_again_is_one_inspect_and_content_changes_give_a_new_tag() {
     std::fs::write(&changed_runner, bytes).unwrap();
     let changed_sources = ImageSources {
         runner: changed_runner,
-        busybox: sources.busybox.clone(),
+        ..sources.clone()
     };
     let changed = worker_image::build_worker_image(&docker, &changed_sources)
         .await
@@ -252,6 +292,10 @@ async fn building_again_is_one_inspect_and_content_changes_give_a_new_tag() {
 async fn image_config_runs_the_entrypoint_as_the_non_root_runner_user() {
     let docker = docker().await;
     let image = local_image(&docker).await;
+    check_image_config(&docker, &image).await;
+}
+
+async fn check_image_config(docker: &Docker, image: &WorkerImage) {
     let inspected = within("image inspect", docker.inspect_image(&image.id))
         .await
         .expect("image inspect");
@@ -282,10 +326,13 @@ async fn image_config_runs_the_entrypoint_as_the_non_root_runner_user() {
 async fn runner_starts_under_full_hardening() {
     let docker = docker().await;
     let image = local_image(&docker).await;
+    check_runner_starts_under_full_hardening(&docker, &image).await;
+}
 
+async fn check_runner_starts_under_full_hardening(docker: &Docker, image: &WorkerImage) {
     let version = run(
-        &docker,
-        worker(&image, Some(&[RUNNER_LISTENER_PATH]), &["--version"]),
+        docker,
+        worker(image, Some(&[RUNNER_LISTENER_PATH]), &["--version"]),
         b"",
     )
     .await;
@@ -304,8 +351,8 @@ async fn runner_starts_under_full_hardening() {
         grep -E '^(CapEff|NoNewPrivs):' /proc/self/status | tr -s '\t ' ' '
     "#;
     let inside = run(
-        &docker,
-        worker(&image, Some(&["/bin/sh", "-c"]), &[probe]),
+        docker,
+        worker(image, Some(&["/bin/sh", "-c"]), &[probe]),
         b"",
     )
     .await;
@@ -333,7 +380,10 @@ async fn runner_starts_under_full_hardening() {
 async fn entrypoint_hands_the_stdin_line_to_the_runner_and_inspect_never_shows_it() {
     let docker = docker().await;
     let image = local_image(&docker).await;
+    check_entrypoint_hands_the_line_to_the_runner(&docker, &image).await;
+}
 
+async fn check_entrypoint_hands_the_line_to_the_runner(docker: &Docker, image: &WorkerImage) {
     let mut secret = [0u8; 48];
     rand::thread_rng().fill_bytes(&mut secret);
     let jitconfig = base64::engine::general_purpose::STANDARD.encode(secret);
@@ -356,8 +406,8 @@ EOF
         exec /tmp/runner/entrypoint.sh --from-cmd
     "#;
     let finished = run(
-        &docker,
-        worker(&image, Some(&["/bin/sh", "-c"]), &[script]),
+        docker,
+        worker(image, Some(&["/bin/sh", "-c"]), &[script]),
         format!("{jitconfig}\n").as_bytes(),
     )
     .await;
@@ -387,10 +437,13 @@ EOF
 async fn default_entrypoint_passes_the_line_through_run_sh_to_the_runner() {
     let docker = docker().await;
     let image = local_image(&docker).await;
+    check_default_entrypoint_reaches_the_runner(&docker, &image).await;
+}
 
+async fn check_default_entrypoint_reaches_the_runner(docker: &Docker, image: &WorkerImage) {
     let finished = run(
-        &docker,
-        worker(&image, None, &[]),
+        docker,
+        worker(image, None, &[]),
         b"bm90IGEgSklUIGNvbmZpZw==\n",
     )
     .await;
@@ -411,9 +464,12 @@ async fn default_entrypoint_passes_the_line_through_run_sh_to_the_runner() {
 async fn entrypoint_without_a_line_on_stdin_fails_with_a_message() {
     let docker = docker().await;
     let image = local_image(&docker).await;
+    check_entrypoint_without_a_line_fails(&docker, &image).await;
+}
 
+async fn check_entrypoint_without_a_line_fails(docker: &Docker, image: &WorkerImage) {
     // The image's real entrypoint; stdin is closed before any line.
-    let finished = run(&docker, worker(&image, None, &[]), b"").await;
+    let finished = run(docker, worker(image, None, &[]), b"").await;
     assert_eq!(
         finished.exit_code, ENTRYPOINT_NO_CONFIG_EXIT,
         "{}",
@@ -426,6 +482,80 @@ async fn entrypoint_without_a_line_on_stdin_fails_with_a_message() {
         "{}",
         finished.output
     );
+}
+
+/// A machine without busybox: the image is built from the host's `/bin/sh`
+/// and tools, and the runner, the production entrypoint (under that shell)
+/// and job steps all work under berth's hardening (read-only root, user
+/// 1001, every capability dropped, `no-new-privileges`).
+#[tokio::test]
+async fn without_busybox_the_host_tools_image_works_under_the_hardening() {
+    let _latest = LATEST.lock().await;
+    let docker = docker().await;
+    let image = host_tools_image(&docker).await;
+    check_image_config(&docker, &image).await;
+    check_runner_starts_under_full_hardening(&docker, &image).await;
+    check_entrypoint_hands_the_line_to_the_runner(&docker, &image).await;
+    check_default_entrypoint_reaches_the_runner(&docker, &image).await;
+    check_entrypoint_without_a_line_fails(&docker, &image).await;
+
+    // The shell is the host's, not busybox.
+    let shell = run(
+        &docker,
+        worker(
+            &image,
+            Some(&["/bin/sh", "-c"]),
+            &["test ! -e /bin/busybox && echo no-busybox; ls -l /bin/sh"],
+        ),
+        b"",
+    )
+    .await;
+    assert_eq!(shell.exit_code, 0, "{}", shell.output);
+    assert!(shell.output.contains("no-busybox"), "{}", shell.output);
+}
+
+/// `berth demo` end to end as a new user runs it on a machine without
+/// busybox (`BERTH_BUSYBOX=` stands for "not installed"): every sample job
+/// succeeds in its hardened container, and the demo says what it used.
+#[tokio::test]
+async fn without_busybox_berth_demo_runs_end_to_end() {
+    let _latest = LATEST.lock().await;
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    demo.arg("demo")
+        .env(BUSYBOX_ENV, "")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let limit = Duration::from_secs(300);
+    let out = tokio::time::timeout(limit, demo.output())
+        .await
+        .unwrap_or_else(|_| panic!("berth demo took longer than {limit:?}"))
+        .expect("running berth demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    for expected in [
+        format!(
+            "no busybox ({BUSYBOX_ENV} is empty or `none`: no busybox): using the host's own tools"
+        ),
+        "runner stand-in + the host's tools (/bin/sh".to_owned(),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    for expected in [
+        "all 5 jobs succeeded, each in its own container; nothing left behind",
+        "uid=1001(runner) gid=1001(runner)",
+        "CapEff:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "no Docker socket here",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
 }
 
 /// Fails when any 12-character piece of `secret` appears in `haystack`.

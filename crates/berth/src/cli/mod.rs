@@ -488,7 +488,7 @@ async fn build_worker_image(docker: Option<&str>) -> anyhow::Result<()> {
     progress.say(&format!(
         "building the local worker image from {} and {}",
         sources.runner.display(),
-        sources.busybox.display()
+        sources.shell
     ));
     progress.status("connecting to Docker");
     let docker = worker_image::connect(docker).await?;

@@ -60,9 +60,19 @@ pub async fn run() -> anyhow::Result<()> {
     say("berth demo: sample jobs end to end against the built-in GitHub simulator");
 
     let docker = worker_image::connect(None).await?;
-    say("building the local worker image (runner stand-in + shell)…");
+    let sources = tokio::task::spawn_blocking(worker_image::ImageSources::locate).await??;
+    if let worker_image::Shell::HostTools(host) = &sources.shell {
+        say(&format!(
+            "no busybox ({}): using the host's own tools",
+            host.instead_of_busybox
+        ));
+    }
+    say(&format!(
+        "building the local worker image (runner stand-in + {})…",
+        sources.shell
+    ));
     progress.status("building the local worker image");
-    let image = worker_image::ensure_local_worker_image(&docker).await?;
+    let image = worker_image::build_worker_image(&docker, &sources).await?;
     say(&format!(
         "worker image {} ({}), pinned as {}",
         image.reference,

@@ -12,8 +12,18 @@
 //! - the runner stand-in (`ghsim-runner`, from the `ghsim` crate) installed as
 //!   `/home/runner/bin/Runner.Listener`, with the shared libraries it links
 //!   against and the dynamic loader (resolved with `ldd`);
-//! - Debian's `busybox-static` as `/bin/busybox` with a symlink per applet, so
-//!   job steps have `/bin/sh`, `cat`, `wget`, `nc`…;
+//! - a shell and the tools job steps use, in one of two ways (the
+//!   [`Shell`] of [`ImageSources`]):
+//!   - Debian's `busybox-static` as `/bin/busybox` with a symlink per applet,
+//!     so job steps have `/bin/sh`, `cat`, `wget`, `nc`…, when it is
+//!     installed (or named by `$BERTH_BUSYBOX`);
+//!   - otherwise the host's own tools: its `/bin/sh` (dash on Debian) and the
+//!     coreutils, `grep` and `sed` programs in [`HOST_TOOLS`] (plus those of
+//!     [`OPTIONAL_HOST_TOOLS`] it has), each with its shared libraries and
+//!     the dynamic loader resolved with `ldd` as for the stand-in. Every real
+//!     file is copied once, at its own path (symlinks followed), and each
+//!     tool's name in `/bin` links to it. So `berth demo` needs nothing but a
+//!     Rust toolchain and a Docker engine;
 //! - `/etc/passwd`, `/etc/group` with the non-root user `runner` (1001:1001),
 //!   `/etc/nsswitch.conf`, `/etc/hosts`, `/tmp` (1777);
 //! - `/home/runner/run.sh`, which starts the listener as the real runner's
@@ -42,7 +52,8 @@
 //! `USER`, `WORKDIR`, `ENV` and `ENTRYPOINT`. The image is tagged
 //! `berth-worker-local:<short content hash>` and `berth-worker-local:latest`.
 //! The hash covers the archive (every file, mode and owner) and the config
-//! changes, so a rebuilt stand-in gives a new tag, and building again with
+//! changes, so a rebuilt stand-in gives a new tag, the busybox and host-tools
+//! images never share one, and building again with
 //! unchanged inputs costs one image inspect. Pools pin the returned image ID
 //! (`sha256:…`); Docker's import stamps a creation time into the image config,
 //! so the ID of a re-import differs even when the tag is the same.
@@ -52,7 +63,8 @@
 //! `no-new-privileges`, user 1001. It has no init process; run it with
 //! `HostConfig.Init` (Docker's `--init`) so the runner gets signals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -76,6 +88,70 @@ pub const RUNNER_STANDIN_ENV: &str = "BERTH_RUNNER_STANDIN";
 pub const RUNNER_STANDIN_NAME: &str = "ghsim-runner";
 /// Where Debian's `busybox-static` puts its binary (before and after usrmerge).
 pub const BUSYBOX_PATHS: [&str; 2] = ["/bin/busybox", "/usr/bin/busybox"];
+/// Environment variable naming the busybox to use instead of [`BUSYBOX_PATHS`]:
+/// a path (an error if it is not a usable static busybox), or empty or `none`
+/// for no busybox at all, so the image is built from the host's tools.
+pub const BUSYBOX_ENV: &str = "BERTH_BUSYBOX";
+
+/// Where the host's tools are looked for when there is no busybox, in order.
+pub const HOST_TOOL_DIRS: [&str; 4] = ["/bin", "/usr/bin", "/sbin", "/usr/sbin"];
+/// The host tools the image must have when it is built without busybox: the
+/// shell, what the entrypoint and `run.sh` run (`dirname`), what the demo's
+/// and berth's tests' job steps run, and a few everyday ones. All come from
+/// packages every Debian system has (`dash`, `coreutils`, `grep`, `sed`) and
+/// their equivalents elsewhere.
+pub const HOST_TOOLS: [&str; 47] = [
+    "sh",
+    "base64",
+    "basename",
+    "cat",
+    "chmod",
+    "cp",
+    "cut",
+    "date",
+    "dd",
+    "df",
+    "dirname",
+    "du",
+    "echo",
+    "env",
+    "expr",
+    "false",
+    "grep",
+    "head",
+    "id",
+    "ln",
+    "ls",
+    "mkdir",
+    "mktemp",
+    "mv",
+    "nproc",
+    "od",
+    "printf",
+    "pwd",
+    "readlink",
+    "rm",
+    "rmdir",
+    "sed",
+    "seq",
+    "sha256sum",
+    "sleep",
+    "sort",
+    "stat",
+    "tail",
+    "tee",
+    "test",
+    "timeout",
+    "touch",
+    "tr",
+    "true",
+    "uname",
+    "uniq",
+    "wc",
+];
+/// Further host tools taken when the host has them (`findutils`, `hostname`,
+/// `procps`, a netcat), for job steps that like them.
+pub const OPTIONAL_HOST_TOOLS: [&str; 6] = ["find", "xargs", "hostname", "ps", "kill", "nc"];
 
 /// The runner user's name, uid and gid, as in GitHub's own runner images.
 pub const RUNNER_USER: &str = "runner";
@@ -138,17 +214,34 @@ pub enum WorkerImageError {
     #[error("{RUNNER_STANDIN_ENV} names {path}, which is not a file")]
     StandinEnvNotAFile { path: PathBuf },
 
-    #[error(
-        "busybox was not found at {}; install Debian's `busybox-static` package \
-         (apt-get install busybox-static)",
-        list_paths(.tried)
-    )]
+    #[error("busybox was not found at {}", list_paths(.tried))]
     BusyboxNotFound { tried: Vec<PathBuf> },
 
-    #[error(
-        "{path} is not a usable static busybox ({detail}); install Debian's `busybox-static` package"
-    )]
+    #[error("{BUSYBOX_ENV} is empty or `none`: no busybox")]
+    BusyboxDisabled,
+
+    #[error("{BUSYBOX_ENV} names {path}, which is not a file")]
+    BusyboxEnvNotAFile { path: PathBuf },
+
+    #[error("{path} is not a usable static busybox ({detail})")]
     BusyboxUnusable { path: PathBuf, detail: String },
+
+    #[error(
+        "no shell for the local worker image: {busybox}, and the host's tools are incomplete \
+         ({} not found in {}). Install Debian's `busybox-static` package \
+         (apt-get install busybox-static) or set {BUSYBOX_ENV} to a static busybox; \
+         or install the missing tools (coreutils, grep, sed, a /bin/sh)",
+        .missing.join(", "),
+        list_paths(.dirs)
+    )]
+    NoShell {
+        /// Why busybox is not used.
+        busybox: String,
+        /// The host tools of [`HOST_TOOLS`] that were not found.
+        missing: Vec<String>,
+        /// Where they were looked for.
+        dirs: Vec<PathBuf>,
+    },
 
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
@@ -211,18 +304,126 @@ pub struct WorkerImage {
 pub struct ImageSources {
     /// The runner stand-in, installed as `Runner.Listener`.
     pub runner: PathBuf,
-    /// A statically linked busybox.
-    pub busybox: PathBuf,
+    /// The shell and tools for job steps.
+    pub shell: Shell,
 }
 
 impl ImageSources {
-    /// Finds both inputs on this machine (see [`locate_runner_standin`] and
-    /// [`locate_busybox`]).
+    /// Finds the inputs on this machine (see [`locate_runner_standin`] and
+    /// [`locate_shell`]). Blocking: it may run `busybox --list-full` and `ldd`.
     pub fn locate() -> Result<Self, WorkerImageError> {
         Ok(Self {
             runner: locate_runner_standin()?,
-            busybox: locate_busybox()?,
+            shell: locate_shell()?,
         })
+    }
+}
+
+/// Where the image's `/bin/sh` and the tools job steps use come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shell {
+    /// A statically linked busybox: `/bin/busybox` and a symlink per applet.
+    Busybox(PathBuf),
+    /// The host's own programs, with their shared libraries.
+    HostTools(HostTools),
+}
+
+impl std::fmt::Display for Shell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shell::Busybox(path) => write!(f, "busybox ({})", path.display()),
+            Shell::HostTools(host) => {
+                let sh = host.tools.iter().find(|t| t.name == "sh");
+                match sh {
+                    Some(sh) if sh.found != sh.real => write!(
+                        f,
+                        "the host's tools ({} → {} and {} more)",
+                        sh.found.display(),
+                        sh.real.display(),
+                        host.tools.len() - 1
+                    ),
+                    Some(sh) => write!(
+                        f,
+                        "the host's tools ({} and {} more)",
+                        sh.found.display(),
+                        host.tools.len() - 1
+                    ),
+                    None => write!(f, "the host's tools ({})", host.tools.len()),
+                }
+            }
+        }
+    }
+}
+
+/// The host programs an image without busybox is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTools {
+    /// Every tool found, in the order of [`HOST_TOOLS`] then
+    /// [`OPTIONAL_HOST_TOOLS`].
+    pub tools: Vec<HostTool>,
+    /// Why busybox is not used (shown to the user; not part of the image).
+    pub instead_of_busybox: String,
+}
+
+/// One host program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTool {
+    /// Its name in the image's `/bin` (`sh`, `cat`…).
+    pub name: String,
+    /// Where it was found (`/bin/sh`).
+    pub found: PathBuf,
+    /// The real file behind it, every symlink resolved (`/usr/bin/dash`): the
+    /// image holds this file at this path, and `/bin/<name>` links to it.
+    pub real: PathBuf,
+}
+
+impl HostTools {
+    /// Looks for every tool of [`HOST_TOOLS`] (required) and
+    /// [`OPTIONAL_HOST_TOOLS`] (taken when found) in `dirs`, in order; the
+    /// first file of that name wins. `instead_of_busybox` says why busybox is
+    /// not used, for the messages.
+    pub fn locate_in(
+        dirs: &[&Path],
+        instead_of_busybox: impl Into<String>,
+    ) -> Result<Self, WorkerImageError> {
+        let instead_of_busybox = instead_of_busybox.into();
+        let find = |name: &str| -> Option<HostTool> {
+            dirs.iter().find_map(|dir| {
+                let found = dir.join(name);
+                let real = std::fs::canonicalize(&found).ok()?;
+                real.is_file().then(|| HostTool {
+                    name: name.to_owned(),
+                    found,
+                    real,
+                })
+            })
+        };
+        let mut tools = Vec::new();
+        let mut missing = Vec::new();
+        for name in HOST_TOOLS {
+            match find(name) {
+                Some(tool) => tools.push(tool),
+                None => missing.push(name.to_owned()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(WorkerImageError::NoShell {
+                busybox: instead_of_busybox,
+                missing,
+                dirs: dirs.iter().map(|d| d.to_path_buf()).collect(),
+            });
+        }
+        tools.extend(OPTIONAL_HOST_TOOLS.iter().filter_map(|name| find(name)));
+        Ok(Self {
+            tools,
+            instead_of_busybox,
+        })
+    }
+
+    /// [`HostTools::locate_in`] the usual places, [`HOST_TOOL_DIRS`].
+    pub fn locate(instead_of_busybox: impl Into<String>) -> Result<Self, WorkerImageError> {
+        let dirs: Vec<&Path> = HOST_TOOL_DIRS.iter().map(Path::new).collect();
+        Self::locate_in(&dirs, instead_of_busybox)
     }
 }
 
@@ -282,13 +483,73 @@ fn standin_candidates(current_exe: Option<&Path>) -> Vec<PathBuf> {
     candidates
 }
 
-/// Finds Debian's static busybox at `/bin/busybox` or `/usr/bin/busybox`.
+/// Finds a busybox: the path in `$BERTH_BUSYBOX` when it is set (an error
+/// if that is not a file; [`WorkerImageError::BusyboxDisabled`] when it is
+/// empty or `none`), else Debian's static busybox at `/bin/busybox` or
+/// `/usr/bin/busybox`. Whether it is usable is [`locate_shell`]'s question.
 pub fn locate_busybox() -> Result<PathBuf, WorkerImageError> {
-    let tried: Vec<PathBuf> = BUSYBOX_PATHS.iter().map(PathBuf::from).collect();
-    match tried.iter().find(|p| p.is_file()) {
-        Some(found) => Ok(found.clone()),
-        None => Err(WorkerImageError::BusyboxNotFound { tried }),
+    busybox_at(std::env::var_os(BUSYBOX_ENV).as_deref(), &BUSYBOX_PATHS)
+}
+
+/// [`locate_busybox`] with the variable's value and the default places given.
+fn busybox_at(env: Option<&OsStr>, defaults: &[&str]) -> Result<PathBuf, WorkerImageError> {
+    match env {
+        Some(value) if value.is_empty() || value == "none" => {
+            Err(WorkerImageError::BusyboxDisabled)
+        }
+        Some(value) => {
+            let path = PathBuf::from(value);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(WorkerImageError::BusyboxEnvNotAFile { path })
+            }
+        }
+        None => {
+            let tried: Vec<PathBuf> = defaults.iter().map(PathBuf::from).collect();
+            match tried.iter().find(|p| p.is_file()) {
+                Some(found) => Ok(found.clone()),
+                None => Err(WorkerImageError::BusyboxNotFound { tried }),
+            }
+        }
     }
+}
+
+/// Chooses the image's shell: a usable static busybox when there is one
+/// (see [`locate_busybox`]), else the host's own tools ([`HostTools`]), with
+/// a log line saying why. A busybox named by `$BERTH_BUSYBOX` must be usable:
+/// no quiet fallback from an explicit choice. The error, when neither works,
+/// names both what is wrong with busybox and every missing host tool.
+/// Blocking: runs `busybox --list-full` and `ldd`.
+pub fn locate_shell() -> Result<Shell, WorkerImageError> {
+    let env = std::env::var_os(BUSYBOX_ENV);
+    let dirs: Vec<&Path> = HOST_TOOL_DIRS.iter().map(Path::new).collect();
+    shell_from(env.as_deref(), &BUSYBOX_PATHS, &dirs)
+}
+
+/// [`locate_shell`] with the variable's value and the places to look given.
+fn shell_from(
+    env: Option<&OsStr>,
+    busybox_paths: &[&str],
+    tool_dirs: &[&Path],
+) -> Result<Shell, WorkerImageError> {
+    let explicit = env.is_some_and(|v| !v.is_empty() && v != "none");
+    let instead = match busybox_at(env, busybox_paths) {
+        Ok(path) => match busybox_applets(&path) {
+            Ok(_) => return Ok(Shell::Busybox(path)),
+            Err(e) if explicit => return Err(e),
+            Err(e) => e.to_string(),
+        },
+        Err(e @ WorkerImageError::BusyboxEnvNotAFile { .. }) => return Err(e),
+        Err(e) => e.to_string(),
+    };
+    let host = HostTools::locate_in(tool_dirs, instead)?;
+    tracing::info!(
+        reason = %host.instead_of_busybox,
+        tools = host.tools.len(),
+        "building the local worker image from the host's tools, not busybox"
+    );
+    Ok(Shell::HostTools(host))
 }
 
 /// Connects to a Docker engine and negotiates the API version (the engine
@@ -334,7 +595,7 @@ pub async fn connect(address: Option<&str>) -> Result<Docker, WorkerImageError> 
 /// Locates the inputs on this machine and builds (or finds) the local worker
 /// image. What tests and `berth demo` call.
 pub async fn ensure_local_worker_image(docker: &Docker) -> Result<WorkerImage, WorkerImageError> {
-    let sources = ImageSources::locate()?;
+    let sources = tokio::task::spawn_blocking(ImageSources::locate).await??;
     build_worker_image(docker, &sources).await
 }
 
@@ -426,7 +687,7 @@ async fn import(docker: &Docker, rootfs: &Rootfs) -> Result<(), WorkerImageError
         .from_src("-")
         .repo(LOCAL_IMAGE_REPOSITORY)
         .tag(&rootfs.short_hash())
-        .message("berth local worker image (runner stand-in + busybox)")
+        .message(&rootfs.message)
         .changes(rootfs.changes.clone())
         .build();
     let body = bollard::body_full(rootfs.tar.clone());
@@ -464,11 +725,16 @@ pub struct Rootfs {
     pub changes: Vec<String>,
     /// Hex SHA-256 over `changes` and `tar`.
     pub content_hash: String,
+    /// The import's commit message (the image history's comment).
+    pub message: String,
 }
 
 impl Rootfs {
     /// Reads the inputs and lays out the file system. Blocking: file reads,
     /// `ldd` and `busybox --list-full`.
+    ///
+    /// With busybox the archive is exactly what it was before the host-tools
+    /// variant existed, so existing tags stay valid.
     pub fn assemble(sources: &ImageSources) -> Result<Self, WorkerImageError> {
         let mut fs = Tree::default();
         let root = Owner::ROOT;
@@ -509,13 +775,36 @@ impl Rootfs {
             b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_vec(),
         );
 
-        // The shell and its applets.
-        fs.file("bin/busybox", 0o755, root, read(&sources.busybox)?);
-        for applet in busybox_applets(&sources.busybox)? {
-            if applet != "bin/busybox" {
-                fs.symlink(&applet, "/bin/busybox");
+        // The shell and its tools.
+        let mut libraries = BTreeSet::new();
+        let message = match &sources.shell {
+            Shell::Busybox(busybox) => {
+                fs.file("bin/busybox", 0o755, root, read(busybox)?);
+                for applet in busybox_applets(busybox)? {
+                    if applet != "bin/busybox" {
+                        fs.symlink(&applet, "/bin/busybox");
+                    }
+                }
+                "berth local worker image (runner stand-in + busybox)"
             }
-        }
+            Shell::HostTools(host) => {
+                // Each real file once, at its own path, with its libraries;
+                // then each tool's name in /bin links to its file (a
+                // multi-call binary still sees the name it was called by).
+                let reals: BTreeSet<&Path> = host.tools.iter().map(|t| t.real.as_path()).collect();
+                for real in &reals {
+                    fs.file(&image_path(real), 0o755, root, read(real)?);
+                    libraries.extend(shared_libraries(real)?);
+                }
+                for tool in &host.tools {
+                    let link = format!("bin/{}", tool.name);
+                    if image_path(&tool.real) != link && !fs.nodes.contains_key(&link) {
+                        fs.symlink(&link, &tool.real.to_string_lossy());
+                    }
+                }
+                "berth local worker image (runner stand-in + the host's tools)"
+            }
+        };
 
         // The runner, its libraries and loader, and the scripts.
         fs.file(
@@ -524,10 +813,32 @@ impl Rootfs {
             root,
             read(&sources.runner)?,
         );
-        for library in shared_libraries(&sources.runner)? {
-            let contents = read(&library)?;
-            let in_image = library.to_string_lossy().trim_start_matches('/').to_owned();
-            fs.file(&in_image, 0o755, root, contents);
+        libraries.extend(shared_libraries(&sources.runner)?);
+        if matches!(sources.shell, Shell::HostTools(_)) {
+            // glibc before 2.34 loads the `files` NSS module (for `id -un`,
+            // `ls -l`) with dlopen, which ldd does not show.
+            for extra in nss_files_modules(&libraries) {
+                libraries.extend(shared_libraries(&extra)?);
+                libraries.insert(extra);
+            }
+        }
+        // One copy of each real file: `ldd` may name one library by two
+        // paths (`/lib/…` for one binary, `/usr/lib/…` for another); the
+        // later paths link to the first.
+        let mut copied: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for library in libraries {
+            let real =
+                std::fs::canonicalize(&library).map_err(|source| WorkerImageError::Read {
+                    path: library.clone(),
+                    source,
+                })?;
+            match copied.get(&real) {
+                Some(first) => fs.symlink(&image_path(&library), &format!("/{first}")),
+                None => {
+                    fs.file(&image_path(&library), 0o755, root, read(&library)?);
+                    copied.insert(real, image_path(&library));
+                }
+            }
         }
         fs.file("home/runner/run.sh", 0o755, root, RUN_SCRIPT.into());
         fs.file(rel(ENTRYPOINT_PATH), 0o755, root, ENTRYPOINT_SCRIPT.into());
@@ -545,6 +856,7 @@ impl Rootfs {
             tar,
             changes,
             content_hash,
+            message: message.to_owned(),
         })
     }
 
@@ -572,6 +884,23 @@ fn image_changes() -> Vec<String> {
 
 fn rel(absolute: &str) -> &str {
     absolute.trim_start_matches('/')
+}
+
+/// A host path as the archive names it (relative to `/`).
+fn image_path(host: &Path) -> String {
+    rel(&host.to_string_lossy()).to_owned()
+}
+
+/// `libnss_files.so.2` beside each `libc.so.6` among `libraries`, where the
+/// host has it.
+fn nss_files_modules(libraries: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
+    libraries
+        .iter()
+        .filter(|l| l.file_name().is_some_and(|n| n == "libc.so.6"))
+        .filter_map(|libc| libc.parent())
+        .map(|dir| dir.join("libnss_files.so.2"))
+        .filter(|module| module.is_file() && !libraries.contains(module))
+        .collect()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, WorkerImageError> {
@@ -872,8 +1201,6 @@ mod tests {
         assert!(msg.contains("/a/ghsim-runner, /b/ghsim-runner"), "{msg}");
         assert!(msg.contains("cargo build -p ghsim --bins"), "{msg}");
         assert!(msg.contains(RUNNER_STANDIN_ENV), "{msg}");
-        let msg = WorkerImageError::BusyboxNotFound { tried: vec![] }.to_string();
-        assert!(msg.contains("busybox-static"), "{msg}");
     }
 
     /// Uses the host's busybox and a copy of `/bin/true` (dynamically linked)
@@ -889,7 +1216,7 @@ mod tests {
         std::fs::copy("/bin/true", &runner).unwrap();
         let sources = ImageSources {
             runner: runner.clone(),
-            busybox,
+            shell: Shell::Busybox(busybox),
         };
 
         let first = Rootfs::assemble(&sources).unwrap();
@@ -939,5 +1266,157 @@ mod tests {
         std::fs::write(&runner, changed).unwrap();
         let rebuilt = Rootfs::assemble(&sources).unwrap();
         assert_ne!(first.content_hash, rebuilt.content_hash);
+    }
+
+    fn host_dirs() -> Vec<&'static Path> {
+        HOST_TOOL_DIRS.iter().map(Path::new).collect()
+    }
+
+    #[test]
+    fn without_a_usable_busybox_the_shell_is_the_hosts_tools() {
+        let dirs = host_dirs();
+        let host = |shell: Shell| match shell {
+            Shell::HostTools(host) => host,
+            other => panic!("expected the host's tools, got {other:?}"),
+        };
+
+        // Switched off by the variable, empty or `none`.
+        for off in ["", "none"] {
+            let chosen = host(shell_from(Some(OsStr::new(off)), &BUSYBOX_PATHS, &dirs).unwrap());
+            assert!(
+                chosen.instead_of_busybox.contains(BUSYBOX_ENV),
+                "{chosen:?}"
+            );
+            let sh = chosen.tools.iter().find(|t| t.name == "sh").unwrap();
+            assert_eq!(sh.found, Path::new("/bin/sh"));
+            assert!(sh.real.is_absolute() && sh.real.is_file(), "{sh:?}");
+            for name in HOST_TOOLS {
+                assert!(chosen.tools.iter().any(|t| t.name == name), "{name}");
+            }
+            assert!(
+                Shell::HostTools(chosen.clone())
+                    .to_string()
+                    .starts_with("the host's tools (/bin/sh"),
+                "{}",
+                Shell::HostTools(chosen)
+            );
+        }
+
+        // Not installed, or not a static busybox: the host's tools, saying why.
+        let chosen = host(shell_from(None, &["/nonexistent/busybox"], &dirs).unwrap());
+        assert_eq!(
+            chosen.instead_of_busybox,
+            "busybox was not found at /nonexistent/busybox"
+        );
+        let chosen = host(shell_from(None, &["/bin/true"], &dirs).unwrap());
+        assert!(
+            chosen
+                .instead_of_busybox
+                .contains("/bin/true is not a usable static busybox"),
+            "{chosen:?}"
+        );
+
+        // Named explicitly: no quiet fallback.
+        let err = shell_from(Some(OsStr::new("/nonexistent")), &BUSYBOX_PATHS, &dirs).unwrap_err();
+        assert!(
+            matches!(err, WorkerImageError::BusyboxEnvNotAFile { .. }),
+            "{err}"
+        );
+        let err = shell_from(Some(OsStr::new("/bin/true")), &BUSYBOX_PATHS, &dirs).unwrap_err();
+        assert!(
+            matches!(err, WorkerImageError::BusyboxUnusable { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn with_neither_busybox_nor_the_tools_the_error_names_what_is_missing() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = shell_from(None, &["/nonexistent/busybox"], &[empty.path()]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("busybox was not found at /nonexistent/busybox"),
+            "{msg}"
+        );
+        assert!(msg.contains("sh, base64, basename, cat"), "{msg}");
+        assert!(
+            msg.contains(&format!("not found in {}", empty.path().display())),
+            "{msg}"
+        );
+        assert!(msg.contains("apt-get install busybox-static"), "{msg}");
+        assert!(msg.contains(BUSYBOX_ENV), "{msg}");
+
+        // A folder with only some of them: just the others are missing.
+        std::os::unix::fs::symlink("/bin/sh", empty.path().join("sh")).unwrap();
+        let Err(WorkerImageError::NoShell { missing, .. }) =
+            HostTools::locate_in(&[empty.path()], "none")
+        else {
+            panic!("expected NoShell");
+        };
+        assert!(!missing.contains(&"sh".to_owned()), "{missing:?}");
+        assert_eq!(missing.len(), HOST_TOOLS.len() - 1);
+    }
+
+    /// The host-tools variant: `/bin/<tool>` for every tool, each a real file
+    /// or a symlink to one in the image, with the loader and libraries; no
+    /// setuid bits; deterministic; another hash than the busybox variant.
+    #[test]
+    fn host_tools_rootfs_has_every_tool_resolved_inside_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = dir.path().join("runner");
+        std::fs::copy("/bin/true", &runner).unwrap();
+        let sources = ImageSources {
+            runner,
+            shell: Shell::HostTools(HostTools::locate("test").unwrap()),
+        };
+        let first = Rootfs::assemble(&sources).unwrap();
+        let again = Rootfs::assemble(&sources).unwrap();
+        assert_eq!(first.tar, again.tar);
+        assert_eq!(first.content_hash, again.content_hash);
+        assert!(first.message.contains("host's tools"), "{}", first.message);
+
+        let e = entries(&first.tar);
+        use tar::EntryType::*;
+        let resolve = |path: &str| -> String {
+            match &e[path] {
+                (Symlink, _, _, Some(target)) => target.trim_start_matches('/').to_owned(),
+                _ => path.to_owned(),
+            }
+        };
+        for name in HOST_TOOLS {
+            let path = format!("bin/{name}");
+            assert!(e.contains_key(&path), "{path} missing");
+            let real = resolve(&path);
+            let (kind, mode, uid, _) = &e[&real];
+            assert_eq!(*kind, Regular, "{path} -> {real}");
+            assert_eq!((*mode, *uid), (0o755, 0), "{real}");
+        }
+        for (path, (kind, mode, _, target)) in &e {
+            if *kind == Symlink {
+                let target = target.as_deref().unwrap().trim_start_matches('/');
+                assert_eq!(e[target].0, Regular, "{path} -> {target}");
+            } else {
+                assert_eq!(mode & 0o6000, 0, "{path} has mode {mode:o}");
+            }
+        }
+        assert!(e.contains_key("lib64/ld-linux-x86-64.so.2"), "the loader");
+        let libc_copies = e
+            .iter()
+            .filter(|(k, v)| k.ends_with("/libc.so.6") && v.0 == Regular)
+            .count();
+        assert_eq!(libc_copies, 1, "libc, once (other paths link to it)");
+        assert!(!e.contains_key("bin/busybox"));
+        assert_eq!(e["home/runner/entrypoint.sh"].1, 0o755);
+        assert_eq!(e["tmp"].1, 0o1777);
+
+        if let Ok(busybox) = locate_busybox() {
+            let with_busybox = Rootfs::assemble(&ImageSources {
+                shell: Shell::Busybox(busybox),
+                ..sources.clone()
+            })
+            .unwrap();
+            assert_ne!(with_busybox.content_hash, first.content_hash);
+            assert_ne!(with_busybox.reference(), first.reference());
+        }
     }
 }
