@@ -125,6 +125,12 @@ pub struct PipelineFigures {
     pub running_to_done_ms: Percentiles,
     /// `die` → `destroy`.
     pub done_to_removed_ms: Percentiles,
+    /// `die` → the job's worker slot free in the store: berth's record of
+    /// the exit (`exited_at`), or, where a berth has none, the job's end
+    /// (`finished_at`), which freed the slot before the exit was recorded
+    /// on its own. The raw baseline's counterpart is `die` → `destroy`
+    /// (its slot is free once the container is removed).
+    pub exited_to_slot_free_ms: Percentiles,
     /// Where berth's hand-offs spent their time, from its own log.
     pub handoff: HandoffFigures,
 }
@@ -861,6 +867,7 @@ async fn pipeline_figures(
     let timeline = timeline.lock().expect("timeline");
     // The container each job last ran in (a job can get a second one if
     // GitHub gave its first runner another job).
+    let mut slot_free = Vec::new();
     let mut by_job: HashMap<&str, &ContainerTimes> = HashMap::new();
     for t in timeline.values().filter(|t| t.instance == instance) {
         let newer = by_job
@@ -882,6 +889,9 @@ async fn pipeline_figures(
                 if let Some(destroy) = t.destroy {
                     removing.push(ms_between(die, destroy));
                 }
+                if let Some(freed) = job.exited_at.or(job.finished_at) {
+                    slot_free.push(ms_between(die, freed));
+                }
             }
         }
     }
@@ -899,6 +909,7 @@ async fn pipeline_figures(
         webhook_to_running_ms: Percentiles::of(&to_running),
         running_to_done_ms: Percentiles::of(&running),
         done_to_removed_ms: Percentiles::of(&removing),
+        exited_to_slot_free_ms: Percentiles::of(&slot_free),
         handoff: HandoffFigures::default(),
     })
 }
@@ -961,6 +972,14 @@ fn print_report(r: &PipelineReport) {
             ("running → job done", p.running_to_done_ms),
             ("job done → removed", p.done_to_removed_ms),
         ],
+    );
+    println!(
+        "{:<40} {:<24} {:>8.1} {:>8.1} {:>8.1}",
+        "",
+        "(berth: exited → slot free)",
+        p.exited_to_slot_free_ms.p50,
+        p.exited_to_slot_free_ms.p95,
+        p.exited_to_slot_free_ms.p99
     );
     println!(
         "{:<40} {:<24} {:>8.1} {:>8.1} {:>8.1}",

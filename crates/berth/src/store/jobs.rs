@@ -860,6 +860,7 @@ pub(super) struct JobRow {
     pub(super) queued_at: i64,
     pub(super) started_at: Option<i64>,
     pub(super) finished_at: Option<i64>,
+    pub(super) exited_at: Option<i64>,
 }
 
 impl JobRow {
@@ -918,6 +919,7 @@ impl JobRow {
             queued_at: time("queued_at", self.queued_at)?,
             started_at: optional_time("started_at", self.started_at)?,
             finished_at: optional_time("finished_at", self.finished_at)?,
+            exited_at: optional_time("exited_at", self.exited_at)?,
         })
     }
 }

@@ -250,6 +250,10 @@ pub struct Job {
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub finished_at: Option<OffsetDateTime>,
+    /// When berth learnt that its worker container exited: from then on the
+    /// job holds no worker slot. Internal (not in the API's job object).
+    #[serde(skip)]
+    pub exited_at: Option<OffsetDateTime>,
 }
 
 impl Job {
