@@ -38,14 +38,12 @@ pub struct Context {
     /// Wakes the reconcilers: something needs cleaning up now.
     pub reconcile_wake: Notify,
     pub log_level: Option<LogLevelHandle>,
-    /// Containers whose output is being captured, with the token cancelled
-    /// when a capture has stored everything.
-    pub log_captures:
-        std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+    /// Log capture's registry of running captures (private to it).
+    pub log_captures: crate::dispatch::logs::Captures,
     /// Where worker output is forwarded as JSON lines (`logs.job_output_file`).
     pub job_output: Option<std::sync::Mutex<std::fs::File>>,
-    /// Containers whose exit is being handled right now.
-    pub exits_in_progress: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Exit handling's registry of exits being handled (private to it).
+    pub exits_in_progress: crate::lifecycle::exit::ExitsInProgress,
     /// The warm pools' current fingerprints and refill wake-up.
     pub warm: crate::dispatch::warm::WarmPools,
 }

@@ -26,16 +26,49 @@ fn marker(container_id: &str) -> String {
     format!("--- berth: output of container {short} ---\n")
 }
 
+/// The captures running in this process: per container, a token cancelled
+/// once the capture has stored everything. Private to log capture; the
+/// context only carries the handle.
+#[derive(Default)]
+pub struct Captures(std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>);
+
+impl Captures {
+    /// Registers a capture of `container_id`; `None` if one runs already.
+    fn begin(&self, container_id: &str) -> Option<CancellationToken> {
+        let mut captures = self.0.lock().expect("log capture registry");
+        if captures.contains_key(container_id) {
+            return None;
+        }
+        let done = CancellationToken::new();
+        captures.insert(container_id.to_string(), done.clone());
+        Some(done)
+    }
+
+    fn end(&self, container_id: &str) {
+        if let Some(done) = self
+            .0
+            .lock()
+            .expect("log capture registry")
+            .remove(container_id)
+        {
+            done.cancel();
+        }
+    }
+
+    fn running(&self, container_id: &str) -> Option<CancellationToken> {
+        self.0
+            .lock()
+            .expect("log capture registry")
+            .get(container_id)
+            .cloned()
+    }
+}
+
 /// Starts capturing `container_id`'s output into `job_id`'s log, unless a
 /// capture of it already runs in this process.
 pub fn spawn_capture(ctx: &Arc<Context>, job_id: Uuid, container_id: &str) {
-    let done = CancellationToken::new();
-    {
-        let mut captures = ctx.log_captures.lock().expect("log capture registry");
-        if captures.contains_key(container_id) {
-            return;
-        }
-        captures.insert(container_id.to_string(), done.clone());
+    if ctx.log_captures.begin(container_id).is_none() {
+        return;
     }
     let ctx = ctx.clone();
     let container_id = container_id.to_string();
@@ -43,24 +76,14 @@ pub fn spawn_capture(ctx: &Arc<Context>, job_id: Uuid, container_id: &str) {
         if let Err(e) = capture(&ctx, job_id, &container_id).await {
             tracing::warn!(container_id, error = %e, "capturing worker output stopped");
         }
-        ctx.log_captures
-            .lock()
-            .expect("log capture registry")
-            .remove(&container_id);
-        done.cancel();
+        ctx.log_captures.end(&container_id);
     });
 }
 
 /// Waits (at most `limit`) for the capture of `container_id` to have stored
 /// everything the container wrote.
 pub async fn wait_captured(ctx: &Context, container_id: &str, limit: Duration) {
-    let done = ctx
-        .log_captures
-        .lock()
-        .expect("log capture registry")
-        .get(container_id)
-        .cloned();
-    if let Some(done) = done {
+    if let Some(done) = ctx.log_captures.running(container_id) {
         let _ = tokio::time::timeout(limit, done.cancelled()).await;
     }
 }

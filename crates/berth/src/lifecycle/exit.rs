@@ -31,25 +31,35 @@ pub enum Outcome {
     Requeue(String),
 }
 
+/// The containers whose exit is being handled in this process, so that the
+/// event stream and a reconcile pass noticing the same exit handle it once.
+/// Private to exit handling; the context only carries the handle.
+#[derive(Default)]
+pub struct ExitsInProgress(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl ExitsInProgress {
+    /// `false` if the exit of `container_id` is being handled already.
+    fn begin(&self, container_id: &str) -> bool {
+        self.0
+            .lock()
+            .expect("exit registry")
+            .insert(container_id.to_string())
+    }
+
+    fn end(&self, container_id: &str) {
+        self.0.lock().expect("exit registry").remove(container_id);
+    }
+}
+
 /// Handles the exit of a worker container: keeps its output, removes it and
 /// its runner registration, and finishes or requeues its job. Idempotent:
 /// Docker events can arrive twice, and reconcilers call this too.
 pub async fn handle_exit(ctx: &Arc<Context>, container_id: &str, exit_code: Option<i64>) {
-    // One handler per container at a time in this process: the event stream
-    // and a reconcile pass may both notice the same exit.
-    if !ctx
-        .exits_in_progress
-        .lock()
-        .expect("exit registry")
-        .insert(container_id.to_string())
-    {
+    if !ctx.exits_in_progress.begin(container_id) {
         return;
     }
     handle_exit_once(ctx, container_id, exit_code).await;
-    ctx.exits_in_progress
-        .lock()
-        .expect("exit registry")
-        .remove(container_id);
+    ctx.exits_in_progress.end(container_id);
 }
 
 async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Option<i64>) {
