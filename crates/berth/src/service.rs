@@ -188,51 +188,42 @@ fn spawn_components(
     supervisor: &mut Supervisor,
     stop: &CancellationToken,
 ) -> Supervisor {
-    use crate::supervise::OnExit::Restart;
     let mut dispatch_supervisor = Supervisor::new(ctx.components.clone(), stop.clone());
-    let with = |ctx: &Arc<Context>| (ctx.clone(), stop.clone());
-    let (c, s) = with(ctx);
-    dispatch_supervisor.spawn("dispatcher", true, Restart, move |status| {
-        let (c, s) = (c.clone(), s.clone());
-        async move {
-            dispatch::run(c, s, DRAIN, status).await;
-            Ok(())
-        }
-    });
-    let (c, s) = with(ctx);
-    supervisor.spawn("watcher", true, Restart, move |status| {
-        let (c, s) = (c.clone(), s.clone());
-        async move {
-            dispatch::watch(c, s, status).await;
-            Ok(())
-        }
-    });
-    let (c, s) = with(ctx);
-    supervisor.spawn("reconciler.local", true, Restart, move |status| {
-        let (c, s) = (c.clone(), s.clone());
-        async move {
-            reconcile::run_local(c, s, status).await;
-            Ok(())
-        }
-    });
-    let (c, s) = with(ctx);
-    supervisor.spawn("reconciler.github", false, Restart, move |status| {
-        let (c, s) = (c.clone(), s.clone());
-        async move {
-            reconcile::run_github(c, s, status).await;
-            Ok(())
-        }
-    });
-    let (c, s) = with(ctx);
-    supervisor.spawn("warm_refill", false, Restart, move |status| {
-        let (c, s) = (c.clone(), s.clone());
-        async move {
-            dispatch::warm::run(c, s, status).await;
-            Ok(())
-        }
-    });
+    spawn_loop(
+        &mut dispatch_supervisor,
+        "dispatcher",
+        true,
+        ctx,
+        stop,
+        |c, s, h| dispatch::run(c, s, DRAIN, h),
+    );
+    spawn_loop(supervisor, "watcher", true, ctx, stop, dispatch::watch);
+    spawn_loop(
+        supervisor,
+        "reconciler.local",
+        true,
+        ctx,
+        stop,
+        reconcile::run_local,
+    );
+    spawn_loop(
+        supervisor,
+        "reconciler.github",
+        false,
+        ctx,
+        stop,
+        reconcile::run_github,
+    );
+    spawn_loop(
+        supervisor,
+        "warm_refill",
+        false,
+        ctx,
+        stop,
+        dispatch::warm::run,
+    );
     if reconcile::replicas::needs_heartbeat(ctx) {
-        let (c, s) = with(ctx);
+        let (c, s) = (ctx.clone(), stop.clone());
         supervisor.spawn(
             "heartbeat",
             true,
@@ -242,6 +233,36 @@ fn spawn_components(
     }
     scale_set_listeners(ctx, supervisor, stop);
     dispatch_supervisor
+}
+
+/// Supervises `run`, a loop that returns only at `stop`, as the component
+/// `name`, restarted with backoff should it end earlier.
+fn spawn_loop<F, Fut>(
+    supervisor: &mut Supervisor,
+    name: &str,
+    required: bool,
+    ctx: &Arc<Context>,
+    stop: &CancellationToken,
+    run: F,
+) where
+    F: Fn(Arc<Context>, CancellationToken, crate::supervise::ComponentHandle) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (ctx, stop) = (ctx.clone(), stop.clone());
+    supervisor.spawn(
+        name,
+        required,
+        crate::supervise::OnExit::Restart,
+        move |status| {
+            let running = run(ctx.clone(), stop.clone(), status);
+            async move {
+                running.await;
+                Ok(())
+            }
+        },
+    );
 }
 
 /// The listeners of the scale sets this service runs itself (`listener =

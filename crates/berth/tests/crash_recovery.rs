@@ -16,11 +16,18 @@ use serde_json::Value;
 const LIMIT: Duration = Duration::from_secs(90);
 
 async fn setup() -> (World, PathBuf, Store) {
+    setup_with("", 5).await
+}
+
+/// A world, a configuration file (its pool given `pool_extra`, claims the
+/// lease `lease_secs`) with the simulator's webhooks pointed at it, and its
+/// store.
+async fn setup_with(pool_extra: &str, lease_secs: u32) -> (World, PathBuf, Store) {
     let world = World::new().await;
     let listen = format!("127.0.0.1:{}", free_port());
     let toml = world
-        .config_toml(&listen, "")
-        .replace("lease = 10", "lease = 5");
+        .config_toml(&listen, pool_extra)
+        .replace("lease = 10", &format!("lease = {lease_secs}"));
     let path = world.dir.path().join("berth.toml");
     std::fs::write(&path, toml).unwrap();
     world.point_webhooks_at(&format!("http://{listen}"));
@@ -586,20 +593,8 @@ async fn a_reconcile_lane_that_keeps_failing_makes_berth_unready() {
 /// once (SQLite has one process), so every job gets a runner within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_during_a_burst_every_job_gets_a_runner_within_seconds() {
-    let world = World::new().await;
-    let listen = format!("127.0.0.1:{}", free_port());
-    let toml = world
-        .config_toml(&listen, "max_runners = 4")
-        .replace("lease = 10", "lease = 120");
-    let config = world.dir.path().join("berth.toml");
-    std::fs::write(&config, toml).unwrap();
-    world.point_webhooks_at(&format!("http://{listen}"));
-    let store = Store::connect(&format!(
-        "sqlite://{}",
-        world.dir.path().join("berth.db").display()
-    ))
-    .await
-    .unwrap();
+    let (world, config, store) = setup_with("max_runners = 4", 120).await;
+    let listen = config_listen(&config);
     // GitHub is slow to mint runners: the whole burst is accepted and
     // claimed (leases live), and then the process is killed mid hand-off.
     world.sim.add_fault(common::slow_mint(4_000, None));

@@ -12,8 +12,8 @@ use berth::store::{ApiTokenScope, Store};
 use common::{Berth, World, eventually};
 use ghsim::SimConfig;
 use scaleset_common::{
-    LIMIT, Process, assert_nothing_left, assert_one_runner_per_job, free_port, get_text,
-    proxy_toml, queue, sample, scale_set_toml, wait_completed,
+    LIMIT, Process, assert_nothing_left, assert_one_runner_per_job, get_text, proxy_toml, queue,
+    sample, scale_set_toml, wait_completed,
 };
 
 /// The proxy holds the session (not some predecessor).
@@ -53,7 +53,7 @@ async fn proxy_killed_mid_stream_and_restarted_loses_nothing() {
             .unwrap();
     let token_file = world.dir.path().join("delegate.token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let metrics_port = free_port();
+    let metrics_port = common::free_port();
     let config = world.dir.path().join("proxy.toml");
     std::fs::write(
         &config,
@@ -134,7 +134,7 @@ async fn proxy_killed_mid_stream_and_restarted_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_arriving_while_the_orchestrator_is_down_for_30s_all_run() {
     let world = World::new().await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", common::free_port());
     let serve_config = world.dir.path().join("berth.toml");
     let toml = world.config_toml(&listen, &scale_set_toml(&world, "listener = \"proxy\""));
     std::fs::write(&serve_config, toml).unwrap();
@@ -145,7 +145,7 @@ async fn jobs_arriving_while_the_orchestrator_is_down_for_30s_all_run() {
         .unwrap();
     let token_file = world.dir.path().join("delegate.token");
     std::fs::write(&token_file, &token).unwrap();
-    let metrics_port = free_port();
+    let metrics_port = common::free_port();
     let proxy_config = world.dir.path().join("proxy.toml");
     std::fs::write(
         &proxy_config,

@@ -122,14 +122,6 @@ async fn controller_edge_cases_through_the_proxy() {
     proxy.stop().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One HTTP/1.1 request over a unix socket; (status, body).
 async fn unix_request(path: &Path, method: &str, target: &str) -> (u16, String) {
     let mut stream = tokio::net::UnixStream::connect(path).await.unwrap();
@@ -157,7 +149,7 @@ async fn unix_request(path: &Path, method: &str, target: &str) -> (u16, String) 
 async fn the_socket_proxy_command() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("docker.sock");
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["socket-proxy", "--listen"])
         .arg(format!("unix:{}", socket.display()))

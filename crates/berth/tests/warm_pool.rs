@@ -229,11 +229,7 @@ async fn fingerprints(store: &Store) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_containers_survive_a_crash_and_follow_the_configuration() {
     let world = World::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     world.point_webhooks_at(&format!("http://{listen}"));
     let config = write_config(&world, &listen, "warm = 2");
@@ -305,11 +301,7 @@ async fn warm_containers_survive_a_crash_and_follow_the_configuration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_the_middle_of_a_hand_off_is_recovered() {
     let world = World::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     world.point_webhooks_at(&format!("http://{listen}"));
     let config = write_config(&world, &listen, "warm = 1");

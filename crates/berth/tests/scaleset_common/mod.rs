@@ -135,14 +135,6 @@ pub async fn assert_one_runner_per_job(store: &Store, ran: &[JobView]) -> Vec<Jo
     used
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `berth proxy` configuration: the world's App, the scale set, the
 /// orchestrator at `orchestrator_url` with the token in `token_file`.
 pub fn proxy_toml(
