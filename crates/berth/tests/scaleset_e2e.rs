@@ -10,7 +10,7 @@ use std::time::Duration;
 use berth::scaleset::orchestrator::RETIRED;
 use berth::store::{Job, JobSource, JobState};
 use common::{Berth, World, eventually};
-use ghsim::{ScaleSetFlow, SimConfig};
+use ghsim::{FaultKind, FaultRule, ScaleSetFlow, SimConfig};
 use scaleset_common::{
     LIMIT, SET, assert_nothing_left as nothing_left,
     assert_one_runner_per_job as one_runner_per_job, queue, sample, scale_set_jobs as jobs_of,
@@ -288,6 +288,19 @@ async fn runners_beyond_the_desired_count_are_retired_while_idle() {
     let world = World::new().await;
     let berth = Berth::start(&world, world.config(&scale_set_toml(&world, ""))).await;
     let keep = queue(&world, &["sleep 4", "echo kept"]);
+    let kept = world
+        .sim
+        .wait_job(keep, LIMIT, |j| j.status != "queued")
+        .await
+        .unwrap();
+    assert_eq!(kept.status, "in_progress", "{kept:?}");
+    // New runners cannot reach GitHub for a while (their token request is
+    // held), so the two jobs below are cancelled before any runner made
+    // for them could take one: those runners are surplus, never busy.
+    let mut held = FaultRule::new(FaultKind::Slow);
+    held.path_prefix = Some("/_services/vstoken/".into());
+    held.delay_ms = Some(3_000);
+    world.sim.add_fault(held);
     let cancel = [
         queue(&world, &["echo never"]),
         queue(&world, &["echo never"]),
@@ -298,17 +311,10 @@ async fn runners_beyond_the_desired_count_are_retired_while_idle() {
         || async { scale_set_jobs(&berth).await.len() >= 3 },
     )
     .await;
-    // Wait for a runner to take the kept job, then cancel the others: if
-    // a runner took one of them first, cancel that job and keep this one.
-    let kept = world
-        .sim
-        .wait_job(keep, LIMIT, |j| j.status != "queued")
-        .await
-        .unwrap();
-    assert_eq!(kept.status, "in_progress", "{kept:?}");
     for id in cancel {
         world.sim.cancel_job(id).unwrap();
     }
+    world.sim.clear_faults();
     let ran = wait_completed(&world, &[keep]).await;
     assert_eq!(ran[0].conclusion.as_deref(), Some("success"));
     for id in cancel {

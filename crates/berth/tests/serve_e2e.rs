@@ -358,6 +358,17 @@ async fn github_errors_and_rate_limits_on_30_percent_of_requests() {
     let world = World::new().await;
     let berth = Berth::start(&world, world.config("")).await;
     // Only GitHub's REST API, which berth calls, fails; runners are not hit.
+    // The first request under each prefix fails once each way for certain,
+    // so that a run with few requests (tokens are cached) still meets both
+    // kinds; the rest is random.
+    for prefix in ["/app/", "/orgs/", "/repos/"] {
+        for kind in [FaultKind::ServerError, FaultKind::TooManyRequests] {
+            let mut first = FaultRule::new(kind);
+            first.count = Some(1);
+            first.path_prefix = Some(prefix.into());
+            world.sim.add_fault(first);
+        }
+    }
     for prefix in ["/app/", "/orgs/", "/repos/"] {
         let mut errors = FaultRule::new(FaultKind::ServerError);
         errors.fraction = 0.2;
