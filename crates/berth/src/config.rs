@@ -34,6 +34,7 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub reconcile: ReconcileConfig,
     pub logs: LogsConfig,
+    pub retention: RetentionConfig,
     #[serde(rename = "pool")]
     pub pools: Vec<PoolConfig>,
     #[serde(rename = "scale_set")]
@@ -57,6 +58,30 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Open connections at most. At the cap the connection idle longest
+    /// is closed to make room; while every one is busy, new connections
+    /// wait in the listen backlog (see docs/operations.md, Security).
+    pub max_connections: usize,
+    /// A new connection must send a request's headers within this long.
+    #[serde(with = "secs")]
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this long.
+    #[serde(with = "secs")]
+    pub body_timeout: Duration,
+    /// ...and, after its first 5 seconds, at no less than this many bytes
+    /// a second on average (0: no minimum).
+    pub body_min_rate: u64,
+    /// A TLS client must finish its handshake within this long.
+    #[serde(with = "secs")]
+    pub tls_handshake_timeout: Duration,
+    /// A kept-alive connection without a request in progress is closed
+    /// after this long.
+    #[serde(with = "secs")]
+    pub idle_timeout: Duration,
+    /// A request whose `Content-Length` is above this is refused (413)
+    /// before its body is read. The webhook endpoint takes up to GitHub's
+    /// own cap of 25 MiB; other endpoints take less.
+    pub max_body_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +93,13 @@ impl Default for ServerConfig {
             public_dashboard: false,
             tls_cert: None,
             tls_key: None,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            body_min_rate: 1024,
+            tls_handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_body_bytes: crate::intake::webhook::MAX_WEBHOOK_BYTES as u64,
         }
     }
 }
@@ -91,6 +123,9 @@ impl Default for StoreConfig {
         }
     }
 }
+
+/// Webhook secrets shorter than this get a warning at start.
+pub const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -225,6 +260,64 @@ impl Default for ReconcileConfig {
             interval: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(120),
             queued_check_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How long the store keeps what is finished (`reconcile::retention`
+/// prunes it in bounded batches). A zero keeps it forever.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Finished jobs (completed, failed, cancelled, expired) are deleted,
+    /// with their logs, this long after they finished.
+    #[serde(with = "secs")]
+    pub finished_jobs: Duration,
+    /// A finished job's output is deleted this long after the job finished
+    /// (the job's record stays until `finished_jobs`).
+    #[serde(with = "secs")]
+    pub job_logs: Duration,
+    /// Webhook delivery ids, kept to tell a redelivery apart: at least
+    /// GitHub's redelivery window of 3 days.
+    #[serde(with = "secs")]
+    pub deliveries: Duration,
+    /// How often the pruning runs.
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    /// Rows deleted per statement; a pass deletes at most 20 batches of
+    /// each kind, so one pass never holds the store for long.
+    pub batch: u32,
+}
+
+/// GitHub lets a delivery be redelivered for 3 days.
+pub const GITHUB_REDELIVERY_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            finished_jobs: Duration::from_secs(30 * DAY),
+            job_logs: Duration::from_secs(7 * DAY),
+            deliveries: Duration::from_secs(7 * DAY),
+            interval: Duration::from_secs(300),
+            batch: 500,
+        }
+    }
+}
+
+impl RetentionConfig {
+    fn validate(&self, c: &mut Checks) {
+        if !self.deliveries.is_zero() && self.deliveries < GITHUB_REDELIVERY_WINDOW {
+            c.bad(
+                "retention.deliveries",
+                "must be at least 259200 (3 days, GitHub's redelivery window), or 0 to keep them",
+            );
+        }
+        if self.interval.is_zero() {
+            c.bad("retention.interval", "must be more than 0");
+        }
+        if self.batch == 0 || self.batch > 100_000 {
+            c.bad("retention.batch", "must be from 1 to 100000");
         }
     }
 }
@@ -430,19 +523,17 @@ impl std::str::FromStr for Scope {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid_part = |p: &str| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        };
+        use crate::names;
         match s.split_once(':') {
-            Some(("org", org)) if valid_part(org) => Ok(Scope::Org(org.to_string())),
-            Some(("repo", repo)) => match repo.split_once('/') {
-                Some((owner, name)) if valid_part(owner) && valid_part(name) => Ok(Scope::Repo {
+            Some(("org", org)) if names::check_owner(org).is_ok() => {
+                Ok(Scope::Org(org.to_string()))
+            }
+            Some(("repo", repo)) => match names::split_repository(repo) {
+                Ok((owner, name)) => Ok(Scope::Repo {
                     owner: owner.into(),
                     name: name.into(),
                 }),
-                _ => Err(format!("`{s}` is not `repo:OWNER/NAME`")),
+                Err(e) => Err(format!("`{s}` is not `repo:OWNER/NAME`: {e}")),
             },
             _ => Err(format!("`{s}` is neither `org:NAME` nor `repo:OWNER/NAME`")),
         }
@@ -667,6 +758,7 @@ impl Config {
         self.dispatch.validate(c);
         self.reconcile.validate(c);
         self.logs.validate(c);
+        self.retention.validate(c);
 
         let mut names = BTreeSet::new();
         for (i, pool) in self.pools.iter().enumerate() {
@@ -772,6 +864,22 @@ impl ServerConfig {
             }
             (None, None) => {}
         }
+        if self.max_connections < 16 {
+            c.bad("server.max_connections", "must be at least 16");
+        }
+        for (key, value) in [
+            ("server.header_timeout", self.header_timeout),
+            ("server.body_timeout", self.body_timeout),
+            ("server.tls_handshake_timeout", self.tls_handshake_timeout),
+            ("server.idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                c.bad(key, "must be more than 0");
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            c.bad("server.max_body_bytes", "must be at least 1024");
+        }
     }
 }
 
@@ -806,6 +914,7 @@ impl GithubConfig {
                 format!("{} does not exist", path.display()),
             );
         }
+        self.validate_webhook_secret(c);
         if self.private_key.is_some() && self.private_key_path.is_some() {
             c.bad(
                 "github.private_key_path",
@@ -818,6 +927,39 @@ impl GithubConfig {
             c.bad(
                 "github.private_key_path",
                 format!("{} does not exist", path.display()),
+            );
+        }
+    }
+
+    /// An empty secret would make berth accept webhooks signed with the
+    /// empty key, that is by anyone: refused. A short one is a warning.
+    fn validate_webhook_secret(&self, c: &mut Checks) {
+        let (key, secret) = match (&self.webhook_secret, &self.webhook_secret_file) {
+            (Some(secret), _) => ("github.webhook_secret", secret.clone()),
+            (None, Some(path)) if path.is_file() => match read_secret(None, Some(path)) {
+                Ok(Some(secret)) => ("github.webhook_secret_file", secret),
+                Ok(None) => return,
+                Err(e) => {
+                    c.bad(
+                        "github.webhook_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return;
+                }
+            },
+            _ => return,
+        };
+        if secret.expose().trim().is_empty() {
+            c.bad(
+                key,
+                "is empty: webhooks signed with an empty key would be accepted; set the random secret of the App's webhook",
+            );
+        } else if secret.expose().len() < MIN_WEBHOOK_SECRET_BYTES {
+            c.warn(
+                key,
+                format!(
+                    "is shorter than {MIN_WEBHOOK_SECRET_BYTES} bytes: a short secret can be guessed; use a long random one"
+                ),
             );
         }
     }
@@ -1245,6 +1387,43 @@ mod tests {
         assert_eq!(c.store.url, "sqlite://berth.db");
         assert_eq!(c.docker.host, "unix:///var/run/docker.sock");
         assert!(c.pools.is_empty());
+    }
+
+    #[test]
+    fn empty_webhook_secrets_are_refused_and_short_ones_warned() {
+        for toml in [
+            "[github]\nwebhook_secret = \"\"\n",
+            "[github]\nwebhook_secret = \"  \\t \"\n",
+        ] {
+            let f = file(toml);
+            let text = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("`github.webhook_secret`: is empty"), "{text}");
+        }
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), "\n").unwrap();
+        let f = file(&format!(
+            "[github]\nwebhook_secret_file = \"{}\"\n",
+            secret.path().display()
+        ));
+        let text = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("`github.webhook_secret_file`: is empty"),
+            "{text}"
+        );
+        let f = file("[github]\nwebhook_secret = \"short\"\n");
+        let loaded = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap();
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.key == "github.webhook_secret" && w.message.contains("shorter than 16")),
+            "{:?}",
+            loaded.warnings
+        );
     }
 
     #[test]

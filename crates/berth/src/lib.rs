@@ -28,6 +28,7 @@ pub mod failpoint;
 pub mod github;
 pub mod intake;
 pub mod lifecycle;
+pub mod names;
 pub mod observability;
 pub mod reconcile;
 pub mod scaleset;

@@ -222,6 +222,14 @@ fn spawn_components(
         stop,
         dispatch::warm::run,
     );
+    spawn_loop(
+        supervisor,
+        "retention",
+        false,
+        ctx,
+        stop,
+        reconcile::retention::run,
+    );
     if reconcile::replicas::needs_heartbeat(ctx) {
         let (c, s) = (ctx.clone(), stop.clone());
         supervisor.spawn(

@@ -507,3 +507,321 @@ async fn metrics_and_health_can_require_a_token() {
     }
     berth.stop().await;
 }
+
+/// `berth serve` as a real process with only an API (no pools): the tests
+/// below read its memory and open files from /proc while attacking it.
+struct LoneApi {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoneApi {
+    async fn start(server_toml: &str) -> LoneApi {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let config = dir.path().join("berth.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"{addr}\"\n{server_toml}\n[store]\nurl = \"sqlite://{}\"\n\
+                 [github]\nwebhook_secret = \"{WEBHOOK_SECRET}\"\n",
+                dir.path().join("berth.db").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap())
+            .spawn()
+            .unwrap();
+        common::wait_listening(&addr, Duration::from_secs(20)).await;
+        LoneApi {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    fn metric(&self, text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `/healthz` and a signed ping webhook are both answered within 1 s.
+    async fn answers_others_within_1s(&self, scheme: &str, client: &reqwest::Client) {
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            client
+                .get(format!("{scheme}://{}/healthz", self.addr))
+                .send(),
+        )
+        .await
+        .expect("/healthz answered within 1 s")
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#.to_vec();
+        let signature = sign(WEBHOOK_SECRET.as_bytes(), &body);
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            client
+                .post(format!("{scheme}://{}/v1/webhooks/github", self.addr))
+                .header("X-GitHub-Event", "ping")
+                .header("X-GitHub-Delivery", uuid::Uuid::new_v4().to_string())
+                .header("X-Hub-Signature-256", signature)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send(),
+        )
+        .await
+        .expect("a signed webhook answered within 1 s")
+        .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
+
+impl Drop for LoneApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits up to `limit` for the server to close `stream`: a read gives EOF
+/// or a reset (whatever it answered first is skipped).
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Slowloris on headers, and twice the connection cap of idle clients that
+/// each sent one byte: the API keeps answering others within 1 s, holds no
+/// more sockets than its cap, and closes the stalled ones after the
+/// header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_header_clients_cannot_lock_others_out() {
+    use tokio::io::AsyncWriteExt;
+    let api = LoneApi::start("max_connections = 32\nheader_timeout = 1.5").await;
+    let client = reqwest::Client::new();
+    api.answers_others_within_1s("http", &client).await;
+    let files_before = api.open_files();
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        let mut s = tokio::net::TcpStream::connect(&api.addr).await.unwrap();
+        s.write_all(b"G").await.unwrap();
+        idle.push(s);
+    }
+    // One client trickles its headers a byte at a time.
+    let mut slow = tokio::net::TcpStream::connect(&api.addr).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if slow.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        closed_by_server(&mut slow, Duration::from_secs(1)).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.answers_others_within_1s("http", &client).await;
+    let files = api.open_files();
+    assert!(
+        files <= files_before + 32 + 4,
+        "the server holds {files} files (before: {files_before}; cap 32 connections)"
+    );
+    for s in &mut idle {
+        assert!(
+            closed_by_server(s, Duration::from_secs(4)).await,
+            "an idle connection was left open past the header timeout"
+        );
+    }
+    assert!(
+        trickle.await.unwrap(),
+        "the trickling client was not cut off"
+    );
+    let text = api.metrics().await;
+    let closed = api.metric(
+        &text,
+        "berth_api_connections_closed_total{reason=\"header_timeout\"}",
+    ) + api.metric(
+        &text,
+        "berth_api_connections_closed_total{reason=\"evicted\"}",
+    );
+    assert!(closed >= 65.0, "{text}");
+    api.answers_others_within_1s("http", &client).await;
+}
+
+/// Stalled webhook bodies: a large body that stops arriving, and one that
+/// trickles below the minimum rate, are cut off (408) after the body
+/// timeout and the rate grace; meanwhile others are answered, memory stays
+/// bounded, and a body declared too large is refused before it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_oversized_bodies_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let api = LoneApi::start("body_timeout = 2\nbody_min_rate = 4096").await;
+    let client = reqwest::Client::new();
+    let rss_before = api.rss_kib();
+    let head = |len: usize| {
+        format!(
+            "POST /v1/webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: ping\r\n\
+             X-GitHub-Delivery: d\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let mut stalled = Vec::new();
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&api.addr).await.unwrap();
+        s.write_all(head(24 << 20).as_bytes()).await.unwrap();
+        s.write_all(&vec![b' '; 4 << 20]).await.unwrap();
+        stalled.push(s);
+    }
+    api.answers_others_within_1s("http", &client).await;
+    for s in &mut stalled {
+        let mut answer = Vec::new();
+        use tokio::io::AsyncReadExt;
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "a stalled body was not cut off");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "cut off after {took:?}"
+    );
+    let rss_after = api.rss_kib();
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+
+    // Below the minimum rate: cut off after the grace, well before the
+    // 2 s timeout would... (the timeout is the shorter here, so use a
+    // server whose timeout is long).
+    let slow_api = LoneApi::start("body_timeout = 60\nbody_min_rate = 4096").await;
+    let mut s = tokio::net::TcpStream::connect(&slow_api.addr)
+        .await
+        .unwrap();
+    s.write_all(head(1 << 20).as_bytes()).await.unwrap();
+    let trickle_started = std::time::Instant::now();
+    let mut cut_off = false;
+    for _ in 0..200 {
+        if s.write_all(&[b' '; 100]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if trickle_started.elapsed() > Duration::from_secs(12) {
+            break;
+        }
+    }
+    assert!(
+        cut_off || closed_by_server(&mut s, Duration::from_secs(2)).await,
+        "a body trickling at 1 kB/s was not cut off"
+    );
+    let text = slow_api.metrics().await;
+    assert_eq!(
+        slow_api.metric(
+            &text,
+            "berth_api_requests_refused_total{reason=\"body_too_slow\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+
+    // Declared too large: 413 at once, without sending a byte of the body.
+    let mut s = tokio::net::TcpStream::connect(&api.addr).await.unwrap();
+    s.write_all(head(1 << 30).as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    use tokio::io::AsyncReadExt;
+    let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut answer))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let text = api.metrics().await;
+    assert_eq!(
+        api.metric(
+            &text,
+            "berth_api_requests_refused_total{reason=\"body_timeout\"}"
+        ),
+        4.0,
+        "{text}"
+    );
+}
+
+/// A client that opens a TLS connection and never says hello is closed
+/// after the handshake timeout; others are answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_clients_are_closed_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert_path = dir.path().join("tls.crt");
+    let key_path = dir.path().join("tls.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let api = LoneApi::start(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_handshake_timeout = 1\nmax_connections = 16",
+        cert_path.display(),
+        key_path.display()
+    ))
+    .await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..32 {
+        silent.push(tokio::net::TcpStream::connect(&api.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    api.answers_others_within_1s("https", &client).await;
+    let started = std::time::Instant::now();
+    for s in &mut silent {
+        assert!(
+            closed_by_server(s, Duration::from_secs(3)).await,
+            "a silent TLS client was left open"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -99,10 +99,30 @@ async fn orphan_container(
     berth.ctx.docker.create_worker(&spec).await.unwrap()
 }
 
+/// Stale queued jobs are checked against GitHub; one whose repository
+/// cannot be asked about (stored by an older berth, before names were
+/// checked) is skipped and counted, and the others are still checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_queued_jobs_are_checked_against_github() {
     let world = World::new().await;
     let berth = busy_berth(&world, Duration::from_secs(2)).await;
+    let (unaskable, _) = berth
+        .store()
+        .job_insert(berth::store::NewJob {
+            github_job_id: 555_555,
+            run_id: 1,
+            repository: "acme widgets".into(),
+            workflow: None,
+            job_name: None,
+            labels: vec!["self-hosted".into(), "linux".into()],
+            pool: "linux".into(),
+            source: berth::store::JobSource::Delegate,
+            scale_set: None,
+            github_status: None,
+            timeout_secs: None,
+        })
+        .await
+        .unwrap();
     berth::intake::accept_delegate(&berth.ctx, delegate(987_654))
         .await
         .unwrap();
@@ -115,6 +135,15 @@ async fn stale_queued_jobs_are_checked_against_github() {
     assert_eq!(stale.state, JobState::Expired, "{stale:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(berth.job(real).await.unwrap().state, JobState::Queued);
+    let skipped = berth.store().job_get(unaskable.id).await.unwrap().unwrap();
+    assert_eq!(skipped.state, JobState::Queued, "{skipped:?}");
+    let metrics = berth.ctx.metrics.encode();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "berth_reconciler_errors_total{reconciler=\"queued_expired\",error=\"github\"}"
+        ) && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     berth.stop().await;
 }
 
@@ -203,5 +232,80 @@ async fn a_hanging_github_does_not_hold_up_local_repairs() {
         "the GitHub lane is still waiting"
     );
     world.sim.clear_faults();
+    berth.stop().await;
+}
+
+/// `[retention]`: a finished job's output goes after `job_logs`, the job
+/// after `finished_jobs`; live jobs stay; what went is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_prunes_finished_jobs_and_their_logs() {
+    let world = World::new().await;
+    let mut config = world.config("max_runners = 1");
+    config.retention.job_logs = Duration::from_secs(1);
+    config.retention.finished_jobs = Duration::from_secs(4);
+    config.retention.interval = Duration::from_millis(300);
+    config.retention.batch = 1;
+    let berth = Berth::start(&world, config).await;
+    let store = berth.store();
+    // The pool's one slot is busy first, so the dispatcher leaves the jobs
+    // inserted below alone.
+    let live = world.queue(&["sleep 20"]);
+    berth
+        .wait_state(live, JobState::Running, Duration::from_secs(30))
+        .await;
+    let mut finished = Vec::new();
+    for n in 0..3 {
+        let (job, _) = store
+            .job_insert(berth::store::NewJob {
+                github_job_id: 700_000 + n,
+                run_id: 1,
+                repository: "acme/widgets".into(),
+                workflow: None,
+                job_name: None,
+                labels: vec!["nothing-serves-this".into()],
+                pool: "linux".into(),
+                source: berth::store::JobSource::Delegate,
+                scale_set: None,
+                github_status: None,
+                timeout_secs: None,
+            })
+            .await
+            .unwrap();
+        store.job_logs_append(job.id, b"output", 100).await.unwrap();
+        assert!(
+            store
+                .job_finish(job.id, JobState::Completed, Some(0), None)
+                .await
+                .unwrap()
+        );
+        finished.push(job.id);
+    }
+    eventually("the output pruned", Duration::from_secs(10), || async {
+        let mut gone = true;
+        for id in &finished {
+            gone &= store.job_logs_get(*id).await.unwrap().is_none();
+        }
+        gone
+    })
+    .await;
+    for id in &finished {
+        assert!(store.job_get(*id).await.unwrap().is_some(), "the job stays");
+    }
+    eventually("the jobs pruned", Duration::from_secs(15), || async {
+        let mut gone = true;
+        for id in &finished {
+            gone &= store.job_get(*id).await.unwrap().is_none();
+        }
+        gone
+    })
+    .await;
+    assert!(berth.job(live).await.is_some(), "a live job stays");
+    let metrics = berth.ctx.metrics.encode();
+    for series in [
+        "berth_retention_pruned_total{what=\"job_logs\"} 3",
+        "berth_retention_pruned_total{what=\"jobs\"} 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series}\n{metrics}");
+    }
     berth.stop().await;
 }

@@ -1519,13 +1519,13 @@ async fn deliveries_are_recorded_once(h: &Harness) {
     assert!(store.delivery_record("d-2", t1).await.unwrap());
 
     assert_eq!(
-        store.deliveries_prune(t0).await.unwrap(),
+        store.deliveries_prune(t0, 100).await.unwrap(),
         0,
         "strictly older only"
     );
     assert_eq!(
         store
-            .deliveries_prune(t0 + Duration::from_secs(60))
+            .deliveries_prune(t0 + Duration::from_secs(60), 100)
             .await
             .unwrap(),
         1
@@ -1607,7 +1607,7 @@ async fn prune_deletes_finished_jobs_and_their_logs(h: &Harness) {
         .job_logs_append(live.id, b"live output", 100)
         .await
         .unwrap();
-    let now = h.tick(86_400_000);
+    h.tick(86_400_000);
     let recent = h.insert(3, "linux").await;
     assert!(
         store
@@ -1616,7 +1616,54 @@ async fn prune_deletes_finished_jobs_and_their_logs(h: &Harness) {
             .unwrap()
     );
 
-    assert_eq!(store.jobs_prune_finished(now).await.unwrap(), 1);
+    let older = h.insert(4, "linux").await;
+    assert!(
+        store
+            .job_finish(older.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    store
+        .job_logs_append(older.id, b"older output", 100)
+        .await
+        .unwrap();
+    let now = h.tick(86_400_000);
+    // Logs first (their jobs stay), in bounded batches.
+    assert_eq!(
+        store
+            .job_logs_prune(now - Duration::from_secs(1), 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .job_logs_prune(now - Duration::from_secs(1), 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .job_logs_prune(now - Duration::from_secs(1), 1)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(store.job_get(older.id).await.unwrap().is_some());
+    assert_eq!(store.job_logs_get(older.id).await.unwrap(), None);
+    assert!(
+        store.job_logs_get(live.id).await.unwrap().is_some(),
+        "a live job keeps its logs"
+    );
+    // Then the jobs, oldest first, a batch at a time.
+    assert_eq!(
+        store
+            .jobs_prune_finished(now - Duration::from_secs(86_400), 1)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(store.job_get(old.id).await.unwrap(), None);
     assert_eq!(
         store.job_logs_get(old.id).await.unwrap(),
@@ -1626,6 +1673,9 @@ async fn prune_deletes_finished_jobs_and_their_logs(h: &Harness) {
     assert!(store.job_get(live.id).await.unwrap().is_some());
     assert!(store.job_logs_get(live.id).await.unwrap().is_some());
     assert!(store.job_get(recent.id).await.unwrap().is_some());
+    assert!(store.job_get(older.id).await.unwrap().is_some());
+    assert_eq!(store.jobs_prune_finished(now, 10).await.unwrap(), 2);
+    assert!(store.job_get(live.id).await.unwrap().is_some());
 }
 
 async fn everything_survives_a_reopen(h: &Harness) {

@@ -93,6 +93,14 @@ impl Need {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` work too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Checks the request's bearer token against the store.
 pub async fn authorize(
     store: &Store,
@@ -103,12 +111,7 @@ pub async fn authorize(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or(AuthError::Missing)?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(AuthError::Missing)?;
+    let token = bearer_token(value).ok_or(AuthError::Missing)?;
     let presented = hash_token(token);
     let stored = store
         .api_token_find_by_hash(&presented)
@@ -139,6 +142,16 @@ mod tests {
         assert!(a.starts_with(TOKEN_PREFIX) && a.len() > 40);
         assert_eq!(hash_token(&a).len(), 64);
         assert!(!hash_token(&a).contains(&a[TOKEN_PREFIX.len()..]));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr  abc "] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value}");
+        }
+        for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(bearer_token(value), None, "{value}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod dashboard;
 pub mod scaleset;
+pub mod server;
 pub mod tls;
 
 use std::sync::Arc;
@@ -141,7 +142,8 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .with_state(ctx)
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Serves the API on `listener` until `shutdown`, within the limits of
+/// `[server]` (see [`server`]).
 pub async fn serve(
     ctx: Arc<Context>,
     listener: tokio::net::TcpListener,
@@ -151,15 +153,19 @@ pub async fn serve(
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(std::io::Error::other)?),
         _ => None,
     };
-    let app = router(ctx);
-    match tls {
-        Some(acceptor) => tls::serve(listener, acceptor, app, shutdown).await,
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        }
-    }
+    let limits = server::Limits::from_config(&ctx.config.server);
+    server::raise_open_files_limit(limits.max_connections);
+    let metrics = ctx.metrics.clone();
+    server::serve(listener, tls, router(ctx), limits, metrics, shutdown).await
+}
+
+/// A request body, or the error to answer: 408 when it did not arrive in
+/// time (see [`server::LimitedBody`]), 413 when it is too large.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| match server::BodyTimedOut::find(&e) {
+        Some(why) => ApiError::new(StatusCode::REQUEST_TIMEOUT, why.to_string()),
+        None => ApiError::new(e.status(), e.body_text()),
+    })
 }
 
 async fn webhook(
@@ -167,7 +173,7 @@ async fn webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let body = body_bytes(body)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let accepted = intake::accept_webhook(
         &ctx,
@@ -190,7 +196,7 @@ async fn webhook(
 async fn delegate(
     State(ctx): State<Arc<Context>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     // Requests refused before intake are counted here, so that
     // `berth_job_delegation_requests_total` sees every call (the
@@ -208,6 +214,7 @@ async fn delegate(
         });
         return Err(e.into());
     }
+    let body = body_bytes(body).inspect_err(|_| refused("invalid"))?;
     let request: DelegateRequest = serde_json::from_slice(&body).map_err(|e| {
         refused("invalid");
         ApiError::new(
@@ -486,9 +493,17 @@ async fn healthz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResu
 /// Ready when the store and Docker answer and every required component
 /// (crate::supervise) is up.
 async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
-    if !ctx.config.server.public_health {
+    // Unauthenticated callers (a load balancer's probe) learn what is down,
+    // not the internal error text, which names paths and addresses; a
+    // `read` token shows it, and the log always has it.
+    let detailed = if ctx.config.server.public_health {
+        auth::authorize(&ctx.store, &headers, Need::Read)
+            .await
+            .is_ok()
+    } else {
         auth::authorize(&ctx.store, &headers, Need::Read).await?;
-    }
+        true
+    };
     let store = ctx.store.ping().await.map_err(|e| e.to_string());
     let docker = ctx.docker.ping().await.map_err(|e| e.to_string());
     let components_down = ctx.components.required_down();
@@ -497,9 +512,15 @@ async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResul
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    for (what, result) in [("store", &store), ("docker", &docker)] {
+        if let Err(e) = result {
+            tracing::warn!(dependency = what, error = %e, "not ready");
+        }
+    }
     let show = |r: &Result<(), String>| match r {
         Ok(()) => "ok".to_string(),
-        Err(e) => e.clone(),
+        Err(e) if detailed => e.clone(),
+        Err(_) => "unavailable".to_string(),
     };
     Ok((
         status,

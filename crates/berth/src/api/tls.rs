@@ -1,21 +1,15 @@
 //! Optional TLS for the API (rustls, with the `ring` provider).
 //!
-//! `axum::serve` speaks plain HTTP only, so with TLS configured the API runs
-//! its own accept loop: each connection is handshaken by rustls and then
-//! served by hyper with the same router. A failed handshake only drops that
-//! connection.
+//! The server (`api::server`) handshakes each connection with this acceptor,
+//! within `server.tls_handshake_timeout`, and then serves it like a plain
+//! one. A failed handshake only drops that connection.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 /// A TLS acceptor from PEM files; errors name the file and what is wrong.
 pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, String> {
@@ -44,37 +38,4 @@ pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, String
         )
     })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Serves `router` over TLS until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    acceptor: TlsAcceptor,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = shutdown.cancelled() => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let builder = Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                _ = shutdown.cancelled() => {}
-            }
-        });
-    }
 }

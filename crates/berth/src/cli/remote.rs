@@ -221,7 +221,7 @@ pub async fn jobs_cancel(remote: &Remote, id: &str, json: bool) -> anyhow::Resul
     println!(
         "cancel requested for job {} ({}); it was {}",
         job.id,
-        job_title(&job),
+        printable(&job_title(&job)),
         job.state
     );
     Ok(())
@@ -357,7 +357,7 @@ pub async fn status(remote: &Remote, json: bool) -> anyhow::Result<()> {
         table.print();
         println!(
             "replica {}: {}",
-            answer.get("replica").and_then(Value::as_str).unwrap_or("-"),
+            printable(answer.get("replica").and_then(Value::as_str).unwrap_or("-")),
             if ready == Some(true) {
                 "ready"
             } else {
@@ -459,9 +459,37 @@ fn print_job(job: &Job) {
     ];
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (key, value) in fields {
-        println!("{key:<width$}  {value}");
+        println!("{key:<width$}  {}", printable(&value));
     }
 }
+
+/// Text from the API as a terminal may show it: control characters (an
+/// escape sequence in a job name could rewrite the screen) and bidi
+/// overrides (which reorder what is shown) are written as `\u{..}`.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A table cell: [`printable`], cut to [`MAX_CELL_CHARS`] characters.
+fn cell(text: &str) -> String {
+    let text = printable(text);
+    match text.char_indices().nth(MAX_CELL_CHARS) {
+        None => text,
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+    }
+}
+
+/// Table cells are cut here: one long job name must not push every other
+/// column off the screen.
+const MAX_CELL_CHARS: usize = 80;
 
 /// Left-aligned columns as wide as their widest cell: what `docker ps` and
 /// `kubectl get` print, which operators already read without thinking.
@@ -478,8 +506,10 @@ impl Table {
         }
     }
 
+    /// A row of cells as the API gave them; each is made printable and cut
+    /// ([`cell`]).
     fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.iter().map(|c| cell(c)).collect());
     }
 
     fn render(&self) -> String {
@@ -493,10 +523,11 @@ impl Table {
         for row in std::iter::once(&self.header).chain(&self.rows) {
             let mut line = String::new();
             for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-                if i + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(&format!("{cell:<w$}   "));
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    // Padded by hand: `format!`'s width is at most 65,535.
+                    let pad = w.saturating_sub(cell.chars().count()) + 3;
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             out.push_str(line.trim_end());
@@ -528,6 +559,23 @@ mod tests {
         let mut t = Table::new(&["A", "LONGER"]);
         t.row(vec!["wide cell".into(), "x".into()]);
         assert_eq!(t.render(), "A           LONGER\nwide cell   x\n");
+    }
+
+    #[test]
+    fn hostile_cells_are_printable_bounded_and_never_panic() {
+        let mut t = Table::new(&["NAME", "STATE"]);
+        t.row(vec![
+            "\u{1b}[2J\u{1b}]0;pwned\u{7}build".into(),
+            "queued".into(),
+        ]);
+        t.row(vec!["x".repeat(70_000), "running".into()]);
+        t.row(vec!["evil\u{202e}txt.exe".into(), "failed".into()]);
+        let out = t.render();
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert!(out.contains("\\u{1b}[2J"), "{out}");
+        assert!(out.contains("\\u{202e}"), "{out}");
+        assert!(out.lines().all(|l| l.chars().count() < 200), "{out}");
+        assert_eq!(printable("a\tb\nc"), "a\\u{9}b\\u{a}c");
     }
 
     #[test]

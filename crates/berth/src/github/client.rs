@@ -191,13 +191,11 @@ impl GithubClient {
         if let Some(id) = self.inner.installations.lock().await.get(&key) {
             return Ok(*id);
         }
-        let (endpoint, path) = match scope {
-            Scope::Org(org) => ("get_org_installation", format!("/orgs/{org}/installation")),
-            Scope::Repo { owner, name } => (
-                "get_repo_installation",
-                format!("/repos/{owner}/{name}/installation"),
-            ),
+        let endpoint = match scope {
+            Scope::Org(_) => "get_org_installation",
+            Scope::Repo { .. } => "get_repo_installation",
         };
+        let path = ApiPath::scope(scope).join(&["installation"]);
         let installation: Installation = self
             .send_json(endpoint, Method::GET, &path, Auth::App, None)
             .await?;
@@ -222,7 +220,12 @@ impl GithubClient {
             .send_json(
                 "create_installation_access_token",
                 Method::POST,
-                &format!("/app/installations/{installation}/access_tokens"),
+                &ApiPath::new(&[
+                    "app",
+                    "installations",
+                    &installation.to_string(),
+                    "access_tokens",
+                ]),
                 Auth::App,
                 Some(serde_json::json!({})),
             )
@@ -260,7 +263,7 @@ impl GithubClient {
             "labels": labels,
             "work_folder": work_folder,
         });
-        let path = format!("{}/actions/runners/generate-jitconfig", scope_path(scope));
+        let path = ApiPath::scope(scope).join(&["actions", "runners", "generate-jitconfig"]);
         let first = self
             .send_json::<JitResponse>(
                 "generate_jitconfig",
@@ -295,7 +298,7 @@ impl GithubClient {
 
     /// Removes a runner registration; an already-removed runner is not an error.
     pub async fn delete_runner(&self, scope: &Scope, runner_id: u64) -> Result<(), GithubError> {
-        let path = format!("{}/actions/runners/{runner_id}", scope_path(scope));
+        let path = ApiPath::scope(scope).join(&["actions", "runners", &runner_id.to_string()]);
         match self
             .send(
                 "delete_runner",
@@ -315,10 +318,10 @@ impl GithubClient {
     pub async fn list_runners(&self, scope: &Scope) -> Result<Vec<Runner>, GithubError> {
         let mut all = Vec::new();
         for page in 1.. {
-            let path = format!(
-                "{}/actions/runners?per_page=100&page={page}",
-                scope_path(scope)
-            );
+            let path = ApiPath::scope(scope)
+                .join(&["actions", "runners"])
+                .query("per_page", "100")
+                .query("page", &page.to_string());
             let list: RunnerList = self
                 .send_json(
                     "list_runners",
@@ -356,7 +359,7 @@ impl GithubClient {
         job_id: u64,
     ) -> Result<Option<WorkflowJob>, GithubError> {
         let scope = repo_scope(repository)?;
-        let path = format!("/repos/{repository}/actions/jobs/{job_id}");
+        let path = ApiPath::scope(&scope).join(&["actions", "jobs", &job_id.to_string()]);
         match self
             .send_json(
                 "get_job",
@@ -375,7 +378,7 @@ impl GithubClient {
 
     /// A runner registration token (the first link of the scale-set token chain).
     pub async fn registration_token(&self, scope: &Scope) -> Result<Secret, GithubError> {
-        let path = format!("{}/actions/runners/registration-token", scope_path(scope));
+        let path = ApiPath::scope(scope).join(&["actions", "runners", "registration-token"]);
         let t: TokenResponse = self
             .send_json(
                 "create_registration_token",
@@ -392,7 +395,7 @@ impl GithubClient {
         &self,
         endpoint: &'static str,
         method: Method,
-        path: &str,
+        path: &ApiPath,
         auth: Auth<'_>,
         body: Option<serde_json::Value>,
     ) -> Result<T, GithubError> {
@@ -408,11 +411,11 @@ impl GithubClient {
         &self,
         endpoint: &'static str,
         method: Method,
-        path: &str,
+        path: &ApiPath,
         auth: Auth<'_>,
         body: Option<serde_json::Value>,
     ) -> Result<bytes::Bytes, GithubError> {
-        let url = format!("{}{}", self.inner.api_url, path);
+        let url = path.url(&self.inner.api_url)?;
         let retry = &self.inner.retry;
         let mut attempt = 0;
         loop {
@@ -425,7 +428,7 @@ impl GithubClient {
             let mut request = self
                 .inner
                 .http
-                .request(method.clone(), &url)
+                .request(method.clone(), url.clone())
                 .header("Accept", "application/vnd.github+json")
                 .header("X-GitHub-Api-Version", "2022-11-28")
                 .bearer_auth(bearer.expose());
@@ -551,10 +554,65 @@ impl GithubClient {
     }
 }
 
-fn scope_path(scope: &Scope) -> String {
-    match scope {
-        Scope::Org(org) => format!("/orgs/{org}"),
-        Scope::Repo { owner, name } => format!("/repos/{owner}/{name}"),
+/// A REST API path, built from segments so that no value can change its
+/// shape: each segment is percent-encoded (a `/` in a value stays inside
+/// its segment), and `.`, `..` or empty segments are refused (names are
+/// checked against GitHub's rules before they get here: `crate::names`).
+#[derive(Debug, Clone)]
+struct ApiPath {
+    segments: Vec<String>,
+    query: Vec<(&'static str, String)>,
+}
+
+impl ApiPath {
+    fn new(segments: &[&str]) -> ApiPath {
+        ApiPath {
+            segments: segments.iter().map(|s| s.to_string()).collect(),
+            query: Vec::new(),
+        }
+    }
+
+    /// `/orgs/ORG` or `/repos/OWNER/NAME`.
+    fn scope(scope: &Scope) -> ApiPath {
+        match scope {
+            Scope::Org(org) => ApiPath::new(&["orgs", org]),
+            Scope::Repo { owner, name } => ApiPath::new(&["repos", owner, name]),
+        }
+    }
+
+    fn join(mut self, segments: &[&str]) -> ApiPath {
+        self.segments.extend(segments.iter().map(|s| s.to_string()));
+        self
+    }
+
+    fn query(mut self, key: &'static str, value: &str) -> ApiPath {
+        self.query.push((key, value.to_string()));
+        self
+    }
+
+    /// The full URL under the API root `base` (which may have a path of
+    /// its own, as GHES's `/api/v3`).
+    fn url(&self, base: &str) -> Result<url::Url, GithubError> {
+        if let Some(bad) = self
+            .segments
+            .iter()
+            .find(|s| s.is_empty() || *s == "." || *s == "..")
+        {
+            return Err(GithubError::Config(format!(
+                "refusing a GitHub API path with the segment {bad:?}"
+            )));
+        }
+        let mut url = url::Url::parse(base)
+            .map_err(|e| GithubError::Config(format!("github.api_url: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| GithubError::Config("github.api_url cannot have a path".into()))?
+            .pop_if_empty()
+            .extend(&self.segments);
+        if !self.query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(self.query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        Ok(url)
     }
 }
 
@@ -613,5 +671,59 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
         "reading the answer failed".into()
     } else {
         "request failed".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_paths_are_built_from_segments() {
+        let repo = Scope::Repo {
+            owner: "acme".into(),
+            name: "widgets".into(),
+        };
+        let url = ApiPath::scope(&repo)
+            .join(&["actions", "jobs", "42"])
+            .url("https://ghe.example/api/v3")
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://ghe.example/api/v3/repos/acme/widgets/actions/jobs/42"
+        );
+        let url = ApiPath::scope(&Scope::Org("acme".into()))
+            .join(&["actions", "runners"])
+            .query("per_page", "100")
+            .url("https://api.github.com")
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://api.github.com/orgs/acme/actions/runners?per_page=100"
+        );
+        // A value cannot add segments or climb out of its own.
+        let sneaky = Scope::Repo {
+            owner: "acme".into(),
+            name: "a/../../../app".into(),
+        };
+        let url = ApiPath::scope(&sneaky)
+            .url("https://api.github.com")
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://api.github.com/repos/acme/a%2F..%2F..%2F..%2Fapp"
+        );
+        for bad in ["..", ".", ""] {
+            let scope = Scope::Repo {
+                owner: "acme".into(),
+                name: bad.into(),
+            };
+            assert!(
+                ApiPath::scope(&scope)
+                    .url("https://api.github.com")
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

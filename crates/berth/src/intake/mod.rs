@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::context::Context;
 use crate::lifecycle::binding;
+use crate::names;
 use crate::observability::Metrics;
 use crate::store::{GithubStatus, IntakeWrite, Job, JobSource, NewJob, StoreError};
 use webhook::{Action, WebhookError, WorkflowJobEvent};
@@ -120,6 +121,10 @@ async fn accept_webhook_inner(
         });
     };
     let delivery = headers.delivery_id.filter(|d| !d.is_empty());
+    // Not covered by the signature: bounded before anything is stored.
+    if let Some(id) = delivery {
+        names::check_delivery_id(id).map_err(IntakeError::Invalid)?;
+    }
     let (accepted, delivery_new) = apply_event(ctx, &event, delivery).await?;
     // Processing is idempotent; the delivery log only tells a redelivery apart.
     if let Some(delivery) = delivery {
@@ -397,50 +402,55 @@ pub(crate) fn whole_number_or_null<'de, D: serde::Deserializer<'de>>(
     Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
 }
 
-/// Spaces, tabs and line breaks: a label made only of them is blank. (An
-/// explicit set, which the API description's pattern states exactly.)
-fn is_blank(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
-}
-
 impl DelegateRequest {
     fn validate(&self) -> Result<(), IntakeError> {
         let bad = |m: &str| Err(IntakeError::Invalid(m.to_string()));
         if let Some(set) = &self.scale_set {
             // A scale-set runner: only the key and the scale set are needed.
-            if set.chars().all(is_blank) {
+            if set.chars().all(names::is_blank) {
                 return bad("`scale_set` must not be blank");
             }
             if self.run_id < 0 {
                 return bad("`run_id` must not be negative");
             }
-            if self.repository.chars().count() > 256 || self.repository.chars().any(is_blank) {
-                return bad("`repository` must be `owner/name`, `owner` or empty");
-            }
-            if self.labels.len() > 100 {
-                return bad("`labels` must hold at most 100 labels");
+            let repository = if self.repository.is_empty() {
+                Ok(())
+            } else if self.repository.contains('/') {
+                names::split_repository(&self.repository).map(drop)
+            } else {
+                names::check_owner(&self.repository)
+            };
+            if let Err(e) = repository {
+                return bad(&format!(
+                    "`repository` must be `owner/name`, `owner` or empty: {e}"
+                ));
             }
         } else {
-            match self.repository.split_once('/') {
-                Some((o, n)) if !o.is_empty() && !n.is_empty() && !n.contains('/') => {}
-                _ => return bad("`repository` must be `owner/name`"),
+            if let Err(e) = names::split_repository(&self.repository) {
+                return bad(&format!("`repository` must be `owner/name`: {e}"));
             }
             if self.run_id <= 0 {
                 return bad("`run_id` must be a positive integer");
             }
-            if self.labels.is_empty() || self.labels.len() > 100 {
+            if self.labels.is_empty() {
                 return bad("`labels` must hold 1 to 100 labels");
             }
         }
         if self.github_job_id <= 0 {
             return bad("`github_job_id` must be a positive integer");
         }
-        if self
-            .labels
-            .iter()
-            .any(|l| l.chars().all(is_blank) || l.chars().count() > 256)
+        if let Err(e) = names::check_labels(&self.labels) {
+            return bad(&format!("`labels`: {e}"));
+        }
+        if let Some(pool) = &self.pool
+            && pool.chars().count() > names::MAX_LABEL_CHARS
         {
-            return bad("`labels` must not hold blank or over-long labels");
+            return bad("`pool` is not the name of a pool");
+        }
+        if let Some(set) = &self.scale_set
+            && set.chars().count() > names::MAX_LABEL_CHARS
+        {
+            return bad("`scale_set` is not the name of a scale set");
         }
         // The store keeps these as text, which PostgreSQL refuses with NUL.
         let texts = [
@@ -497,6 +507,8 @@ async fn accept_delegate_inner(
     source: JobSource,
 ) -> Result<(Job, bool), IntakeError> {
     request.validate()?;
+    request.workflow = request.workflow.map(names::bounded_text);
+    request.job_name = request.job_name.map(names::bounded_text);
     if let Some(name) = request.scale_set.clone() {
         let set = ctx
             .config
@@ -526,10 +538,21 @@ async fn accept_delegate_inner(
         }
     }
     let pool = match &request.pool {
-        Some(name) => ctx
-            .config
-            .pool(name)
-            .ok_or_else(|| IntakeError::NoPool(format!("no pool named `{name}`")))?,
+        Some(name) => {
+            let pool = ctx
+                .config
+                .pool(name)
+                .ok_or_else(|| IntakeError::NoPool(format!("no pool named `{name}`")))?;
+            // A scale set's runners are the scale set's business; a job
+            // names a pool only for a repository the pool serves.
+            if request.scale_set.is_none() && !pool.scope.covers(&request.repository) {
+                return Err(IntakeError::Invalid(format!(
+                    "pool `{name}` serves {}, which does not cover repository {}",
+                    pool.scope, request.repository
+                )));
+            }
+            pool
+        }
         None => ctx
             .config
             .pool_for(&request.repository, &request.labels)

@@ -117,11 +117,10 @@ pub fn parse_workflow_job(body: &[u8]) -> Result<Option<WorkflowJobEvent>, Webho
         .repository
         .ok_or_else(|| WebhookError::Malformed("missing field `repository`".into()))?
         .full_name;
-    if !repository.contains('/') {
-        return Err(WebhookError::Malformed(format!(
-            "`repository.full_name` {repository:?} is not owner/name"
-        )));
-    }
+    crate::names::split_repository(&repository)
+        .map_err(|e| WebhookError::Malformed(format!("`repository.full_name`: {e}")))?;
+    crate::names::check_labels(&job.labels)
+        .map_err(|e| WebhookError::Malformed(format!("`workflow_job.labels`: {e}")))?;
     // The store keeps these as text, which PostgreSQL refuses with NUL.
     let texts = [
         Some(repository.as_str()),
@@ -145,10 +144,19 @@ pub fn parse_workflow_job(body: &[u8]) -> Result<Option<WorkflowJobEvent>, Webho
         job_id: job.id,
         run_id: job.run_id,
         repository,
-        workflow: job.workflow_name.filter(|s| !s.is_empty()),
-        job_name: job.name.filter(|s| !s.is_empty()),
+        workflow: job
+            .workflow_name
+            .filter(|s| !s.is_empty())
+            .map(crate::names::bounded_text),
+        job_name: job
+            .name
+            .filter(|s| !s.is_empty())
+            .map(crate::names::bounded_text),
         labels: job.labels,
-        runner_name: job.runner_name.filter(|s| !s.is_empty()),
+        runner_name: job
+            .runner_name
+            .filter(|s| !s.is_empty())
+            .map(crate::names::bounded_text),
         runner_id: job.runner_id.filter(|id| *id > 0),
         conclusion: job.conclusion,
     }))

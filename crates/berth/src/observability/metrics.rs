@@ -215,6 +215,24 @@ pub struct Metrics {
     pub component_last_success: Family<ComponentLabels, Gauge<f64, AtomicU64>>,
     /// Times the supervisor restarted each component.
     pub component_restarts: Family<ComponentLabels, Counter>,
+    /// Open connections to the API (`crate::api::server`).
+    pub api_connections: Gauge,
+    /// API connections the server closed, by reason (timeouts, eviction).
+    pub api_connections_closed: Family<ReasonLabels, Counter>,
+    /// API requests refused before the router, by reason.
+    pub api_requests_refused: Family<ReasonLabels, Counter>,
+    /// Rows the retention component deleted, by what they were.
+    pub retention_pruned: Family<WhatLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabels {
+    pub what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 impl Metrics {
@@ -440,6 +458,44 @@ impl Metrics {
             "Times the supervisor started a component again after it ended unexpectedly",
             component_restarts.clone(),
         );
+        let api_connections = Gauge::default();
+        registry.register(
+            "api_connections",
+            "Open connections to the API",
+            api_connections.clone(),
+        );
+        let api_connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "api_connections_closed",
+            "API connections closed by the server: tls_handshake_timeout, header_timeout, idle_timeout, evicted (at server.max_connections)",
+            api_connections_closed.clone(),
+        );
+        for reason in [
+            "tls_handshake_timeout",
+            "header_timeout",
+            "idle_timeout",
+            "evicted",
+        ] {
+            drop(api_connections_closed.get_or_create(&ReasonLabels { reason }));
+        }
+        let api_requests_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "api_requests_refused",
+            "API requests refused for their body: body_too_large (Content-Length above server.max_body_bytes), body_timeout, body_too_slow",
+            api_requests_refused.clone(),
+        );
+        for reason in ["body_too_large", "body_timeout", "body_too_slow"] {
+            drop(api_requests_refused.get_or_create(&ReasonLabels { reason }));
+        }
+        let retention_pruned = Family::<WhatLabels, Counter>::default();
+        registry.register(
+            "retention_pruned",
+            "Rows the retention component deleted: job_logs, jobs (with their logs), deliveries",
+            retention_pruned.clone(),
+        );
+        for what in ["job_logs", "jobs", "deliveries"] {
+            drop(retention_pruned.get_or_create(&WhatLabels { what }));
+        }
         for kind in RECONCILER_KINDS {
             drop(reconciler_actions.get_or_create(&KindLabels { kind }));
             drop(reconciler_failures.get_or_create(&KindLabels { kind }));
@@ -482,6 +538,10 @@ impl Metrics {
             component_up,
             component_last_success,
             component_restarts,
+            api_connections,
+            api_connections_closed,
+            api_requests_refused,
+            retention_pruned,
         }
     }
 
@@ -603,6 +663,29 @@ impl Metrics {
                 pool: pool.to_string(),
                 outcome: if hit { "hit" } else { "miss" },
             })
+            .inc();
+    }
+
+    /// Counts rows the retention component deleted (`berth_retention_pruned_total`).
+    pub fn retention_pruned(&self, what: &'static str, rows: u64) {
+        if rows > 0 {
+            self.retention_pruned
+                .get_or_create(&WhatLabels { what })
+                .inc_by(rows);
+        }
+    }
+
+    /// Counts an API connection the server closed (`berth_api_connections_closed_total`).
+    pub fn api_connection_closed(&self, reason: &'static str) {
+        self.api_connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts an API request refused before the router (`berth_api_requests_refused_total`).
+    pub fn api_request_refused(&self, reason: &'static str) {
+        self.api_requests_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

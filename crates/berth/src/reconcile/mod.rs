@@ -29,11 +29,13 @@
 //! path: there is no separate "recovery mode".
 
 pub mod replicas;
+pub mod retention;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
@@ -214,56 +216,79 @@ async fn expired_leases(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
     for job in ctx.store.jobs_with_expired_leases(now).await? {
-        if job.state == JobState::Starting
-            && let Some(container_id) = &job.container_id
-        {
-            match ctx.docker.inspect(container_id).await {
-                Ok(info) if info.running => {
-                    // The worker got its config and runs: adopt it.
-                    let changes = JobChanges::new().started_at(now).clear_lease();
-                    if ctx
-                        .store
-                        .job_transition(job.id, &[JobState::Starting], JobState::Running, changes)
-                        .await?
-                    {
-                        logs::spawn_capture(ctx, job.id, container_id);
-                        acted += 1;
-                    }
-                    continue;
-                }
-                Ok(info) if info.status.is_finished() => {
-                    // It ran (and maybe ran a job) while nobody watched.
-                    logs::spawn_capture(ctx, job.id, container_id);
-                    handle_exit(ctx, container_id, info.exit_code).await;
-                    acted += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        let reason = "the claim's lease expired before the worker was running";
-        let released = match crate::lifecycle::retry_or_give_up(ctx, &job, reason) {
-            crate::lifecycle::Retry::GiveUp(error) => {
-                crate::lifecycle::finish(ctx, &job, JobState::Failed, None, Some(&error)).await?
-            }
-            crate::lifecycle::Retry::Requeue(reason) => {
-                ctx.store
-                    .job_requeue_if_lease_expired(
-                        job.id,
-                        &[JobState::Provisioning, JobState::Starting],
-                        now,
-                        &reason,
-                    )
-                    .await?
-            }
-        };
-        if released {
-            release(ctx, &job).await;
-            acted += 1;
-            ctx.wake_dispatcher();
+        match expired_lease(ctx, &job, now).await {
+            Ok(true) => acted += 1,
+            Ok(false) => {}
+            Err(e) => item_failed(ctx, "lease_expired", &job, e)?,
         }
     }
     Ok(acted)
+}
+
+async fn expired_lease(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Result<bool> {
+    if job.state == JobState::Starting
+        && let Some(container_id) = &job.container_id
+    {
+        match ctx.docker.inspect(container_id).await {
+            Ok(info) if info.running => {
+                // The worker got its config and runs: adopt it.
+                let changes = JobChanges::new().started_at(now).clear_lease();
+                let adopted = ctx
+                    .store
+                    .job_transition(job.id, &[JobState::Starting], JobState::Running, changes)
+                    .await?;
+                if adopted {
+                    logs::spawn_capture(ctx, job.id, container_id);
+                }
+                return Ok(adopted);
+            }
+            Ok(info) if info.status.is_finished() => {
+                // It ran (and maybe ran a job) while nobody watched.
+                logs::spawn_capture(ctx, job.id, container_id);
+                handle_exit(ctx, container_id, info.exit_code).await;
+                return Ok(true);
+            }
+            _ => {}
+        }
+    }
+    let reason = "the claim's lease expired before the worker was running";
+    let released = match crate::lifecycle::retry_or_give_up(ctx, job, reason) {
+        crate::lifecycle::Retry::GiveUp(error) => {
+            crate::lifecycle::finish(ctx, job, JobState::Failed, None, Some(&error)).await?
+        }
+        crate::lifecycle::Retry::Requeue(reason) => {
+            ctx.store
+                .job_requeue_if_lease_expired(
+                    job.id,
+                    &[JobState::Provisioning, JobState::Starting],
+                    now,
+                    &reason,
+                )
+                .await?
+        }
+    };
+    if released {
+        release(ctx, job).await;
+        ctx.wake_dispatcher();
+    }
+    Ok(released)
+}
+
+/// One item a reconciler could not handle. A transient error (the store,
+/// Docker or GitHub unavailable) would fail the next items too: it ends
+/// the reconciler's pass. Any other is about this item alone: it is
+/// logged and counted (`berth_reconciler_errors_total`), and the
+/// reconciler goes on with the rest.
+fn item_failed(ctx: &Context, kind: &'static str, job: &Job, e: crate::error::Error) -> Result<()> {
+    if e.is_transient() {
+        return Err(e);
+    }
+    ctx.metrics.reconciler_error(kind, e.kind());
+    crate::job_span!(job).in_scope(|| {
+        tracing::warn!(reconciler = kind, error = %e, error_kind = e.kind(),
+            "reconciler skipped a job it cannot handle")
+    });
+    Ok(())
 }
 
 /// Frees a job's container and runner registration (the job no longer has them).
@@ -287,31 +312,39 @@ async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
     let now = ctx.store.now();
     let mut acted = 0;
     for job in ctx.store.jobs_cancel_requested().await? {
-        let lease_live = job.lease_expires_at.is_some_and(|t| t > now);
-        match (job.state, &job.container_id) {
-            (JobState::Running, Some(container_id)) => {
-                stop_and_settle(ctx, container_id).await;
-                acted += 1;
-            }
-            // A claim in flight finishes provisioning first; the next pass stops it.
-            (JobState::Provisioning | JobState::Starting, _) if lease_live => {}
-            _ => {
-                if crate::lifecycle::finish(
-                    ctx,
-                    &job,
-                    JobState::Cancelled,
-                    None,
-                    Some("cancelled on request"),
-                )
-                .await?
-                {
-                    release(ctx, &job).await;
-                    acted += 1;
-                }
-            }
+        match cancellation(ctx, &job, now).await {
+            Ok(true) => acted += 1,
+            Ok(false) => {}
+            Err(e) => item_failed(ctx, "cancelled", &job, e)?,
         }
     }
     Ok(acted)
+}
+
+async fn cancellation(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Result<bool> {
+    let lease_live = job.lease_expires_at.is_some_and(|t| t > now);
+    match (job.state, &job.container_id) {
+        (JobState::Running, Some(container_id)) => {
+            stop_and_settle(ctx, container_id).await;
+            Ok(true)
+        }
+        // A claim in flight finishes provisioning first; the next pass stops it.
+        (JobState::Provisioning | JobState::Starting, _) if lease_live => Ok(false),
+        _ => {
+            let cancelled = crate::lifecycle::finish(
+                ctx,
+                job,
+                JobState::Cancelled,
+                None,
+                Some("cancelled on request"),
+            )
+            .await?;
+            if cancelled {
+                release(ctx, job).await;
+            }
+            Ok(cancelled)
+        }
+    }
 }
 
 /// Jobs GitHub completed while their own runner never took them (cancelled
@@ -417,31 +450,44 @@ async fn queued_too_long(ctx: &Arc<Context>) -> Result<u32> {
         if job.source == JobSource::ScaleSet || job.scale_set.is_some() {
             continue;
         }
-        let outcome = match github
-            .get_job(&job.repository, job.github_job_id as u64)
-            .await
-        {
-            Ok(None) => Outcome::Finish {
-                state: JobState::Expired,
-                error: Some("GitHub no longer knows this job".into()),
-            },
-            Ok(Some(remote)) if remote.status == "completed" => {
-                after_github_completion(remote.conclusion.as_deref(), remote.runner_name.as_deref())
-            }
-            Ok(Some(remote)) if remote.status == "in_progress" => Outcome::Finish {
-                state: JobState::Expired,
-                error: Some(format!(
-                    "GitHub gave the job to runner `{}` before berth started one",
-                    remote.runner_name.unwrap_or_default()
-                )),
-            },
-            Ok(Some(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        apply(ctx, &job, outcome, None).await;
-        acted += 1;
+        match still_wanted(ctx, github, &job).await {
+            Ok(true) => acted += 1,
+            Ok(false) => {}
+            Err(e) => item_failed(ctx, "queued_expired", &job, e)?,
+        }
     }
     Ok(acted)
+}
+
+/// Asks GitHub about one long-queued job and ends it when GitHub no longer
+/// wants a runner for it.
+async fn still_wanted(
+    ctx: &Arc<Context>,
+    github: &crate::github::GithubClient,
+    job: &Job,
+) -> Result<bool> {
+    let outcome = match github
+        .get_job(&job.repository, job.github_job_id as u64)
+        .await?
+    {
+        None => Outcome::Finish {
+            state: JobState::Expired,
+            error: Some("GitHub no longer knows this job".into()),
+        },
+        Some(remote) if remote.status == "completed" => {
+            after_github_completion(remote.conclusion.as_deref(), remote.runner_name.as_deref())
+        }
+        Some(remote) if remote.status == "in_progress" => Outcome::Finish {
+            state: JobState::Expired,
+            error: Some(format!(
+                "GitHub gave the job to runner `{}` before berth started one",
+                remote.runner_name.unwrap_or_default()
+            )),
+        },
+        Some(_) => return Ok(false),
+    };
+    apply(ctx, job, outcome, None).await;
+    Ok(true)
 }
 
 /// Containers labelled `berth.managed` that no live job owns.
@@ -515,8 +561,18 @@ async fn orphan_runners(ctx: &Arc<Context>) -> Result<u32> {
                 continue;
             }
             tracing::info!(runner_name = %runner.name, "deleting an orphan runner registration");
-            github.delete_runner(&pool.scope, runner.id).await?;
-            acted += 1;
+            match github.delete_runner(&pool.scope, runner.id).await {
+                Ok(()) => acted += 1,
+                Err(e) => {
+                    let e = crate::error::Error::from(e);
+                    if e.is_transient() {
+                        return Err(e);
+                    }
+                    ctx.metrics.reconciler_error("orphan_runner", e.kind());
+                    tracing::warn!(runner_name = %runner.name, error = %e,
+                        "cannot delete an orphan runner registration; going on with the others");
+                }
+            }
         }
     }
     Ok(acted)

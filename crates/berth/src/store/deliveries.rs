@@ -27,13 +27,19 @@ impl Store {
         })
     }
 
-    /// Forgets delivery ids received before `older_than`; returns how many.
-    /// (GitHub redelivers only on request, within days; the job itself stays
-    /// deduplicated by its GitHub job id regardless.)
-    pub async fn deliveries_prune(&self, older_than: OffsetDateTime) -> Result<u64> {
+    /// Forgets at most `limit` delivery ids received before `older_than`;
+    /// returns how many. (GitHub redelivers only on request, within 3 days;
+    /// the job itself stays deduplicated by its GitHub job id regardless.)
+    pub async fn deliveries_prune(&self, older_than: OffsetDateTime, limit: u32) -> Result<u64> {
         on_writer!(self, pool => {
-            sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+            sqlx::query(
+                "DELETE FROM webhook_deliveries WHERE delivery_id IN (
+                     SELECT delivery_id FROM webhook_deliveries
+                     WHERE received_at < $1
+                     LIMIT $2)",
+            )
                 .bind(to_millis(older_than))
+                .bind(i64::from(limit))
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected())
