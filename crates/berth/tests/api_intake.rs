@@ -825,3 +825,185 @@ async fn silent_tls_clients_are_closed_after_the_handshake_timeout() {
     }
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// Inputs found by probing: repository names GitHub never uses, a pool
+/// whose scope does not cover the repository, a 1.5 MB job name with
+/// terminal escapes, a 60 kB delivery id. Each is refused or bounded, and
+/// the CLI prints what is stored without raw control characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_are_refused_or_bounded() {
+    let world = World::new().await;
+    let mut config = world.config("");
+    // No such image: delegated jobs fail at once, nothing keeps running.
+    config.pools[0].image =
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000".into();
+    let berth = Berth::start(&world, config).await;
+    let client = berth.http();
+    let url = format!("{}/v1/jobs/delegate", berth.url);
+    let delegate = |body: Value| {
+        client
+            .post(&url)
+            .bearer_auth(&berth.admin_token)
+            .json(&body)
+            .send()
+    };
+    for repository in [
+        "../x",
+        "acme/..",
+        "./.",
+        "acme/a b",
+        "acme/x/../../y",
+        "%2e%2e/x",
+    ] {
+        let r = delegate(
+            json!({"repository": repository, "github_job_id": 11, "run_id": 1,
+            "labels": ["self-hosted", "linux"]}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 400, "{repository}");
+        let error = r.json::<Value>().await.unwrap()["error"].to_string();
+        assert!(error.contains("repository"), "{error}");
+    }
+    // The pool is org:acme: it does not serve another owner's repository.
+    let r = delegate(
+        json!({"repository": "evil/widgets", "github_job_id": 12, "run_id": 1,
+        "labels": ["self-hosted", "linux"], "pool": "linux"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let error = r.json::<Value>().await.unwrap()["error"].to_string();
+    assert!(error.contains("does not cover"), "{error}");
+    assert_eq!(job_count(&berth).await, 0, "nothing refused was stored");
+
+    // A huge job name with escape sequences: stored cut, printed escaped.
+    let name = format!("\u{1b}[2J\u{1b}]0;pwned\u{7}{}", "n".repeat(1_500_000));
+    let r = delegate(
+        json!({"repository": "acme/widgets", "github_job_id": 13, "run_id": 1,
+        "labels": ["self-hosted", "linux"], "job_name": name}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    let stored = job["job_name"].as_str().unwrap();
+    assert_eq!(stored.chars().count(), 1025, "cut at 1,024 characters");
+    assert!(stored.ends_with('…'));
+    let id = job["id"].as_str().unwrap().to_string();
+    let list = client
+        .get(format!("{}/v1/jobs", berth.url))
+        .bearer_auth(&berth.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        list.len() < 8_000,
+        "the job list stays small: {} bytes",
+        list.len()
+    );
+    for args in [vec!["jobs", "show", id.as_str()], vec!["jobs", "list"]] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(&args)
+            .env("BERTH_URL", &berth.url)
+            .env("BERTH_TOKEN", &berth.admin_token)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
+            "{args:?}: {stdout:?}"
+        );
+        assert!(stdout.contains("\\u{1b}[2J"), "{args:?}: {stdout}");
+    }
+
+    // A signed delivery with a 60 kB delivery id (the id is not signed).
+    let body = queued_payload(4_242);
+    let signature = sign(WEBHOOK_SECRET.as_bytes(), &body);
+    let long_id = "d".repeat(60_000);
+    let r = post_webhook(&berth, "workflow_job", &long_id, body, Some(signature)).await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        berth.job(4_242).await.is_none(),
+        "no job from a refused delivery"
+    );
+    assert!(
+        berth
+            .store()
+            .delivery_record(&long_id[..100], berth.store().now())
+            .await
+            .unwrap(),
+        "nothing was recorded for it"
+    );
+
+    // The dashboard's pages say how browsers must treat them.
+    let login = client
+        .get(format!("{}/login", berth.url))
+        .send()
+        .await
+        .unwrap();
+    for (header, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+    ] {
+        assert_eq!(
+            login.headers().get(header).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{header}"
+        );
+    }
+    berth.stop().await;
+}
+
+/// `/readyz` tells an anonymous caller what is down, not the internal
+/// error (paths, addresses); a `read` token sees the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_shows_errors_only_to_token_holders() {
+    // Docker through a socket proxy that then goes away.
+    let proxy = common::socket_proxy().await;
+    let api = LoneApi::start(&format!("[docker]\nhost = \"{}\"", proxy.docker_host())).await;
+    let ready = reqwest::get(format!("http://{}/readyz", api.addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    proxy.stop().await;
+    let r = reqwest::get(format!("http://{}/readyz", api.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["docker"], "unavailable", "{body}");
+    assert_eq!(body["store"], "ok", "{body}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["token", "create", "--scope", "read", "--config"])
+        .arg(api._dir.path().join("berth.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let body: Value = reqwest::Client::new()
+        .get(format!("http://{}/readyz", api.addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let detail = body["docker"].as_str().unwrap();
+    assert!(detail != "unavailable" && detail != "ok", "{body}");
+}

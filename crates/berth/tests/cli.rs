@@ -22,7 +22,11 @@ fn example_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("berth.toml"), example()).unwrap();
     std::fs::write(dir.path().join("app.pem"), "not read by config check").unwrap();
-    std::fs::write(dir.path().join("webhook.secret"), "4c1f0e6b2d8a97f3e5b0c2d4\n").unwrap();
+    std::fs::write(
+        dir.path().join("webhook.secret"),
+        "4c1f0e6b2d8a97f3e5b0c2d4\n",
+    )
+    .unwrap();
     dir
 }
 
