@@ -530,8 +530,11 @@ impl LoneApi {
             ),
         )
         .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
+        // Started with the common soft limit of 1,024 open files, which
+        // berth raises to the hard limit.
+        let child = std::process::Command::new("sh")
+            .args(["-c", "ulimit -Sn 1024 && exec \"$0\" serve --config \"$1\""])
+            .arg(env!("CARGO_BIN_EXE_berth"))
             .arg(&config)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap())
@@ -549,6 +552,20 @@ impl LoneApi {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
             .unwrap()
             .count()
+    }
+
+    /// The soft and hard limits on open files.
+    fn open_files_limits(&self) -> (String, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.child.id())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let mut fields = line["Max open files".len()..].split_whitespace();
+        (
+            fields.next().unwrap().to_string(),
+            fields.next().unwrap().to_string(),
+        )
     }
 
     fn rss_kib(&self) -> u64 {
@@ -639,6 +656,11 @@ async fn closed_by_server(stream: &mut tokio::net::TcpStream, limit: Duration) -
 async fn idle_and_slow_header_clients_cannot_lock_others_out() {
     use tokio::io::AsyncWriteExt;
     let api = LoneApi::start("max_connections = 32\nheader_timeout = 1.5").await;
+    let (soft, hard) = api.open_files_limits();
+    assert_eq!(
+        soft, hard,
+        "the soft open-files limit is raised to the hard one"
+    );
     let client = reqwest::Client::new();
     api.answers_others_within_1s("http", &client).await;
     let files_before = api.open_files();
