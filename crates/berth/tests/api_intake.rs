@@ -664,6 +664,7 @@ async fn idle_and_slow_header_clients_cannot_lock_others_out() {
     let client = reqwest::Client::new();
     api.answers_others_within_1s("http", &client).await;
     let files_before = api.open_files();
+    let rss_before = api.rss_kib();
     let mut idle = Vec::new();
     for _ in 0..64 {
         let mut s = tokio::net::TcpStream::connect(&api.addr).await.unwrap();
@@ -687,6 +688,11 @@ async fn idle_and_slow_header_clients_cannot_lock_others_out() {
     assert!(
         files <= files_before + 32 + 4,
         "the server holds {files} files (before: {files_before}; cap 32 connections)"
+    );
+    let rss = api.rss_kib();
+    assert!(
+        rss < rss_before + 32 * 1024,
+        "memory grew from {rss_before} KiB to {rss} KiB"
     );
     for s in &mut idle {
         assert!(
@@ -832,12 +838,18 @@ async fn silent_tls_clients_are_closed_after_the_handshake_timeout() {
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
         .build()
         .unwrap();
+    let rss_before = api.rss_kib();
     let mut silent = Vec::new();
     for _ in 0..32 {
         silent.push(tokio::net::TcpStream::connect(&api.addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     api.answers_others_within_1s("https", &client).await;
+    let rss = api.rss_kib();
+    assert!(
+        rss < rss_before + 32 * 1024,
+        "memory grew from {rss_before} KiB to {rss} KiB"
+    );
     let started = std::time::Instant::now();
     for s in &mut silent {
         assert!(
