@@ -1041,3 +1041,34 @@ async fn readiness_shows_errors_only_to_token_holders() {
     let detail = body["docker"].as_str().unwrap();
     assert!(detail != "unavailable" && detail != "ok", "{body}");
 }
+
+/// SQLite is for one `berth serve`: a second one on the same file is
+/// refused with a clear error (it would take the first one's leases as a
+/// dead predecessor's), and the first keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_on_one_sqlite_file_is_refused() {
+    let api = LoneApi::start("").await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config"])
+        .arg(api._dir.path().join("berth.toml"))
+        .env(
+            "BERTH_SERVER__LISTEN",
+            format!("127.0.0.1:{}", common::free_port()),
+        )
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("the second replica exits")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("another berth serve (pid {})", api.child.id()))
+            && stderr.contains("PostgreSQL"),
+        "{stderr}"
+    );
+    let r = reqwest::get(format!("http://{}/healthz", api.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the first one still serves");
+}

@@ -351,6 +351,15 @@ async fn serve(path: Option<&Path>) -> ExitCode {
         Err(code) => return code,
     };
     let log_level = crate::observability::logging::init(&config.logs.level);
+    // Held until the process ends: on SQLite this is the only replica.
+    let _sole_replica = match crate::store::SoleReplica::acquire(&config.store.url) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!(error = %e, "berth cannot start");
+            eprintln!("berth: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
         Ok(l) => l,
         Err(e) => {

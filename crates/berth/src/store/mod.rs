@@ -104,6 +104,7 @@ pub use clock::{Clock, ManualClock, SystemClock, truncate_to_millis};
 pub use error::{Result, StoreError};
 pub use group_commit::{IntakeWrite, IntakeWritten, MAX_BATCH as GROUP_COMMIT_MAX_BATCH};
 pub use rebind::Rebound;
+pub use replicas::SoleReplica;
 pub use types::{
     ApiToken, ApiTokenScope, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobLogs,
     JobLogsState, JobSource, JobState, NewApiToken, NewJob, UnknownName,

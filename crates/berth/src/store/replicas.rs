@@ -14,16 +14,84 @@
 //!   is older than a few beats are released by whichever replica notices
 //!   ([`Store::leases_release_dead_replicas`]).
 //!
+//! The first signal holds only while SQLite really has one process: a
+//! second `berth serve` on the same file would release the first one's
+//! leases as a dead predecessor's. [`SoleReplica`] makes sure it does not
+//! start.
+//!
 //! "Released" means the lease is made to expire now: the lease reconciler
 //! then finishes the job's hand-off exactly as after a lease ran out (adopt a
 //! running worker, else release and requeue). A replica that is in fact alive
 //! but was too slow loses only the race: its next conditional update fails
 //! and it cleans up what it made.
 
+use std::io::{Read, Seek, Write};
+use std::path::PathBuf;
+
 use time::OffsetDateTime;
 
 use super::clock::to_millis;
 use super::{Result, Store, StoreError};
+
+/// The one `berth serve` of a SQLite store: an exclusive lock on
+/// `<database>.lock`, held while it lives. The operating system releases
+/// it when the process ends, however it ends (kill -9 included), so a
+/// restart never waits for it.
+#[derive(Debug)]
+pub struct SoleReplica {
+    _file: std::fs::File,
+}
+
+impl SoleReplica {
+    /// Takes the lock of the SQLite store at `url`; `Ok(None)` for a
+    /// PostgreSQL or in-memory store, which need none. The error says who
+    /// holds it and what to do instead.
+    pub fn acquire(url: &str) -> std::result::Result<Option<SoleReplica>, String> {
+        use std::str::FromStr;
+        if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+            return Ok(None);
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .map_err(|e| format!("store.url is not a SQLite URL: {e}"))?;
+        let database = options.get_filename().to_path_buf();
+        let mut lock_path = database.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        use rustix::fs::{FlockOperation, flock};
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                // Who holds it, for the message a second process prints.
+                let _ = file.set_len(0);
+                let _ = write!(file, "{}", std::process::id());
+                let _ = file.flush();
+                Ok(Some(SoleReplica { _file: file }))
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut holder = String::new();
+                let _ = file.rewind();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                };
+                Err(format!(
+                    "another berth serve{holder} already uses the SQLite store {}: SQLite serves \
+                     one replica; for several, use PostgreSQL (store.url = \"postgres://…\", \
+                     see docs/operations.md, Several replicas on PostgreSQL)",
+                    database.display()
+                ))
+            }
+            Err(e) => Err(format!("cannot lock {}: {e}", lock_path.display())),
+        }
+    }
+}
 
 impl Store {
     /// Records that replica `id` is alive at `now`.
