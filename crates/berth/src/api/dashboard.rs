@@ -389,8 +389,9 @@ pub async fn login_form() -> Response {
     page(
         "berth: sign in",
         None,
-        "<h2>Sign in</h2><p>Paste an API token with the <code>read</code> scope \
-         (<code>berth token create --scope read</code>).</p>\
+        "<h2>Sign in</h2><p>Paste an API token with the <code>read</code> or <code>admin</code> scope \
+         (<code>berth token create --scope read</code>). The browser keeps only a read-only \
+         session made from it, for 12 hours at most.</p>\
          <form method=\"post\" action=\"/login\"><input type=\"password\" name=\"token\" size=\"60\" autocomplete=\"off\">\
          <button type=\"submit\">Sign in</button></form>",
     )
@@ -417,11 +418,14 @@ pub async fn login(State(ctx): State<Arc<Context>>, Form(form): Form<LoginForm>)
         Ok(created) => created,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let max_age = stored
-        .expires_at
-        .map_or(auth::SESSION_LIFETIME.as_secs() as i64, |at| {
-            (at - ctx.store.now()).whole_seconds().max(0)
-        });
+    // The cookie lives as long as the session: 12 hours, or less when the
+    // token signed in with expires sooner (rounded up to a whole second).
+    let lifetime = auth::SESSION_LIFETIME.as_secs() as i64;
+    let max_age = stored.expires_at.map_or(lifetime, |at| {
+        let left = at - ctx.store.now();
+        let secs = left.whole_seconds() + i64::from(left.subsec_nanoseconds() > 0);
+        secs.clamp(0, lifetime)
+    });
     let secure = if ctx.config.server.tls_cert.is_some() {
         "; Secure"
     } else {

@@ -24,8 +24,9 @@ pub struct Remote {
     /// The orchestrator's base URL.
     #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// A file holding an API token (`read` scope; `admin` to cancel). The
-    /// `BERTH_TOKEN` environment variable works too.
+    /// A file holding an API token (`read` scope; `admin` to cancel jobs and
+    /// for `berth token list|revoke`). The `BERTH_TOKEN` environment
+    /// variable works too.
     #[arg(long, env = "BERTH_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// A PEM certificate to trust, for an `https` URL with a private CA.
