@@ -175,6 +175,56 @@ fn token_create_prints_once_and_stores_a_hash() {
     assert!(!out.status.success());
 }
 
+#[test]
+fn token_create_takes_an_expiry_and_names_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("berth.db").display());
+    let before = time::OffsetDateTime::now_utc();
+    let out = berth()
+        .args(["token", "create", "--scope", "read", "--expires-in", "90d"])
+        .env_clear()
+        .env("BERTH_STORE__URL", &url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("expires"), "{stderr}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let stored = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = berth::store::Store::connect(&url).await.unwrap();
+        let found = store
+            .api_token_find_by_hash(&berth::api::auth::hash_token(&token))
+            .await
+            .unwrap();
+        store.close().await;
+        found.expect("the token is stored")
+    });
+    let expires_at = stored.expires_at.expect("an expiry");
+    let ninety_days = time::Duration::days(90);
+    assert!(
+        expires_at >= before + ninety_days
+            && expires_at <= time::OffsetDateTime::now_utc() + ninety_days,
+        "{expires_at}"
+    );
+
+    for bad in ["5x", "90", "-1d", "0s"] {
+        let out = berth()
+            .args(["token", "create", "--scope", "read"])
+            .arg(format!("--expires-in={bad}"))
+            .env_clear()
+            .env("BERTH_STORE__URL", &url)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{bad}` is not a duration")),
+            "{bad}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "no token made for {bad}");
+    }
+}
+
 /// Long operations show a live status line on a terminal, and only plain
 /// timestamped lines when their output is captured.
 #[test]

@@ -366,6 +366,72 @@ async fn live_answers_match_the_description() {
     assert_eq!(pools["pools"][0]["scope"], "org:acme");
     assert_eq!(pools["pools"][0]["max_runners"], 4);
 
+    // Tokens: a dashboard session too, so `session_of` is set on one.
+    let login = berth
+        .http()
+        .post(format!("{}/login", berth.url))
+        .form(&[("token", berth.admin_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(login.status().is_success() || login.status().is_redirection());
+    let (status, tokens) = get(&berth, "/v1/tokens?sessions=true").await;
+    assert_eq!(status, 200);
+    assert_valid("TokenList", &tokens);
+    let listed = tokens["tokens"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{tokens}");
+    assert!(
+        listed.iter().any(|t| t["session_of"].is_string()),
+        "{tokens}"
+    );
+    let fields: BTreeSet<String> = listed[0].as_object().unwrap().keys().cloned().collect();
+    let described: BTreeSet<String> = spec()["components"]["schemas"]["Token"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        fields, described,
+        "the token schema lists exactly its fields"
+    );
+    let (throwaway, row) = berth::api::auth::create_token(
+        berth.store(),
+        "throwaway",
+        berth::store::ApiTokenScope::Read,
+    )
+    .await
+    .unwrap();
+    let revoke = |id: String| {
+        berth
+            .http()
+            .post(format!("{}/v1/tokens/{id}/revoke", berth.url))
+            .bearer_auth(&berth.admin_token)
+            .send()
+    };
+    let revoked = revoke(row.id.to_string()).await.unwrap();
+    assert_eq!(revoked.status(), 200);
+    let revoked: Value = revoked.json().await.unwrap();
+    assert_valid("Token", &revoked);
+    assert!(revoked["revoked_at"].is_string());
+    for (id, status) in [
+        ("not-a-uuid".to_string(), 400),
+        (uuid::Uuid::now_v7().to_string(), 404),
+    ] {
+        let r = revoke(id.clone()).await.unwrap();
+        assert_eq!(r.status(), status, "{id}");
+        assert_valid("Error", &r.json().await.unwrap());
+    }
+    let refused = berth
+        .http()
+        .get(format!("{}/v1/jobs", berth.url))
+        .bearer_auth(&throwaway)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_valid("Error", &refused.json().await.unwrap());
+
     let (status, health) = get(&berth, "/healthz").await;
     assert_eq!(status, 200);
     assert_valid("Health", &health);
@@ -381,6 +447,7 @@ async fn live_answers_match_the_description() {
         ("/v1/jobs?limit=0", 400),
         ("/v1/jobs?state=sleeping", 400),
         ("/v1/jobs?pool=a%00b", 400),
+        ("/v1/tokens?sessions=maybe", 400),
         (&format!("/v1/jobs/{}/logs?follow=maybe", done.id), 400),
     ] {
         let (got, body) = get(&berth, path).await;

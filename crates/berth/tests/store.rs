@@ -72,6 +72,8 @@ store_suite!(
     concurrent_log_appends_lose_nothing,
     deliveries_are_recorded_once,
     api_tokens_are_found_by_hash,
+    api_tokens_expire_and_are_revoked_with_their_sessions,
+    expired_dashboard_sessions_are_pruned,
     prune_deletes_finished_jobs_and_their_logs,
     everything_survives_a_reopen,
     warm_containers_are_taken_once_and_bound_to_their_job,
@@ -1544,6 +1546,8 @@ async fn api_tokens_are_found_by_hash(h: &Harness) {
             name: "proxy".into(),
             scope: ApiTokenScope::Delegate,
             token_hash: "9f86d081884c7d65".into(),
+            expires_at: None,
+            session_of: None,
         })
         .await
         .unwrap();
@@ -1579,6 +1583,8 @@ async fn api_tokens_are_found_by_hash(h: &Harness) {
         name: "again".into(),
         scope: ApiTokenScope::Admin,
         token_hash: "9f86d081884c7d65".into(),
+        expires_at: None,
+        session_of: None,
     };
     assert!(matches!(
         store.api_token_insert(duplicate).await,
@@ -1587,6 +1593,200 @@ async fn api_tokens_are_found_by_hash(h: &Harness) {
             ..
         })
     ));
+}
+
+fn new_token(name: &str, scope: ApiTokenScope, hash: &str) -> NewApiToken {
+    NewApiToken {
+        name: name.into(),
+        scope,
+        token_hash: hash.into(),
+        expires_at: None,
+        session_of: None,
+    }
+}
+
+async fn api_tokens_expire_and_are_revoked_with_their_sessions(h: &Harness) {
+    let store = &h.store;
+    let start = h.now();
+    let admin = store
+        .api_token_insert(NewApiToken {
+            expires_at: Some(start + Duration::from_secs(3600)),
+            ..new_token("ops", ApiTokenScope::Admin, "hash-admin")
+        })
+        .await
+        .unwrap();
+    assert_eq!(admin.expires_at, Some(start + Duration::from_secs(3600)));
+    assert_eq!((admin.revoked_at, admin.session_of), (None, None));
+    h.tick(10);
+    let session = store
+        .api_token_insert(NewApiToken {
+            expires_at: Some(start + Duration::from_secs(600)),
+            session_of: Some(admin.id),
+            ..new_token("dashboard session", ApiTokenScope::Read, "hash-session")
+        })
+        .await
+        .unwrap();
+    h.tick(10);
+    let other = store
+        .api_token_insert(new_token("proxy", ApiTokenScope::Delegate, "hash-other"))
+        .await
+        .unwrap();
+
+    // What was stored reads back whole, by hash, by id and in the lists.
+    assert_eq!(
+        store.api_token_find_by_hash("hash-session").await.unwrap(),
+        Some(session.clone())
+    );
+    assert_eq!(
+        store.api_token_get(admin.id).await.unwrap(),
+        Some(admin.clone())
+    );
+    assert_eq!(store.api_token_get(Uuid::now_v7()).await.unwrap(), None);
+    assert_eq!(
+        store.api_token_list(false).await.unwrap(),
+        [admin.clone(), other.clone()],
+        "sessions are left out by default"
+    );
+    assert_eq!(
+        store.api_token_list(true).await.unwrap(),
+        [admin.clone(), session.clone(), other.clone()],
+        "oldest first, sessions included"
+    );
+    let json = serde_json::to_value(&session).unwrap();
+    assert_eq!(json["session_of"], admin.id.to_string());
+    assert!(json.get("token_hash").is_none(), "{json}");
+
+    // Revoking the admin token revokes its session, nothing else.
+    let revoked_at = h.tick(1000);
+    let revoked = store
+        .api_token_revoke(admin.id, revoked_at)
+        .await
+        .unwrap()
+        .expect("a known token");
+    assert_eq!(revoked.revoked_at, Some(revoked_at));
+    assert_eq!(
+        (revoked.id, revoked.expires_at),
+        (admin.id, admin.expires_at)
+    );
+    let session_now = store.api_token_get(session.id).await.unwrap().unwrap();
+    assert_eq!(session_now.revoked_at, Some(revoked_at), "with its session");
+    let other_now = store.api_token_get(other.id).await.unwrap().unwrap();
+    assert_eq!(other_now.revoked_at, None, "another token is untouched");
+
+    // Again: idempotent, the first time stands.
+    let later = h.tick(5000);
+    let again = store
+        .api_token_revoke(admin.id, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.revoked_at, Some(revoked_at));
+    assert_eq!(
+        store.api_token_revoke(Uuid::now_v7(), later).await.unwrap(),
+        None,
+        "an unknown id"
+    );
+
+    // A session made after its parent was revoked (a sign-in racing the
+    // revocation) is still found revoked, with the parent's time.
+    let late = store
+        .api_token_insert(NewApiToken {
+            expires_at: Some(later + Duration::from_secs(600)),
+            session_of: Some(admin.id),
+            ..new_token("dashboard session", ApiTokenScope::Read, "hash-late")
+        })
+        .await
+        .unwrap();
+    assert_eq!(late.revoked_at, None);
+    let found = store
+        .api_token_find_by_hash("hash-late")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.revoked_at, Some(revoked_at));
+
+    // Revoking a session alone leaves its parent as it was.
+    let other_session = store
+        .api_token_insert(NewApiToken {
+            expires_at: Some(later + Duration::from_secs(600)),
+            session_of: Some(other.id),
+            ..new_token("dashboard session", ApiTokenScope::Read, "hash-s2")
+        })
+        .await
+        .unwrap();
+    store
+        .api_token_revoke(other_session.id, later)
+        .await
+        .unwrap()
+        .unwrap();
+    let other_now = store.api_token_get(other.id).await.unwrap().unwrap();
+    assert_eq!(other_now.revoked_at, None);
+
+    // A reopened store reads the same.
+    let reopened = h.reopen().await;
+    assert_eq!(
+        reopened.api_token_list(true).await.unwrap(),
+        store.api_token_list(true).await.unwrap()
+    );
+    reopened.close().await;
+}
+
+async fn expired_dashboard_sessions_are_pruned(h: &Harness) {
+    let store = &h.store;
+    let start = h.now();
+    let parent = store
+        .api_token_insert(NewApiToken {
+            expires_at: Some(start),
+            ..new_token("ops", ApiTokenScope::Admin, "parent")
+        })
+        .await
+        .unwrap();
+    let session = |hash: &str, expires_at| NewApiToken {
+        expires_at: Some(expires_at),
+        session_of: Some(parent.id),
+        ..new_token("dashboard session", ApiTokenScope::Read, hash)
+    };
+    let mut old = Vec::new();
+    for i in 0..3 {
+        let expired = start + Duration::from_secs(60 * i);
+        h.tick(1);
+        old.push(
+            store
+                .api_token_insert(session(&format!("old-{i}"), expired))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    h.tick(1);
+    let cutoff = start + Duration::from_secs(3600);
+    let recent = store
+        .api_token_insert(session("recent", cutoff))
+        .await
+        .unwrap();
+    h.tick(1);
+    let live = store
+        .api_token_insert(session("live", cutoff + Duration::from_secs(3600)))
+        .await
+        .unwrap();
+
+    // In batches: two, then what is left.
+    assert_eq!(store.api_tokens_prune_sessions(cutoff, 2).await.unwrap(), 2);
+    assert_eq!(store.api_tokens_prune_sessions(cutoff, 2).await.unwrap(), 1);
+    assert_eq!(store.api_tokens_prune_sessions(cutoff, 2).await.unwrap(), 0);
+    for id in old {
+        assert_eq!(store.api_token_get(id).await.unwrap(), None, "pruned");
+    }
+    // Expired at the cutoff exactly, or not expired: kept. An ordinary
+    // token, even expired long ago, is never pruned.
+    let left: Vec<Uuid> = store
+        .api_token_list(true)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(left, [parent.id, recent.id, live.id]);
 }
 
 async fn prune_deletes_finished_jobs_and_their_logs(h: &Harness) {
@@ -1702,6 +1902,8 @@ async fn everything_survives_a_reopen(h: &Harness) {
             name: "ci".into(),
             scope: ApiTokenScope::Read,
             token_hash: "abc".into(),
+            expires_at: None,
+            session_of: None,
         })
         .await
         .unwrap();

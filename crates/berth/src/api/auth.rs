@@ -4,12 +4,36 @@
 //! its SHA-256 (tokens are high-entropy, so a fast hash is enough: nothing can
 //! be brute-forced from it). A request's token is hashed and looked up by
 //! hash; the stored hash is then compared in constant time as a second guard.
+//!
+//! # Lifecycle
+//!
+//! A token may carry an expiry (`berth token create --expires-in 90d`) and may
+//! be revoked (`POST /v1/tokens/{id}/revoke`); either way it is refused with
+//! 401 from then on, and its row stays for the listing. When it was last
+//! used is recorded, but not on every request: that would turn every read
+//! into a write (and on SQLite, every request would queue for the one
+//! writer). [`authorize`] records it only when the stored time is unset or
+//! older than [`LAST_USED_RESOLUTION`], in a task of its own, off the
+//! request's path: at most about once a minute per token.
+//!
+//! # Dashboard sessions
+//!
+//! A browser cannot send a bearer header, so the dashboard keeps a token in
+//! a cookie. Not the token typed in: [`create_session`] makes a new `read`
+//! token for the cookie (`session_of` naming the one it was made from),
+//! which lives [`SESSION_LIFETIME`] at most. So a cookie that leaks is worth
+//! a few hours of reading, never an `admin` token, and revoking the token
+//! one signed in with ends its sessions too.
+
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use time::OffsetDateTime;
 
 use crate::store::{ApiToken, ApiTokenScope, NewApiToken, Store};
 
@@ -23,6 +47,10 @@ pub enum AuthError {
     Missing,
     #[error("invalid bearer token")]
     Invalid,
+    #[error("this token expired (make a new one with `berth token create`)")]
+    Expired,
+    #[error("this token was revoked")]
+    Revoked,
     #[error("this token's scope `{have}` does not allow this request (needs {need})")]
     Forbidden {
         have: ApiTokenScope,
@@ -47,11 +75,34 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Creates a token with `scope`, stores its hash and returns the token itself.
+/// How stale the recorded `last_used_at` may get before a request records
+/// it again.
+pub const LAST_USED_RESOLUTION: Duration = Duration::from_secs(60);
+
+/// How long a dashboard session lasts (at most: never past the expiry of
+/// the token it was made from).
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// The name of every dashboard session token.
+pub const SESSION_NAME: &str = "dashboard session";
+
+/// Creates a token with `scope` that does not expire, stores its hash and
+/// returns the token itself.
 pub async fn create_token(
     store: &Store,
     name: &str,
     scope: ApiTokenScope,
+) -> Result<(String, ApiToken), crate::store::StoreError> {
+    create_token_expiring(store, name, scope, None).await
+}
+
+/// Creates a token with `scope` that stops working at `expires_at` (never
+/// for `None`), stores its hash and returns the token itself.
+pub async fn create_token_expiring(
+    store: &Store,
+    name: &str,
+    scope: ApiTokenScope,
+    expires_at: Option<OffsetDateTime>,
 ) -> Result<(String, ApiToken), crate::store::StoreError> {
     let token = generate_token();
     let stored = store
@@ -59,6 +110,35 @@ pub async fn create_token(
             name: name.to_string(),
             scope,
             token_hash: hash_token(&token),
+            expires_at,
+            session_of: None,
+        })
+        .await?;
+    Ok((token, stored))
+}
+
+/// Creates a dashboard session for someone who signed in with `parent`: a
+/// `read` token (whatever `parent`'s scope) expiring after
+/// [`SESSION_LIFETIME`] or with `parent`, whichever comes first. A session
+/// made from a session hangs off the same original token, so revoking that
+/// one still ends them all.
+pub async fn create_session(
+    store: &Store,
+    parent: &ApiToken,
+) -> Result<(String, ApiToken), crate::store::StoreError> {
+    let lifetime_end = store.now() + SESSION_LIFETIME;
+    let expires_at = match parent.expires_at {
+        Some(parent_end) if parent_end < lifetime_end => parent_end,
+        _ => lifetime_end,
+    };
+    let token = generate_token();
+    let stored = store
+        .api_token_insert(NewApiToken {
+            name: SESSION_NAME.to_string(),
+            scope: ApiTokenScope::Read,
+            token_hash: hash_token(&token),
+            expires_at: Some(expires_at),
+            session_of: Some(parent.session_of.unwrap_or(parent.id)),
         })
         .await?;
     Ok((token, stored))
@@ -101,7 +181,10 @@ fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Checks the request's bearer token against the store.
+/// Checks the request's bearer token against the store: known, not
+/// revoked, not expired, with a scope that allows `need`. On success, the
+/// token's `last_used_at` is brought up to date if it is stale (see the
+/// module documentation).
 pub async fn authorize(
     store: &Store,
     headers: &HeaderMap,
@@ -121,13 +204,37 @@ pub async fn authorize(
     if !bool::from(stored.token_hash.as_bytes().ct_eq(presented.as_bytes())) {
         return Err(AuthError::Invalid);
     }
+    if stored.is_revoked() {
+        return Err(AuthError::Revoked);
+    }
+    let now = store.now();
+    if stored.is_expired_at(now) {
+        return Err(AuthError::Expired);
+    }
     if !need.allows(stored.scope) {
         return Err(AuthError::Forbidden {
             have: stored.scope,
             need: need.describe(),
         });
     }
+    if last_used_is_stale(stored.last_used_at, now) {
+        let store = store.clone();
+        let id = stored.id;
+        tokio::spawn(async move {
+            if let Err(e) = store.api_token_touch(id).await {
+                tracing::warn!(token_id = %id, error = %e, "cannot record when a token was used");
+            }
+        });
+    }
     Ok(stored)
+}
+
+/// Whether `last_used_at` should be recorded again at `now`.
+fn last_used_is_stale(last_used_at: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+    match last_used_at {
+        None => true,
+        Some(at) => now - at >= LAST_USED_RESOLUTION,
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +259,20 @@ mod tests {
         for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
             assert_eq!(bearer_token(value), None, "{value}");
         }
+    }
+
+    #[test]
+    fn last_used_is_recorded_about_once_a_minute() {
+        let now = OffsetDateTime::now_utc();
+        assert!(last_used_is_stale(None, now));
+        assert!(!last_used_is_stale(Some(now), now));
+        assert!(!last_used_is_stale(
+            Some(now - Duration::from_secs(59)),
+            now
+        ));
+        assert!(last_used_is_stale(Some(now - Duration::from_secs(60)), now));
+        // A clock that went backwards does not record on every request.
+        assert!(!last_used_is_stale(Some(now + Duration::from_secs(5)), now));
     }
 
     #[test]

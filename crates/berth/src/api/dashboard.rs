@@ -5,8 +5,12 @@
 //! the queue depth and a running job's log are live in any browser, with
 //! scripts on or off. Filters are plain links. The dashboard needs a token
 //! with the `read` scope: browsers cannot send bearer headers, so `/login`
-//! takes the token once and keeps it in an `HttpOnly`, `SameSite=Strict`
-//! cookie. The dashboard only reads; it has no action that changes state.
+//! takes a token once and sets a cookie holding a dashboard session: a new
+//! `read` token made for the cookie, valid 12 hours at most and revoked
+//! with the token it was made from (see `auth::create_session`). The token
+//! typed in never goes into the cookie, so signing in with an `admin` token
+//! leaves no `admin` power in the browser. The dashboard only reads; it has
+//! no action that changes state.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use super::{ApiError, ApiResult};
 use crate::context::Context;
 use crate::store::{Job, JobFilter, JobState};
 
-/// The cookie holding the dashboard's token.
+/// The cookie holding the dashboard's session token.
 pub const COOKIE: &str = "berth_token";
 
 /// Authorizes a dashboard request: the bearer header, or the login cookie.
@@ -39,7 +43,9 @@ async fn viewer(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
     }
     match auth::authorize(&ctx.store, &headers, Need::Read).await {
         Ok(_) => Ok(()),
-        Err(AuthError::Missing | AuthError::Invalid) => Err(Redirect::to("/login").into_response()),
+        Err(AuthError::Missing | AuthError::Invalid | AuthError::Expired | AuthError::Revoked) => {
+            Err(Redirect::to("/login").into_response())
+        }
         Err(e) => Err(ApiError::from(e).into_response()),
     }
 }
@@ -383,8 +389,9 @@ pub async fn login_form() -> Response {
     page(
         "berth: sign in",
         None,
-        "<h2>Sign in</h2><p>Paste an API token with the <code>read</code> scope \
-         (<code>berth token create --scope read</code>).</p>\
+        "<h2>Sign in</h2><p>Paste an API token with the <code>read</code> or <code>admin</code> scope \
+         (<code>berth token create --scope read</code>). The browser keeps only a read-only \
+         session made from it, for 12 hours at most.</p>\
          <form method=\"post\" action=\"/login\"><input type=\"password\" name=\"token\" size=\"60\" autocomplete=\"off\">\
          <button type=\"submit\">Sign in</button></form>",
     )
@@ -395,24 +402,36 @@ pub struct LoginForm {
     token: String,
 }
 
-/// `POST /login`: checks the token and keeps it in a cookie.
+/// `POST /login`: checks the token (`read` or `admin`) and sets a cookie
+/// holding a new dashboard session made from it, never the token itself.
 pub async fn login(State(ctx): State<Arc<Context>>, Form(form): Form<LoginForm>) -> Response {
     let mut headers = HeaderMap::new();
     let Ok(value) = format!("Bearer {}", form.token.trim()).parse() else {
         return ApiError::new(StatusCode::BAD_REQUEST, "not a token").into_response();
     };
     headers.insert(header::AUTHORIZATION, value);
-    if let Err(e) = auth::authorize(&ctx.store, &headers, Need::Read).await {
-        return ApiError::from(e).into_response();
-    }
+    let parent = match auth::authorize(&ctx.store, &headers, Need::Read).await {
+        Ok(parent) => parent,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let (session, stored) = match auth::create_session(&ctx.store, &parent).await {
+        Ok(created) => created,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    // The cookie lives as long as the session: 12 hours, or less when the
+    // token signed in with expires sooner (rounded up to a whole second).
+    let lifetime = auth::SESSION_LIFETIME.as_secs() as i64;
+    let max_age = stored.expires_at.map_or(lifetime, |at| {
+        let left = at - ctx.store.now();
+        let secs = left.whole_seconds() + i64::from(left.subsec_nanoseconds() > 0);
+        secs.clamp(0, lifetime)
+    });
     let secure = if ctx.config.server.tls_cert.is_some() {
         "; Secure"
     } else {
         ""
     };
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{secure}",
-        form.token.trim()
-    );
+    let cookie =
+        format!("{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }

@@ -1,4 +1,5 @@
-//! API: berth's HTTP surface (webhooks, delegate, jobs, metrics, health).
+//! API: berth's HTTP surface (webhooks, delegate, jobs, tokens, metrics,
+//! health).
 //!
 //! Handlers are thin: they authenticate, parse, call intake or the store, and
 //! map the result to a status code. Errors are JSON `{"error": "..."}` naming
@@ -58,7 +59,9 @@ impl IntoResponse for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         let status = match e {
-            AuthError::Missing | AuthError::Invalid => StatusCode::UNAUTHORIZED,
+            AuthError::Missing | AuthError::Invalid | AuthError::Expired | AuthError::Revoked => {
+                StatusCode::UNAUTHORIZED
+            }
             AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -124,6 +127,8 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/pools", get(list_pools))
         .route("/v1/status", get(status))
+        .route("/v1/tokens", get(list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/scale-sets/{name}/runners", get(scaleset::list_runners))
         .route("/v1/scale-sets/{name}/events", post(scaleset::events))
         .route(
@@ -402,6 +407,53 @@ async fn list_pools(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiR
         })
         .collect();
     Ok(Json(json!({ "pools": pools })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct TokensQuery {
+    /// Include dashboard sessions.
+    #[serde(default)]
+    sessions: bool,
+}
+
+/// `GET /v1/tokens` (admin): every token's record (never its hash), oldest
+/// first; dashboard sessions only with `?sessions=true`.
+async fn list_tokens(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    q: Result<Query<TokensQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Admin).await?;
+    let q = query(q)?;
+    let tokens = ctx.store.api_token_list(q.sessions).await?;
+    Ok(Json(json!({ "tokens": tokens })).into_response())
+}
+
+/// `POST /v1/tokens/{id}/revoke` (admin): revokes the token and the
+/// dashboard sessions made from it; answers its record. Revoking again
+/// changes nothing.
+async fn revoke_token(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Admin).await?;
+    // The id is not echoed when it is not one: a token pasted by mistake
+    // must not come back in the answer.
+    let token_id: uuid::Uuid = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not a token id (token ids are UUIDs; `GET /v1/tokens` lists them)",
+        )
+    })?;
+    let revoked = ctx
+        .store
+        .api_token_revoke(token_id, ctx.store.now())
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no token `{token_id}`")))?;
+    tracing::info!(token_id = %revoked.id, name = %revoked.name, scope = %revoked.scope,
+        "API token revoked");
+    Ok(Json(revoked).into_response())
 }
 
 /// `GET /v1/openapi.json` (public): this API described in OpenAPI 3.1.

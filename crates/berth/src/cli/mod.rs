@@ -200,16 +200,86 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create an API token; it is printed once and only its hash is stored.
+    /// Create an API token in the store of the configuration (so the first
+    /// `admin` token needs no API); it is printed once and only its hash is
+    /// stored.
     Create {
         #[arg(long, value_parser = ["delegate", "read", "admin"])]
         scope: String,
         /// A name to recognise the token by.
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Make the token stop working after this long: `90d`, `12h`,
+        /// `30m`, `3600s`. Without it the token works until revoked.
+        #[arg(long, value_name = "DURATION", value_parser = parse_expires_in)]
+        expires_in: Option<std::time::Duration>,
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The orchestrator's API tokens (needs an `admin` token): name, scope,
+    /// state, when created and last used, when they expire.
+    List {
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Include dashboard sessions (the tokens `/login` makes).
+        #[arg(long)]
+        sessions: bool,
+    },
+    /// Revoke an API token and its dashboard sessions (needs an `admin`
+    /// token); it is refused from then on.
+    Revoke {
+        /// The token's id (from `berth token list`), not the token itself.
+        id: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Longest `--expires-in` taken: 100 years, far past any sensible token
+/// and well inside what a timestamp can hold.
+const MAX_EXPIRES_IN: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `--expires-in`: a whole number and a unit, `d`, `h`, `m` or `s`
+/// (`90d`, `12h`, `30m`, `3600s`). Errors name the value given.
+pub fn parse_expires_in(value: &str) -> Result<std::time::Duration, String> {
+    let bad = |why: &str| {
+        format!(
+            "`{value}` is not a duration ({why}; write a number and d, h, m or s: `90d`, `12h`, `30m`, `3600s`)"
+        )
+    };
+    let text = value.trim();
+    let Some(unit) = text.chars().last() else {
+        return Err(bad("it is empty"));
+    };
+    let seconds_per_unit: u64 = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        c if c.is_ascii_digit() => return Err(bad("no unit")),
+        c => return Err(bad(&format!("unknown unit `{c}`"))),
+    };
+    let number = &text[..text.len() - unit.len_utf8()];
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("the number must be a whole number"));
+    }
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds_per_unit))
+        .map(std::time::Duration::from_secs)
+        .filter(|d| *d <= MAX_EXPIRES_IN)
+        .ok_or_else(|| bad("at most 100 years"))?;
+    if seconds.is_zero() {
+        return Err(bad("it must be more than zero"));
+    }
+    Ok(seconds)
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,8 +304,17 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Token(TokenCommand::Create {
             scope,
             name,
+            expires_in,
             config,
-        }) => token_create(config.as_deref(), &scope, &name).await,
+        }) => token_create(config.as_deref(), &scope, &name, expires_in).await,
+        Command::Token(TokenCommand::List {
+            remote,
+            json,
+            sessions,
+        }) => remote::tokens_list(&remote, sessions, json).await,
+        Command::Token(TokenCommand::Revoke { id, remote, json }) => {
+            remote::token_revoke(&remote, &id, json).await
+        }
         Command::WorkerImage(WorkerImageCommand::Build { docker }) => {
             build_worker_image(docker.as_deref()).await
         }
@@ -472,15 +551,29 @@ pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     token.cancel();
 }
 
-async fn token_create(path: Option<&Path>, scope: &str, name: &str) -> anyhow::Result<()> {
+async fn token_create(
+    path: Option<&Path>,
+    scope: &str,
+    name: &str,
+    expires_in: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let config = load_config(path, Role::Serve)
         .map_err(|_| anyhow::anyhow!("fix the configuration first"))?;
     let scope: crate::store::ApiTokenScope = scope.parse()?;
     let store = crate::store::Store::connect(&config.store.url).await?;
-    let (token, stored) = crate::api::auth::create_token(&store, name, scope).await?;
+    let expires_at = expires_in.map(|d| store.now() + d);
+    let created = crate::api::auth::create_token_expiring(&store, name, scope, expires_at).await;
     store.close().await;
+    let (token, stored) = created?;
+    let until = match stored.expires_at {
+        Some(at) => format!(
+            ", expires {}",
+            at.format(&time::format_description::well_known::Rfc3339)?
+        ),
+        None => String::new(),
+    };
     eprintln!(
-        "berth: created {} token `{}` ({}); it is shown once:",
+        "berth: created {} token `{}` ({}{until}); it is shown once:",
         stored.scope, stored.name, stored.id
     );
     println!("{token}");
@@ -513,4 +606,39 @@ async fn build_worker_image(docker: Option<&str>) -> anyhow::Result<()> {
     println!("image: {}", image.reference);
     println!("id:    {}", image.id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_durations_take_days_hours_minutes_and_seconds() {
+        let secs = |v: &str| parse_expires_in(v).map(|d| d.as_secs());
+        assert_eq!(secs("90d"), Ok(90 * 86_400));
+        assert_eq!(secs("12h"), Ok(12 * 3_600));
+        assert_eq!(secs("30m"), Ok(30 * 60));
+        assert_eq!(secs("3600s"), Ok(3600));
+        assert_eq!(secs(" 1d "), Ok(86_400));
+        for bad in [
+            "",
+            "d",
+            "90",
+            "90x",
+            "-5d",
+            "1.5h",
+            "0s",
+            "h12",
+            "99999999999999999999d",
+            "36501d",
+        ] {
+            let err = parse_expires_in(bad).expect_err(bad);
+            assert!(err.contains(&format!("`{bad}`")), "{bad}: {err}");
+        }
+        assert!(
+            parse_expires_in("90x")
+                .unwrap_err()
+                .contains("unknown unit `x`")
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The operator commands that talk to a running orchestrator over its HTTP
-//! API: `berth jobs list|show|cancel`, `berth logs JOB [-f]`, `berth pools`.
+//! API: `berth jobs list|show|cancel`, `berth logs JOB [-f]`, `berth pools`,
+//! `berth status`, `berth token list|revoke`.
 //!
 //! They are thin: every answer comes from the API (so they work against a
 //! remote `berth serve` and see exactly what the dashboard sees), printed as a
@@ -15,7 +16,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::store::Job;
+use crate::store::{ApiToken, Job};
 
 /// Where the orchestrator is and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,8 +24,9 @@ pub struct Remote {
     /// The orchestrator's base URL.
     #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// A file holding an API token (`read` scope; `admin` to cancel). The
-    /// `BERTH_TOKEN` environment variable works too.
+    /// A file holding an API token (`read` scope; `admin` to cancel jobs and
+    /// for `berth token list|revoke`). The `BERTH_TOKEN` environment
+    /// variable works too.
     #[arg(long, env = "BERTH_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// A PEM certificate to trust, for an `https` URL with a private CA.
@@ -284,6 +286,110 @@ pub async fn pools(remote: &Remote, json: bool) -> anyhow::Result<()> {
     }
     table.print();
     Ok(())
+}
+
+/// `berth token list`: every token's record (never a hash or a token).
+pub async fn tokens_list(remote: &Remote, sessions: bool, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let query = if sessions {
+        vec![("sessions", "true".to_string())]
+    } else {
+        Vec::new()
+    };
+    let answer = client.get_json("/v1/tokens", &query).await?;
+    if json {
+        return print_json(&answer);
+    }
+    let tokens: Vec<ApiToken> =
+        serde_json::from_value(answer.get("tokens").cloned().unwrap_or_default())
+            .context("the server's token list is not in the expected form")?;
+    if tokens.is_empty() {
+        eprintln!("no tokens");
+        return Ok(());
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut header = vec![
+        "ID",
+        "NAME",
+        "SCOPE",
+        "STATE",
+        "CREATED",
+        "LAST USED",
+        "EXPIRES",
+    ];
+    if sessions {
+        header.push("SESSION OF");
+    }
+    let mut table = Table::new(&header);
+    for token in &tokens {
+        let mut row = vec![
+            token.id.to_string(),
+            token.name.clone(),
+            token.scope.as_str().to_string(),
+            token_state(token, now).to_string(),
+            timestamp(Some(token.created_at)),
+            timestamp(token.last_used_at),
+            timestamp(token.expires_at),
+        ];
+        if sessions {
+            row.push(token.session_of.map_or("-".into(), |id| id.to_string()));
+        }
+        table.row(row);
+    }
+    table.print();
+    Ok(())
+}
+
+/// `berth token revoke`.
+pub async fn token_revoke(remote: &Remote, id: &str, json: bool) -> anyhow::Result<()> {
+    // A token pasted where its id belongs would otherwise travel in a URL,
+    // and URLs end up in proxy logs.
+    if id.trim().starts_with(crate::api::auth::TOKEN_PREFIX) {
+        bail!(
+            "that is a token, not a token id; nothing was sent (`berth token list` shows the ids)"
+        );
+    }
+    let client = Client::new(remote)?;
+    let req = client.request(
+        reqwest::Method::POST,
+        &format!("/v1/tokens/{}/revoke", path_segment(id)),
+    )?;
+    let answer: Value = client.send(req).await?.json().await?;
+    if json {
+        return print_json(&answer);
+    }
+    let token: ApiToken =
+        serde_json::from_value(answer).context("the server's token is not in the expected form")?;
+    println!(
+        "revoked {} token {} `{}` at {}, with its dashboard sessions",
+        token.scope,
+        token.id,
+        printable(&token.name),
+        timestamp(token.revoked_at)
+    );
+    Ok(())
+}
+
+/// `revoked`, `expired` or `active`.
+fn token_state(token: &ApiToken, now: OffsetDateTime) -> &'static str {
+    if token.is_revoked() {
+        "revoked"
+    } else if token.is_expired_at(now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+/// RFC 3339 to the second, or `-`.
+fn timestamp(at: Option<OffsetDateTime>) -> String {
+    at.and_then(|t| {
+        t.replace_millisecond(0)
+            .ok()?
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .unwrap_or_else(|| "-".into())
 }
 
 /// `berth status`: each component's status; fails (exit 1) when a

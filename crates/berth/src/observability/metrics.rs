@@ -490,10 +490,10 @@ impl Metrics {
         let retention_pruned = Family::<WhatLabels, Counter>::default();
         registry.register(
             "retention_pruned",
-            "Rows the retention component deleted: job_logs, jobs (with their logs), deliveries",
+            "Rows the retention component deleted: job_logs, jobs (with their logs), deliveries, dashboard_sessions",
             retention_pruned.clone(),
         );
-        for what in ["job_logs", "jobs", "deliveries"] {
+        for what in ["job_logs", "jobs", "deliveries", "dashboard_sessions"] {
             drop(retention_pruned.get_or_create(&WhatLabels { what }));
         }
         for kind in RECONCILER_KINDS {

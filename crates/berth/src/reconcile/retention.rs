@@ -3,7 +3,11 @@
 //! Every `retention.interval` it deletes, in this order, the output of jobs
 //! finished more than `job_logs` ago, the jobs finished more than
 //! `finished_jobs` ago (their output goes with them), and the delivery ids
-//! older than `deliveries`. Each kind is deleted in batches of
+//! older than `deliveries`; then the dashboard sessions (short-lived API
+//! tokens, see `api::auth`) that expired more than [`SESSION_GRACE`] ago,
+//! which nothing configures: an expired session is useless, and the day of
+//! grace only keeps it in `GET /v1/tokens?sessions=true` for a while after
+//! it ended. Each kind is deleted in batches of
 //! `retention.batch` rows, at most [`MAX_BATCHES`] per pass: a store that
 //! grew large is worked down over a few passes, without one long statement
 //! holding the writer. Every step is a conditional DELETE, so replicas may
@@ -23,12 +27,16 @@ use crate::supervise::ComponentHandle;
 /// Batches of one kind per pass at most.
 pub const MAX_BATCHES: u32 = 20;
 
+/// Dashboard sessions are deleted this long after they expired.
+pub const SESSION_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 /// What one pass deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     pub job_logs: u64,
     pub jobs: u64,
     pub deliveries: u64,
+    pub dashboard_sessions: u64,
 }
 
 /// The `retention` component: a pass now, then every `retention.interval`.
@@ -40,7 +48,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, status: Compone
                 match &r {
                     Ok(p) if *p != Pruned::default() => {
                         tracing::info!(job_logs = p.job_logs, jobs = p.jobs,
-                            deliveries = p.deliveries, "retention pruned the store");
+                            deliveries = p.deliveries, dashboard_sessions = p.dashboard_sessions,
+                            "retention pruned the store");
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "retention pass failed"),
@@ -56,7 +65,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, status: Compone
     }
 }
 
-/// One pass: logs, jobs, deliveries, each in bounded batches.
+/// One pass: logs, jobs, deliveries, dashboard sessions, each in bounded
+/// batches.
 pub async fn prune(ctx: &Context) -> Result<Pruned, StoreError> {
     let retention = &ctx.config.retention;
     let now = ctx.store.now();
@@ -80,6 +90,11 @@ pub async fn prune(ctx: &Context) -> Result<Pruned, StoreError> {
         })
         .await?;
     }
+    let sessions_before = now - SESSION_GRACE;
+    pruned.dashboard_sessions = batches(ctx, "dashboard_sessions", batch, || {
+        ctx.store.api_tokens_prune_sessions(sessions_before, batch)
+    })
+    .await?;
     Ok(pruned)
 }
 

@@ -476,10 +476,17 @@ pub struct NewApiToken {
     pub scope: ApiTokenScope,
     /// A hash of the token (e.g. hex SHA-256); the store never sees the token.
     pub token_hash: String,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<OffsetDateTime>,
+    /// For a dashboard session, the token it was made from.
+    pub session_of: Option<Uuid>,
 }
 
 /// A stored API token (its hash, never the token).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Serializes as the token record of the HTTP API (`GET /v1/tokens`): every
+/// field but the hash, timestamps as RFC 3339, `null` when unset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiToken {
     pub id: Uuid,
     pub name: String,
@@ -488,6 +495,25 @@ pub struct ApiToken {
     pub token_hash: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Recorded at most about once a minute (see `api::auth`).
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// For a dashboard session, the token it was made from; `None` otherwise.
+    pub session_of: Option<Uuid>,
+}
+
+impl ApiToken {
+    /// Whether the token no longer works at `now` because it expired.
+    pub fn is_expired_at(&self, now: OffsetDateTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Whether the token was revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
 }
