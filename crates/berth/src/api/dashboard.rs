@@ -34,8 +34,11 @@ async fn viewer(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
     if ctx.config.server.public_dashboard {
         return Ok(());
     }
+    // A client that sends a bearer token is a program: it gets the API's
+    // 401 or 403. A browser (the cookie, or nothing yet) is sent to sign in.
+    let bearer = headers.contains_key(header::AUTHORIZATION);
     let mut headers = headers.clone();
-    if !headers.contains_key(header::AUTHORIZATION)
+    if !bearer
         && let Some(token) = cookie(&headers, COOKIE)
         && let Ok(value) = format!("Bearer {token}").parse()
     {
@@ -43,7 +46,9 @@ async fn viewer(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
     }
     match auth::authorize(&ctx.store, &headers, Need::Read).await {
         Ok(_) => Ok(()),
-        Err(AuthError::Missing | AuthError::Invalid | AuthError::Expired | AuthError::Revoked) => {
+        Err(AuthError::Missing | AuthError::Invalid | AuthError::Expired | AuthError::Revoked)
+            if !bearer =>
+        {
             Err(Redirect::to("/login").into_response())
         }
         Err(e) => Err(ApiError::from(e).into_response()),
