@@ -290,21 +290,38 @@ fn scale_set_listeners(ctx: &Arc<Context>, supervisor: &mut Supervisor, stop: &C
         let (ctx, stop, delegator, set) =
             (ctx.clone(), stop.clone(), delegator.clone(), set.clone());
         let name = format!("scale_set:{}", set.name);
+        // Several replicas (PostgreSQL) elect one listener per scale set.
+        let elect = reconcile::replicas::needs_heartbeat(&ctx);
         supervisor.spawn(
             &name,
             false,
             crate::supervise::OnExit::Restart,
             move |status| {
-                let l = listener::Listener::new(
-                    set.clone(),
-                    ctx.scale_sets.clone(),
-                    delegator.clone(),
-                    ctx.metrics.clone(),
-                    listener::Timing::default(),
-                )
-                .with_status(status);
-                let stop = stop.clone();
-                async move { l.run(stop).await.map_err(anyhow::Error::from) }
+                let make = {
+                    let (ctx, set, delegator, status) =
+                        (ctx.clone(), set.clone(), delegator.clone(), status.clone());
+                    move || {
+                        listener::Listener::new(
+                            set.clone(),
+                            ctx.scale_sets.clone(),
+                            delegator.clone(),
+                            ctx.metrics.clone(),
+                            listener::Timing::default(),
+                        )
+                        .with_status(status.clone())
+                    }
+                };
+                let (ctx, stop, name) = (ctx.clone(), stop.clone(), set.name.clone());
+                async move {
+                    if elect {
+                        crate::scaleset::election::listen_when_elected(
+                            ctx, name, status, stop, make,
+                        )
+                        .await
+                    } else {
+                        make().run(stop).await.map_err(anyhow::Error::from)
+                    }
+                }
             },
         );
     }

@@ -466,3 +466,105 @@ async fn runners_that_fail_at_once_are_delegated_with_backoff() {
         );
     }
 }
+
+/// A database schema of its own on the test PostgreSQL server; its URL.
+async fn postgres_schema() -> String {
+    use sqlx::Connection;
+    let server = std::env::var("BERTH_TEST_POSTGRES_URL")
+        .expect("BERTH_TEST_POSTGRES_URL is not set: run scripts/test, or eval \"$(scripts/postgres-test-server)\"");
+    let schema = format!("berth_e2e_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.ok();
+    let separator = if server.contains('?') { '&' } else { '?' };
+    format!("{server}{separator}options[search_path]={schema}")
+}
+
+/// Two `berth serve` replicas on one PostgreSQL with the same scale set:
+/// only the lease holder opens a message session (the other never gets a
+/// 409); after a kill -9 of the holder, the other deletes the dead
+/// session, opens its own and runs jobs, within the lease's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_listens_and_another_takes_over_after_kill_9() {
+    use berth::scaleset::election::{LEASE_TTL, TRY_EVERY};
+    let world = World::new().await;
+    let store_url = postgres_schema().await;
+    let config = |listen: &str, name: &str| {
+        let sqlite = format!(
+            "url = \"sqlite://{}\"",
+            world.dir.path().join("berth.db").display()
+        );
+        let toml = world
+            .config_toml(listen, "")
+            .replace(&sqlite, &format!("url = \"{store_url}\""))
+            + &scale_set_toml(&world, "");
+        assert!(toml.contains("postgres"), "{toml}");
+        let path = world.dir.path().join(name);
+        std::fs::write(&path, toml).unwrap();
+        path
+    };
+    let addr_a = format!("127.0.0.1:{}", common::free_port());
+    let addr_b = format!("127.0.0.1:{}", common::free_port());
+    let replica_a = common::ServeProcess::start(&world, &config(&addr_a, "a.toml"), 1);
+    common::wait_listening(&addr_a, Duration::from_secs(30)).await;
+    let session = || {
+        world
+            .sim
+            .scale_sets()
+            .first()
+            .and_then(|s| s.session.clone())
+    };
+    eventually("replica A polls", LIMIT, || async {
+        session().is_some_and(|s| s.polls > 0)
+    })
+    .await;
+    let first = session().unwrap().id;
+    let replica_b = common::ServeProcess::start(&world, &config(&addr_b, "b.toml"), 2);
+    common::wait_listening(&addr_b, Duration::from_secs(30)).await;
+    let ran = wait_completed(&world, &[queue(&world, &["echo before"])]).await;
+    assert_eq!(ran[0].conclusion.as_deref(), Some("success"));
+    let sessions_of = |addr: String| async move {
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let of = |outcome: &str| {
+            sample(
+                &text,
+                &format!(
+                    "berth_scaleset_session_events_total{{scale_set=\"{SET}\",outcome=\"{outcome}\"}}"
+                ),
+            )
+        };
+        (of("created"), of("conflict"))
+    };
+    assert_eq!(sessions_of(addr_b.clone()).await, (0.0, 0.0), "B stands by");
+    assert_eq!(session().unwrap().id, first);
+
+    let killed = std::time::Instant::now();
+    replica_a.kill_9();
+    eventually("replica B polls its own session", LIMIT, || async {
+        session().is_some_and(|s| s.id != first && s.polls > 0)
+    })
+    .await;
+    let failover = killed.elapsed();
+    println!("listener failover after kill -9: {failover:?}");
+    assert!(
+        failover < LEASE_TTL + TRY_EVERY + Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+    assert_eq!(
+        sessions_of(addr_b.clone()).await,
+        (1.0, 0.0),
+        "B deleted the dead session instead of waiting out a 409"
+    );
+    let ran = wait_completed(&world, &[queue(&world, &["echo after"])]).await;
+    assert_eq!(ran[0].conclusion.as_deref(), Some("success"));
+    replica_b.terminate();
+    assert!(session().is_none(), "a clean stop deletes the session");
+}

@@ -80,6 +80,7 @@ store_suite!(
     leases_of_replicas_that_stopped_heartbeating_are_released,
     leases_of_a_dead_predecessor_are_released_at_start,
     an_exited_worker_frees_its_slot_before_its_job_ends,
+    one_replica_holds_a_scale_set_listener_lease_at_a_time,
 );
 
 // ---- Harness -----------------------------------------------------------------
@@ -2263,4 +2264,106 @@ async fn an_exited_worker_frees_its_slot_before_its_job_ends(h: &Harness) {
         None,
         "the requeued job holds its slot again"
     );
+}
+
+async fn one_replica_holds_a_scale_set_listener_lease_at_a_time(h: &Harness) {
+    use berth::store::ListenerLease;
+    let store = &h.store;
+    let ttl = Duration::from_secs(10);
+    let now = h.now();
+    let taken = |previous: Option<&str>| ListenerLease::Taken {
+        previous_session: previous.map(str::to_string),
+    };
+    assert_eq!(
+        store
+            .scale_set_lease_take("linux", "a", now, ttl)
+            .await
+            .unwrap(),
+        taken(None)
+    );
+    assert!(
+        store
+            .scale_set_lease_record_session("linux", "a", Some("session-a"))
+            .await
+            .unwrap()
+    );
+    // B waits while A's lease runs.
+    assert!(matches!(
+        store.scale_set_lease_take("linux", "b", now, ttl).await.unwrap(),
+        ListenerLease::HeldBy { holder, .. } if holder == "a"
+    ));
+    // A renews and takes again (it is A's), keeping its session.
+    let now = h.tick(5_000);
+    assert!(
+        store
+            .scale_set_lease_renew("linux", "a", now, ttl)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .scale_set_lease_take("linux", "a", now, ttl)
+            .await
+            .unwrap(),
+        taken(None)
+    );
+    // A dies: once its lease ran out, B takes over and learns A's session.
+    let now = h.tick(10_001);
+    assert_eq!(
+        store
+            .scale_set_lease_take("linux", "b", now, ttl)
+            .await
+            .unwrap(),
+        taken(Some("session-a"))
+    );
+    assert!(
+        !store
+            .scale_set_lease_renew("linux", "a", now, ttl)
+            .await
+            .unwrap(),
+        "A lost it"
+    );
+    assert!(
+        !store
+            .scale_set_lease_record_session("linux", "a", Some("late"))
+            .await
+            .unwrap()
+    );
+    // Another scale set is another lease.
+    assert_eq!(
+        store
+            .scale_set_lease_take("arm", "a", now, ttl)
+            .await
+            .unwrap(),
+        taken(None)
+    );
+    // A clean stop gives it up at once, without a session to delete.
+    assert!(store.scale_set_lease_release("linux", "b").await.unwrap());
+    assert_eq!(
+        store
+            .scale_set_lease_take("linux", "a", now, ttl)
+            .await
+            .unwrap(),
+        taken(None)
+    );
+
+    // Racing replicas: exactly one wins an expired lease.
+    let now = h.tick(20_000);
+    let mut racers = Vec::new();
+    for n in 0..8 {
+        let store = store.clone();
+        racers.push(tokio::spawn(async move {
+            store
+                .scale_set_lease_take("linux", &format!("r{n}"), now, ttl)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for r in racers {
+        if matches!(r.await.unwrap(), ListenerLease::Taken { .. }) {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
 }

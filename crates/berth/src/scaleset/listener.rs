@@ -94,7 +94,13 @@ pub struct Listener {
     /// Where the listener records its session state and polls, when it runs
     /// as a supervised component (crate::supervise).
     status: Option<ComponentHandle>,
+    /// Told the message session's id when one opens, and `None` once it is
+    /// deleted (the election records it: crate::scaleset::election).
+    on_session: Option<SessionHook>,
 }
+
+/// See [`Listener::on_session`].
+pub type SessionHook = Arc<dyn Fn(Option<String>) + Send + Sync>;
 
 /// A delegation not yet visible in the orchestrator's runner list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +239,20 @@ impl Listener {
             owner: owner_name(),
             timing,
             status: None,
+            on_session: None,
+        }
+    }
+
+    /// Calls `hook` with the message session's id when one opens, and with
+    /// `None` once the listener deleted it.
+    pub fn on_session(mut self, hook: SessionHook) -> Self {
+        self.on_session = Some(hook);
+        self
+    }
+
+    fn session_changed(&self, session_id: Option<&str>) {
+        if let Some(hook) = &self.on_session {
+            hook(session_id.map(str::to_string));
         }
     }
 
@@ -415,6 +435,7 @@ impl Listener {
         {
             Ok(Ok(())) => {
                 self.session_state("stopped: session deleted");
+                self.session_changed(None);
                 tracing::info!("message session deleted")
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "deleting the message session failed"),
@@ -443,6 +464,7 @@ impl Listener {
             match opened {
                 Ok(session) => {
                     self.count("session", "created");
+                    self.session_changed(Some(&session.session_id));
                     tracing::info!(owner = %self.owner, "message session open");
                     self.session_state("session open: polling");
                     if let Some(stats) = session.statistics {

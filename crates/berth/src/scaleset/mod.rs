@@ -65,6 +65,7 @@
 
 pub mod client;
 pub mod delegator;
+pub mod election;
 pub mod listener;
 pub mod messages;
 pub mod orchestrator;

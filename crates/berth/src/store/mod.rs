@@ -105,6 +105,7 @@ pub use error::{Result, StoreError};
 pub use group_commit::{IntakeWrite, IntakeWritten, MAX_BATCH as GROUP_COMMIT_MAX_BATCH};
 pub use rebind::Rebound;
 pub use replicas::SoleReplica;
+pub use scaleset::ListenerLease;
 pub use types::{
     ApiToken, ApiTokenScope, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobLogs,
     JobLogsState, JobSource, JobState, NewApiToken, NewJob, UnknownName,
