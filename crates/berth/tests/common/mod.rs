@@ -2,6 +2,8 @@
 //! worker image, and `berth serve` either in-process or as a real process.
 #![allow(dead_code)]
 
+pub mod engines;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

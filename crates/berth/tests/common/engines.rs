@@ -1,0 +1,168 @@
+//! More Docker hosts on this machine, for fleet tests: each an extra
+//! `dockerd` with its own data root, exec root, pidfile, socket and bridge.
+//!
+//! * Its own bridge (`ip link add … type bridge`), passed with `--bridge`:
+//!   never `--bridge=none`, which was seen to take the main engine's
+//!   `docker0` away. `--iptables=false`: the main engine owns the host's
+//!   iptables chains; workers reach the host through their bridge's address,
+//!   which needs no NAT.
+//! * An empty `--config-file`: the host's `daemon.json` names the main
+//!   engine's data root and storage driver. Extra engines use `vfs`, which
+//!   works anywhere (the worker image is small).
+//! * Stopped by its pidfile when dropped, also after a failed assertion; its
+//!   bridge and folder go with it. A bridge left by a crashed run is removed
+//!   before it is made again.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// One extra Docker engine.
+pub struct ExtraEngine {
+    /// `unix:///…/docker.sock`.
+    pub host: String,
+    /// The bridge's address, which its containers reach the host at.
+    pub gateway: String,
+    /// Its bridge interface.
+    pub bridge: String,
+    pidfile: PathBuf,
+    dir: Option<tempfile::TempDir>,
+    child: Child,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl ExtraEngine {
+    /// Starts an engine and waits until it answers.
+    pub async fn start() -> ExtraEngine {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = (std::process::id() % 4000) * 8 + n % 8;
+        // Interface names are at most 15 bytes.
+        let bridge = format!("bth{tag}");
+        let gateway = format!("10.213.{}.1", tag % 250);
+        let dir = tempfile::Builder::new()
+            .prefix("berth-engine-")
+            .tempdir()
+            .unwrap();
+        let _ = ip(&["link", "del", &bridge]);
+        assert!(
+            ip(&["link", "add", &bridge, "type", "bridge"]),
+            "create bridge {bridge}"
+        );
+        assert!(ip(&[
+            "addr",
+            "add",
+            &format!("{gateway}/24"),
+            "dev",
+            &bridge
+        ]));
+        assert!(ip(&["link", "set", &bridge, "up"]));
+        let config = dir.path().join("daemon.json");
+        std::fs::write(&config, "{}").unwrap();
+        let socket = dir.path().join("docker.sock");
+        let pidfile = dir.path().join("docker.pid");
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(&config)
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--bridge", &bridge, "--iptables=false", "--ip6tables=false"])
+            .args(["--storage-driver", "vfs"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let engine = ExtraEngine {
+            host: format!("unix://{}", socket.display()),
+            gateway,
+            bridge,
+            pidfile,
+            dir: Some(dir),
+            child,
+        };
+        let started = Instant::now();
+        loop {
+            let up = Command::new("docker")
+                .args([
+                    "-H",
+                    &engine.host,
+                    "version",
+                    "--format",
+                    "{{.Server.APIVersion}}",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if up {
+                return engine;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the extra engine did not answer: {}",
+                engine.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What dockerd logged.
+    pub fn log(&self) -> String {
+        self.dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.path().join("dockerd.log")).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ExtraEngine {
+    fn drop(&mut self) {
+        // By its pidfile (dockerd writes it), else the child we started.
+        let pid = std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .unwrap_or(self.child.id());
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = ip(&["link", "del", &self.bridge]);
+        if let Some(dir) = self.dir.take() {
+            // Mounts dockerd left under its roots would fail the removal.
+            let _ = Command::new("umount")
+                .args(["-R", "-l"])
+                .arg(dir.path().join("exec"))
+                .stderr(Stdio::null())
+                .status();
+            let _ = Command::new("umount")
+                .args(["-R", "-l"])
+                .arg(dir.path().join("data"))
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(dir.path());
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
