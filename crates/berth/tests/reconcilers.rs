@@ -24,6 +24,23 @@ fn delegate(github_job_id: i64) -> DelegateRequest {
     }
 }
 
+/// A job of pool `linux` written to the store directly, past intake's checks.
+fn stored_job(github_job_id: i64, repository: &str, labels: &[&str]) -> berth::store::NewJob {
+    berth::store::NewJob {
+        github_job_id,
+        run_id: 1,
+        repository: repository.into(),
+        workflow: None,
+        job_name: None,
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        pool: "linux".into(),
+        source: berth::store::JobSource::Delegate,
+        scale_set: None,
+        github_status: None,
+        timeout_secs: None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_runner_that_never_gets_a_job_is_removed_after_its_idle_time() {
     let world = World::new().await;
@@ -108,19 +125,11 @@ async fn stale_queued_jobs_are_checked_against_github() {
     let berth = busy_berth(&world, Duration::from_secs(2)).await;
     let (unaskable, _) = berth
         .store()
-        .job_insert(berth::store::NewJob {
-            github_job_id: 555_555,
-            run_id: 1,
-            repository: "acme widgets".into(),
-            workflow: None,
-            job_name: None,
-            labels: vec!["self-hosted".into(), "linux".into()],
-            pool: "linux".into(),
-            source: berth::store::JobSource::Delegate,
-            scale_set: None,
-            github_status: None,
-            timeout_secs: None,
-        })
+        .job_insert(stored_job(
+            555_555,
+            "acme widgets",
+            &["self-hosted", "linux"],
+        ))
         .await
         .unwrap();
     berth::intake::accept_delegate(&berth.ctx, delegate(987_654))
@@ -256,19 +265,11 @@ async fn retention_prunes_finished_jobs_and_their_logs() {
     let mut finished = Vec::new();
     for n in 0..3 {
         let (job, _) = store
-            .job_insert(berth::store::NewJob {
-                github_job_id: 700_000 + n,
-                run_id: 1,
-                repository: "acme/widgets".into(),
-                workflow: None,
-                job_name: None,
-                labels: vec!["nothing-serves-this".into()],
-                pool: "linux".into(),
-                source: berth::store::JobSource::Delegate,
-                scale_set: None,
-                github_status: None,
-                timeout_secs: None,
-            })
+            .job_insert(stored_job(
+                700_000 + n,
+                "acme/widgets",
+                &["nothing-serves-this"],
+            ))
             .await
             .unwrap();
         store.job_logs_append(job.id, b"output", 100).await.unwrap();
