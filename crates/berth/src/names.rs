@@ -117,22 +117,22 @@ pub fn is_blank(c: char) -> bool {
 
 /// Free text cut to [`MAX_TEXT_CHARS`] characters (`…` marks the cut).
 pub fn bounded_text(text: String) -> String {
-    match text.char_indices().nth(MAX_TEXT_CHARS) {
+    match cut_at(&text, MAX_TEXT_CHARS) {
+        Some(cut) => cut,
         None => text,
-        Some((cut, _)) => {
-            let mut cut_text = text[..cut].to_string();
-            cut_text.push('…');
-            cut_text
-        }
     }
+}
+
+/// `text` cut to `chars` characters with `…` appended, on a character
+/// boundary; `None` when it is not longer than that.
+pub fn cut_at(text: &str, chars: usize) -> Option<String> {
+    let (end, _) = text.char_indices().nth(chars)?;
+    Some(format!("{}…", &text[..end]))
 }
 
 /// A name as it may appear in an error message: at most 64 characters.
 fn shorten(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        None => text.to_string(),
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-    }
+    cut_at(text, 64).unwrap_or_else(|| text.to_string())
 }
 
 #[cfg(test)]

@@ -47,11 +47,11 @@ fn assert_no_secrets(what: &str, output: &str, secrets: &[&str]) {
     assert!(!output.contains("token_hash"), "{what}:\n{output}");
 }
 
-/// `GET path` with `Authorization: Bearer <token>`: the status and the body.
-async fn get(berth: &Berth, path: &str, token: &str) -> (u16, String) {
+/// `METHOD path` with `Authorization: Bearer <token>`: the status and the body.
+async fn call(berth: &Berth, method: reqwest::Method, path: &str, token: &str) -> (u16, String) {
     let r = berth
         .http()
-        .get(format!("{}{path}", berth.url))
+        .request(method, format!("{}{path}", berth.url))
         .bearer_auth(token)
         .send()
         .await
@@ -59,15 +59,12 @@ async fn get(berth: &Berth, path: &str, token: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+async fn get(berth: &Berth, path: &str, token: &str) -> (u16, String) {
+    call(berth, reqwest::Method::GET, path, token).await
+}
+
 async fn post(berth: &Berth, path: &str, token: &str) -> (u16, String) {
-    let r = berth
-        .http()
-        .post(format!("{}{path}", berth.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    call(berth, reqwest::Method::POST, path, token).await
 }
 
 async fn stored(berth: &Berth, id: Uuid) -> ApiToken {

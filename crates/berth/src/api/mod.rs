@@ -548,14 +548,11 @@ async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResul
     // Unauthenticated callers (a load balancer's probe) learn what is down,
     // not the internal error text, which names paths and addresses; a
     // `read` token shows it, and the log always has it.
-    let detailed = if ctx.config.server.public_health {
-        auth::authorize(&ctx.store, &headers, Need::Read)
-            .await
-            .is_ok()
-    } else {
-        auth::authorize(&ctx.store, &headers, Need::Read).await?;
-        true
-    };
+    let authorized = auth::authorize(&ctx.store, &headers, Need::Read).await;
+    if !ctx.config.server.public_health {
+        authorized.clone()?;
+    }
+    let detailed = authorized.is_ok();
     let store = ctx.store.ping().await.map_err(|e| e.to_string());
     let docker = ctx.docker.ping().await.map_err(|e| e.to_string());
     let components_down = ctx.components.required_down();

@@ -587,10 +587,7 @@ fn printable(text: &str) -> String {
 /// A table cell: [`printable`], cut to [`MAX_CELL_CHARS`] characters.
 fn cell(text: &str) -> String {
     let text = printable(text);
-    match text.char_indices().nth(MAX_CELL_CHARS) {
-        None => text,
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-    }
+    crate::names::cut_at(&text, MAX_CELL_CHARS).unwrap_or(text)
 }
 
 /// Table cells are cut here: one long job name must not push every other

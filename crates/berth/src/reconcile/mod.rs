@@ -280,15 +280,27 @@ async fn expired_lease(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Re
 /// logged and counted (`berth_reconciler_errors_total`), and the
 /// reconciler goes on with the rest.
 fn item_failed(ctx: &Context, kind: &'static str, job: &Job, e: crate::error::Error) -> Result<()> {
-    if e.is_transient() {
-        return Err(e);
-    }
-    ctx.metrics.reconciler_error(kind, e.kind());
+    let e = skip_unless_transient(ctx, kind, e)?;
     crate::job_span!(job).in_scope(|| {
         tracing::warn!(reconciler = kind, error = %e, error_kind = e.kind(),
             "reconciler skipped a job it cannot handle")
     });
     Ok(())
+}
+
+/// [`item_failed`]'s rule for any item: a transient error is returned (it
+/// ends the pass); any other is counted and handed back for the caller to
+/// log with the item's own fields.
+fn skip_unless_transient(
+    ctx: &Context,
+    kind: &'static str,
+    e: crate::error::Error,
+) -> Result<crate::error::Error> {
+    if e.is_transient() {
+        return Err(e);
+    }
+    ctx.metrics.reconciler_error(kind, e.kind());
+    Ok(e)
 }
 
 /// Frees a job's container and runner registration (the job no longer has them).
@@ -564,11 +576,7 @@ async fn orphan_runners(ctx: &Arc<Context>) -> Result<u32> {
             match github.delete_runner(&pool.scope, runner.id).await {
                 Ok(()) => acted += 1,
                 Err(e) => {
-                    let e = crate::error::Error::from(e);
-                    if e.is_transient() {
-                        return Err(e);
-                    }
-                    ctx.metrics.reconciler_error("orphan_runner", e.kind());
+                    let e = skip_unless_transient(ctx, "orphan_runner", e.into())?;
                     tracing::warn!(runner_name = %runner.name, error = %e,
                         "cannot delete an orphan runner registration; going on with the others");
                 }

@@ -2,7 +2,6 @@
 
 use time::OffsetDateTime;
 
-use super::clock::to_millis;
 use super::{Result, Store, StoreError};
 
 impl Store {
@@ -31,19 +30,15 @@ impl Store {
     /// returns how many. (GitHub redelivers only on request, within 3 days;
     /// the job itself stays deduplicated by its GitHub job id regardless.)
     pub async fn deliveries_prune(&self, older_than: OffsetDateTime, limit: u32) -> Result<u64> {
-        on_writer!(self, pool => {
-            sqlx::query(
-                "DELETE FROM webhook_deliveries WHERE delivery_id IN (
-                     SELECT delivery_id FROM webhook_deliveries
-                     WHERE received_at < $1
-                     LIMIT $2)",
-            )
-                .bind(to_millis(older_than))
-                .bind(i64::from(limit))
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
-        .map_err(StoreError::query("deliveries_prune"))
+        self.delete_batch(
+            "deliveries_prune",
+            "DELETE FROM webhook_deliveries WHERE delivery_id IN (
+                 SELECT delivery_id FROM webhook_deliveries
+                 WHERE received_at < $1
+                 LIMIT $2)",
+            older_than,
+            limit,
+        )
+        .await
     }
 }

@@ -551,42 +551,34 @@ impl Store {
     /// Deletes at most `limit` terminal jobs that finished before `before`,
     /// oldest first, with their logs. Returns how many.
     pub async fn jobs_prune_finished(&self, before: OffsetDateTime, limit: u32) -> Result<u64> {
-        on_writer!(self, pool => {
-            sqlx::query(
-                "DELETE FROM jobs WHERE id IN (
-                     SELECT id FROM jobs
-                     WHERE state IN ('completed', 'failed', 'cancelled', 'expired')
-                       AND finished_at < $1
-                     ORDER BY finished_at
-                     LIMIT $2)",
-            )
-            .bind(to_millis(before))
-            .bind(i64::from(limit))
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })
-        .map_err(StoreError::query("jobs_prune_finished"))
+        self.delete_batch(
+            "jobs_prune_finished",
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE state IN ('completed', 'failed', 'cancelled', 'expired')
+                   AND finished_at < $1
+                 ORDER BY finished_at
+                 LIMIT $2)",
+            before,
+            limit,
+        )
+        .await
     }
 
     /// Deletes the logs of at most `limit` terminal jobs that finished
     /// before `before` (the jobs stay). Returns how many.
     pub async fn job_logs_prune(&self, before: OffsetDateTime, limit: u32) -> Result<u64> {
-        on_writer!(self, pool => {
-            sqlx::query(
-                "DELETE FROM job_logs WHERE job_id IN (
-                     SELECT l.job_id FROM job_logs l JOIN jobs j ON j.id = l.job_id
-                     WHERE j.state IN ('completed', 'failed', 'cancelled', 'expired')
-                       AND j.finished_at < $1
-                     LIMIT $2)",
-            )
-            .bind(to_millis(before))
-            .bind(i64::from(limit))
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })
-        .map_err(StoreError::query("job_logs_prune"))
+        self.delete_batch(
+            "job_logs_prune",
+            "DELETE FROM job_logs WHERE job_id IN (
+                 SELECT l.job_id FROM job_logs l JOIN jobs j ON j.id = l.job_id
+                 WHERE j.state IN ('completed', 'failed', 'cancelled', 'expired')
+                   AND j.finished_at < $1
+                 LIMIT $2)",
+            before,
+            limit,
+        )
+        .await
     }
 
     // ---- Reconciler queries ------------------------------------------------

@@ -190,6 +190,29 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
+    /// Runs `sql`, a `DELETE` of at most `$2` rows older than `$1` (the
+    /// retention deletes: crate::reconcile::retention), and returns how many
+    /// rows went.
+    pub(super) async fn delete_batch(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64> {
+        on_writer!(self, pool => {
+            sqlx::query(sql)
+                .bind(clock::to_millis(before))
+                .bind(i64::from(limit))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(StoreError::query(op))
+    }
+}
+
+impl Store {
     /// Opens the store at `url` and brings its schema up to date.
     ///
     /// `sqlite://PATH` (the file is created if missing; `sqlite::memory:` for

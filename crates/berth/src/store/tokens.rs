@@ -161,20 +161,16 @@ impl Store {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<u64> {
-        on_writer!(self, pool => {
-            sqlx::query(
-                "DELETE FROM api_tokens WHERE id IN (
-                     SELECT id FROM api_tokens
-                     WHERE session_of IS NOT NULL AND expires_at < $1
-                     LIMIT $2)",
-            )
-            .bind(to_millis(before))
-            .bind(i64::from(limit))
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })
-        .map_err(StoreError::query("api_tokens_prune_sessions"))
+        self.delete_batch(
+            "api_tokens_prune_sessions",
+            "DELETE FROM api_tokens WHERE id IN (
+                 SELECT id FROM api_tokens
+                 WHERE session_of IS NOT NULL AND expires_at < $1
+                 LIMIT $2)",
+            before,
+            limit,
+        )
+        .await
     }
 }
 
