@@ -35,6 +35,11 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     pub logs: LogsConfig,
     pub retention: RetentionConfig,
+    pub fleet: FleetConfig,
+    /// The Docker hosts jobs run on. Empty: the one host `docker.host`,
+    /// named [`DEFAULT_HOST_NAME`].
+    #[serde(rename = "docker_host")]
+    pub docker_hosts: Vec<DockerHostConfig>,
     #[serde(rename = "pool")]
     pub pools: Vec<PoolConfig>,
     #[serde(rename = "scale_set")]
@@ -211,6 +216,106 @@ impl Default for DockerConfig {
             extra_hosts: Vec::new(),
             egress_proxy: None,
             no_proxy: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+/// The name of the one host of an installation without `[[docker_host]]`
+/// (its URL is `docker.host`).
+pub const DEFAULT_HOST_NAME: &str = "default";
+
+/// One Docker host of the fleet (`[[docker_host]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerHostConfig {
+    /// Names the host in the API, metrics, logs and the `berth.host` label.
+    pub name: String,
+    /// `unix:///path`, `tcp://HOST:PORT` (a berth socket proxy on that
+    /// host) or, with `tls_ca`/`tls_cert`/`tls_key`, `https://HOST:PORT`
+    /// (an engine or proxy that checks client certificates).
+    pub url: String,
+    /// What the host offers (`gpu`, `arm64`, `zone-a`); pools ask for them
+    /// with `host_labels`.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// The host's job slots: jobs on it at once, all pools together.
+    #[serde(default = "defaults::host_max_runners")]
+    pub max_runners: u32,
+    /// Relative share of jobs under `spread` placement (2.0 takes twice the
+    /// load of 1.0 before it counts as equally busy).
+    #[serde(default = "defaults::host_weight")]
+    pub weight: f64,
+    /// CA certificate the host's certificate must chain to (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// berth's client certificate (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// berth's client key (PEM).
+    pub tls_key: Option<PathBuf>,
+}
+
+impl DockerHostConfig {
+    /// Whether the host has every label in `wanted` (case-insensitive).
+    pub fn offers(&self, wanted: &[String]) -> bool {
+        wanted
+            .iter()
+            .all(|w| self.labels.iter().any(|l| l.eq_ignore_ascii_case(w)))
+    }
+}
+
+/// How jobs are placed on hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// The least loaded host (busy slots over slots, divided by weight).
+    #[default]
+    Spread,
+    /// The first host, in configuration order, with a free slot: load
+    /// gathers on the first hosts, and the last ones idle, ready to scale in.
+    Pack,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// `spread` (default) or `pack`.
+    pub placement: Placement,
+    /// How often each host is probed (ping, version, disk).
+    #[serde(with = "secs")]
+    pub probe_interval: Duration,
+    /// A host that has not answered a probe for this long is `down`: it gets
+    /// no new jobs, and its jobs are settled from GitHub's view.
+    #[serde(with = "secs")]
+    pub down_after: Duration,
+    /// How long a replica's ownership of a host's watch, log capture and
+    /// reconciling lasts unless renewed (renewed every third of it).
+    #[serde(with = "secs")]
+    pub host_lease: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            placement: Placement::Spread,
+            probe_interval: Duration::from_secs(5),
+            down_after: Duration::from_secs(30),
+            host_lease: Duration::from_secs(10),
+        }
+    }
+}
+
+impl FleetConfig {
+    fn validate(&self, c: &mut Checks) {
+        if self.probe_interval < Duration::from_millis(200) {
+            c.bad("fleet.probe_interval", "must be at least 0.2 seconds");
+        }
+        if self.down_after < self.probe_interval * 2 {
+            c.bad(
+                "fleet.down_after",
+                "must be at least twice fleet.probe_interval (one lost probe is not a dead host)",
+            );
+        }
+        if self.host_lease < Duration::from_secs(2) {
+            c.bad("fleet.host_lease", "must be at least 2 seconds");
         }
     }
 }
@@ -393,6 +498,10 @@ pub struct PoolConfig {
     /// JIT config), so a hand-off skips the start as well as the create.
     #[serde(default)]
     pub warm_started: bool,
+    /// Host labels the pool's jobs need: they run only on hosts that offer
+    /// all of them (`[[docker_host]] labels`).
+    #[serde(default)]
+    pub host_labels: Vec<String>,
 }
 
 mod defaults {
@@ -422,6 +531,12 @@ mod defaults {
     }
     pub fn work_folder() -> String {
         "_work".into()
+    }
+    pub fn host_max_runners() -> u32 {
+        10
+    }
+    pub fn host_weight() -> f64 {
+        1.0
     }
     pub fn scale_set_max() -> u32 {
         10
@@ -724,6 +839,25 @@ impl Config {
         self.pools.iter().find(|p| p.name == name)
     }
 
+    /// The Docker hosts jobs run on: the `[[docker_host]]` entries, or
+    /// without any, the one host `docker.host` (named [`DEFAULT_HOST_NAME`],
+    /// with every slot `dispatch.global_max_runners` allows).
+    pub fn hosts(&self) -> Vec<DockerHostConfig> {
+        if !self.docker_hosts.is_empty() {
+            return self.docker_hosts.clone();
+        }
+        vec![DockerHostConfig {
+            name: DEFAULT_HOST_NAME.into(),
+            url: self.docker.host.clone(),
+            labels: Vec::new(),
+            max_runners: self.dispatch.global_max_runners,
+            weight: 1.0,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }]
+    }
+
     /// Every problem with this configuration for `role`, and the warnings:
     /// each section checks itself, then the checks that span sections.
     fn validate(
@@ -759,6 +893,8 @@ impl Config {
         self.reconcile.validate(c);
         self.logs.validate(c);
         self.retention.validate(c);
+        self.fleet.validate(c);
+        self.validate_hosts(c);
 
         let mut names = BTreeSet::new();
         for (i, pool) in self.pools.iter().enumerate() {
@@ -1010,6 +1146,100 @@ impl DockerConfig {
     }
 }
 
+impl Config {
+    /// `[[docker_host]]` entries, and the pools' `host_labels` against them.
+    fn validate_hosts(&self, c: &mut Checks) {
+        let mut names = BTreeSet::new();
+        for (i, host) in self.docker_hosts.iter().enumerate() {
+            host.validate(i, c);
+            if !names.insert(host.name.as_str()) {
+                c.bad(
+                    format!("docker_host[{i}].name"),
+                    format!("host `{}` is defined twice", host.name),
+                );
+            }
+        }
+        if !self.docker_hosts.is_empty() && self.docker.host != DockerConfig::default().host {
+            c.warn(
+                "docker.host",
+                "ignored: with [[docker_host]] entries, jobs run on those hosts only",
+            );
+        }
+        let hosts = self.hosts();
+        for (i, pool) in self.pools.iter().enumerate() {
+            if !hosts.iter().any(|h| h.offers(&pool.host_labels)) {
+                c.warn(
+                    format!("pool[{i}].host_labels"),
+                    format!(
+                        "no [[docker_host]] offers {:?}: the pool's jobs wait until one does",
+                        pool.host_labels
+                    ),
+                );
+            }
+        }
+    }
+}
+
+impl DockerHostConfig {
+    fn validate(&self, i: usize, c: &mut Checks) {
+        let key = |field: &str| format!("docker_host[{i}].{field}");
+        if !crate::names::is_host_name(&self.name) {
+            c.bad(
+                key("name"),
+                "1 to 63 characters of letters, digits, -, _ and .",
+            );
+        }
+        let tls = [&self.tls_ca, &self.tls_cert, &self.tls_key];
+        let with_tls = tls.iter().filter(|p| p.is_some()).count();
+        if with_tls != 0 && with_tls != 3 {
+            c.bad(
+                key("tls_ca"),
+                "tls_ca, tls_cert and tls_key go together (mutual TLS needs all three)",
+            );
+        }
+        let scheme_ok = if with_tls == 3 {
+            self.url.starts_with("https://") || self.url.starts_with("tcp://")
+        } else {
+            self.url.starts_with("unix://")
+                || self.url.starts_with("tcp://")
+                || self.url.starts_with("http://")
+        };
+        if !scheme_ok {
+            c.bad(
+                key("url"),
+                if with_tls == 3 {
+                    "with TLS, must be https://host:port or tcp://host:port"
+                } else {
+                    "must be unix:///path, tcp://host:port or http://host:port (https:// needs tls_ca, tls_cert and tls_key)"
+                },
+            );
+        }
+        for (field, path) in [
+            ("tls_ca", &self.tls_ca),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                c.bad(
+                    key(field),
+                    format!("{} is not a readable file", path.display()),
+                );
+            }
+        }
+        if self.max_runners == 0 {
+            c.bad(key("max_runners"), "must be at least 1");
+        }
+        if !(self.weight > 0.0 && self.weight <= 1000.0) {
+            c.bad(key("weight"), "must be more than 0 and at most 1000");
+        }
+        if let Some(label) = self.labels.iter().find(|l| !crate::names::is_label(l)) {
+            c.bad(key("labels"), format!("`{label}` is not a label"));
+        }
+    }
+}
+
 impl DispatchConfig {
     fn validate(&self, c: &mut Checks) {
         if self.global_max_runners == 0 {
@@ -1100,6 +1330,9 @@ impl PoolConfig {
             {
                 c.bad(key("cap_add"), format!("`{cap}` cannot be added back"));
             }
+        }
+        if let Some(label) = self.host_labels.iter().find(|l| !crate::names::is_label(l)) {
+            c.bad(key("host_labels"), format!("`{label}` is not a label"));
         }
         if let Err(reason) = crate::docker::image_policy::check(&self.image, allowed_images) {
             c.warn(

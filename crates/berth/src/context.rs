@@ -1,5 +1,5 @@
 //! The shared context every component of `berth serve` works with: the
-//! configuration, the store, the Docker controller, the GitHub client, the
+//! configuration, the store, the Docker hosts, the GitHub client, the
 //! metrics, and the wake-up signals that make dispatching and reconciling
 //! run on demand as well as periodically.
 
@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::{Config, PoolConfig, Secret};
-use crate::docker::controller::Controller;
 use crate::github::GithubClient;
 use crate::observability::Metrics;
 use crate::observability::logging::LogLevelHandle;
@@ -21,7 +20,8 @@ pub const LABEL_INSTANCE: &str = "berth.instance";
 pub struct Context {
     pub config: Arc<Config>,
     pub store: Store,
-    pub docker: Controller,
+    /// The Docker hosts, each with its controller (crate::fleet).
+    pub fleet: crate::fleet::Fleet,
     /// `None` only when no pool is configured (nothing to mint runners for).
     pub github: Option<GithubClient>,
     /// The configured scale sets: their Actions-service clients and ids

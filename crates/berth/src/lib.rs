@@ -25,6 +25,7 @@ pub mod dispatch;
 pub mod docker;
 pub mod error;
 pub mod failpoint;
+pub mod fleet;
 pub mod github;
 pub mod intake;
 pub mod lifecycle;

@@ -135,6 +135,24 @@ fn shorten(text: &str) -> String {
     cut_at(text, 64).unwrap_or_else(|| text.to_string())
 }
 
+/// A Docker host's name (`[[docker_host]] name`): 1 to 63 letters, digits,
+/// `-`, `_` and `.`, so it is safe in a URL path segment, a container label
+/// and a metric label.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name != "."
+        && name != ".."
+}
+
+/// A host label (`gpu`, `zone-a`): not blank, at most [`MAX_LABEL_CHARS`].
+pub fn is_label(label: &str) -> bool {
+    !label.chars().all(is_blank) && label.chars().count() <= MAX_LABEL_CHARS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

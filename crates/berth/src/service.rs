@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, read_secret};
 use crate::context::{Context, new_replica_id};
-use crate::docker::controller::Controller;
 use crate::github::{AppAuth, GithubClient, RetryPolicy};
 use crate::observability::Metrics;
 use crate::observability::logging::LogLevelHandle;
@@ -47,20 +46,42 @@ pub async fn build(
         .await
         .with_context(|| format!("opening the store at {}", redact_url(&config.store.url)))?;
     let hook_metrics = metrics.clone();
-    let docker = Controller::connect(&config.docker.host, config.docker.call_timeout)
-        .await
-        .with_context(|| format!("connecting to Docker at {}", config.docker.host))?
-        .with_error_hook(Arc::new(move |op| {
+    let fleet = crate::fleet::Fleet::connect(
+        &config,
+        Arc::new(move |op| {
             hook_metrics
                 .docker_api_errors
                 .get_or_create(&OpLabels { op })
                 .inc();
-        }));
-    if config.pools.iter().any(|p| !p.host_network) {
-        docker
-            .ensure_network_with(&config.docker.network, config.docker.egress_proxy.is_some())
+        }),
+    )
+    .await?;
+    store
+        .hosts_register(&fleet.names())
+        .await
+        .context("recording the Docker hosts")?;
+    if config.docker_hosts.is_empty() {
+        // One host, as before fleets: it answered, so it is up, and berth
+        // does not start without its network.
+        let host = fleet.first();
+        let version = host
+            .docker
+            .probe()
             .await
-            .with_context(|| format!("creating the Docker network `{}`", config.docker.network))?;
+            .map(|p| p.version)
+            .unwrap_or_default();
+        store
+            .host_probe_ok(host.name(), &version, None, store.now())
+            .await
+            .context("recording the Docker host")?;
+        if config.pools.iter().any(|p| !p.host_network) {
+            host.docker
+                .ensure_network_with(&config.docker.network, config.docker.egress_proxy.is_some())
+                .await
+                .with_context(|| {
+                    format!("creating the Docker network `{}`", config.docker.network)
+                })?;
+        }
     }
     let github = if config.pools.is_empty() && config.scale_sets.is_empty() {
         None
@@ -88,7 +109,7 @@ pub async fn build(
     Ok(Arc::new(Context {
         config: Arc::new(config),
         store,
-        docker,
+        fleet,
         github,
         scale_sets: Arc::new(scale_sets),
         components: crate::supervise::Components::new(metrics.clone()),
@@ -146,7 +167,7 @@ pub async fn run(
         listen = %listener.local_addr()?,
         replica = %ctx.replica_id,
         store = %redact_url(&ctx.config.store.url),
-        docker = %ctx.config.docker.host,
+        hosts = ctx.fleet.hosts().len(),
         pools = ctx.config.pools.len(),
         "berth serving"
     );
@@ -197,7 +218,21 @@ fn spawn_components(
         stop,
         |c, s, h| dispatch::run(c, s, DRAIN, h),
     );
-    spawn_loop(supervisor, "watcher", true, ctx, stop, dispatch::watch);
+    for host in ctx.fleet.names() {
+        let (c, s, h) = (ctx.clone(), stop.clone(), host.clone());
+        supervisor.spawn(
+            &crate::fleet::owner::component_name(&host),
+            true,
+            crate::supervise::OnExit::Restart,
+            move |status| {
+                let (c, s, h) = (c.clone(), s.clone(), h.clone());
+                async move {
+                    crate::fleet::owner::run(c, h, s, status).await;
+                    Ok(())
+                }
+            },
+        );
+    }
     spawn_loop(
         supervisor,
         "reconciler.local",

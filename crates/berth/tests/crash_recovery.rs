@@ -522,7 +522,7 @@ async fn a_dispatcher_that_keeps_panicking_makes_berth_unready() {
         Some(0.0)
     );
     assert_eq!(
-        metric(&listen, "berth_component_up{component=\"watcher\"}").await,
+        metric(&listen, "berth_component_up{component=\"host:default\"}").await,
         Some(1.0)
     );
     let health = reqwest::get(format!("http://{listen}/healthz"))

@@ -113,7 +113,14 @@ async fn orphan_container(
             .insert("berth.runner".to_string(), runner.to_string());
     }
     spec.memory_bytes = 64 << 20;
-    berth.ctx.docker.create_worker(&spec).await.unwrap()
+    berth
+        .ctx
+        .fleet
+        .first()
+        .docker
+        .create_worker(&spec)
+        .await
+        .unwrap()
 }
 
 /// Stale queued jobs are checked against GitHub; one whose repository

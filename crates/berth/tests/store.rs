@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use berth::store::{
     ApiTokenScope, BackendKind, GithubStatus, IntakeWrite, Job, JobChanges, JobCount, JobFilter,
-    JobSource, JobState, ManualClock, NewApiToken, NewJob, Store, StoreError, StoreOptions,
+    JobSource, JobState, ManualClock, NewApiToken, NewJob, Placement, PlacementHost, Store,
+    StoreError, StoreOptions,
 };
 use sqlx::Connection;
 use time::OffsetDateTime;
@@ -23,6 +24,47 @@ use uuid::Uuid;
 use JobState::{Cancelled, Completed, Expired, Failed, Provisioning, Queued, Running, Starting};
 
 const POSTGRES_URL_VAR: &str = "BERTH_TEST_POSTGRES_URL";
+
+/// Claims on one host with room for anything, so the cases about queues
+/// and limits see only those (placement has cases of its own).
+trait ClaimOnOneHost {
+    async fn job_claim_on_one_host(
+        &self,
+        pool: &str,
+        max_in_pool: u32,
+        global_max: u32,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<Job>, StoreError>;
+}
+
+impl ClaimOnOneHost for Store {
+    async fn job_claim_on_one_host(
+        &self,
+        pool: &str,
+        max_in_pool: u32,
+        global_max: u32,
+        owner: &str,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<Job>, StoreError> {
+        self.hosts_register(&["only".to_string()]).await?;
+        self.host_probe_ok("only", "test", None, now).await?;
+        let hosts = [PlacementHost {
+            name: "only".into(),
+            slots: 1_000_000,
+            weight: 1.0,
+            ordinal: 0,
+        }];
+        let placement = Placement {
+            hosts: &hosts,
+            pack: false,
+        };
+        self.job_claim(pool, max_in_pool, global_max, placement, owner, until, now)
+            .await
+    }
+}
 
 /// Defines each case once per backend: `sqlite::case` and `postgres::case`.
 macro_rules! store_suite {
@@ -188,7 +230,7 @@ impl Harness {
     async fn claim(&self, pool: &str) -> Option<Job> {
         let now = self.now();
         self.store
-            .job_claim(
+            .job_claim_on_one_host(
                 pool,
                 100,
                 100,
@@ -501,7 +543,7 @@ async fn claim_takes_the_oldest_queued_job_of_its_pool(h: &Harness) {
     let until = now + Duration::from_secs(30);
     let claimed = h
         .store
-        .job_claim("linux", 10, 10, "dispatcher-a", until, now)
+        .job_claim_on_one_host("linux", 10, 10, "dispatcher-a", until, now)
         .await
         .unwrap()
         .unwrap();
@@ -543,7 +585,7 @@ async fn claim_respects_pool_and_global_limits(h: &Harness) {
     let until = now + Duration::from_secs(60);
     let claim = |pool: &'static str| async move {
         h.store
-            .job_claim(pool, 2, 3, "d", until, now)
+            .job_claim_on_one_host(pool, 2, 3, "d", until, now)
             .await
             .unwrap()
     };
@@ -596,14 +638,14 @@ async fn claim_respects_pool_and_global_limits(h: &Harness) {
     assert!(h.store.job_finish(w2.id, Failed, None, None).await.unwrap());
     assert_eq!(
         h.store
-            .job_claim("windows", 0, 10, "d", until, now)
+            .job_claim_on_one_host("windows", 0, 10, "d", until, now)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         h.store
-            .job_claim("windows", 10, 0, "d", until, now)
+            .job_claim_on_one_host("windows", 10, 0, "d", until, now)
             .await
             .unwrap(),
         None
@@ -696,7 +738,7 @@ async fn concurrent_claimers_never_double_claim_or_exceed_limits(h: &Harness) {
                     let now = clock.now();
                     let until = now + Duration::from_secs(60);
                     let job = store
-                        .job_claim(POOLS[p], POOL_MAX, GLOBAL_MAX, &owner, until, now)
+                        .job_claim_on_one_host(POOLS[p], POOL_MAX, GLOBAL_MAX, &owner, until, now)
                         .await
                         .unwrap();
                     let Some(job) = job else {
@@ -1031,7 +1073,7 @@ async fn leases_expire_by_the_injected_clock(h: &Harness) {
     let now = h.now();
     let claimed = h
         .store
-        .job_claim("linux", 10, 10, "d1", now + Duration::from_secs(30), now)
+        .job_claim_on_one_host("linux", 10, 10, "d1", now + Duration::from_secs(30), now)
         .await
         .unwrap()
         .unwrap();
@@ -1100,7 +1142,7 @@ async fn leases_expire_by_the_injected_clock(h: &Harness) {
     // A renewal between the reconciler's query and its requeue wins.
     let now = h.now();
     h.store
-        .job_claim("linux", 10, 10, "d2", now + Duration::from_secs(10), now)
+        .job_claim_on_one_host("linux", 10, 10, "d2", now + Duration::from_secs(10), now)
         .await
         .unwrap()
         .unwrap();
@@ -2000,6 +2042,7 @@ async fn warm_containers_are_taken_once_and_bound_to_their_job(h: &Harness) {
     {
         h.store
             .warm_insert(&WarmContainer {
+                host: None,
                 container_id: id.into(),
                 pool: "linux".into(),
                 fingerprint: fingerprint.into(),
@@ -2073,13 +2116,13 @@ async fn leases_of_replicas_that_stopped_heartbeating_are_released(h: &Harness) 
     h.store.replica_heartbeat("dead", now).await.unwrap();
     let claimed_dead = h
         .store
-        .job_claim("linux", 10, 10, "dead", until, now)
+        .job_claim_on_one_host("linux", 10, 10, "dead", until, now)
         .await
         .unwrap()
         .unwrap();
     let claimed_alive = h
         .store
-        .job_claim("linux", 10, 10, "alive", until, now)
+        .job_claim_on_one_host("linux", 10, 10, "alive", until, now)
         .await
         .unwrap()
         .unwrap();
@@ -2148,12 +2191,12 @@ async fn leases_of_a_dead_predecessor_are_released_at_start(h: &Harness) {
     let now = h.now();
     let until = now + Duration::from_secs(60);
     h.store
-        .job_claim("linux", 10, 10, "old-process", until, now)
+        .job_claim_on_one_host("linux", 10, 10, "old-process", until, now)
         .await
         .unwrap()
         .unwrap();
     h.store
-        .job_claim("linux", 10, 10, "me", until, now)
+        .job_claim_on_one_host("linux", 10, 10, "me", until, now)
         .await
         .unwrap()
         .unwrap();
@@ -2175,7 +2218,7 @@ async fn an_exited_worker_frees_its_slot_before_its_job_ends(h: &Harness) {
     let until = now + Duration::from_secs(60);
     let first = h
         .store
-        .job_claim("linux", 1, 10, "d", until, now)
+        .job_claim_on_one_host("linux", 1, 10, "d", until, now)
         .await
         .unwrap()
         .unwrap();
@@ -2192,7 +2235,7 @@ async fn an_exited_worker_frees_its_slot_before_its_job_ends(h: &Harness) {
     );
     assert_eq!(
         h.store
-            .job_claim("linux", 1, 10, "d", until, now)
+            .job_claim_on_one_host("linux", 1, 10, "d", until, now)
             .await
             .unwrap(),
         None,
@@ -2210,13 +2253,13 @@ async fn an_exited_worker_frees_its_slot_before_its_job_ends(h: &Harness) {
     assert_eq!(h.job(first.id).await.state, Running);
     let second = h
         .store
-        .job_claim("linux", 1, 10, "d", until, h.now())
+        .job_claim_on_one_host("linux", 1, 10, "d", until, h.now())
         .await
         .unwrap();
     assert!(second.is_some(), "the exited worker's slot is free");
     assert_eq!(
         h.store
-            .job_claim("linux", 1, 10, "d", until, h.now())
+            .job_claim_on_one_host("linux", 1, 10, "d", until, h.now())
             .await
             .unwrap(),
         None
@@ -2239,7 +2282,7 @@ async fn an_exited_worker_frees_its_slot_before_its_job_ends(h: &Harness) {
     );
     let third = h
         .store
-        .job_claim("linux", 1, 10, "d", until, h.tick(1))
+        .job_claim_on_one_host("linux", 1, 10, "d", until, h.tick(1))
         .await
         .unwrap()
         .unwrap();
@@ -2251,14 +2294,14 @@ async fn an_exited_worker_frees_its_slot_before_its_job_ends(h: &Harness) {
     );
     let again = h
         .store
-        .job_claim("linux", 1, 10, "d", until, h.tick(1))
+        .job_claim_on_one_host("linux", 1, 10, "d", until, h.tick(1))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again.id, first.id);
     assert_eq!(
         h.store
-            .job_claim("linux", 1, 10, "d", until, h.now())
+            .job_claim_on_one_host("linux", 1, 10, "d", until, h.now())
             .await
             .unwrap(),
         None,

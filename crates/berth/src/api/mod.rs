@@ -532,6 +532,8 @@ pub async fn refresh_gauges(ctx: &Context) -> Result<(), crate::store::StoreErro
             .get_or_create(&labels)
             .set(of(JobState::ACTIVE));
     }
+    let fleet = crate::fleet::capacity::view(ctx).await?;
+    crate::fleet::capacity::publish(ctx, &fleet);
     Ok(())
 }
 
@@ -554,7 +556,19 @@ async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResul
     }
     let detailed = authorized.is_ok();
     let store = ctx.store.ping().await.map_err(|e| e.to_string());
-    let docker = ctx.docker.ping().await.map_err(|e| e.to_string());
+    // Ready while any host answers: a fleet with one host down still runs
+    // jobs (the down host gets none, and the capacity signal shows it).
+    let pings = futures::future::join_all(ctx.fleet.hosts().iter().map(|h| h.docker.ping())).await;
+    let docker = if pings.iter().any(Result::is_ok) {
+        Ok(())
+    } else {
+        Err(pings
+            .iter()
+            .zip(ctx.fleet.hosts())
+            .filter_map(|(r, h)| r.as_ref().err().map(|e| format!("{}: {e}", h.name())))
+            .collect::<Vec<_>>()
+            .join("; "))
+    };
     let components_down = ctx.components.required_down();
     let status = if store.is_ok() && docker.is_ok() && components_down.is_empty() {
         StatusCode::OK

@@ -205,6 +205,7 @@ fn demo_config(
         // warm pool would keep containers on purpose.
         warm: 0,
         warm_started: false,
+        host_labels: Vec::new(),
     });
     config
 }
@@ -277,6 +278,8 @@ async fn leftovers(ctx: &Context, sim: &SimHandle, instance: &str) -> Vec<String
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let containers: Vec<String> = ctx
+            .fleet
+            .first()
             .docker
             .list_managed()
             .await
@@ -305,13 +308,14 @@ async fn leftovers(ctx: &Context, sim: &SimHandle, instance: &str) -> Vec<String
 }
 
 async fn cleanup(ctx: &Context, instance: &str) {
-    for c in ctx.docker.list_managed().await.unwrap_or_default() {
+    let docker = &ctx.fleet.first().docker;
+    for c in docker.list_managed().await.unwrap_or_default() {
         if c.labels
             .get(crate::context::LABEL_INSTANCE)
             .map(String::as_str)
             == Some(instance)
         {
-            let _ = ctx.docker.remove(&c.id).await;
+            let _ = docker.remove(&c.id).await;
         }
     }
 }

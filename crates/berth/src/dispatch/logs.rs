@@ -26,32 +26,46 @@ fn marker(container_id: &str) -> String {
     format!("--- berth: output of container {short} ---\n")
 }
 
-/// The captures running in this process: per container, a token cancelled
-/// once the capture has stored everything. Private to log capture; the
-/// context only carries the handle.
+/// The captures running in this process: per container, its host, a token
+/// cancelled once the capture has stored everything, and one that stops it
+/// early (the host's lease was lost). Private to log capture; the context
+/// only carries the handle.
 #[derive(Default)]
-pub struct Captures(std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>);
+pub struct Captures(std::sync::Mutex<std::collections::HashMap<String, Capture>>);
+
+struct Capture {
+    host: String,
+    done: CancellationToken,
+    abort: CancellationToken,
+}
 
 impl Captures {
     /// Registers a capture of `container_id`; `None` if one runs already.
-    fn begin(&self, container_id: &str) -> Option<CancellationToken> {
+    fn begin(&self, host: &str, container_id: &str) -> Option<CancellationToken> {
         let mut captures = self.0.lock().expect("log capture registry");
         if captures.contains_key(container_id) {
             return None;
         }
-        let done = CancellationToken::new();
-        captures.insert(container_id.to_string(), done.clone());
-        Some(done)
+        let abort = CancellationToken::new();
+        captures.insert(
+            container_id.to_string(),
+            Capture {
+                host: host.to_string(),
+                done: CancellationToken::new(),
+                abort: abort.clone(),
+            },
+        );
+        Some(abort)
     }
 
     fn end(&self, container_id: &str) {
-        if let Some(done) = self
+        if let Some(capture) = self
             .0
             .lock()
             .expect("log capture registry")
             .remove(container_id)
         {
-            done.cancel();
+            capture.done.cancel();
         }
     }
 
@@ -60,24 +74,42 @@ impl Captures {
             .lock()
             .expect("log capture registry")
             .get(container_id)
-            .cloned()
+            .map(|c| c.done.clone())
     }
 }
 
-/// Starts capturing `container_id`'s output into `job_id`'s log, unless a
-/// capture of it already runs in this process.
-pub fn spawn_capture(ctx: &Arc<Context>, job_id: Uuid, container_id: &str) {
-    if ctx.log_captures.begin(container_id).is_none() {
+/// Starts capturing `container_id`'s output (on `host`) into `job_id`'s
+/// log, if this replica owns the host (crate::fleet) and no capture of it
+/// runs in this process yet.
+pub fn spawn_capture(ctx: &Arc<Context>, host: &str, job_id: Uuid, container_id: &str) {
+    if !ctx.fleet.owns(host) {
         return;
     }
+    let Some(abort) = ctx.log_captures.begin(host, container_id) else {
+        return;
+    };
     let ctx = ctx.clone();
-    let container_id = container_id.to_string();
+    let (host, container_id) = (host.to_string(), container_id.to_string());
     tokio::spawn(async move {
-        if let Err(e) = capture(&ctx, job_id, &container_id).await {
-            tracing::warn!(container_id, error = %e, "capturing worker output stopped");
+        tokio::select! {
+            result = capture(&ctx, &host, job_id, &container_id) => {
+                if let Err(e) = result {
+                    tracing::warn!(container_id, error = %e, "capturing worker output stopped");
+                }
+            }
+            _ = abort.cancelled() => {}
         }
         ctx.log_captures.end(&container_id);
     });
+}
+
+/// Stops every capture of `host`'s workers (this replica no longer owns the
+/// host; the new owner resumes them where the log ends).
+pub fn stop_captures_on(ctx: &Context, host: &str) {
+    let captures = ctx.log_captures.0.lock().expect("log capture registry");
+    for capture in captures.values().filter(|c| c.host == host) {
+        capture.abort.cancel();
+    }
 }
 
 /// Waits (at most `limit`) for the capture of `container_id` to have stored
@@ -88,7 +120,34 @@ pub async fn wait_captured(ctx: &Context, container_id: &str, limit: Duration) {
     }
 }
 
-async fn capture(ctx: &Context, job_id: Uuid, container_id: &str) -> Result<(), String> {
+/// Appends to a job's log as the owner of `host` (see
+/// crate::store::Store::job_logs_append_as_host_owner).
+async fn append(
+    ctx: &Context,
+    host: &str,
+    job_id: Uuid,
+    bytes: &[u8],
+    cap: u64,
+) -> Result<(), String> {
+    match ctx
+        .store
+        .job_logs_append_as_host_owner(job_id, bytes, cap, host, &ctx.replica_id)
+        .await
+    {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "this replica no longer holds the lease of host `{host}`"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn capture(
+    ctx: &Context,
+    host: &str,
+    job_id: Uuid,
+    container_id: &str,
+) -> Result<(), String> {
     let cap = ctx.config.logs.job_log_cap_bytes;
     let marker = marker(container_id);
     let stored = ctx
@@ -101,14 +160,12 @@ async fn capture(ctx: &Context, job_id: Uuid, container_id: &str) -> Result<(), 
     let mut skip = match find(&stored, marker.as_bytes()) {
         Some(at) => stored.len() - (at + marker.len()),
         None => {
-            ctx.store
-                .job_logs_append(job_id, marker.as_bytes(), cap)
-                .await
-                .map_err(|e| e.to_string())?;
+            append(ctx, host, job_id, marker.as_bytes(), cap).await?;
             0
         }
     };
-    let mut stream = ctx.docker.logs(container_id, LogOptions::follow());
+    let docker = ctx.fleet.docker(host).map_err(|e| e.to_string())?;
+    let mut stream = docker.logs(container_id, LogOptions::follow());
     let mut pending: Vec<u8> = Vec::new();
     let mut partial: Vec<u8> = Vec::new();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -124,25 +181,35 @@ async fn capture(ctx: &Context, job_id: Uuid, container_id: &str) -> Result<(), 
                     }
                     pending.extend_from_slice(chunk);
                     if pending.len() >= FLUSH_BYTES {
-                        flush(ctx, job_id, container_id, &mut pending, &mut partial, cap).await?;
+                        flush(ctx, host, job_id, container_id, &mut pending, &mut partial, cap).await?;
                     }
                 }
                 Some(Err(e)) => {
-                    flush(ctx, job_id, container_id, &mut pending, &mut partial, cap).await?;
+                    flush(ctx, host, job_id, container_id, &mut pending, &mut partial, cap).await?;
                     return Err(e.to_string());
                 }
                 None => break,
             },
-            _ = tick.tick() => flush(ctx, job_id, container_id, &mut pending, &mut partial, cap).await?,
+            _ = tick.tick() => flush(ctx, host, job_id, container_id, &mut pending, &mut partial, cap).await?,
         }
     }
-    flush(ctx, job_id, container_id, &mut pending, &mut partial, cap).await
+    flush(
+        ctx,
+        host,
+        job_id,
+        container_id,
+        &mut pending,
+        &mut partial,
+        cap,
+    )
+    .await
 }
 
 /// Appends to the log of the job that owns the container now (GitHub may
 /// have rebound the runner to another job since the capture started).
 async fn flush(
     ctx: &Context,
+    host: &str,
     job_id: Uuid,
     container_id: &str,
     pending: &mut Vec<u8>,
@@ -159,10 +226,7 @@ async fn flush(
         .ok()
         .flatten();
     let owner_id = owner.as_ref().map_or(job_id, |j| j.id);
-    ctx.store
-        .job_logs_append(owner_id, pending, cap)
-        .await
-        .map_err(|e| e.to_string())?;
+    append(ctx, host, owner_id, pending, cap).await?;
     if let (Some(sink), Some(job)) = (&ctx.job_output, &owner) {
         forward(sink, job, container_id, pending, partial);
     }

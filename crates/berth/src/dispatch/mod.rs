@@ -34,7 +34,6 @@ use crate::store::Job;
 use crate::supervise::ComponentHandle;
 
 pub use provision::provision;
-pub use watch::watch;
 
 /// How often the claim loop looks for work when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -65,7 +64,7 @@ pub async fn run(
             if shutdown.is_cancelled() {
                 break 'outer;
             }
-            match claim(&ctx, &pool.name, pool.max_runners).await {
+            match claim(&ctx, pool).await {
                 Ok(Some(job)) => {
                     claimed = true;
                     let (ctx, abandon) = (ctx.clone(), abandon.clone());
@@ -101,19 +100,25 @@ pub async fn run(
     }
 }
 
+/// Claims the pool's oldest job and places it on one of the hosts that
+/// offer the pool's `host_labels` (crate::fleet).
 async fn claim(
     ctx: &Context,
-    pool: &str,
-    max_in_pool: u32,
+    pool: &crate::config::PoolConfig,
 ) -> Result<Option<Job>, crate::store::StoreError> {
     let now = ctx.store.now();
     let lease =
         time::Duration::try_from(ctx.config.dispatch.lease).unwrap_or(time::Duration::MINUTE);
+    let hosts = ctx.fleet.placement_for(pool);
     ctx.store
         .job_claim(
-            pool,
-            max_in_pool,
+            &pool.name,
+            pool.max_runners,
             ctx.config.dispatch.global_max_runners,
+            crate::store::Placement {
+                hosts: &hosts,
+                pack: ctx.config.fleet.placement == crate::config::Placement::Pack,
+            },
             &ctx.replica_id,
             now + lease,
             now,

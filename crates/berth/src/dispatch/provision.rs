@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::spec::{runner_name, worker_spec};
 use crate::config::PoolConfig;
 use crate::context::Context;
-use crate::docker::controller::{DockerError, WorkerSpec};
+use crate::docker::controller::{Controller, DockerError, WorkerSpec};
 use crate::github::{GithubClient, JitConfig};
 use crate::lifecycle::resources;
 use crate::observability::Metrics;
@@ -184,6 +184,13 @@ async fn steps(
 ) -> Result<(), Stop> {
     let pool = ctx.pool_of(job).map_err(Stop::Permanent)?;
     let github = ctx.github().map_err(Stop::Permanent)?;
+    // The claim placed the job; a host configured no more is a requeue
+    // away from another.
+    let host = ctx.fleet.host_of(job);
+    let docker = ctx
+        .fleet
+        .docker(host)
+        .map_err(|e| Stop::Transient(e.to_string()))?;
     let runner_name = &runner_name(pool, job);
     crate::docker::image_policy::check(&pool.image, &ctx.config.docker.allowed_images)
         .map_err(Stop::Permanent)?;
@@ -229,7 +236,7 @@ async fn steps(
             if named_rx.await.is_err() {
                 return Ok(None);
             }
-            if let Some((id, started)) = super::warm::take(ctx, pool, runner_name).await {
+            if let Some((id, started)) = super::warm::take(ctx, host, pool, runner_name).await {
                 made.container_made(&id);
                 return Ok(Some(Worker {
                     id,
@@ -240,7 +247,7 @@ async fn steps(
         }
         let spec = worker_spec(ctx, job, pool, runner_name);
         made.container_made(&spec.name);
-        let id = create_container(ctx, pool, &spec).await?;
+        let id = create_container(ctx, docker, pool, &spec).await?;
         made.container_made(&id);
         Ok::<_, Stop>(Some(Worker {
             id,
@@ -286,9 +293,9 @@ async fn steps(
     let starting = Instant::now();
     let secret = jit.encoded.expose().as_bytes();
     let delivered = if started {
-        ctx.docker.deliver_secret(&container_id, secret).await
+        docker.deliver_secret(&container_id, secret).await
     } else {
-        ctx.docker.start_with_secret(&container_id, secret).await
+        docker.start_with_secret(&container_id, secret).await
     };
     delivered.map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
     crate::failpoint::hit("after_start");
@@ -330,7 +337,7 @@ async fn steps(
         Ok(Some(holder)) => holder.id,
         _ => job.id,
     };
-    super::logs::spawn_capture(ctx, holder, &container_id);
+    super::logs::spawn_capture(ctx, host, holder, &container_id);
     Ok(())
 }
 
@@ -405,6 +412,7 @@ async fn transition(
 /// pulls and creates again when it is not.
 async fn create_container(
     ctx: &Context,
+    docker: &Controller,
     pool: &PoolConfig,
     spec: &WorkerSpec,
 ) -> Result<String, Stop> {
@@ -412,15 +420,15 @@ async fn create_container(
     // A bare image ID names a local image; there is nothing to pull it from.
     let pullable = !pool.image.starts_with("sha256:");
     if pool.pull_policy == PullPolicy::Always && pullable {
-        pull(ctx, pool).await?;
+        pull(ctx, docker, pool).await?;
     }
-    match create_with_retries(ctx, spec).await {
+    match create_with_retries(ctx, docker, spec).await {
         Ok(id) => Ok(id),
         Err(DockerError::ImageMissing { .. })
             if pool.pull_policy == PullPolicy::IfNotPresent && pullable =>
         {
-            pull(ctx, pool).await?;
-            create_with_retries(ctx, spec)
+            pull(ctx, docker, pool).await?;
+            create_with_retries(ctx, docker, spec)
                 .await
                 .map_err(|e| create_failed(pool, e))
         }
@@ -428,9 +436,9 @@ async fn create_container(
     }
 }
 
-async fn pull(ctx: &Context, pool: &PoolConfig) -> Result<(), Stop> {
+async fn pull(ctx: &Context, docker: &Controller, pool: &PoolConfig) -> Result<(), Stop> {
     tracing::info!(image = %pool.image, "pulling the worker image");
-    ctx.docker
+    docker
         .pull_image(&pool.image, ctx.config.docker.pull_timeout)
         .await
         .map_err(|e| Stop::failed(&format!("pulling the worker image `{}`", pool.image), e))
@@ -438,11 +446,15 @@ async fn pull(ctx: &Context, pool: &PoolConfig) -> Result<(), Stop> {
 
 /// Creates the container, trying again after transient failures; a refused
 /// spec or a missing image is returned at once.
-async fn create_with_retries(ctx: &Context, spec: &WorkerSpec) -> Result<String, DockerError> {
+async fn create_with_retries(
+    ctx: &Context,
+    docker: &Controller,
+    spec: &WorkerSpec,
+) -> Result<String, DockerError> {
     let attempts = ctx.config.dispatch.create_attempts.max(1);
     let mut attempt = 1;
     loop {
-        match ctx.docker.create_worker(spec).await {
+        match docker.create_worker(spec).await {
             Ok(id) => return Ok(id),
             Err(e @ (DockerError::InvalidSpec(_) | DockerError::ImageMissing { .. })) => {
                 return Err(e);
@@ -481,7 +493,9 @@ async fn release(ctx: &Context, made: &Made, job: &Job) {
         if held {
             return;
         }
-        resources::remove_container(ctx, &container).await;
+        if let Ok(docker) = ctx.fleet.docker_of(job) {
+            resources::remove_container(docker, &container).await;
+        }
     }
     if let Some((name, id)) = made.runner() {
         let holder = ctx.store.job_get_by_runner_name(&name).await.ok().flatten();

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use crate::config::PoolConfig;
 use crate::context::{Context, LABEL_INSTANCE};
 use crate::docker::controller::{
-    LABEL_GITHUB_JOB_ID, LABEL_JOB, LABEL_POOL, LABEL_REPOSITORY, LABEL_RUNNER, WorkerNetwork,
-    WorkerSpec,
+    LABEL_GITHUB_JOB_ID, LABEL_HOST, LABEL_JOB, LABEL_POOL, LABEL_REPOSITORY, LABEL_RUNNER,
+    WorkerNetwork, WorkerSpec,
 };
 use crate::store::Job;
 
@@ -40,6 +40,7 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
             job.github_job_id.to_string(),
         ),
         (LABEL_RUNNER.to_string(), runner_name.to_string()),
+        (LABEL_HOST.to_string(), ctx.fleet.host_of(job).to_string()),
         (
             LABEL_INSTANCE.to_string(),
             ctx.config.docker.instance.clone(),

@@ -33,21 +33,30 @@
 //!
 //! # Lifecycle
 //!
-//! [`run`] adopts, at start-up, every recorded warm container on its Docker
-//! host (a crashed predecessor's included: it becomes this replica's), then
+//! [`run`] adopts every recorded warm container on the hosts its replica
+//! owns (a crashed predecessor's included: it becomes this replica's), and
 //! refills every few seconds and after each hand-off. On graceful
 //! shutdown it removes the warm containers this replica owns. After a crash
 //! they stay recorded, so the next start adopts or replaces them; none is
 //! left unaccounted for.
 //!
+//! # Hosts
+//!
+//! `warm` is per host: every `up`, `active` host that offers the pool's
+//! `host_labels` keeps up to `warm` of the pool's containers, so a job finds
+//! one wherever it is placed. The replica owning a host (crate::fleet)
+//! refills it and adopts the rows recorded there; a cordoned host keeps what
+//! it has, a draining or down host keeps none.
+//!
 //! # Limits
 //!
 //! Warm containers are not runners: they do not count against a pool's
-//! `max_runners` (or `dispatch.global_max_runners`) when a job is claimed.
-//! But the refill never makes one that would take a pool past `max_runners`
-//! containers (`warm + active jobs ≤ max_runners`), nor berth past
+//! `max_runners`, a host's slots (or `dispatch.global_max_runners`) when a
+//! job is claimed. But the refill never makes one that would take a pool
+//! past `max_runners` containers over the fleet (`warm + active jobs ≤
+//! max_runners`), a host past its slots, nor berth past
 //! `global_max_runners`, so under full load the warm pools shrink to nothing
-//! rather than add containers the host was not sized for.
+//! rather than add containers the hosts were not sized for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -59,10 +68,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::PoolConfig;
 use crate::context::{Context, LABEL_INSTANCE};
-use crate::docker::controller::{ContainerStatus, LABEL_POOL, LABEL_WARM, WorkerSpec};
+use crate::docker::controller::{
+    ContainerStatus, Controller, LABEL_HOST, LABEL_POOL, LABEL_WARM, WorkerSpec,
+};
+use crate::fleet::Host;
 use crate::lifecycle::resources;
 use crate::observability::Metrics;
-use crate::store::WarmContainer;
+use crate::store::{HostAdmin, HostHealth, HostRecord, WarmContainer};
 use crate::supervise::ComponentHandle;
 
 /// How often the refill loop checks every pool when nothing wakes it (an
@@ -75,30 +87,31 @@ const REFILL_EVERY: Duration = Duration::from_secs(5);
 /// starts would slow exactly the start the warm pool is there to speed up.
 pub const REFILL_SETTLE: Duration = Duration::from_millis(300);
 
-/// The warm pools' shared state: each pool's current fingerprint (what a job
-/// may take) and the refill loop's wake-up.
+/// The warm pools' shared state: each (host, pool)'s current fingerprint
+/// (what a job placed on the host may take) and the refill loop's wake-up.
 #[derive(Default)]
 pub struct WarmPools {
-    fingerprints: std::sync::Mutex<HashMap<String, String>>,
+    fingerprints: std::sync::Mutex<HashMap<(String, String), String>>,
     wake: Notify,
 }
 
 impl WarmPools {
-    /// The fingerprint warm containers of `pool` must have to be taken, once
-    /// the refill loop has computed it.
-    pub fn fingerprint(&self, pool: &str) -> Option<String> {
+    /// The fingerprint warm containers of `pool` on `host` must have to be
+    /// taken, once the refill loop (of the host's owner) has computed it.
+    pub fn fingerprint(&self, host: &str, pool: &str) -> Option<String> {
         self.fingerprints
             .lock()
             .expect("warm fingerprints")
-            .get(pool)
+            .get(&(host.to_string(), pool.to_string()))
             .cloned()
     }
 
-    fn set_fingerprint(&self, pool: &str, fingerprint: Option<String>) {
+    fn set_fingerprint(&self, host: &str, pool: &str, fingerprint: Option<String>) {
         let mut map = self.fingerprints.lock().expect("warm fingerprints");
+        let key = (host.to_string(), pool.to_string());
         match fingerprint {
-            Some(f) => map.insert(pool.to_string(), f),
-            None => map.remove(pool),
+            Some(f) => map.insert(key, f),
+            None => map.remove(&key),
         };
     }
 
@@ -108,14 +121,29 @@ impl WarmPools {
     }
 }
 
-/// Takes a warm container of the job's pool for the job holding
+/// Takes a warm container of the job's pool on `host` for the job holding
 /// `runner_name`, recording it on the job. `None`: the pool has no warm pool
-/// or none is ready (the caller creates a container as usual).
-pub async fn take(ctx: &Context, pool: &PoolConfig, runner_name: &str) -> Option<(String, bool)> {
+/// there or none is ready (the caller creates a container as usual).
+///
+/// The fingerprint is the host's owner's; another replica computes it the
+/// same way from the same configuration and the host's image ID.
+pub async fn take(
+    ctx: &Context,
+    host: &str,
+    pool: &PoolConfig,
+    runner_name: &str,
+) -> Option<(String, bool)> {
     if pool.warm == 0 {
         return None;
     }
-    let fingerprint = ctx.warm.fingerprint(&pool.name)?;
+    let fingerprint = match ctx.warm.fingerprint(host, &pool.name) {
+        Some(known) => known,
+        None => {
+            let docker = ctx.fleet.docker(host).ok()?;
+            let image_id = docker.image_id(&pool.image).await.ok()??;
+            fingerprint(ctx, host, pool, &image_id)
+        }
+    };
     let taken = match ctx
         .store
         .warm_take(&pool.name, &fingerprint, runner_name)
@@ -132,15 +160,16 @@ pub async fn take(ctx: &Context, pool: &PoolConfig, runner_name: &str) -> Option
     taken
 }
 
-/// The spec of a warm container of `pool` (name and labels apart, the same
-/// spec a job of the pool gets).
-pub fn warm_spec(ctx: &Context, pool: &PoolConfig, fingerprint: &str) -> WorkerSpec {
+/// The spec of a warm container of `pool` on `host` (name and labels apart,
+/// the same spec a job of the pool gets).
+pub fn warm_spec(ctx: &Context, host: &str, pool: &PoolConfig, fingerprint: &str) -> WorkerSpec {
     let suffix = format!("{:08x}", rand::random::<u32>());
     let pool_part: String = pool.name.chars().take(24).collect();
     let mut spec = super::spec::pool_spec(ctx, pool, format!("berth-warm-{pool_part}-{suffix}"));
     spec.labels.extend(BTreeMap::from([
         (LABEL_POOL.to_string(), pool.name.clone()),
         (LABEL_WARM.to_string(), fingerprint.to_string()),
+        (LABEL_HOST.to_string(), host.to_string()),
         (
             LABEL_INSTANCE.to_string(),
             ctx.config.docker.instance.clone(),
@@ -149,14 +178,16 @@ pub fn warm_spec(ctx: &Context, pool: &PoolConfig, fingerprint: &str) -> WorkerS
     spec
 }
 
-/// Hash of the image ID and the pool's create body without its labels.
-pub fn fingerprint(ctx: &Context, pool: &PoolConfig, image_id: &str) -> String {
+/// Hash of the host, the image ID and the pool's create body without its
+/// labels.
+pub fn fingerprint(ctx: &Context, host: &str, pool: &PoolConfig, image_id: &str) -> String {
     let spec = super::spec::pool_spec(ctx, pool, "berth-fingerprint".into());
-    fingerprint_spec(spec, &ctx.config.docker.host, image_id, pool.warm_started)
+    let url = ctx.fleet.get(host).map_or("", |h| h.config.url.as_str());
+    fingerprint_spec(spec, &format!("{host}\0{url}"), image_id, pool.warm_started)
 }
 
-/// The Docker host is part of it: replicas sharing a store but driving
-/// different hosts must never take each other's warm containers.
+/// The Docker host is part of it: a job placed on one host must never take
+/// a warm container on another.
 fn fingerprint_spec(mut spec: WorkerSpec, host: &str, image_id: &str, started: bool) -> String {
     // Labels are left out of the hash, but the spec needs one to be valid.
     spec.labels.insert(LABEL_WARM.to_string(), "-".into());
@@ -197,26 +228,15 @@ fn canonical(value: &serde_json::Value) -> String {
     sort(value).to_string()
 }
 
-/// Adopts what the store records, then keeps every pool's warm pool filled
-/// until `shutdown`; then removes this replica's warm containers.
+/// Keeps the warm pools of the hosts this replica owns filled until
+/// `shutdown`; then removes this replica's warm containers.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, status: ComponentHandle) {
-    let mut adopted = false;
     loop {
         status.pass_started();
-        let mut result = Ok(());
-        if !adopted {
-            match adopt(&ctx).await {
-                Ok(()) => adopted = true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "adopting warm containers failed; retrying");
-                    result = Err(format!("adopting warm containers: {e}"));
-                }
-            }
-        }
-        if let Err(e) = refill_once(&ctx, &shutdown).await {
+        let result = refill_once(&ctx, &shutdown).await.map_err(|e| {
             tracing::warn!(error = %e, "refilling the warm pools failed; retrying");
-            result = Err(format!("refilling: {e}"));
-        }
+            format!("refilling: {e}")
+        });
         status.pass_finished(result);
         tokio::select! {
             _ = tokio::time::sleep(REFILL_EVERY) => {}
@@ -227,52 +247,111 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken, status: Compone
     remove_own(&ctx).await;
 }
 
-/// Once, at start-up: the recorded warm containers on this replica's Docker
-/// host (of this instance) become this replica's, whoever made them: a
-/// crashed predecessor's are kept if their fingerprint matches, else
-/// replaced, and removed at this replica's shutdown. Rows of other hosts are
-/// left to the replicas there.
-async fn adopt(ctx: &Context) -> Result<(), String> {
-    let rows = ctx.store.warm_list().await.map_err(|e| e.to_string())?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let here: std::collections::HashSet<String> = ctx
-        .docker
-        .list_managed()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|c| ctx.owns(&c.labels))
-        .map(|c| c.id)
-        .collect();
-    let mut adopted = 0;
-    for row in rows.iter().filter(|r| here.contains(&r.container_id)) {
-        if ctx
-            .store
-            .warm_adopt(&row.container_id, &ctx.replica_id)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            adopted += 1;
-        }
-    }
-    if adopted > 0 {
-        tracing::info!(adopted, "adopted recorded warm containers");
-    }
-    Ok(())
+/// The warm containers of pool `pool` to keep on a host: `warm`, within the
+/// pool's `max_runners` (warm and active together, over the fleet), the
+/// host's slots (the same) and `dispatch.global_max_runners`.
+struct Room {
+    pool: HashMap<String, i64>,
+    host: HashMap<String, i64>,
+    global: i64,
 }
 
-/// One pass: drop dead or stale warm containers, create missing ones.
+/// One pass over the owned hosts: adopt their recorded warm containers,
+/// drop dead or stale ones, create missing ones.
+///
+/// `warm` is per host: each `up`, `active` host that offers the pool's
+/// `host_labels` keeps up to `warm` of the pool's containers, so a job finds
+/// one wherever it is placed. A cordoned host keeps what it has and gets no
+/// new ones; a draining or down host keeps none.
 pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<(), String> {
+    let owned = ctx.fleet.owned();
     // The store first, then Docker: a row is written after its container
     // exists, so every row read here has its container in the list below.
     let rows = ctx.store.warm_list().await.map_err(|e| e.to_string())?;
-    if rows.is_empty() && ctx.config.pools.iter().all(|p| p.warm == 0) {
+    if owned.is_empty() || rows.is_empty() && ctx.config.pools.iter().all(|p| p.warm == 0) {
         // No warm pool, nothing left of one: no Docker list, no job count.
         return Ok(());
     }
-    let containers: HashMap<String, ContainerStatus> = ctx
+    let host_of = |row: &WarmContainer| {
+        row.host
+            .clone()
+            .unwrap_or_else(|| ctx.fleet.first().name().to_string())
+    };
+    let records: HashMap<String, HostRecord> = ctx
+        .store
+        .host_list()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|h| (h.name.clone(), h))
+        .collect();
+    let mut room = Room {
+        pool: ctx
+            .config
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), i64::from(p.max_runners)))
+            .collect(),
+        host: ctx
+            .fleet
+            .hosts()
+            .iter()
+            .map(|h| (h.name().to_string(), i64::from(h.config.max_runners)))
+            .collect(),
+        global: i64::from(ctx.config.dispatch.global_max_runners),
+    };
+    for (host, pool, n) in ctx.store.host_busy().await.map_err(|e| e.to_string())? {
+        *room.pool.entry(pool).or_default() -= n;
+        *room.host.entry(host).or_default() -= n;
+        room.global -= n;
+    }
+    for row in &rows {
+        *room.pool.entry(row.pool.clone()).or_default() -= 1;
+        *room.host.entry(host_of(row)).or_default() -= 1;
+        room.global -= 1;
+    }
+    let mut failures = Vec::new();
+    for host in owned {
+        let name = host.name();
+        let mine: Vec<&WarmContainer> = rows.iter().filter(|r| host_of(r) == name).collect();
+        let record = records.get(name);
+        let keeps =
+            record.is_some_and(|r| r.health == HostHealth::Up && r.admin != HostAdmin::Draining);
+        if !keeps && mine.is_empty() {
+            continue;
+        }
+        if let Err(e) = refill_host(ctx, host, record, &mine, &mut room, shutdown).await {
+            failures.push(format!("host `{name}`: {e}"));
+        }
+    }
+    publish(ctx).await;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+async fn refill_host(
+    ctx: &Context,
+    host: &Host,
+    record: Option<&HostRecord>,
+    rows: &[&WarmContainer],
+    room: &mut Room,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let name = host.name();
+    let health = record.map_or(HostHealth::Unknown, |r| r.health);
+    let admin = record.map_or(HostAdmin::Active, |r| r.admin);
+    if health == HostHealth::Down {
+        // Nothing to ask of it; its containers are the orphan reconciler's
+        // when it answers again, their rows struck off now.
+        for row in rows {
+            let _ = ctx.store.warm_delete(&row.container_id).await;
+        }
+        return Ok(());
+    }
+    let containers: HashMap<String, ContainerStatus> = host
         .docker
         .list_managed()
         .await
@@ -281,18 +360,15 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
         .filter(|c| ctx.owns(&c.labels))
         .map(|c| (c.id, c.status))
         .collect();
-    let mut busy: HashMap<String, i64> = HashMap::new();
-    for count in ctx.store.job_counts().await.map_err(|e| e.to_string())? {
-        if count.state.is_active() {
-            *busy.entry(count.pool).or_default() += count.count;
-        }
-    }
 
     let mut current: HashMap<&str, String> = HashMap::new();
     for pool in ctx.config.pools.iter().filter(|p| p.warm > 0) {
-        match ctx.docker.image_id(&pool.image).await {
+        if !host.config.offers(&pool.host_labels) {
+            continue;
+        }
+        match host.docker.image_id(&pool.image).await {
             Ok(Some(id)) => {
-                current.insert(&pool.name, fingerprint(ctx, pool, &id));
+                current.insert(&pool.name, fingerprint(ctx, name, pool, &id));
             }
             // No image (yet: a job's pull brings it): no warm pool for now,
             // and nothing made from an image no longer there can be taken.
@@ -300,90 +376,114 @@ pub async fn refill_once(ctx: &Context, shutdown: &CancellationToken) -> Result<
             // A Docker hiccup says nothing about the image: keep what was
             // known, rather than throw the warm containers away.
             Err(e) => {
-                tracing::warn!(pool = %pool.name, error = %e, "inspecting the worker image failed");
-                if let Some(known) = ctx.warm.fingerprint(&pool.name) {
+                tracing::warn!(host = name, pool = %pool.name, error = %e, "inspecting the worker image failed");
+                if let Some(known) = ctx.warm.fingerprint(name, &pool.name) {
                     current.insert(&pool.name, known);
                 }
             }
         }
         ctx.warm
-            .set_fingerprint(&pool.name, current.get(pool.name.as_str()).cloned());
+            .set_fingerprint(name, &pool.name, current.get(pool.name.as_str()).cloned());
     }
 
     let mut ready: HashMap<&str, u32> = HashMap::new();
-    for row in &rows {
+    for row in rows {
+        // This replica owns the host, so every row of it is this replica's
+        // to keep or replace, whoever made it (a crashed predecessor).
+        if row.owner != ctx.replica_id {
+            let _ = ctx
+                .store
+                .warm_adopt(&row.container_id, &ctx.replica_id)
+                .await;
+        }
         let current_print = current.get(row.pool.as_str()) == Some(&row.fingerprint);
-        // Another replica's rows are its to replace (it may run another
-        // configuration during a rolling upgrade, or drive another Docker
-        // host); one that dies is struck off by whichever watcher sees it
-        // exit (crate::lifecycle::exit).
-        if row.owner == ctx.replica_id {
-            let alive = matches!(
-                containers.get(&row.container_id),
-                Some(ContainerStatus::Created | ContainerStatus::Running)
-            );
-            if !alive || !current_print {
-                discard(ctx, &row.container_id, if alive { "stale" } else { "gone" }).await;
-                continue;
-            }
+        let alive = matches!(
+            containers.get(&row.container_id),
+            Some(ContainerStatus::Created | ContainerStatus::Running)
+        );
+        if !alive || !current_print || admin == HostAdmin::Draining {
+            let why = if !alive {
+                "gone"
+            } else if current_print {
+                "draining"
+            } else {
+                "stale"
+            };
+            discard(ctx, &host.docker, &row.container_id, why).await;
+            continue;
         }
-        if current_print {
-            *ready.entry(row.pool.as_str()).or_default() += 1;
-        }
+        *ready.entry(row.pool.as_str()).or_default() += 1;
+    }
+    if health != HostHealth::Up || admin != HostAdmin::Active {
+        return Ok(());
     }
 
-    // The host's cap: every container berth keeps (busy or warm) within
-    // `dispatch.global_max_runners`, as each pool's within its `max_runners`.
-    let mut global_room = i64::from(ctx.config.dispatch.global_max_runners)
-        - busy.values().sum::<i64>()
-        - ready.values().map(|n| i64::from(*n)).sum::<i64>();
     for pool in &ctx.config.pools {
-        let have = ready.get(pool.name.as_str()).copied().unwrap_or(0);
         let Some(fingerprint) = current.get(pool.name.as_str()) else {
-            ctx.metrics
-                .warm_containers
-                .get_or_create(&Metrics::pool(&pool.name))
-                .set(i64::from(have));
             continue;
         };
-        let active = busy.get(&pool.name).copied().unwrap_or(0);
-        let room = (i64::from(pool.max_runners) - active - i64::from(have)).max(0);
+        let have = ready.get(pool.name.as_str()).copied().unwrap_or(0);
+        let pool_room = room.pool.get(&pool.name).copied().unwrap_or(0);
+        let host_room = room.host.get(name).copied().unwrap_or(0);
         let want = i64::from(pool.warm.saturating_sub(have))
-            .min(room)
-            .min(global_room.max(0));
-        global_room -= want;
-        let mut made = 0;
+            .min(pool_room)
+            .min(host_room)
+            .min(room.global)
+            .max(0);
         for _ in 0..want {
             if shutdown.is_cancelled() {
                 break;
             }
-            match make(ctx, pool, fingerprint).await {
-                Ok(()) => made += 1,
+            match make(ctx, host, pool, fingerprint).await {
+                Ok(()) => {
+                    *room.pool.entry(pool.name.clone()).or_default() -= 1;
+                    *room.host.entry(name.to_string()).or_default() -= 1;
+                    room.global -= 1;
+                }
                 Err(e) => {
-                    tracing::warn!(pool = %pool.name, error = %e, "creating a warm container failed");
+                    tracing::warn!(host = name, pool = %pool.name, error = %e, "creating a warm container failed");
                     break;
                 }
             }
         }
-        ctx.metrics
-            .warm_containers
-            .get_or_create(&Metrics::pool(&pool.name))
-            .set(i64::from(have) + made);
     }
     Ok(())
 }
 
-/// Creates (and maybe starts) one warm container and records it.
-async fn make(ctx: &Context, pool: &PoolConfig, fingerprint: &str) -> Result<(), String> {
-    let spec = warm_spec(ctx, pool, fingerprint);
-    let id = ctx
+/// Sets the warm-container gauges from the store (every host's, whoever
+/// owns it).
+async fn publish(ctx: &Context) {
+    let Ok(rows) = ctx.store.warm_list().await else {
+        return;
+    };
+    let mut per_pool: HashMap<&str, i64> = HashMap::new();
+    for row in &rows {
+        *per_pool.entry(row.pool.as_str()).or_default() += 1;
+    }
+    for pool in &ctx.config.pools {
+        ctx.metrics
+            .warm_containers
+            .get_or_create(&Metrics::pool(&pool.name))
+            .set(per_pool.get(pool.name.as_str()).copied().unwrap_or(0));
+    }
+}
+
+/// Creates (and maybe starts) one warm container on `host` and records it.
+async fn make(
+    ctx: &Context,
+    host: &Host,
+    pool: &PoolConfig,
+    fingerprint: &str,
+) -> Result<(), String> {
+    let spec = warm_spec(ctx, host.name(), pool, fingerprint);
+    let id = host
         .docker
         .create_worker(&spec)
         .await
         .map_err(|e| e.to_string())?;
     let ready = async {
         if pool.warm_started {
-            ctx.docker
+            host.docker
                 .start_waiting(&id)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -396,26 +496,27 @@ async fn make(ctx: &Context, pool: &PoolConfig, fingerprint: &str) -> Result<(),
                 owner: ctx.replica_id.clone(),
                 started: pool.warm_started,
                 created_at: ctx.store.now(),
+                host: Some(host.name().to_string()),
             })
             .await
             .map_err(|e| e.to_string())
     };
     if let Err(e) = ready.await {
         // Not recorded: nobody can take it, so removing it is safe.
-        resources::remove_container(ctx, &id).await;
+        resources::remove_container(&host.docker, &id).await;
         return Err(e);
     }
-    tracing::debug!(pool = %pool.name, container_id = %id, started = pool.warm_started, "warm container ready");
+    tracing::debug!(host = host.name(), pool = %pool.name, container_id = %id, started = pool.warm_started, "warm container ready");
     Ok(())
 }
 
 /// Removes a warm container, if it is still free: the row's deletion is the
 /// claim on it, so one a dispatcher took meanwhile is left to its job.
-async fn discard(ctx: &Context, container_id: &str, why: &str) {
+async fn discard(ctx: &Context, docker: &Controller, container_id: &str, why: &str) {
     match ctx.store.warm_delete(container_id).await {
         Ok(true) => {
             tracing::info!(container_id, why, "removing a warm container");
-            resources::remove_container(ctx, container_id).await;
+            resources::remove_container(docker, container_id).await;
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(container_id, error = %e, "forgetting a warm container failed"),
@@ -432,20 +533,19 @@ pub async fn remove_own(ctx: &Context) {
             return;
         }
     };
-    let own: Vec<_> = rows
-        .into_iter()
-        .filter(|r| r.owner == ctx.replica_id)
-        .collect();
-    let removals = own
+    let removals = rows
         .iter()
-        .map(|row| discard(ctx, &row.container_id, "shutdown"));
+        .filter(|r| r.owner == ctx.replica_id)
+        .filter_map(|row| {
+            let host = row
+                .host
+                .as_deref()
+                .unwrap_or_else(|| ctx.fleet.first().name());
+            let docker = ctx.fleet.docker(host).ok()?;
+            Some(discard(ctx, docker, &row.container_id, "shutdown"))
+        });
     futures::future::join_all(removals).await;
-    for pool in &ctx.config.pools {
-        ctx.metrics
-            .warm_containers
-            .get_or_create(&Metrics::pool(&pool.name))
-            .set(0);
-    }
+    publish(ctx).await;
 }
 
 #[cfg(test)]

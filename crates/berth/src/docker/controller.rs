@@ -75,8 +75,9 @@ use tokio::io::AsyncWriteExt;
 
 pub use error::DockerError;
 pub use spec::{
-    DEFAULT_USER, DEFAULT_WORK_FOLDER, LABEL_GITHUB_JOB_ID, LABEL_JOB, LABEL_MANAGED, LABEL_POOL,
-    LABEL_REPOSITORY, LABEL_RUNNER, LABEL_WARM, NAME_PREFIX, TmpfsSizes, WorkerNetwork, WorkerSpec,
+    DEFAULT_USER, DEFAULT_WORK_FOLDER, LABEL_GITHUB_JOB_ID, LABEL_HOST, LABEL_JOB, LABEL_MANAGED,
+    LABEL_POOL, LABEL_REPOSITORY, LABEL_RUNNER, LABEL_WARM, NAME_PREFIX, TmpfsSizes, WorkerNetwork,
+    WorkerSpec,
 };
 pub use types::{
     ContainerEvent, ContainerEventKind, ContainerInfo, ContainerStatus, LogOptions,
@@ -95,6 +96,22 @@ pub const NETWORK_SETTLE: Duration = Duration::from_millis(500);
 /// Called with the Docker call's name (`container_create`, `events`…) each
 /// time a call fails; berth's metrics count these.
 pub type ErrorHook = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// The client certificate berth presents to a TLS engine, and the CA its
+/// certificate must chain to (PEM files).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// What [`Controller::probe`] learns.
+#[derive(Debug, Clone)]
+pub struct EngineProbe {
+    pub version: String,
+    pub data_root: Option<String>,
+}
 
 /// A connection to one Docker engine. Cheap to clone (the connection pool is
 /// shared); see the [module docs](self) for the design.
@@ -128,18 +145,97 @@ impl Controller {
     /// [`DockerError::Timeout`] when the engine does not answer within
     /// `call_timeout`.
     pub async fn connect(host: &str, call_timeout: Duration) -> Result<Self, DockerError> {
+        Self::connect_with(host, None, call_timeout).await
+    }
+
+    /// [`connect`](Self::connect), over mutual TLS when `tls` is given
+    /// (`https://host:port` or `tcp://host:port`: an engine or proxy that
+    /// checks berth's client certificate).
+    pub async fn connect_with(
+        host: &str,
+        tls: Option<&ClientTls>,
+        call_timeout: Duration,
+    ) -> Result<Self, DockerError> {
+        let unnegotiated = Self::client(host, tls, call_timeout, bollard::API_DEFAULT_VERSION)?;
+        let docker =
+            match tokio::time::timeout(call_timeout, unnegotiated.negotiate_version()).await {
+                Err(_) => {
+                    return Err(DockerError::Timeout {
+                        op: "version",
+                        after: call_timeout,
+                    });
+                }
+                Ok(result) => {
+                    result.map_err(|e| DockerError::from_bollard("version", e, call_timeout))?
+                }
+            };
+        let version = docker.client_version();
+        if (version.major_version, version.minor_version) < MIN_API {
+            return Err(DockerError::UnsupportedApi {
+                version: version.to_string(),
+            });
+        }
+        tracing::debug!(host, api_version = %version, "connected to Docker");
+        Ok(Self::from_client(docker, host, call_timeout))
+    }
+
+    /// A controller for an engine that may not answer yet (a fleet host
+    /// that is down when berth starts): no version negotiation, API
+    /// [`MIN_API_VERSION`], which every engine berth supports speaks.
+    pub fn connect_lazy(
+        host: &str,
+        tls: Option<&ClientTls>,
+        call_timeout: Duration,
+    ) -> Result<Self, DockerError> {
+        let min_api = bollard::ClientVersion {
+            major_version: MIN_API.0,
+            minor_version: MIN_API.1,
+        };
+        Ok(Self::from_client(
+            Self::client(host, tls, call_timeout, &min_api)?,
+            host,
+            call_timeout,
+        ))
+    }
+
+    fn from_client(docker: Docker, host: &str, call_timeout: Duration) -> Self {
+        Self {
+            docker,
+            host: host.to_owned(),
+            call_timeout,
+            error_hook: None,
+            network_lock: Arc::default(),
+        }
+    }
+
+    fn client(
+        host: &str,
+        tls: Option<&ClientTls>,
+        call_timeout: Duration,
+        api: &bollard::ClientVersion,
+    ) -> Result<Docker, DockerError> {
         if call_timeout.is_zero() {
             return Err(DockerError::InvalidSpec(
                 "call_timeout must be greater than zero".into(),
             ));
         }
         let header_secs = whole_seconds(call_timeout);
-        let api = bollard::API_DEFAULT_VERSION;
         let invalid = |reason: &str| DockerError::InvalidHost {
             host: host.to_owned(),
             reason: reason.to_owned(),
         };
-        let connected = if let Some(rest) = host
+        let connected = if let Some(tls) = tls {
+            let rest = host
+                .strip_prefix("https://")
+                .or_else(|| host.strip_prefix("tcp://"))
+                .ok_or_else(|| {
+                    invalid("with TLS, expected https://host:port or tcp://host:port")
+                })?;
+            if rest.is_empty() || rest.contains('/') {
+                return Err(invalid("expected host:port after the scheme"));
+            }
+            Docker::connect_with_ssl(host, &tls.key, &tls.cert, &tls.ca, header_secs, api)
+        } else if let Some(rest) = host
             .strip_prefix("tcp://")
             .or_else(|| host.strip_prefix("http://"))
         {
@@ -154,34 +250,22 @@ impl Controller {
             }
             Docker::connect_with_unix(path, header_secs, api)
         };
-        let docker =
-            connected.map_err(|e| DockerError::from_bollard("connect", e, call_timeout))?;
+        connected.map_err(|e| DockerError::from_bollard("connect", e, call_timeout))
+    }
 
-        let docker = match tokio::time::timeout(call_timeout, docker.negotiate_version()).await {
-            Err(_) => {
-                return Err(DockerError::Timeout {
-                    op: "version",
-                    after: call_timeout,
-                });
-            }
-            Ok(result) => {
-                result.map_err(|e| DockerError::from_bollard("version", e, call_timeout))?
-            }
-        };
-        let version = docker.client_version();
-        if (version.major_version, version.minor_version) < MIN_API {
-            return Err(DockerError::UnsupportedApi {
-                version: version.to_string(),
-            });
+    /// What a health probe learns of the engine: its version, and where it
+    /// keeps its data (for the free-disk figure).
+    pub async fn probe(&self) -> Result<EngineProbe, DockerError> {
+        let result = async {
+            let version = self.call("version", self.docker.version()).await?;
+            let info = self.call("info", self.docker.info()).await?;
+            Ok(EngineProbe {
+                version: version.version.unwrap_or_default(),
+                data_root: info.docker_root_dir,
+            })
         }
-        tracing::debug!(host, api_version = %version, "connected to Docker");
-        Ok(Self {
-            docker,
-            host: host.to_owned(),
-            call_timeout,
-            error_hook: None,
-            network_lock: Arc::default(),
-        })
+        .await;
+        self.report(result)
     }
 
     /// Sets the hook called with the call's name on every failed Docker call

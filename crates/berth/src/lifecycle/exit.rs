@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::resources;
 use crate::context::Context;
 use crate::dispatch::logs;
+use crate::docker::controller::Controller;
 use crate::observability::Metrics;
 use crate::store::{GithubStatus, Job, JobState};
 
@@ -54,15 +55,28 @@ impl ExitsInProgress {
 /// Handles the exit of a worker container: keeps its output, removes it and
 /// its runner registration, and finishes or requeues its job. Idempotent:
 /// Docker events can arrive twice, and reconcilers call this too.
-pub async fn handle_exit(ctx: &Arc<Context>, container_id: &str, exit_code: Option<i64>) {
+pub async fn handle_exit(
+    ctx: &Arc<Context>,
+    host: &str,
+    container_id: &str,
+    exit_code: Option<i64>,
+) {
+    let Ok(docker) = ctx.fleet.docker(host) else {
+        return;
+    };
     if !ctx.exits_in_progress.begin(container_id) {
         return;
     }
-    handle_exit_once(ctx, container_id, exit_code).await;
+    handle_exit_once(ctx, docker, container_id, exit_code).await;
     ctx.exits_in_progress.end(container_id);
 }
 
-async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Option<i64>) {
+async fn handle_exit_once(
+    ctx: &Arc<Context>,
+    docker: &Controller,
+    container_id: &str,
+    exit_code: Option<i64>,
+) {
     // The slot first: the dispatcher may start the next job while this
     // one's output is kept, GitHub asked and the container removed.
     match ctx
@@ -94,7 +108,7 @@ async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Opt
             );
             ctx.warm.wake();
         }
-        resources::remove_container(ctx, container_id).await;
+        resources::remove_container(docker, container_id).await;
         return;
     };
     let span = crate::job_span!(job);
@@ -102,17 +116,22 @@ async fn handle_exit_once(ctx: &Arc<Context>, container_id: &str, exit_code: Opt
     if let Some(runner) = &job.runner_name {
         span.record("runner_name", runner.as_str());
     }
-    settle(ctx, &job, container_id, exit_code)
+    settle(ctx, docker, &job, container_id, exit_code)
         .instrument(span)
         .await;
 }
 
-async fn settle(ctx: &Arc<Context>, job: &Job, container_id: &str, exit_code: Option<i64>) {
+async fn settle(
+    ctx: &Arc<Context>,
+    docker: &Controller,
+    job: &Job,
+    container_id: &str,
+    exit_code: Option<i64>,
+) {
     logs::wait_captured(ctx, container_id, Duration::from_secs(5)).await;
     let exit_code = match exit_code {
         Some(code) => Some(code),
-        None => ctx
-            .docker
+        None => docker
             .inspect(container_id)
             .await
             .ok()
@@ -122,7 +141,53 @@ async fn settle(ctx: &Arc<Context>, job: &Job, container_id: &str, exit_code: Op
     // The job's end is recorded before anything is cleaned up: should berth
     // stop right here, the reconcilers remove what a finished job left.
     apply(ctx, job, outcome, exit_code).await;
-    resources::remove_container(ctx, container_id).await;
+    resources::remove_container(docker, container_id).await;
+    if let Some(name) = job.runner_name.as_deref() {
+        resources::deregister_job_runner(ctx, job, job.runner_id, name).await;
+    }
+}
+
+/// A job whose host went down before its runner started there (still
+/// provisioning): its registration is removed and it goes back to the
+/// queue, to be placed on another host. Its provisioning, should it still
+/// be going, finds the job moved on at its next step and stops.
+pub async fn host_lost_before_start(ctx: &Context, job: &Job, reason: &str) {
+    if let Some(name) = job.runner_name.as_deref() {
+        resources::deregister_job_runner(ctx, job, job.runner_id, name).await;
+    }
+    apply(ctx, job, Outcome::Requeue(reason.to_string()), None).await;
+}
+
+/// A job whose host went down after its runner started there: settled as
+/// an exit without exit code, from GitHub's view (completed there: it
+/// finishes as GitHub says; never taken: back to the queue; taken by this
+/// runner and not completed: failed, since the runner is gone with its
+/// host). Nothing is asked of the host, which does not answer; what is
+/// left on it is the orphan reconciler's when it comes back.
+pub async fn host_lost(ctx: &Context, job: &Job, reason: &str) {
+    if let Some(container_id) = job.container_id.as_deref()
+        && let Ok(true) = ctx
+            .store
+            .job_worker_exited(container_id, ctx.store.now())
+            .await
+    {
+        ctx.wake_dispatcher();
+    }
+    let outcome = match decide(ctx, job, None).await {
+        Outcome::Requeue(_) => Outcome::Requeue(reason.to_string()),
+        Outcome::Finish {
+            state: JobState::Failed,
+            error,
+        } if job.deadline().is_none_or(|d| ctx.store.now() < d) => Outcome::Finish {
+            state: JobState::Failed,
+            error: Some(format!(
+                "{reason} while the job ran{}",
+                error.map(|e| format!(" ({e})")).unwrap_or_default()
+            )),
+        },
+        other => other,
+    };
+    apply(ctx, job, outcome, None).await;
     if let Some(name) = job.runner_name.as_deref() {
         resources::deregister_job_runner(ctx, job, job.runner_id, name).await;
     }

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use crate::config::PoolConfig;
 use crate::context::Context;
+use crate::docker::controller::Controller;
 use crate::store::Job;
 
 /// Removes a container and its anonymous volumes; a missing container is fine.
-pub async fn remove_container(ctx: &Context, container_id: &str) -> bool {
+pub async fn remove_container(docker: &Controller, container_id: &str) -> bool {
     for attempt in 1..=3u32 {
-        match ctx.docker.remove(container_id).await {
+        match docker.remove(container_id).await {
             Ok(()) => return true,
             Err(e) if e.is_not_found() => return true,
             Err(e) if e.is_transient() && attempt < 3 => {
@@ -27,8 +28,8 @@ pub async fn remove_container(ctx: &Context, container_id: &str) -> bool {
 }
 
 /// Stops a container: SIGTERM, then SIGKILL after `grace`.
-pub async fn stop_container(ctx: &Context, container_id: &str, grace: Duration) {
-    if let Err(e) = ctx.docker.stop(container_id, grace).await
+pub async fn stop_container(docker: &Controller, container_id: &str, grace: Duration) {
+    if let Err(e) = docker.stop(container_id, grace).await
         && !e.is_not_found()
     {
         tracing::warn!(container_id, error = %e, "stopping a worker container failed");

@@ -122,8 +122,9 @@ pub const RECONCILER_KINDS: [&str; 8] = [
 ];
 
 /// The Docker operations the controller reports failures of, as `op` labels.
-pub const DOCKER_OPS: [&str; 18] = [
+pub const DOCKER_OPS: [&str; 19] = [
     "version",
+    "info",
     "ping",
     "network_create",
     "network_list",
@@ -223,6 +224,28 @@ pub struct Metrics {
     pub api_requests_refused: Family<ReasonLabels, Counter>,
     /// Rows the retention component deleted, by what they were.
     pub retention_pruned: Family<WhatLabels, Counter>,
+    /// The fleet (crate::fleet::capacity), refreshed at each scrape.
+    pub host_up: Family<HostLabels, Gauge>,
+    pub host_cordoned: Family<HostLabels, Gauge>,
+    pub host_slots: Family<HostLabels, Gauge>,
+    pub host_busy_slots: Family<HostLabels, Gauge>,
+    pub host_warm_containers: Family<HostLabels, Gauge>,
+    pub fleet_free_slots: Gauge,
+    pub fleet_jobs_waiting: Family<PoolLabels, Gauge>,
+    pub fleet_desired_hosts: Family<HostLabelsLabels, Gauge>,
+    pub host_lease_acquired: Family<HostLabels, Counter>,
+    pub host_probe_duration: HistogramFamily<HostLabels>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    pub host: String,
+}
+
+/// A pool's `host_labels`, sorted and joined with `,`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabelsLabels {
+    pub host_labels: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -496,6 +519,67 @@ impl Metrics {
         for what in ["job_logs", "jobs", "deliveries", "dashboard_sessions"] {
             drop(retention_pruned.get_or_create(&WhatLabels { what }));
         }
+        let host_up = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "host_up",
+            "1 while the Docker host answers its probes (health up), else 0",
+            host_up.clone(),
+        );
+        let host_cordoned = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "host_cordoned",
+            "1 while the Docker host is cordoned or draining (no new jobs)",
+            host_cordoned.clone(),
+        );
+        let host_slots = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "host_slots",
+            "Job slots of the Docker host (docker_host.max_runners)",
+            host_slots.clone(),
+        );
+        let host_busy_slots = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "host_busy_slots",
+            "Jobs placed on the Docker host whose worker has not exited",
+            host_busy_slots.clone(),
+        );
+        let host_warm_containers = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "host_warm_containers",
+            "Warm containers ready on the Docker host",
+            host_warm_containers.clone(),
+        );
+        let fleet_free_slots = Gauge::default();
+        registry.register(
+            "fleet_free_slots",
+            "Slots free on hosts that are up and active",
+            fleet_free_slots.clone(),
+        );
+        let fleet_jobs_waiting = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "fleet_jobs_waiting",
+            "Jobs queued and waiting for a slot, per pool",
+            fleet_jobs_waiting.clone(),
+        );
+        let fleet_desired_hosts = Family::<HostLabelsLabels, Gauge>::default();
+        registry.register(
+            "fleet_desired_hosts",
+            "Hosts the work in hand needs, per host label set: ceil(min(active + queued, max_runners) summed over the pools needing the set / slots per host)",
+            fleet_desired_hosts.clone(),
+        );
+        let host_lease_acquired = Family::<HostLabels, Counter>::default();
+        registry.register(
+            "host_lease_acquired",
+            "Times this replica took a host's lease (started watching it)",
+            host_lease_acquired.clone(),
+        );
+        let host_probe_duration =
+            HistogramFamily::<HostLabels>::new_with_constructor(duration_histogram);
+        registry.register(
+            "host_probe_duration_seconds",
+            "How long a Docker host's probe (version and info) took",
+            host_probe_duration.clone(),
+        );
         for kind in RECONCILER_KINDS {
             drop(reconciler_actions.get_or_create(&KindLabels { kind }));
             drop(reconciler_failures.get_or_create(&KindLabels { kind }));
@@ -542,7 +626,47 @@ impl Metrics {
             api_connections_closed,
             api_requests_refused,
             retention_pruned,
+            host_up,
+            host_cordoned,
+            host_slots,
+            host_busy_slots,
+            host_warm_containers,
+            fleet_free_slots,
+            fleet_jobs_waiting,
+            fleet_desired_hosts,
+            host_lease_acquired,
+            host_probe_duration,
         }
+    }
+
+    fn host(name: &str) -> HostLabels {
+        HostLabels {
+            host: name.to_string(),
+        }
+    }
+
+    /// Sets a host's gauges (crate::fleet::capacity::publish).
+    pub fn set_host(&self, host: &str, up: bool, cordoned: bool, slots: i64, busy: i64, warm: i64) {
+        let labels = Self::host(host);
+        self.host_up.get_or_create(&labels).set(i64::from(up));
+        self.host_cordoned
+            .get_or_create(&labels)
+            .set(i64::from(cordoned));
+        self.host_slots.get_or_create(&labels).set(slots);
+        self.host_busy_slots.get_or_create(&labels).set(busy);
+        self.host_warm_containers.get_or_create(&labels).set(warm);
+    }
+
+    pub fn host_lease_taken(&self, host: &str) {
+        self.host_lease_acquired
+            .get_or_create(&Self::host(host))
+            .inc();
+    }
+
+    pub fn host_probed(&self, host: &str, took: std::time::Duration) {
+        self.host_probe_duration
+            .get_or_create(&Self::host(host))
+            .observe(took.as_secs_f64());
     }
 
     fn component(name: &str) -> ComponentLabels {

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::dispatch::{logs, watch};
-use crate::docker::controller::{LABEL_POOL, LABEL_RUNNER, NAME_PREFIX};
+use crate::docker::controller::{Controller, LABEL_POOL, LABEL_RUNNER, NAME_PREFIX};
 use crate::lifecycle::exit::{Outcome, after_github_completion, apply, handle_exit};
 use crate::lifecycle::resources;
 use crate::observability::metrics::KindLabels;
@@ -168,9 +168,12 @@ async fn local_pass(ctx: &Arc<Context>) -> Report {
     );
     step!(ctx, r, "timeout", timed_out, timeouts(ctx));
     step!(ctx, r, "idle_runner", idle_runners, idle_runners(ctx));
-    if let Err(e) = watch::catch_up(ctx).await {
-        r.failures += 1;
-        r.failed.push(format!("catch_up: {e}"));
+    for host in ctx.fleet.owned() {
+        if let Err(e) = watch::catch_up(ctx, host.name()).await {
+            r.failures += 1;
+            r.failed
+                .push(format!("catch_up on host `{}`: {e}", host.name()));
+        }
     }
     step!(
         ctx,
@@ -229,7 +232,8 @@ async fn expired_lease(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Re
     if job.state == JobState::Starting
         && let Some(container_id) = &job.container_id
     {
-        match ctx.docker.inspect(container_id).await {
+        let host = ctx.fleet.host_of(job);
+        match docker_of(ctx, job)?.inspect(container_id).await {
             Ok(info) if info.running => {
                 // The worker got its config and runs: adopt it.
                 let changes = JobChanges::new().started_at(now).clear_lease();
@@ -238,14 +242,14 @@ async fn expired_lease(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Re
                     .job_transition(job.id, &[JobState::Starting], JobState::Running, changes)
                     .await?;
                 if adopted {
-                    logs::spawn_capture(ctx, job.id, container_id);
+                    logs::spawn_capture(ctx, host, job.id, container_id);
                 }
                 return Ok(adopted);
             }
             Ok(info) if info.status.is_finished() => {
                 // It ran (and maybe ran a job) while nobody watched.
-                logs::spawn_capture(ctx, job.id, container_id);
-                handle_exit(ctx, container_id, info.exit_code).await;
+                logs::spawn_capture(ctx, host, job.id, container_id);
+                handle_exit(ctx, host, container_id, info.exit_code).await;
                 return Ok(true);
             }
             _ => {}
@@ -303,10 +307,19 @@ fn skip_unless_transient(
     Ok(e)
 }
 
+/// The controller of the host a job was placed on.
+fn docker_of<'a>(ctx: &'a Context, job: &Job) -> Result<&'a Controller> {
+    ctx.fleet
+        .docker_of(job)
+        .map_err(|e| crate::error::Error::Config(e.to_string()))
+}
+
 /// Frees a job's container and runner registration (the job no longer has them).
 async fn release(ctx: &Context, job: &Job) {
-    if let Some(container_id) = &job.container_id {
-        resources::remove_container(ctx, container_id).await;
+    if let Some(container_id) = &job.container_id
+        && let Ok(docker) = docker_of(ctx, job)
+    {
+        resources::remove_container(docker, container_id).await;
     }
     if let Some(name) = job.runner_name.as_deref() {
         resources::deregister_job_runner(ctx, job, job.runner_id, name).await;
@@ -315,9 +328,12 @@ async fn release(ctx: &Context, job: &Job) {
 
 /// Stops a worker and handles its exit right away (the exit handler is
 /// idempotent, so the Docker event that follows changes nothing).
-async fn stop_and_settle(ctx: &Arc<Context>, container_id: &str) {
-    resources::stop_container(ctx, container_id, STOP_GRACE).await;
-    handle_exit(ctx, container_id, None).await;
+async fn stop_and_settle(ctx: &Arc<Context>, job: &Job, container_id: &str) {
+    let host = ctx.fleet.host_of(job);
+    if let Ok(docker) = ctx.fleet.docker(host) {
+        resources::stop_container(docker, container_id, STOP_GRACE).await;
+    }
+    handle_exit(ctx, host, container_id, None).await;
 }
 
 async fn cancellations(ctx: &Arc<Context>) -> Result<u32> {
@@ -337,7 +353,7 @@ async fn cancellation(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Res
     let lease_live = job.lease_expires_at.is_some_and(|t| t > now);
     match (job.state, &job.container_id) {
         (JobState::Running, Some(container_id)) => {
-            stop_and_settle(ctx, container_id).await;
+            stop_and_settle(ctx, job, container_id).await;
             Ok(true)
         }
         // A claim in flight finishes provisioning first; the next pass stops it.
@@ -377,8 +393,10 @@ async fn completed_elsewhere(ctx: &Arc<Context>) -> Result<u32> {
             job.github_conclusion.as_deref(),
             job.github_runner_name.as_deref(),
         );
-        if let Some(container_id) = &job.container_id {
-            resources::stop_container(ctx, container_id, Duration::from_secs(1)).await;
+        if let Some(container_id) = &job.container_id
+            && let Ok(docker) = docker_of(ctx, &job)
+        {
+            resources::stop_container(docker, container_id, Duration::from_secs(1)).await;
         }
         release(ctx, &job).await;
         apply(ctx, &job, outcome, None).await;
@@ -393,7 +411,7 @@ async fn timeouts(ctx: &Arc<Context>) -> Result<u32> {
     for job in ctx.store.jobs_running_past_timeout(now).await? {
         crate::job_span!(job).in_scope(|| tracing::warn!("job timed out; stopping its worker"));
         match &job.container_id {
-            Some(container_id) => stop_and_settle(ctx, container_id).await,
+            Some(container_id) => stop_and_settle(ctx, &job, container_id).await,
             None => {
                 let secs = job.timeout_secs.unwrap_or_default();
                 apply(
@@ -440,7 +458,7 @@ async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
                 "runner got no job within the idle timeout; removing it"
             )
         });
-        stop_and_settle(ctx, container_id).await;
+        stop_and_settle(ctx, &job, container_id).await;
         acted += 1;
     }
     Ok(acted)
@@ -502,12 +520,29 @@ async fn still_wanted(
     Ok(true)
 }
 
-/// Containers labelled `berth.managed` that no live job owns.
+/// Containers labelled `berth.managed` that no live job owns, on the hosts
+/// this replica owns (crate::fleet) and that answer.
 async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
+    let mut acted = 0;
+    for host in ctx.fleet.owned() {
+        if ctx
+            .store
+            .host_get(host.name())
+            .await?
+            .is_some_and(|h| h.health == crate::store::HostHealth::Down)
+        {
+            continue;
+        }
+        acted += orphan_containers_on(ctx, &host.docker).await?;
+    }
+    Ok(acted)
+}
+
+async fn orphan_containers_on(ctx: &Arc<Context>, docker: &Controller) -> Result<u32> {
     let grace = duration(ctx.config.reconcile.orphan_grace, "reconcile.orphan_grace")?;
     let now = ctx.store.now();
     // Docker's list first, then the store (the same reasoning as for runners).
-    let containers = ctx.docker.list_managed().await?;
+    let containers = docker.list_managed().await?;
     // Warm containers before the jobs: taking one moves it from the warm
     // table to its job in one transaction, so read in this order it is
     // always in one of the two sets. Those the warm table records are the
@@ -533,7 +568,7 @@ async fn orphan_containers(ctx: &Arc<Context>) -> Result<u32> {
             continue;
         }
         tracing::info!(container_id = %c.id, name = %c.name, "removing an orphan worker container");
-        resources::remove_container(ctx, &c.id).await;
+        resources::remove_container(docker, &c.id).await;
         if let Some(runner) = c.labels.get(LABEL_RUNNER)
             && !live_runners.contains(runner)
         {

@@ -175,8 +175,10 @@ pub async fn retire(
             match removed {
                 Ok(()) => {
                     if finish(ctx, &job, JobState::Running).await? {
-                        if let Some(container_id) = &job.container_id {
-                            resources::remove_container(ctx, container_id).await;
+                        if let Some(container_id) = &job.container_id
+                            && let Ok(docker) = ctx.fleet.docker_of(&job)
+                        {
+                            resources::remove_container(docker, container_id).await;
                         }
                         RetireOutcome::Retired
                     } else {

@@ -19,22 +19,54 @@ use super::{
 /// database uses it; this one spells "berth" plus 1 in ASCII.
 const CLAIM_LOCK_KEY: i64 = 0x0062_6572_7468_0001;
 
-/// The claim on SQLite. Writers are serialized (one writer connection in
-/// this process; across processes SQLite takes the write lock when the
-/// statement starts), so the statement reads the counts and the oldest job
-/// and updates it with no other write in between.
-const CLAIM_SQLITE: &str = "
+/// The claim with placement, one statement for both backends apart from
+/// the JSON functions and PostgreSQL's row locking (`{offered}` and
+/// `{lock}` below). It takes the pool's oldest claimable job and, in the
+/// same statement, the host it goes to:
+///
+/// * `offered` is the pool's hosts (`$7`, a JSON array of `{name, slots,
+///   weight, ordinal}` for the hosts whose labels the pool needs) that are
+///   `up` and `active` in `docker_hosts`;
+/// * `busy` counts each host's active jobs whose worker has not exited;
+/// * `placed` is the one host with a free slot that the strategy prefers:
+///   `$8` true is `pack` (configuration order), false `spread` (lowest load
+///   after placing: (busy + 1) / (slots × weight), then configuration order).
+///
+/// No job is claimed when no host has room, nor past the pool's (`$5`) or
+/// the global (`$6`) limit.
+const CLAIM: &str = "
+WITH candidate AS (
+    SELECT id FROM jobs
+    WHERE state = 'queued' AND pool = $1 AND NOT cancel_requested
+    ORDER BY queued_at, id
+    LIMIT 1 {lock}
+), offered AS (
+    {offered}
+), busy AS (
+    SELECT host, COUNT(*) AS n FROM jobs
+    WHERE state IN ('provisioning', 'starting', 'running') AND exited_at IS NULL
+      AND host IS NOT NULL
+    GROUP BY host
+), placed AS (
+    SELECT o.name FROM offered o
+    JOIN docker_hosts h ON h.name = o.name AND h.health = 'up' AND h.admin = 'active'
+    LEFT JOIN busy b ON b.host = o.name
+    WHERE COALESCE(b.n, 0) < o.slots
+    ORDER BY CASE WHEN $8 THEN o.ordinal ELSE 0 END,
+             (COALESCE(b.n, 0) + 1.0) / (o.slots * o.weight),
+             o.ordinal
+    LIMIT 1
+)
 UPDATE jobs
 SET state = 'provisioning',
+    host = (SELECT name FROM placed),
     lease_owner = $2,
     lease_expires_at = $3,
     attempts = attempts + 1,
     updated_at = $4
-WHERE id = (SELECT id FROM jobs
-            WHERE state = 'queued' AND pool = $1 AND NOT cancel_requested
-            ORDER BY queued_at, id
-            LIMIT 1)
+WHERE id = (SELECT id FROM candidate)
   AND state = 'queued'
+  AND EXISTS (SELECT 1 FROM placed)
   AND (SELECT COUNT(*) FROM jobs
        WHERE pool = $1 AND state IN ('provisioning', 'starting', 'running')
          AND exited_at IS NULL) < $5
@@ -42,28 +74,56 @@ WHERE id = (SELECT id FROM jobs
        WHERE state IN ('provisioning', 'starting', 'running') AND exited_at IS NULL) < $6
 RETURNING *";
 
-/// The claim on PostgreSQL: the same statement, run after taking the claim
-/// lock, with `FOR UPDATE SKIP LOCKED` so it never waits on a queued row that
-/// another transaction (a cancel request, say) is changing.
-const CLAIM_POSTGRES: &str = "
-UPDATE jobs
-SET state = 'provisioning',
-    lease_owner = $2,
-    lease_expires_at = $3,
-    attempts = attempts + 1,
-    updated_at = $4
-WHERE id = (SELECT id FROM jobs
-            WHERE state = 'queued' AND pool = $1 AND NOT cancel_requested
-            ORDER BY queued_at, id
-            LIMIT 1
-            FOR UPDATE SKIP LOCKED)
-  AND state = 'queued'
-  AND (SELECT COUNT(*) FROM jobs
-       WHERE pool = $1 AND state IN ('provisioning', 'starting', 'running')
-         AND exited_at IS NULL) < $5
-  AND (SELECT COUNT(*) FROM jobs
-       WHERE state IN ('provisioning', 'starting', 'running') AND exited_at IS NULL) < $6
-RETURNING *";
+/// `offered` on SQLite (its JSON1 functions). Writers are serialized (one
+/// writer connection in this process, and one process per database file),
+/// so the statement reads the counts and updates with no write in between.
+const OFFERED_SQLITE: &str = "
+    SELECT json_extract(value, '$.name') AS name,
+           json_extract(value, '$.slots') AS slots,
+           json_extract(value, '$.weight') AS weight,
+           json_extract(value, '$.ordinal') AS ordinal
+    FROM json_each($7)";
+
+/// `offered` on PostgreSQL.
+const OFFERED_POSTGRES: &str = "
+    SELECT name, slots, weight, ordinal
+    FROM jsonb_to_recordset($7::jsonb)
+         AS o(name TEXT, slots BIGINT, weight DOUBLE PRECISION, ordinal BIGINT)";
+
+static CLAIM_SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    CLAIM
+        .replace("{lock}", "")
+        .replace("{offered}", OFFERED_SQLITE)
+});
+
+/// On PostgreSQL the statement runs after taking the claim lock, with `FOR
+/// UPDATE SKIP LOCKED` so it never waits on a queued row that another
+/// transaction (a cancel request, say) is changing.
+static CLAIM_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    CLAIM
+        .replace("{lock}", "FOR UPDATE SKIP LOCKED")
+        .replace("{offered}", OFFERED_POSTGRES)
+});
+
+/// A host a claim may place a job on (see [`Store::job_claim`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PlacementHost {
+    pub name: String,
+    /// Its job slots (`[[docker_host]] max_runners`).
+    pub slots: u32,
+    pub weight: f64,
+    /// Its position in the configuration (`pack` fills lower first).
+    pub ordinal: u32,
+}
+
+/// Where and how a claim places its job.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    /// The hosts that offer every label the pool needs.
+    pub hosts: &'a [PlacementHost],
+    /// `true`: `pack`; `false`: `spread`.
+    pub pack: bool,
+}
 
 /// Records a GitHub status only if it is later than the stored one: $6 is
 /// the new status's rank, `github_status_rank` the stored one's (a generated
@@ -210,12 +270,14 @@ impl Store {
             .collect()
     }
 
-    /// Claims the oldest queued job of `pool` for `owner` until `lease_until`:
-    /// moves it to `provisioning`, counts an attempt, and returns it. `None`
-    /// when the pool has no claimable job (queued and not asked to cancel),
-    /// or when `pool` already has `max_active_in_pool` active jobs, or all
+    /// Claims the oldest queued job of `pool` for `owner` until `lease_until`
+    /// and places it on one of `placement.hosts`: moves it to
+    /// `provisioning` with its `host`, counts an attempt, and returns it.
+    /// `None` when the pool has no claimable job (queued and not asked to
+    /// cancel), when no offered host is up, active and has a free slot, or
+    /// when `pool` already has `max_active_in_pool` active jobs, or all
     /// pools together `global_max_active` (active = provisioning, starting,
-    /// running).
+    /// running, until the worker exits).
     ///
     /// Concurrent claimers, in this process or in other replicas, never get
     /// the same job and never push a count past its limit:
@@ -223,7 +285,8 @@ impl Store {
     /// - SQLite runs one write at a time, so the single `UPDATE … WHERE id =
     ///   (SELECT oldest) AND counts < limits` sees every earlier claim.
     /// - PostgreSQL runs writers concurrently under READ COMMITTED, where two
-    ///   claims could both count 9 of 10 and both go ahead. So a claim first
+    ///   claims could both count 9 of 10 (of a pool, or of a host's slots)
+    ///   and both go ahead. So a claim first
     ///   takes a transaction-scoped advisory lock (one for all pools, since
     ///   the global limit spans pools), and its UPDATE, whose snapshot is taken
     ///   after the lock, sees every claim committed before it. This is
@@ -235,25 +298,36 @@ impl Store {
     ///
     /// Other transitions need no lock: only a claim makes a job active. And
     /// only claims take the lock, before any row lock, so it cannot deadlock.
+    #[allow(clippy::too_many_arguments)]
     pub async fn job_claim(
         &self,
         pool: &str,
         max_active_in_pool: u32,
         global_max_active: u32,
+        placement: Placement<'_>,
         owner: &str,
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Option<Job>> {
         let op = "job_claim";
         let err = StoreError::query;
+        if placement.hosts.is_empty() {
+            return Ok(None);
+        }
+        let hosts = serde_json::to_string(placement.hosts).map_err(|e| StoreError::Query {
+            op,
+            source: sqlx::Error::Encode(Box::new(e)),
+        })?;
         let row = match &self.backend {
-            Backend::Sqlite { writer, .. } => sqlx::query_as::<_, JobRow>(CLAIM_SQLITE)
+            Backend::Sqlite { writer, .. } => sqlx::query_as::<_, JobRow>(CLAIM_SQLITE.as_str())
                 .bind(pool)
                 .bind(owner)
                 .bind(to_millis(lease_until))
                 .bind(to_millis(now))
                 .bind(i64::from(max_active_in_pool))
                 .bind(i64::from(global_max_active))
+                .bind(&hosts)
+                .bind(placement.pack)
                 .fetch_all(writer)
                 .await
                 .map_err(err(op))?
@@ -265,13 +339,15 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(err(op))?;
-                let row = sqlx::query_as::<_, JobRow>(CLAIM_POSTGRES)
+                let row = sqlx::query_as::<_, JobRow>(CLAIM_POSTGRES.as_str())
                     .bind(pool)
                     .bind(owner)
                     .bind(to_millis(lease_until))
                     .bind(to_millis(now))
                     .bind(i64::from(max_active_in_pool))
                     .bind(i64::from(global_max_active))
+                    .bind(&hosts)
+                    .bind(placement.pack)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(err(op))?;
@@ -740,6 +816,7 @@ impl Store {
             .error(reason)
             .set(Column::StartedAt, Value::Int(None))
             .set(Column::ExitedAt, Value::Int(None))
+            .set(Column::Host, Value::Text(None))
             .set(Column::QueuedAt, Value::Int(Some(to_millis(now))));
         let guard = only_if_lease_expired_at.map(to_millis);
         self.job_update(
@@ -877,6 +954,7 @@ pub(super) struct JobRow {
     pub(super) started_at: Option<i64>,
     pub(super) finished_at: Option<i64>,
     pub(super) exited_at: Option<i64>,
+    pub(super) host: Option<String>,
 }
 
 impl JobRow {
@@ -936,6 +1014,7 @@ impl JobRow {
             started_at: optional_time("started_at", self.started_at)?,
             finished_at: optional_time("finished_at", self.finished_at)?,
             exited_at: optional_time("exited_at", self.exited_at)?,
+            host: self.host,
         })
     }
 }

@@ -31,7 +31,64 @@ ON CONFLICT (job_id) DO UPDATE SET
     truncated = job_logs.truncated OR job_logs.size + $4 > $3
 RETURNING size, truncated";
 
+/// The guard of [`Store::job_logs_append_as_host_owner`]: the append
+/// happens only while `$6` holds an unexpired lease (at `$7`) on host `$5`.
+const HOST_OWNER_GUARD: &str = "WHERE EXISTS (SELECT 1 FROM docker_hosts
+    WHERE name = $5 AND lease_owner = $6 AND lease_expires_at > $7)";
+
+/// An append statement turned into its guarded form: `INSERT … SELECT …
+/// WHERE <guard> ON CONFLICT …` instead of `INSERT … VALUES (…) ON CONFLICT …`.
+fn guarded(append: &str) -> String {
+    let (head, rest) = append.split_once("VALUES (").expect("append statement");
+    let (values, tail) = rest.split_once(")\nON CONFLICT").expect("append statement");
+    format!("{head}SELECT {values}\n{HOST_OWNER_GUARD}\nON CONFLICT{tail}")
+}
+
+static APPEND_SQLITE_GUARDED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| guarded(APPEND_SQLITE));
+static APPEND_POSTGRES_GUARDED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| guarded(APPEND_POSTGRES));
+
 impl Store {
+    /// [`Store::job_logs_append`], done only while `owner` holds the lease
+    /// on `host` (by the store's clock): log capture is once-per-host work,
+    /// and a replica that lost the lease without noticing must not append
+    /// what its successor appends too. `None`: the lease is not `owner`'s,
+    /// nothing was written.
+    pub async fn job_logs_append_as_host_owner(
+        &self,
+        id: Uuid,
+        bytes: &[u8],
+        cap: u64,
+        host: &str,
+        owner: &str,
+    ) -> Result<Option<JobLogsState>> {
+        let op = "job_logs_append_as_host_owner";
+        let cap = i64::try_from(cap)
+            .unwrap_or(i64::MAX)
+            .min(i64::from(i32::MAX));
+        let len = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        let now = super::clock::to_millis(self.now());
+        let sql = match self.backend {
+            Backend::Sqlite { .. } => APPEND_SQLITE_GUARDED.as_str(),
+            Backend::Postgres(_) => APPEND_POSTGRES_GUARDED.as_str(),
+        };
+        let written: Option<(i64, bool)> = on_writer!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(id.to_string())
+                .bind(bytes)
+                .bind(cap)
+                .bind(len)
+                .bind(host)
+                .bind(owner)
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(StoreError::query(op))?;
+        Ok(written.map(|(size, truncated)| JobLogsState { size, truncated }))
+    }
+
     /// Appends `bytes` to the job's log, keeping at most `cap` bytes in all.
     ///
     /// Cap semantics: the log keeps the *first* `cap` bytes of the output.

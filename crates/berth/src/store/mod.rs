@@ -91,6 +91,7 @@ mod clock;
 mod deliveries;
 mod error;
 mod group_commit;
+mod hosts;
 mod jobs;
 mod logs;
 mod rebind;
@@ -103,12 +104,14 @@ mod warm;
 pub use clock::{Clock, ManualClock, SystemClock, truncate_to_millis};
 pub use error::{Result, StoreError};
 pub use group_commit::{IntakeWrite, IntakeWritten, MAX_BATCH as GROUP_COMMIT_MAX_BATCH};
+pub use hosts::{HealthChange, HostRecord};
+pub use jobs::{Placement, PlacementHost};
 pub use rebind::Rebound;
 pub use replicas::SoleReplica;
 pub use scaleset::ListenerLease;
 pub use types::{
-    ApiToken, ApiTokenScope, GithubStatus, Job, JobChanges, JobCount, JobFilter, JobLogs,
-    JobLogsState, JobSource, JobState, NewApiToken, NewJob, UnknownName,
+    ApiToken, ApiTokenScope, GithubStatus, HostAdmin, HostHealth, Job, JobChanges, JobCount,
+    JobFilter, JobLogs, JobLogsState, JobSource, JobState, NewApiToken, NewJob, UnknownName,
 };
 pub use warm::WarmContainer;
 

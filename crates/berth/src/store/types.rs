@@ -67,6 +67,29 @@ macro_rules! named_enum {
 }
 
 named_enum! {
+    /// What the probes say of a Docker host.
+    pub enum HostHealth("host health") {
+        /// Not probed yet.
+        Unknown = "unknown",
+        Up = "up",
+        /// No answer for `fleet.down_after`: no new jobs, its jobs settled.
+        Down = "down",
+    }
+}
+
+named_enum! {
+    /// What the operator asked of a Docker host.
+    pub enum HostAdmin("host admin state") {
+        /// Takes jobs.
+        Active = "active",
+        /// No new jobs; running jobs and warm containers stay.
+        Cordoned = "cordoned",
+        /// No new jobs, warm containers removed; running jobs finish.
+        Draining = "draining",
+    }
+}
+
+named_enum! {
     /// Where a job is in its life (the state machine of docs/architecture.md):
     ///
     /// ```text
@@ -225,6 +248,9 @@ pub struct Job {
     pub runner_id: Option<i64>,
     /// The worker container running that runner.
     pub container_id: Option<String>,
+    /// The Docker host the job was placed on (`[[docker_host]] name`), from
+    /// its claim until it is requeued.
+    pub host: Option<String>,
     pub github_status: Option<GithubStatus>,
     /// `workflow_job.conclusion` once GitHub reports one (`success`, `failure`, …).
     pub github_conclusion: Option<String>,
@@ -333,6 +359,8 @@ pub(crate) enum Column {
     QueuedAt,
     /// Only cleared, by requeues (set by `Store::job_worker_exited`).
     ExitedAt,
+    /// Only cleared, by requeues (set by `Store::job_claim`).
+    Host,
 }
 
 impl Column {
@@ -350,6 +378,7 @@ impl Column {
             Column::TimeoutSecs => "timeout_secs",
             Column::QueuedAt => "queued_at",
             Column::ExitedAt => "exited_at",
+            Column::Host => "host",
         }
     }
 }

@@ -30,11 +30,16 @@ pub struct WarmContainer {
     /// Started ahead (its entrypoint blocks reading stdin) or only created.
     pub started: bool,
     pub created_at: OffsetDateTime,
+    /// The Docker host it is on (`None`: recorded before berth had fleets,
+    /// on the one host there was).
+    pub host: Option<String>,
 }
 
-type Row = (String, String, String, String, i64, i64);
+type Row = (String, String, String, String, i64, i64, Option<String>);
 
-fn from_row((container_id, pool, fingerprint, owner, started, created): Row) -> WarmContainer {
+fn from_row(
+    (container_id, pool, fingerprint, owner, started, created, host): Row,
+) -> WarmContainer {
     WarmContainer {
         container_id,
         pool,
@@ -42,6 +47,7 @@ fn from_row((container_id, pool, fingerprint, owner, started, created): Row) -> 
         owner,
         started: started != 0,
         created_at: from_millis(created).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        host,
     }
 }
 
@@ -52,8 +58,8 @@ impl Store {
         on_writer!(self, pool => {
             sqlx::query(
                 "INSERT INTO warm_containers
-                   (container_id, pool, fingerprint, owner, started, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                   (container_id, pool, fingerprint, owner, started, created_at, host)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(&warm.container_id)
             .bind(&warm.pool)
@@ -61,6 +67,7 @@ impl Store {
             .bind(&warm.owner)
             .bind(i64::from(warm.started))
             .bind(to_millis(warm.created_at))
+            .bind(&warm.host)
             .execute(pool)
             .await
             .map(drop)
@@ -72,7 +79,7 @@ impl Store {
     pub async fn warm_list(&self) -> Result<Vec<WarmContainer>> {
         let rows: Vec<Row> = on_reader!(self, pool => {
             sqlx::query_as(
-                "SELECT container_id, pool, fingerprint, owner, started, created_at
+                "SELECT container_id, pool, fingerprint, owner, started, created_at, host
                  FROM warm_containers ORDER BY created_at, container_id",
             )
             .fetch_all(pool)

@@ -33,6 +33,8 @@ pub const LABEL_RUNNER: &str = "berth.runner";
 /// container has no `berth.job`: labels cannot change after create, so which
 /// job took it is recorded in berth's store, not on the container.
 pub const LABEL_WARM: &str = "berth.warm";
+/// The `[[docker_host]]` a container was made on (crate::fleet).
+pub const LABEL_HOST: &str = "berth.host";
 
 /// Container and runner names start with this.
 pub const NAME_PREFIX: &str = "berth-";
