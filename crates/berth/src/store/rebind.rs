@@ -29,15 +29,15 @@ const ACTIVE_RUNNER: &str = "SELECT * FROM jobs WHERE runner_name = $1
 const BY_GITHUB_ID: &str = "SELECT * FROM jobs WHERE github_job_id = $1";
 const TAKER: &str = "UPDATE jobs
     SET state = $2, container_id = $3, runner_name = $4, runner_id = $5, started_at = $6,
-        lease_owner = $7, lease_expires_at = $8, updated_at = $9
+        lease_owner = $7, lease_expires_at = $8, updated_at = $9, host = $12
     WHERE id = $1 AND state = $10 AND runner_name IS NOT DISTINCT FROM $11";
 const GIVER_GETS_RUNNER: &str = "UPDATE jobs
     SET state = $2, container_id = $3, runner_name = $4, runner_id = $5, started_at = $6,
-        lease_owner = $7, lease_expires_at = $8, updated_at = $9
+        lease_owner = $7, lease_expires_at = $8, updated_at = $9, host = $12
     WHERE id = $1 AND state = $10 AND runner_name = $11";
 const GIVER_REQUEUED: &str = "UPDATE jobs
     SET state = 'queued', container_id = NULL, runner_name = NULL, runner_id = NULL,
-        started_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
+        started_at = NULL, lease_owner = NULL, lease_expires_at = NULL, host = NULL,
         queued_at = $2, updated_at = $2, error = $3
     WHERE id = $1 AND state = $4 AND runner_name = $5";
 
@@ -86,6 +86,7 @@ impl Store {
                     .bind(now)
                     .bind(&taker.state)
                     .bind(&taker.runner_name)
+                    .bind(&giver.host)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
@@ -107,6 +108,7 @@ impl Store {
                         .bind(now)
                         .bind(&giver.state)
                         .bind(runner_name)
+                        .bind(&taker.host)
                         .execute(&mut *tx)
                         .await?
                 } else {
