@@ -2,11 +2,14 @@
 //! through its own berth socket proxy (tests/common/engines.rs).
 
 mod common;
+mod scaleset_common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth::docker::{Controller, WorkerNetwork, WorkerSpec};
 use common::engines::ExtraEngine;
+use common::{Berth, World};
 
 /// The harness itself: two extra engines, each with the worker image built
 /// into it, run a hardened worker through their own socket proxy; the main
@@ -80,4 +83,434 @@ async fn extra_engines_run_workers_through_their_own_socket_proxies() {
         .status()
         .unwrap();
     assert!(docker0.success(), "the main engine keeps its docker0");
+}
+
+/// One extra engine as a fleet host: the local worker image built into it
+/// (tagged `berth-worker-local:latest`, the name every host's pool uses),
+/// and berth's socket proxy in front of it.
+struct FleetHost {
+    name: &'static str,
+    engine: ExtraEngine,
+    proxy: berth_proxies::socket::Running,
+}
+
+impl FleetHost {
+    async fn start(name: &'static str) -> FleetHost {
+        let engine = ExtraEngine::start().await;
+        let docker = berth::docker::worker_image::connect(Some(&engine.host))
+            .await
+            .unwrap();
+        berth::docker::worker_image::ensure_local_worker_image(&docker)
+            .await
+            .unwrap_or_else(|e| panic!("building the worker image: {e}\n{}", engine.log()));
+        let proxy = berth_proxies::socket::Running::start(
+            berth_proxies::socket::Policy::default(),
+            &engine.host,
+            "127.0.0.1:0",
+        )
+        .await
+        .unwrap();
+        FleetHost {
+            name,
+            engine,
+            proxy,
+        }
+    }
+
+    /// A `[[docker_host]]` table for it.
+    fn toml(&self, labels: &[&str], slots: u32) -> String {
+        docker_host_toml(self.name, self.proxy.docker_host(), labels, slots)
+    }
+
+    /// Containers of `instance` on this host: (id, running, labels).
+    fn containers(&self, instance: &str) -> Vec<(String, bool, BTreeMap<String, String>)> {
+        containers_on(&self.engine.host, instance)
+    }
+}
+
+fn docker_host_toml(name: &str, url: &str, labels: &[&str], slots: u32) -> String {
+    format!(
+        "\n[[docker_host]]\nname = \"{name}\"\nurl = \"{url}\"\nlabels = {labels:?}\nmax_runners = {slots}\n"
+    )
+}
+
+/// Containers of `instance` on the engine at `host`: (id, running, labels).
+fn containers_on(host: &str, instance: &str) -> Vec<(String, bool, BTreeMap<String, String>)> {
+    let out = std::process::Command::new("docker")
+        .args(["-H", host, "ps", "-a", "--no-trunc", "--format", "{{.ID}}"])
+        .args(["--filter", &format!("label=berth.instance={instance}")])
+        .output()
+        .unwrap();
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ids.into_iter()
+        .filter_map(|id| {
+            let out = std::process::Command::new("docker")
+                .args(["-H", host, "inspect", "--format"])
+                .arg("{{json .State.Running}} {{json .Config.Labels}}")
+                .arg(&id)
+                .output()
+                .ok()?;
+            let text = String::from_utf8(out.stdout).ok()?;
+            let (running, labels) = text.trim().split_once(' ')?;
+            Some((
+                id,
+                running == "true",
+                serde_json::from_str(labels).unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+/// The world's configuration turned into a fleet's: the pool's image by the
+/// name every host has, short Docker timeouts and fast probes, then `extra`
+/// (`[[docker_host]]` tables, more pools).
+fn fleet_toml(world: &World, listen: &str, extra: &str) -> String {
+    world
+        .config_toml(listen, "")
+        .replace(
+            &format!("image = \"{}\"", world.image_id),
+            "image = \"berth-worker-local:latest\"\npull_policy = \"never\"",
+        )
+        .replace(
+            "network = \"berth-test\"",
+            "network = \"berth-test\"\nallowed_images = [\"berth-worker-local\"]\ncall_timeout = 3",
+        )
+        + "\n[fleet]\nprobe_interval = 0.5\ndown_after = 3\nhost_lease = 3\n"
+        + extra
+}
+
+/// A second pool, for jobs that ask for `label` and need hosts offering
+/// `host_label`.
+fn pool_toml(name: &str, label: &str, host_label: &str) -> String {
+    format!(
+        "\n[[pool]]\nname = \"{name}\"\nscope = \"org:acme\"\nlabels = [\"self-hosted\", \"{label}\"]\nimage = \"berth-worker-local:latest\"\npull_policy = \"never\"\ncpus = 1\nmemory = \"256m\"\nhost_labels = [\"{host_label}\"]\n"
+    )
+}
+
+fn load(world: &World, toml: &str) -> berth::config::Config {
+    let path = world.dir.path().join("fleet.toml");
+    std::fs::write(&path, toml).unwrap();
+    berth::config::Config::load(
+        Some(&path),
+        Vec::<(String, String)>::new(),
+        berth::config::Role::Serve,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{toml}"))
+    .config
+}
+
+fn queue_for(world: &World, label: &str, steps: &[&str]) -> u64 {
+    world.queue_spec(ghsim::JobSpec::new(
+        "acme/widgets",
+        &["self-hosted", label],
+        steps,
+    ))
+}
+
+/// The jobs and hosts as berth sees them, for a failure's message.
+async fn fleet_state(berth: &Berth) -> String {
+    let jobs = berth
+        .store()
+        .job_list(&berth::store::JobFilter::default())
+        .await
+        .unwrap();
+    let hosts = berth.store().host_list().await.unwrap();
+    let mut out = String::new();
+    for j in jobs {
+        out += &format!(
+            "job {} pool={} state={} host={:?} error={:?}\n",
+            j.github_job_id, j.pool, j.state, j.host, j.error
+        );
+    }
+    for h in hosts {
+        out += &format!("{h:?}\n");
+    }
+    out
+}
+
+async fn metrics_text(berth: &Berth) -> String {
+    reqwest::get(format!("{}/metrics", berth.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A burst over three hosts with different labels and slots: every job
+/// lands on a host offering its pool's `host_labels`, no host ever runs
+/// more jobs than its slots, containers carry `berth.host`, and a `gpu`
+/// job that finds the one `gpu` host full waits (and shows in the capacity
+/// signal) instead of going elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_over_three_hosts_lands_by_labels_and_slots() {
+    let world = World::new().await;
+    let hosts = [
+        FleetHost::start("zone-a-1").await,
+        FleetHost::start("zone-b-1").await,
+        FleetHost::start("gpu-1").await,
+    ];
+    let toml = fleet_toml(
+        &world,
+        "127.0.0.1:0",
+        &(hosts[0].toml(&["zone-a"], 2)
+            + &hosts[1].toml(&["zone-b"], 1)
+            + &hosts[2].toml(&["gpu", "zone-a"], 1)
+            + &pool_toml("gpu", "gpu", "gpu")),
+    );
+    let berth = Berth::start(&world, load(&world, &toml)).await;
+    world.point_webhooks_at(&berth.url);
+    let slots = BTreeMap::from([("zone-a-1", 2usize), ("zone-b-1", 1), ("gpu-1", 1)]);
+
+    let linux: Vec<u64> = (0..5).map(|_| world.queue(&["sleep 2"])).collect();
+    let gpu: Vec<u64> = (0..2)
+        .map(|_| queue_for(&world, "gpu", &["sleep 3"]))
+        .collect();
+
+    let mut gpu_waited = false;
+    let mut desired_gpu_hosts = 0.0f64;
+    let started = std::time::Instant::now();
+    loop {
+        // No host over its slots, and each running container says where it is.
+        for host in &hosts {
+            let running: Vec<_> = host
+                .containers(&world.instance)
+                .into_iter()
+                .filter(|(_, running, labels)| *running && !labels.contains_key("berth.warm"))
+                .collect();
+            assert!(
+                running.len() <= slots[host.name],
+                "{} runs {} jobs with {} slots",
+                host.name,
+                running.len(),
+                slots[host.name]
+            );
+            for (id, _, labels) in &running {
+                assert_eq!(
+                    labels.get("berth.host").map(String::as_str),
+                    Some(host.name),
+                    "{id}"
+                );
+                if labels.get("berth.pool").map(String::as_str) == Some("gpu") {
+                    assert_eq!(host.name, "gpu-1", "a gpu job ran on {}", host.name);
+                }
+            }
+        }
+        let text = metrics_text(&berth).await;
+        if scaleset_common::sample(&text, "berth_fleet_jobs_waiting{pool=\"gpu\"}") >= 1.0 {
+            gpu_waited = true;
+            desired_gpu_hosts = desired_gpu_hosts.max(scaleset_common::sample(
+                &text,
+                "berth_fleet_desired_hosts{host_labels=\"gpu\"}",
+            ));
+        }
+        let mut all_done = true;
+        for id in linux.iter().chain(&gpu) {
+            all_done &= world.sim.job(*id).is_some_and(|j| j.status == "completed");
+        }
+        if all_done {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            panic!("the burst did not finish:\n{}", fleet_state(&berth).await);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(gpu_waited, "the second gpu job waited for the one gpu slot");
+    assert_eq!(
+        desired_gpu_hosts, 2.0,
+        "two gpu jobs at once want two gpu hosts"
+    );
+
+    for id in linux.iter().chain(&gpu) {
+        assert_eq!(
+            world.sim.job(*id).unwrap().conclusion.as_deref(),
+            Some("success")
+        );
+    }
+    // The jobs record their host, within the pool's labels.
+    for id in &gpu {
+        let job = berth.job(*id).await.unwrap();
+        assert_eq!(job.host.as_deref(), Some("gpu-1"), "{job:?}");
+    }
+    for id in &linux {
+        let job = berth.job(*id).await.unwrap();
+        assert!(job.host.is_some(), "{job:?}");
+    }
+    common::eventually("every host is empty", Duration::from_secs(30), || async {
+        hosts
+            .iter()
+            .all(|h| h.containers(&world.instance).is_empty())
+    })
+    .await;
+    common::eventually("no registration left", Duration::from_secs(30), || async {
+        world.berth_runners().is_empty()
+    })
+    .await;
+    berth.stop().await;
+}
+
+/// A host's engine stops while a job runs there: the host turns `down`,
+/// gets no new jobs (one that needs it waits; others run elsewhere), its
+/// job ends in a terminal state with its registration removed; when the
+/// engine starts again, the waiting job runs there and whatever berth left
+/// on the host is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_whose_engine_stops_mid_job_is_settled_and_cleaned_when_it_returns() {
+    let world = World::new().await;
+    let mut edge = FleetHost::start("edge-1").await;
+    let toml = fleet_toml(
+        &world,
+        "127.0.0.1:0",
+        &(docker_host_toml("main", world.proxy.docker_host(), &[], 4)
+            + &edge.toml(&["edge"], 2)
+            + &pool_toml("edge", "edge", "edge")),
+    );
+    let berth = Berth::start(&world, load(&world, &toml)).await;
+    world.point_webhooks_at(&berth.url);
+
+    let first = queue_for(&world, "edge", &["sleep 120"]);
+    let running = common::wait_for_job(
+        berth.store(),
+        first,
+        Duration::from_secs(60),
+        "running",
+        |j| j.state == berth::store::JobState::Running,
+    )
+    .await;
+    assert_eq!(running.host.as_deref(), Some("edge-1"));
+    let runner = running.runner_name.clone().unwrap();
+
+    edge.engine.stop();
+    common::eventually("edge-1 is down", Duration::from_secs(30), || async {
+        berth
+            .store()
+            .host_get("edge-1")
+            .await
+            .unwrap()
+            .is_some_and(|h| h.health == berth::store::HostHealth::Down)
+    })
+    .await;
+    let settled = berth.wait_terminal(first, Duration::from_secs(60)).await;
+    println!(
+        "job on the stopped host: {:?} {:?}",
+        settled.state, settled.error
+    );
+    common::eventually(
+        "its registration is removed",
+        Duration::from_secs(30),
+        || async { !world.berth_runners().contains(&runner) },
+    )
+    .await;
+
+    // While edge-1 is down: an edge job waits, a linux job runs on main.
+    let waiting = queue_for(&world, "edge", &["echo back"]);
+    let elsewhere = world.queue(&["echo elsewhere"]);
+    let done = world
+        .sim
+        .wait_job_completed(elsewhere, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.conclusion.as_deref(), Some("success"));
+    assert_eq!(
+        berth.job(elsewhere).await.unwrap().host.as_deref(),
+        Some("main")
+    );
+    let job = berth.job(waiting).await.unwrap();
+    assert_eq!(job.state, berth::store::JobState::Queued, "{job:?}");
+    let text = metrics_text(&berth).await;
+    assert_eq!(
+        scaleset_common::sample(&text, "berth_host_up{host=\"edge-1\"}"),
+        0.0
+    );
+    assert!(scaleset_common::sample(&text, "berth_fleet_jobs_waiting{pool=\"edge\"}") >= 1.0);
+
+    edge.engine.start_again().await;
+    let back = world
+        .sim
+        .wait_job_completed(waiting, Duration::from_secs(90))
+        .await
+        .unwrap();
+    assert_eq!(back.conclusion.as_deref(), Some("success"));
+    assert_eq!(
+        berth.job(waiting).await.unwrap().host.as_deref(),
+        Some("edge-1")
+    );
+    common::eventually(
+        "what berth left on edge-1 is removed",
+        Duration::from_secs(60),
+        || async { edge.containers(&world.instance).is_empty() },
+    )
+    .await;
+    common::eventually("no registration left", Duration::from_secs(30), || async {
+        world.berth_runners().is_empty()
+    })
+    .await;
+    berth.stop().await;
+}
+
+/// A host whose engine stops answering (frozen: its containers keep
+/// running, as on a partitioned host) is marked down after the grace; the
+/// job that was running there is settled from GitHub's view (it completed
+/// there, so it is completed, with no exit code ever seen); when the engine
+/// answers again the container left there is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_that_stops_answering_has_its_job_settled_from_githubs_view() {
+    let world = World::new().await;
+    let edge = FleetHost::start("edge-1").await;
+    let toml = fleet_toml(
+        &world,
+        "127.0.0.1:0",
+        &(edge.toml(&["edge"], 2) + &pool_toml("edge", "edge", "edge")),
+    );
+    let berth = Berth::start(&world, load(&world, &toml)).await;
+    world.point_webhooks_at(&berth.url);
+
+    let id = queue_for(&world, "edge", &["sleep 2", "echo done"]);
+    common::wait_for_job(berth.store(), id, Duration::from_secs(60), "running", |j| {
+        j.state == berth::store::JobState::Running
+    })
+    .await;
+    edge.engine.pause();
+    let completed = world
+        .sim
+        .wait_job_completed(id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(completed.conclusion.as_deref(), Some("success"));
+    let settled = berth.wait_terminal(id, Duration::from_secs(60)).await;
+    let host = berth.store().host_get("edge-1").await.unwrap().unwrap();
+    assert_eq!(host.health, berth::store::HostHealth::Down, "{host:?}");
+    assert_eq!(
+        settled.state,
+        berth::store::JobState::Completed,
+        "{settled:?}"
+    );
+    assert_eq!(settled.exit_code, None, "no exit was seen: {settled:?}");
+
+    edge.engine.resume();
+    common::eventually("edge-1 is up again", Duration::from_secs(30), || async {
+        berth
+            .store()
+            .host_get("edge-1")
+            .await
+            .unwrap()
+            .is_some_and(|h| h.health == berth::store::HostHealth::Up)
+    })
+    .await;
+    common::eventually(
+        "the container left on edge-1 is removed",
+        Duration::from_secs(60),
+        || async { edge.containers(&world.instance).is_empty() },
+    )
+    .await;
+    common::eventually("no registration left", Duration::from_secs(30), || async {
+        world.berth_runners().is_empty()
+    })
+    .await;
+    berth.stop().await;
 }

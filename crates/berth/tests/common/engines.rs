@@ -62,25 +62,8 @@ impl ExtraEngine {
         std::fs::write(&config, "{}").unwrap();
         let socket = dir.path().join("docker.sock");
         let pidfile = dir.path().join("docker.pid");
-        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
-            .arg("--config-file")
-            .arg(&config)
-            .arg("--data-root")
-            .arg(dir.path().join("data"))
-            .arg("--exec-root")
-            .arg(dir.path().join("exec"))
-            .arg("--pidfile")
-            .arg(&pidfile)
-            .arg("--host")
-            .arg(format!("unix://{}", socket.display()))
-            .args(["--bridge", &bridge, "--iptables=false", "--ip6tables=false"])
-            .args(["--storage-driver", "vfs"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start dockerd");
-        let engine = ExtraEngine {
+        let child = spawn_dockerd(dir.path(), &bridge);
+        let mut engine = ExtraEngine {
             host: format!("unix://{}", socket.display()),
             gateway,
             bridge,
@@ -88,12 +71,17 @@ impl ExtraEngine {
             dir: Some(dir),
             child,
         };
+        engine.wait_up().await;
+        engine
+    }
+
+    async fn wait_up(&mut self) {
         let started = Instant::now();
         loop {
             let up = Command::new("docker")
                 .args([
                     "-H",
-                    &engine.host,
+                    &self.host,
                     "version",
                     "--format",
                     "{{.Server.APIVersion}}",
@@ -103,15 +91,71 @@ impl ExtraEngine {
                 .status()
                 .is_ok_and(|s| s.success());
             if up {
-                return engine;
+                return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "the extra engine did not answer: {}",
-                engine.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Stops the engine (SIGTERM, as `systemctl stop docker` does: it stops
+    /// its containers and exits) and waits until it is gone. Its data stays.
+    pub fn stop(&mut self) {
+        self.signal_and_wait();
+    }
+
+    /// Starts the engine again on the same data, socket and bridge.
+    pub async fn start_again(&mut self) {
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("engine folder")
+            .path()
+            .to_path_buf();
+        self.child = spawn_dockerd(&dir, &self.bridge);
+        self.wait_up().await;
+    }
+
+    /// Freezes the engine (SIGSTOP): it stops answering, its containers
+    /// keep running, as with a hung engine or a partitioned host.
+    pub fn pause(&self) {
+        let _ = Command::new("kill")
+            .args(["-STOP", &self.pid().to_string()])
+            .status();
+    }
+
+    /// Lets a paused engine go on (SIGCONT).
+    pub fn resume(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .status();
+    }
+
+    /// By its pidfile (dockerd writes it), else the child we started.
+    fn pid(&self) -> u32 {
+        std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .unwrap_or(self.child.id())
+    }
+
+    fn signal_and_wait(&mut self) {
+        self.resume();
+        let pid = self.pid();
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// What dockerd logged.
@@ -125,21 +169,7 @@ impl ExtraEngine {
 
 impl Drop for ExtraEngine {
     fn drop(&mut self) {
-        // By its pidfile (dockerd writes it), else the child we started.
-        let pid = std::fs::read_to_string(&self.pidfile)
-            .ok()
-            .and_then(|p| p.trim().parse::<u32>().ok())
-            .unwrap_or(self.child.id());
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(15) {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.signal_and_wait();
         let _ = ip(&["link", "del", &self.bridge]);
         if let Some(dir) = self.dir.take() {
             // Mounts dockerd left under its roots would fail the removal.
@@ -156,6 +186,33 @@ impl Drop for ExtraEngine {
             let _ = std::fs::remove_dir_all(dir.path());
         }
     }
+}
+
+/// `dockerd` on the folder `dir` (its config, roots, pidfile, socket and
+/// log) and the bridge `bridge`.
+fn spawn_dockerd(dir: &std::path::Path, bridge: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("dockerd.log"))
+        .unwrap();
+    Command::new("dockerd")
+        .arg("--config-file")
+        .arg(dir.join("daemon.json"))
+        .arg("--data-root")
+        .arg(dir.join("data"))
+        .arg("--exec-root")
+        .arg(dir.join("exec"))
+        .arg("--pidfile")
+        .arg(dir.join("docker.pid"))
+        .arg("--host")
+        .arg(format!("unix://{}", dir.join("docker.sock").display()))
+        .args(["--bridge", bridge, "--iptables=false", "--ip6tables=false"])
+        .args(["--storage-driver", "vfs"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start dockerd")
 }
 
 fn ip(args: &[&str]) -> bool {
