@@ -514,3 +514,216 @@ async fn a_host_that_stops_answering_has_its_job_settled_from_githubs_view() {
     .await;
     berth.stop().await;
 }
+
+/// Three replicas on one PostgreSQL share two hosts. The first replica
+/// holds the scale set's listener and both host leases; it is killed (-9)
+/// in the middle of a burst of webhook and scale-set jobs. The others take
+/// over the listener and the hosts within their lease bounds, re-attach to
+/// the running workers, and every job completes; no job ever has two live
+/// containers, no host runs more than its slots, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_hosts_and_take_over_after_kill_9() {
+    use berth::scaleset::election::{LEASE_TTL, TRY_EVERY};
+    let world = World::new().await;
+    let hosts = [FleetHost::start("h1").await, FleetHost::start("h2").await];
+    let store_url = common::postgres_schema().await;
+    let config = |listen: &str, name: &str| {
+        let sqlite = format!(
+            "url = \"sqlite://{}\"",
+            world.dir.path().join("berth.db").display()
+        );
+        let toml = fleet_toml(
+            &world,
+            listen,
+            &(hosts[0].toml(&[], 3)
+                + &hosts[1].toml(&[], 3)
+                + &scaleset_common::scale_set_toml(&world, "")),
+        )
+        .replace(&sqlite, &format!("url = \"{store_url}\""));
+        assert!(toml.contains("postgres"), "{toml}");
+        let path = world.dir.path().join(name);
+        std::fs::write(&path, toml).unwrap();
+        path
+    };
+    let store = berth::store::Store::connect(&store_url).await.unwrap();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", common::free_port()))
+        .collect();
+    let replica_a = common::ServeProcess::start(&world, &config(&addrs[0], "a.toml"), 1);
+    common::wait_listening(&addrs[0], Duration::from_secs(30)).await;
+    let session = || {
+        world
+            .sim
+            .scale_sets()
+            .first()
+            .and_then(|s| s.session.clone())
+    };
+    common::eventually("replica A listens", Duration::from_secs(60), || async {
+        session().is_some_and(|s| s.polls > 0)
+    })
+    .await;
+    let first_session = session().unwrap().id;
+    let lease_owners = || async {
+        store
+            .host_list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|h| h.lease_expires_at.is_some_and(|t| t > store.now()))
+            .filter_map(|h| h.lease_owner)
+            .collect::<Vec<_>>()
+    };
+    common::eventually(
+        "replica A owns both hosts",
+        Duration::from_secs(30),
+        || async {
+            let owners = lease_owners().await;
+            owners.len() == 2 && owners[0] == owners[1]
+        },
+    )
+    .await;
+    let owner_a = lease_owners().await[0].clone();
+    let replica_b = common::ServeProcess::start(&world, &config(&addrs[1], "b.toml"), 2);
+    let replica_c = common::ServeProcess::start(&world, &config(&addrs[2], "c.toml"), 3);
+    common::wait_listening(&addrs[1], Duration::from_secs(30)).await;
+    common::wait_listening(&addrs[2], Duration::from_secs(30)).await;
+    world.point_webhooks_at(&format!("http://{}", addrs[2]));
+
+    // Watch the hosts throughout: one live container per job at most, and
+    // no host over its slots.
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watcher = {
+        let (instance, engines) = (
+            world.instance.clone(),
+            hosts
+                .iter()
+                .map(|h| h.engine.host.clone())
+                .collect::<Vec<_>>(),
+        );
+        let stop = watching.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut violations = Vec::new();
+            while !stop.is_cancelled() {
+                let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
+                for engine in &engines {
+                    let running: Vec<_> = containers_on(engine, &instance)
+                        .into_iter()
+                        .filter(|(_, running, labels)| {
+                            *running && !labels.contains_key("berth.warm")
+                        })
+                        .collect();
+                    if running.len() > 3 {
+                        violations.push(format!("{engine} runs {} jobs", running.len()));
+                    }
+                    for (_, _, labels) in running {
+                        if let Some(job) = labels.get("berth.job") {
+                            *per_job.entry(job.clone()).or_default() += 1;
+                        }
+                    }
+                }
+                violations.extend(
+                    per_job
+                        .into_iter()
+                        .filter(|(_, n)| *n > 1)
+                        .map(|(job, n)| format!("job {job} has {n} live containers")),
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            violations
+        })
+    };
+
+    let mut ids: Vec<u64> = (0..6).map(|_| world.queue(&["sleep 3"])).collect();
+    ids.extend((0..3).map(|_| scaleset_common::queue(&world, &["sleep 3"])));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let killed = std::time::Instant::now();
+    replica_a.kill_9();
+
+    let mut hosts_taken = None;
+    let mut listener_taken = None;
+    while hosts_taken.is_none() || listener_taken.is_none() {
+        if hosts_taken.is_none() {
+            let owners = lease_owners().await;
+            if owners.len() == 2 && owners.iter().all(|o| *o != owner_a) {
+                hosts_taken = Some(killed.elapsed());
+            }
+        }
+        if listener_taken.is_none()
+            && session().is_some_and(|s| s.id != first_session && s.polls > 0)
+        {
+            listener_taken = Some(killed.elapsed());
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no takeover: hosts {hosts_taken:?}, listener {listener_taken:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (hosts_taken, listener_taken) = (hosts_taken.unwrap(), listener_taken.unwrap());
+    println!(
+        "after kill -9: host leases taken over in {hosts_taken:?}, listener in {listener_taken:?}"
+    );
+    let host_lease = Duration::from_secs(3);
+    assert!(
+        hosts_taken <= 2 * host_lease + Duration::from_secs(1),
+        "{hosts_taken:?}"
+    );
+    assert!(
+        listener_taken < LEASE_TTL + TRY_EVERY + Duration::from_secs(5),
+        "{listener_taken:?}"
+    );
+
+    for id in &ids {
+        let Some(job) = world
+            .sim
+            .wait_job_completed(*id, Duration::from_secs(120))
+            .await
+        else {
+            panic!("job {id} did not complete\n{}", store_state(&store).await);
+        };
+        assert_eq!(job.conclusion.as_deref(), Some("success"), "{job:?}");
+    }
+    common::eventually(
+        "every berth job is finished",
+        Duration::from_secs(60),
+        || async {
+            store
+                .job_list(&berth::store::JobFilter::default())
+                .await
+                .unwrap()
+                .iter()
+                .all(|j| j.state.is_terminal())
+        },
+    )
+    .await;
+    common::eventually("the hosts are empty", Duration::from_secs(60), || async {
+        hosts
+            .iter()
+            .all(|h| h.containers(&world.instance).is_empty())
+    })
+    .await;
+    common::eventually("no registration left", Duration::from_secs(60), || async {
+        world.berth_runners().is_empty()
+    })
+    .await;
+    watching.cancel();
+    let violations = watcher.await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    replica_b.terminate();
+    replica_c.terminate();
+}
+
+async fn store_state(store: &berth::store::Store) -> String {
+    let mut out = String::new();
+    for j in store
+        .job_list(&berth::store::JobFilter::default())
+        .await
+        .unwrap()
+    {
+        out += &format!(
+            "job {} pool={} state={} host={:?} lease={:?} error={:?}\n",
+            j.github_job_id, j.pool, j.state, j.host, j.lease_owner, j.error
+        );
+    }
+    out
+}

@@ -467,22 +467,6 @@ async fn runners_that_fail_at_once_are_delegated_with_backoff() {
     }
 }
 
-/// A database schema of its own on the test PostgreSQL server; its URL.
-async fn postgres_schema() -> String {
-    use sqlx::Connection;
-    let server = std::env::var("BERTH_TEST_POSTGRES_URL")
-        .expect("BERTH_TEST_POSTGRES_URL is not set: run scripts/test, or eval \"$(scripts/postgres-test-server)\"");
-    let schema = format!("berth_e2e_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.ok();
-    let separator = if server.contains('?') { '&' } else { '?' };
-    format!("{server}{separator}options[search_path]={schema}")
-}
-
 /// Two `berth serve` replicas on one PostgreSQL with the same scale set:
 /// only the lease holder opens a message session (the other never gets a
 /// 409); after a kill -9 of the holder, the other deletes the dead
@@ -491,7 +475,7 @@ async fn postgres_schema() -> String {
 async fn one_replica_listens_and_another_takes_over_after_kill_9() {
     use berth::scaleset::election::{LEASE_TTL, TRY_EVERY};
     let world = World::new().await;
-    let store_url = postgres_schema().await;
+    let store_url = common::postgres_schema().await;
     let config = |listen: &str, name: &str| {
         let sqlite = format!(
             "url = \"sqlite://{}\"",

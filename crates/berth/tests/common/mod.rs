@@ -440,3 +440,19 @@ pub fn slow_mint(delay_ms: u64, count: Option<u32>) -> ghsim::FaultRule {
     slow.count = count;
     slow
 }
+
+/// A database schema of its own on the test PostgreSQL server; its URL.
+pub async fn postgres_schema() -> String {
+    use sqlx::Connection;
+    let server = std::env::var("BERTH_TEST_POSTGRES_URL")
+        .expect("BERTH_TEST_POSTGRES_URL is not set: run scripts/test, or eval \"$(scripts/postgres-test-server)\"");
+    let schema = format!("berth_e2e_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.ok();
+    let separator = if server.contains('?') { '&' } else { '?' };
+    format!("{server}{separator}options[search_path]={schema}")
+}
