@@ -1812,6 +1812,61 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 
+    #[test]
+    fn docker_hosts_are_checked_and_default_to_docker_host() {
+        let c = Config::load(None, NO_ENV, Role::Serve).unwrap().config;
+        let hosts = c.hosts();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].name, DEFAULT_HOST_NAME);
+        assert_eq!(hosts[0].url, c.docker.host);
+        assert_eq!(hosts[0].max_runners, c.dispatch.global_max_runners);
+
+        let found = problems_of(
+            "[fleet]\nprobe_interval = 5\ndown_after = 6\nhost_lease = 1\n\
+             [[docker_host]]\nname = \"a\"\nurl = \"unix:///a.sock\"\nweight = 0\nmax_runners = 0\n\
+             [[docker_host]]\nname = \"a\"\nurl = \"https://b:2376\"\n\
+             [[docker_host]]\nname = \"c/d\"\nurl = \"tcp://c:2375\"\ntls_ca = \"/nonexistent-ca.pem\"\n",
+            Role::Serve,
+        );
+        assert_eq!(
+            found,
+            [
+                "docker_host[0].max_runners: must be at least 1",
+                "docker_host[0].weight: must be more than 0 and at most 1000",
+                "docker_host[1].name: host `a` is defined twice",
+                "docker_host[1].url: must be unix:///path, tcp://host:port or http://host:port (https:// needs tls_ca, tls_cert and tls_key)",
+                "docker_host[2].name: 1 to 63 characters of letters, digits, -, _ and .",
+                "docker_host[2].tls_ca: /nonexistent-ca.pem is not a readable file",
+                "docker_host[2].tls_ca: tls_ca, tls_cert and tls_key go together (mutual TLS needs all three)",
+                "fleet.down_after: must be at least twice fleet.probe_interval (one lost probe is not a dead host)",
+                "fleet.host_lease: must be at least 2 seconds",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pool_needing_labels_no_host_offers_is_a_warning() {
+        let f = file(
+            "[[docker_host]]\nname = \"a\"\nurl = \"unix:///a.sock\"\nlabels = [\"zone-a\"]\n\
+             [[pool]]\nname = \"gpu\"\nscope = \"org:acme\"\nlabels = [\"gpu\"]\n\
+             image = \"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"\n\
+             host_labels = [\"GPU\"]\n\
+             [github]\napp_id = 1\nprivate_key = \"k\"\n",
+        );
+        let loaded = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap();
+        let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            warnings.iter().any(|w| w.contains("`pool[0].host_labels`")
+                && w.contains("no [[docker_host]] offers [\"GPU\"]")),
+            "{warnings:?}"
+        );
+        assert!(
+            !loaded.config.hosts()[0].offers(&["GPU".to_string()]),
+            "labels match case-insensitively, and zone-a is not gpu"
+        );
+        assert!(loaded.config.hosts()[0].offers(&["ZONE-A".to_string()]));
+    }
+
     /// Every problem `validate` can report, each checked word for word:
     /// users and scripts read these messages.
     fn problems_of(text: &str, role: Role) -> Vec<String> {

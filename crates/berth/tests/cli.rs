@@ -50,6 +50,50 @@ fn the_example_config_is_valid_and_complete() {
     assert!(!stderr.contains("warning"), "{stderr}");
 }
 
+/// `config check` reaches every Docker host: one that answers is printed
+/// with its engine, one that does not is named and fails the check (69);
+/// `--offline` checks the file only.
+#[test]
+fn config_check_reaches_every_docker_host() {
+    let dir = example_dir();
+    let fleet = example()
+        + "\n[[docker_host]]\nname = \"here\"\nurl = \"unix:///var/run/docker.sock\"\nlabels = [\"zone-a\"]\nmax_runners = 3\n"
+        + "\n[[docker_host]]\nname = \"gone\"\nurl = \"unix:///nonexistent/docker.sock\"\n";
+    std::fs::write(dir.path().join("berth.toml"), fleet).unwrap();
+    let check = |extra: &[&str]| {
+        berth()
+            .args(["config", "check", "--config", "berth.toml"])
+            .args(extra)
+            .current_dir(dir.path())
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let out = check(&[]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(69), "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 docker host(s)"), "{stdout}");
+    assert!(
+        stdout.contains("docker host `here` (unix:///var/run/docker.sock): Docker ")
+            && stdout.contains("3 slot(s), labels [zone-a]"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("docker host `gone` (unix:///nonexistent/docker.sock) does not answer"),
+        "{stderr}"
+    );
+    let out = check(&["--offline"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("docker host `here`"));
+}
+
 #[test]
 fn config_check_names_the_key_and_the_file_and_exits_64() {
     let dir = example_dir();

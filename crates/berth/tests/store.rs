@@ -100,6 +100,7 @@ store_suite!(
     lookups_by_runner_and_container,
     claim_takes_the_oldest_queued_job_of_its_pool,
     claim_respects_pool_and_global_limits,
+    claims_place_jobs_by_strategy_slots_and_host_state,
     claim_skips_jobs_asked_to_cancel,
     concurrent_claimers_never_double_claim_or_exceed_limits,
     transitions_apply_only_from_the_given_states,
@@ -573,6 +574,165 @@ async fn claim_takes_the_oldest_queued_job_of_its_pool(h: &Harness) {
     assert_eq!(again.id, a1.id);
     assert_eq!(again.attempts, 2);
     assert_eq!(h.claim("linux").await, None);
+}
+
+/// Placement inside the claim: `spread` takes the least loaded host
+/// (weighted), `pack` fills hosts in order; no host goes past its slots;
+/// a host that is not `up` and `active` gets nothing; a requeue clears the
+/// host and an exit frees its slot.
+async fn claims_place_jobs_by_strategy_slots_and_host_state(h: &Harness) {
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    h.store.hosts_register(&names).await.unwrap();
+    for name in &names {
+        h.store
+            .host_probe_ok(name, "test", None, h.now())
+            .await
+            .unwrap();
+    }
+    let host = |name: &str, slots: u32, weight: f64, ordinal: u32| PlacementHost {
+        name: name.into(),
+        slots,
+        weight,
+        ordinal,
+    };
+    for i in 0..20 {
+        h.insert(i, "linux").await;
+        h.tick(1);
+    }
+    let until = h.now() + Duration::from_secs(60);
+    let claim_on = |hosts: Vec<PlacementHost>, pack: bool| async move {
+        let now = h.now();
+        h.store
+            .job_claim(
+                "linux",
+                100,
+                100,
+                Placement {
+                    hosts: &hosts,
+                    pack,
+                },
+                "d",
+                until,
+                now,
+            )
+            .await
+            .unwrap()
+            .map(|j| j.host.unwrap())
+    };
+    // spread, equal weights: round robin by load, ties in configuration order.
+    let spread = || {
+        vec![
+            host("a", 2, 1.0, 0),
+            host("b", 2, 1.0, 1),
+            host("c", 2, 1.0, 2),
+        ]
+    };
+    let mut placed = Vec::new();
+    for _ in 0..6 {
+        placed.push(claim_on(spread(), false).await.unwrap());
+    }
+    assert_eq!(placed, ["a", "b", "c", "a", "b", "c"]);
+    assert_eq!(claim_on(spread(), false).await, None, "every slot is taken");
+
+    // Free everything: the workers exited.
+    for job in h.store.jobs_in_states(&[Provisioning]).await.unwrap() {
+        let container = format!("ctr-{}", job.id);
+        h.store
+            .job_transition(
+                job.id,
+                &[Provisioning],
+                Running,
+                JobChanges::new().container_id(&container),
+            )
+            .await
+            .unwrap();
+        assert!(
+            h.store
+                .job_worker_exited(&container, h.now())
+                .await
+                .unwrap()
+        );
+    }
+    // pack: fill a, then b.
+    let pack = || vec![host("a", 2, 1.0, 0), host("b", 3, 1.0, 1)];
+    let mut placed = Vec::new();
+    for _ in 0..5 {
+        placed.push(claim_on(pack(), true).await.unwrap());
+    }
+    assert_eq!(placed, ["a", "a", "b", "b", "b"]);
+    assert_eq!(claim_on(pack(), true).await, None);
+
+    // A cordoned host and a down host get nothing; c alone takes jobs.
+    let all = || {
+        vec![
+            host("a", 10, 1.0, 0),
+            host("b", 10, 1.0, 1),
+            host("c", 10, 1.0, 2),
+        ]
+    };
+    h.store
+        .host_set_admin("a", berth::store::HostAdmin::Cordoned)
+        .await
+        .unwrap();
+    let now = h.now();
+    let change = h
+        .store
+        .host_probe_failed("b", "engine gone", now, now + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(change.went_down(), "{change:?}");
+    let c = claim_on(all(), false).await.unwrap();
+    assert_eq!(c, "c");
+    // A host the pool cannot use is never offered: only a and b are.
+    assert_eq!(
+        claim_on(vec![host("a", 10, 1.0, 0), host("b", 10, 1.0, 1)], false).await,
+        None
+    );
+    // Requeued, the job forgets its host.
+    let job = h
+        .store
+        .jobs_in_states(&[Provisioning])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.host.as_deref() == Some("c"))
+        .unwrap();
+    assert!(
+        h.store
+            .job_requeue(job.id, &[Provisioning], "test")
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.store.job_get(job.id).await.unwrap().unwrap().host, None);
+
+    // Weighted spread: a (weight 3) takes three jobs for every one of b's.
+    h.store
+        .host_set_admin("a", berth::store::HostAdmin::Active)
+        .await
+        .unwrap();
+    h.store
+        .host_probe_ok("b", "test", None, h.now())
+        .await
+        .unwrap();
+    for job in h.store.jobs_in_states(&[Provisioning]).await.unwrap() {
+        h.store
+            .job_requeue(job.id, &[Provisioning], "test")
+            .await
+            .unwrap();
+    }
+    for job in h.store.jobs_in_states(&[Running]).await.unwrap() {
+        h.store
+            .job_transition(job.id, &[Running], Completed, JobChanges::new())
+            .await
+            .unwrap();
+    }
+    let weighted = || vec![host("a", 8, 3.0, 0), host("b", 8, 1.0, 1)];
+    let mut placed = Vec::new();
+    for _ in 0..8 {
+        placed.push(claim_on(weighted(), false).await.unwrap());
+    }
+    let on_a = placed.iter().filter(|p| *p == "a").count();
+    assert_eq!(on_a, 6, "{placed:?}");
 }
 
 async fn claim_respects_pool_and_global_limits(h: &Harness) {

@@ -195,6 +195,10 @@ pub enum ConfigCommand {
         /// Check it for `berth proxy` rather than `berth serve`.
         #[arg(long)]
         proxy: bool,
+        /// Only check the file: do not connect to the Docker hosts (by
+        /// default each is reached and must answer, else exit 69).
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -297,9 +301,13 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Serve { config } => return serve(config.as_deref()).await,
         Command::Proxy { config } => return proxy(&config).await,
-        Command::Config(ConfigCommand::Check { config, proxy }) => {
+        Command::Config(ConfigCommand::Check {
+            config,
+            proxy,
+            offline,
+        }) => {
             let role = if proxy { Role::Proxy } else { Role::Serve };
-            return config_check(config.as_deref(), role);
+            return config_check(config.as_deref(), role, offline).await;
         }
         Command::Token(TokenCommand::Create {
             scope,
@@ -407,19 +415,74 @@ fn load_config(path: Option<&Path>, role: Role) -> Result<Config, ExitCode> {
     }
 }
 
-fn config_check(path: Option<&Path>, role: Role) -> ExitCode {
+/// Exit code of `config check` when a Docker host does not answer
+/// (sysexits' EX_UNAVAILABLE).
+const EXIT_HOST_UNAVAILABLE: u8 = 69;
+
+async fn config_check(path: Option<&Path>, role: Role, offline: bool) -> ExitCode {
     match load_config(path, role) {
         Ok(config) => {
             println!(
-                "configuration OK: {} pool(s), {} scale set(s), store {}",
+                "configuration OK: {} pool(s), {} scale set(s), {} docker host(s), store {}",
                 config.pools.len(),
                 config.scale_sets.len(),
+                config.hosts().len(),
                 crate::service::redact_url(&config.store.url)
             );
-            ExitCode::SUCCESS
+            if offline || role != Role::Serve {
+                return ExitCode::SUCCESS;
+            }
+            if reach_hosts(&config).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_HOST_UNAVAILABLE)
+            }
         }
         Err(code) => code,
     }
+}
+
+/// Connects to every Docker host of `config` and prints what answered;
+/// `false` when any did not.
+async fn reach_hosts(config: &Config) -> bool {
+    let timeout = config
+        .docker
+        .call_timeout
+        .min(std::time::Duration::from_secs(10));
+    let mut all = true;
+    for host in config.hosts() {
+        let tls = match (&host.tls_ca, &host.tls_cert, &host.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(crate::docker::controller::ClientTls {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let answer =
+            match crate::docker::Controller::connect_with(&host.url, tls.as_ref(), timeout).await {
+                Ok(docker) => docker.probe().await.map(|p| (p, docker.api_version())),
+                Err(e) => Err(e),
+            };
+        match answer {
+            Ok((probe, api)) => println!(
+                "docker host `{}` ({}): Docker {} (API {api}), {} slot(s), labels [{}]",
+                host.name,
+                host.url,
+                probe.version,
+                host.max_runners,
+                host.labels.join(", ")
+            ),
+            Err(e) => {
+                all = false;
+                eprintln!(
+                    "berth: docker host `{}` ({}) does not answer: {e}",
+                    host.name, host.url
+                );
+            }
+        }
+    }
+    all
 }
 
 /// `berth serve`: refuses to start on a bad configuration (exit 64); stops
