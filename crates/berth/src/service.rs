@@ -56,6 +56,7 @@ pub async fn build(
         }),
     )
     .await?;
+    metrics.init_hosts(fleet.hosts().iter().map(|h| h.name()));
     store
         .hosts_register(&fleet.names())
         .await

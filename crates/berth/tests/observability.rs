@@ -1,7 +1,8 @@
 //! The Grafana dashboard and the Prometheus rules in `deploy/` name only
 //! metrics that a live `berth serve` exports, the metrics the issue asks
-//! for are there from the first scrape, and every family exported (by
-//! `berth serve` and by the two proxies) is in docs/reference/metrics.md.
+//! for are there from the first scrape, every family exported (by
+//! `berth serve` and by the two proxies) is in docs/reference/metrics.md,
+//! and every alert has its runbook in docs/observability.md.
 
 mod common;
 
@@ -198,6 +199,13 @@ fn the_dashboard_is_a_grafana_dashboard_on_a_prometheus_variable() {
         "Docker API error rate",
         "Active worker containers",
         "Pool saturation (active / max_runners)",
+        "Fleet",
+        "Hosts up",
+        "Free slots",
+        "Busy slots per host",
+        "Jobs waiting per pool",
+        "Desired hosts vs hosts up",
+        "Host lease takeovers",
     ] {
         assert!(titles.contains(&want), "no panel {want:?} in {titles:?}");
     }
@@ -227,6 +235,40 @@ fn the_dashboard_is_a_grafana_dashboard_on_a_prometheus_variable() {
             && e.contains(" / ")),
         "no saturation query in {all:?}"
     );
+}
+
+/// Every alert's `runbook` annotation points at its own section of
+/// docs/observability.md (`### AlertName`, anchor in lower case).
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let rules = std::fs::read_to_string(ALERTS).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/observability.md"
+    ))
+    .unwrap();
+    let mut alerts = Vec::new();
+    let mut runbooks = Vec::new();
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            alerts.push(name.to_string());
+        } else if let Some(link) = line.strip_prefix("runbook: ") {
+            runbooks.push(link.trim_matches('"').to_string());
+        }
+    }
+    assert!(alerts.len() >= 14, "{alerts:?}");
+    assert_eq!(alerts.len(), runbooks.len(), "an alert without a runbook");
+    for (alert, runbook) in alerts.iter().zip(&runbooks) {
+        assert_eq!(
+            *runbook,
+            format!("docs/observability.md#{}", alert.to_lowercase()),
+            "{alert}"
+        );
+        assert!(
+            doc.lines().any(|l| l == format!("### {alert}")),
+            "no `### {alert}` runbook in docs/observability.md"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -306,5 +348,24 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_on_a_live_metrics_page(
         sample(&text, "berth_github_rate_limit_remaining").is_some_and(|v| v > 0.0),
         "{text}"
     );
+    // The fleet's series behind the Fleet row and its alerts: the one
+    // `default` host, up and active, its lease taken by this replica.
+    for (series, value) in [
+        ("berth_host_up{host=\"default\"}", 1.0),
+        ("berth_host_cordoned{host=\"default\"}", 0.0),
+        ("berth_host_busy_slots{host=\"default\"}", 0.0),
+        ("berth_fleet_jobs_waiting{pool=\"linux\"}", 0.0),
+        ("berth_fleet_desired_hosts{host_labels=\"\"}", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    assert!(
+        sample(&text, "berth_host_lease_acquired_total{host=\"default\"}")
+            .is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    let slots = sample(&text, "berth_host_slots{host=\"default\"}");
+    assert!(slots.is_some_and(|v| v >= 1.0), "{text}");
+    assert_eq!(sample(&text, "berth_fleet_free_slots"), slots, "{text}");
     berth.stop().await;
 }

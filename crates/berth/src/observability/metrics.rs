@@ -657,6 +657,20 @@ impl Metrics {
         self.host_warm_containers.get_or_create(&labels).set(warm);
     }
 
+    /// Creates every per-host series at zero (see [`Metrics::init_pools`]):
+    /// on every replica, so the first lease a replica takes over from
+    /// another shows as a rise of `berth_host_lease_acquired_total`
+    /// (`increase()` misses a series born at 1), and each host's probe
+    /// histogram is there before its first probe. The gauges follow at
+    /// each scrape (crate::fleet::capacity::publish).
+    pub fn init_hosts<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
+        for host in hosts {
+            let labels = Self::host(host);
+            drop(self.host_lease_acquired.get_or_create(&labels));
+            drop(self.host_probe_duration.get_or_create(&labels));
+        }
+    }
+
     pub fn host_lease_taken(&self, host: &str) {
         self.host_lease_acquired
             .get_or_create(&Self::host(host))
@@ -932,5 +946,21 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         assert!(!text.contains("something-new"));
+    }
+
+    #[test]
+    fn per_host_counters_and_histograms_start_at_zero() {
+        let m = Metrics::new();
+        m.init_hosts(["a", "b"]);
+        m.host_lease_taken("b");
+        let text = m.encode();
+        for line in [
+            "berth_host_lease_acquired_total{host=\"a\"} 0",
+            "berth_host_lease_acquired_total{host=\"b\"} 1",
+            "berth_host_probe_duration_seconds_count{host=\"a\"} 0",
+            "berth_host_probe_duration_seconds_count{host=\"b\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 }
