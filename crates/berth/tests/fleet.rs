@@ -727,3 +727,134 @@ async fn store_state(store: &berth::store::Store) -> String {
     }
     out
 }
+
+/// PEM files of a test CA, a server certificate for 127.0.0.1 and a client
+/// certificate, all signed by that CA.
+struct TestPki {
+    ca: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+}
+
+fn test_pki(dir: &std::path::Path, tag: &str) -> TestPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("berth test CA {tag}"));
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(vec!["berth".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(format!("{tag}-{name}"));
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    TestPki {
+        ca: write("ca.pem", &ca.pem()),
+        server_cert: write("server.pem", &server_cert),
+        server_key: write("server-key.pem", &server_key),
+        client_cert: write("client.pem", &client_cert),
+        client_key: write("client-key.pem", &client_key),
+    }
+}
+
+/// A host reached over mutual TLS (`https://…` with `tls_ca`, `tls_cert`,
+/// `tls_key`): berth verifies the engine's certificate and presents its
+/// own, and runs a worker there with the JIT config over the TLS-attached
+/// stdin; a client certificate from another CA is refused by the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_over_mutual_tls_runs_workers_and_refuses_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki(dir.path(), "ok");
+    let stranger = test_pki(dir.path(), "stranger");
+    let port = common::free_port();
+    let engine = ExtraEngine::start_with(vec![
+        "--tlsverify".into(),
+        format!("--tlscacert={}", pki.ca.display()),
+        format!("--tlscert={}", pki.server_cert.display()),
+        format!("--tlskey={}", pki.server_key.display()),
+        format!("--host=tcp://127.0.0.1:{port}"),
+    ])
+    .await;
+    let docker = berth::docker::worker_image::connect(Some(&engine.host))
+        .await
+        .unwrap();
+    let image = berth::docker::worker_image::ensure_local_worker_image(&docker)
+        .await
+        .unwrap_or_else(|e| panic!("building the worker image: {e}\n{}", engine.log()));
+
+    let url = format!("https://127.0.0.1:{port}");
+    let tls = berth::docker::controller::ClientTls {
+        ca: pki.ca.clone(),
+        cert: pki.client_cert.clone(),
+        key: pki.client_key.clone(),
+    };
+    let controller = Controller::connect_with(&url, Some(&tls), Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("connecting over TLS: {e}\n{}", engine.log()));
+    let probe = controller.probe().await.unwrap();
+    assert!(!probe.version.is_empty());
+    controller.ensure_network("berth-fleet").await.unwrap();
+    let mut spec = WorkerSpec::new(
+        format!("berth-tls-{}", uuid::Uuid::new_v4().simple()),
+        image.id.clone(),
+        WorkerNetwork::Bridge("berth-fleet".into()),
+    );
+    spec.labels.insert(
+        berth::docker::controller::LABEL_JOB.into(),
+        uuid::Uuid::now_v7().to_string(),
+    );
+    spec.memory_bytes = 64 << 20;
+    let id = controller.create_worker(&spec).await.unwrap();
+    controller
+        .start_with_secret(&id, b"not-a-jit-config")
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(30), controller.wait_exit(&id))
+        .await
+        .expect("the worker exits")
+        .unwrap();
+    assert_ne!(code, 0, "the stand-in refuses a bad config: it read stdin");
+    controller.remove(&id).await.unwrap();
+
+    // A client certificate the engine's CA did not sign: refused.
+    let other = berth::docker::controller::ClientTls {
+        ca: pki.ca.clone(),
+        cert: stranger.client_cert.clone(),
+        key: stranger.client_key.clone(),
+    };
+    let refused = match Controller::connect_with(&url, Some(&other), Duration::from_secs(10)).await {
+        Ok(c) => c.probe().await.map(drop),
+        Err(e) => Err(e),
+    };
+    assert!(refused.is_err(), "a stranger's certificate is refused");
+    // An engine certificate berth's CA did not sign: refused by berth.
+    let wrong_ca = berth::docker::controller::ClientTls {
+        ca: stranger.ca.clone(),
+        cert: pki.client_cert.clone(),
+        key: pki.client_key.clone(),
+    };
+    let refused = match Controller::connect_with(&url, Some(&wrong_ca), Duration::from_secs(10)).await {
+        Ok(c) => c.probe().await.map(drop),
+        Err(e) => Err(e),
+    };
+    assert!(refused.is_err(), "an engine certificate from another CA is refused");
+}

@@ -181,6 +181,18 @@ impl Store {
             .map(|done| done.rows_affected())
         })
         .map_err(StoreError::query("leases_release_others"))?;
-        Ok(released)
+        // Host leases too: the hosts are this process's to watch at once.
+        let hosts = on_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE docker_hosts SET lease_owner = NULL, lease_expires_at = NULL
+                 WHERE lease_owner IS NOT NULL AND lease_owner <> $1",
+            )
+            .bind(me)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(StoreError::query("leases_release_others"))?;
+        Ok(released + hosts)
     }
 }

@@ -29,6 +29,8 @@ pub struct ExtraEngine {
     pidfile: PathBuf,
     dir: Option<tempfile::TempDir>,
     child: Child,
+    /// More `dockerd` arguments (e.g. a TLS listener).
+    extra_args: Vec<String>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -36,11 +38,17 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 impl ExtraEngine {
     /// Starts an engine and waits until it answers.
     pub async fn start() -> ExtraEngine {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// [`ExtraEngine::start`] with more `dockerd` arguments.
+    pub async fn start_with(extra_args: Vec<String>) -> ExtraEngine {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = (std::process::id() % 4000) * 8 + n % 8;
         // Interface names are at most 15 bytes.
         let bridge = format!("bth{tag}");
-        let gateway = format!("10.213.{}.1", tag % 250);
+        // Distinct subnets for the engines of concurrent test processes.
+        let gateway = format!("10.{}.{}.1", 213 + (tag / 250) % 40, tag % 250);
         let dir = tempfile::Builder::new()
             .prefix("berth-engine-")
             .tempdir()
@@ -62,7 +70,7 @@ impl ExtraEngine {
         std::fs::write(&config, "{}").unwrap();
         let socket = dir.path().join("docker.sock");
         let pidfile = dir.path().join("docker.pid");
-        let child = spawn_dockerd(dir.path(), &bridge);
+        let child = spawn_dockerd(dir.path(), &bridge, &extra_args);
         let mut engine = ExtraEngine {
             host: format!("unix://{}", socket.display()),
             gateway,
@@ -70,6 +78,7 @@ impl ExtraEngine {
             pidfile,
             dir: Some(dir),
             child,
+            extra_args,
         };
         engine.wait_up().await;
         engine
@@ -116,7 +125,7 @@ impl ExtraEngine {
             .expect("engine folder")
             .path()
             .to_path_buf();
-        self.child = spawn_dockerd(&dir, &self.bridge);
+        self.child = spawn_dockerd(&dir, &self.bridge, &self.extra_args);
         self.wait_up().await;
     }
 
@@ -190,7 +199,7 @@ impl Drop for ExtraEngine {
 
 /// `dockerd` on the folder `dir` (its config, roots, pidfile, socket and
 /// log) and the bridge `bridge`.
-fn spawn_dockerd(dir: &std::path::Path, bridge: &str) -> Child {
+fn spawn_dockerd(dir: &std::path::Path, bridge: &str, extra_args: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -209,6 +218,7 @@ fn spawn_dockerd(dir: &std::path::Path, bridge: &str) -> Child {
         .arg(format!("unix://{}", dir.join("docker.sock").display()))
         .args(["--bridge", bridge, "--iptables=false", "--ip6tables=false"])
         .args(["--storage-driver", "vfs"])
+        .args(extra_args)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
