@@ -1,9 +1,11 @@
 //! Operating the fleet's hosts against a live `berth serve` (real HTTP on
 //! loopback, real SQLite, real containers): `GET /v1/hosts` and
-//! `/v1/fleet`, cordon, uncordon and drain over HTTP, and who may do what.
+//! `/v1/fleet`, cordon, uncordon and drain over HTTP and with `berth hosts`
+//! (the real binary), and who may do what.
 
 mod common;
 
+use std::process::Output;
 use std::time::Duration;
 
 use berth::store::{ApiTokenScope, HostAdmin, JobState};
@@ -163,5 +165,190 @@ async fn hosts_are_listed_cordoned_uncordoned_and_drained_over_http() {
     let (status, active) = post(&berth, "/v1/hosts/default/uncordon", admin).await;
     assert_eq!(status, 200);
     assert_eq!(active["drained"], false, "{active}");
+    berth.stop().await;
+}
+
+/// Runs `berth ARGS` against the berth at `url` with `token` in `BERTH_TOKEN`.
+async fn cli(url: &str, token: &str, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args)
+        .env("BERTH_URL", url)
+        .env("BERTH_TOKEN", token)
+        .env_remove("BERTH_TOKEN_FILE")
+        .env_remove("BERTH_CA_CERT")
+        .kill_on_drop(true);
+    tokio::time::timeout(LIMIT, cmd.output())
+        .await
+        .expect("the command finished")
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Warm containers of this world's berth, by `docker ps`.
+fn warm_containers(world: &World) -> usize {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=berth.instance={}", world.instance))
+        .args(["--filter", "label=berth.warm"])
+        .output()
+        .unwrap();
+    text(&out.stdout).lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operators_list_and_drain_hosts_from_the_command_line() {
+    let world = World::new().await;
+    let berth = Berth::start(&world, world.config("warm = 1")).await;
+    let admin = berth.admin_token.clone();
+    let (read, _) = berth::api::auth::create_token(berth.store(), "viewer", ApiTokenScope::Read)
+        .await
+        .unwrap();
+    wait_up(&berth).await;
+    eventually("a warm container is ready", LIMIT, || async {
+        default_host(&berth).await["warm"] == 1
+    })
+    .await;
+
+    // The table, one line per host, then the fleet.
+    let out = cli(&berth.url, &read, &["hosts", "list"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "STATE",
+            "ADMIN",
+            "LABELS",
+            "SLOTS",
+            "USED/FREE",
+            "WARM",
+            "LAST",
+            "PROBE",
+            "OWNER"
+        ],
+        "{table}"
+    );
+    let slots = berth.ctx.config.dispatch.global_max_runners;
+    let (slots_cell, used_cell) = (slots.to_string(), format!("0/{slots}"));
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("default "))
+        .unwrap_or_else(|| panic!("the default host is listed: {table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..7],
+        [
+            "default",
+            "up",
+            "active",
+            "-",
+            slots_cell.as_str(),
+            used_cell.as_str(),
+            "1"
+        ],
+        "{table}"
+    );
+    assert!(row[7].ends_with('s') && row[8] == "ago", "{table}");
+    assert_eq!(row[9], berth.ctx.replica_id, "{table}");
+    assert!(
+        table.contains(&format!("free slots: {slots}\n"))
+            && table.contains("jobs waiting: linux 0\n")
+            && table.contains("hosts needed: 0 for no host labels (1 available)"),
+        "{table}"
+    );
+    let out = cli(&berth.url, &read, &["hosts", "list", "--json"]).await;
+    let json: Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(json["hosts"][0]["name"], "default", "{json}");
+    assert_eq!(json["hosts"][0]["warm"], 1, "{json}");
+
+    // Only an admin token drains, and only a configured host.
+    let out = cli(&berth.url, &read, &["hosts", "drain", "default"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+    let out = cli(&berth.url, &admin, &["hosts", "cordon", "nowhere"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("404") && text(&out.stderr).contains("nowhere"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Draining with a job running: the wait gives up at its timeout while
+    // the job runs, and succeeds once the job finished and the warm
+    // container is gone.
+    let gh_job = world.queue(&["sleep 4", "echo drained-around-me"]);
+    berth.wait_state(gh_job, JobState::Running, LIMIT).await;
+    let out = cli(
+        &berth.url,
+        &admin,
+        &["hosts", "drain", "default", "--wait", "--timeout", "1"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("1 job running, "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("host default is not drained after 1s: 1 job running"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(&berth.url, &admin, &["hosts", "drain", "default", "--wait"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("1 job running")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("host default is drained"),
+        "{lines:?}"
+    );
+    let done = berth.job(gh_job).await.unwrap();
+    assert_eq!(
+        done.state,
+        JobState::Completed,
+        "a running job finishes: {done:?}"
+    );
+    assert_eq!(warm_containers(&world), 0, "the warm container is removed");
+    assert!(berth.store().warm_list().await.unwrap().is_empty());
+    let out = cli(&berth.url, &read, &["hosts", "list"]).await;
+    assert!(
+        text(&out.stdout).contains(" draining (drained) "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Uncordoned: the host takes jobs, and its warm pool is refilled.
+    let out = cli(&berth.url, &admin, &["hosts", "uncordon", "default"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "host default uncordoned: it takes jobs again"
+    );
+    eventually("the warm pool is refilled", LIMIT, || async {
+        warm_containers(&world) == 1
+    })
+    .await;
+    let out = cli(
+        &berth.url,
+        &admin,
+        &["hosts", "cordon", "default", "--json"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let host: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(host["admin"], "cordoned");
     berth.stop().await;
 }
