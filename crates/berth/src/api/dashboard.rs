@@ -346,7 +346,11 @@ fn render_hosts(fleet: &FleetView, now: time::OffsetDateTime, body: &mut String)
             health = esc(&health),
             admin = h.admin.as_str(),
             drained = if h.drained { " (drained)" } else { "" },
-            labels = esc(&h.labels.join(", ")),
+            labels = if h.labels.is_empty() {
+                "-".to_string()
+            } else {
+                esc(&h.labels.join(", "))
+            },
             busy = h.busy,
             free = h.free,
             slots = h.slots,
