@@ -92,6 +92,20 @@ async fn the_dashboard_shows_jobs_queue_and_live_logs_with_no_javascript() {
         "live count of running containers: {dom}"
     );
     assert!(dom.contains("id=\"queue-depth\""));
+    // The hosts: the one implicit host, probed and taking jobs, and the
+    // fleet's capacity.
+    let host_row = dom
+        .split("<tr data-host=\"default\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .unwrap_or_else(|| panic!("the hosts table shows `default`: {dom}"));
+    assert!(
+        host_row.contains("<td class=\"health up\">up</td>")
+            && host_row.contains("<td class=\"admin active\">active</td>"),
+        "{host_row}"
+    );
+    assert!(dom.contains("id=\"fleet\""), "{dom}");
+    assert!(dom.contains("Waiting: linux 0."), "{dom}");
 
     // A filter is a plain link.
     let dom = headless(&["--dump-dom"], &format!("{}/?state=completed", berth.url));

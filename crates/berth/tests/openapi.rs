@@ -439,6 +439,56 @@ async fn live_answers_match_the_description() {
     assert_eq!(status, 200);
     assert_valid("Readiness", &ready);
 
+    // Hosts and the fleet; the schema lists exactly the fields a host
+    // serializes, all required.
+    let (status, hosts) = get(&berth, "/v1/hosts").await;
+    assert_eq!(status, 200);
+    assert_valid("HostList", &hosts);
+    let fields: BTreeSet<String> = hosts["hosts"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let host_schema = &spec()["components"]["schemas"]["Host"];
+    let described: BTreeSet<String> = host_schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(fields, described);
+    let required: BTreeSet<String> = host_schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(required, described);
+    let (status, host) = get(&berth, "/v1/hosts/default").await;
+    assert_eq!(status, 200);
+    assert_valid("Host", &host);
+    let (status, fleet) = get(&berth, "/v1/fleet").await;
+    assert_eq!(status, 200);
+    assert_valid("Fleet", &fleet);
+    for (action, admin) in [
+        ("cordon", "cordoned"),
+        ("drain", "draining"),
+        ("uncordon", "active"),
+    ] {
+        let r = berth
+            .http()
+            .post(format!("{}/v1/hosts/default/{action}", berth.url))
+            .bearer_auth(&berth.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{action}");
+        let host: Value = r.json().await.unwrap();
+        assert_valid("Host", &host);
+        assert_eq!(host["admin"], admin);
+    }
+
     // Errors, including those axum would answer in plain text.
     for (path, status) in [
         ("/v1/jobs/not-a-uuid", 400),
@@ -448,6 +498,8 @@ async fn live_answers_match_the_description() {
         ("/v1/jobs?state=sleeping", 400),
         ("/v1/jobs?pool=a%00b", 400),
         ("/v1/tokens?sessions=maybe", 400),
+        ("/v1/hosts/not%20a%20host", 400),
+        ("/v1/hosts/nowhere", 404),
         (&format!("/v1/jobs/{}/logs?follow=maybe", done.id), 400),
     ] {
         let (got, body) = get(&berth, path).await;

@@ -10,7 +10,8 @@
 //! with the token it was made from (see `auth::create_session`). The token
 //! typed in never goes into the cookie, so signing in with an `admin` token
 //! leaves no `admin` power in the browser. The dashboard only reads; it has
-//! no action that changes state.
+//! no action that changes state (hosts are cordoned and drained with the
+//! API or `berth hosts`, which need an `admin` token).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -24,7 +25,8 @@ use serde::Deserialize;
 use super::auth::{self, AuthError, Need};
 use super::{ApiError, ApiResult};
 use crate::context::Context;
-use crate::store::{Job, JobFilter, JobState};
+use crate::fleet::capacity::FleetView;
+use crate::store::{HostHealth, Job, JobFilter, JobState};
 
 /// The cookie holding the dashboard's session token.
 pub const COOKIE: &str = "berth_token";
@@ -101,6 +103,8 @@ th{background:#eaeef2}.stats{display:flex;gap:12px;margin-bottom:14px;flex-wrap:
 .stat{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:8px 14px}.stat b{font-size:20px;display:block}\
 .filters a{margin-right:10px}.state{font-weight:600}.completed{color:#1a7f37}.failed,.expired{color:#cf222e}\
 .cancelled{color:#6e7781}.running,.starting,.provisioning{color:#0969da}.queued{color:#9a6700}\
+.health,.admin{font-weight:600}.up,.active{color:#1a7f37}.down{color:#cf222e}.unknown{color:#6e7781}\
+.cordoned,.draining{color:#9a6700}\
 pre{background:#0d1117;color:#e6edf3;padding:12px;overflow:auto;max-height:70vh}dl{display:grid;grid-template-columns:max-content auto;gap:4px 16px}\
 dt{color:#57606a}dd{margin:0}.alert{background:#ffebe9;border:1px solid #cf222e;color:#cf222e;padding:8px 14px;border-radius:6px}";
 
@@ -223,6 +227,7 @@ async fn render_index(ctx: &Context, q: ListQuery) -> ApiResult<Response> {
     }
     body.push_str("</nav>");
     render_components(ctx, &mut body);
+    render_hosts(&crate::fleet::capacity::view(ctx).await?, now, &mut body);
     body.push_str("<h2>Jobs</h2>");
     if jobs.is_empty() {
         body.push_str("<p id=\"no-jobs\">No jobs yet.</p>");
@@ -308,6 +313,87 @@ fn render_components(ctx: &Context, body: &mut String) {
         );
     }
     body.push_str("</tbody></table>");
+}
+
+/// The Docker hosts (as `GET /v1/hosts` shows them) and the fleet's
+/// capacity (as `GET /v1/fleet`).
+fn render_hosts(fleet: &FleetView, now: time::OffsetDateTime, body: &mut String) {
+    body.push_str(
+        "<h2>Hosts</h2><table id=\"hosts\"><thead><tr><th>host</th><th>health</th><th>admin</th>\
+         <th>labels</th><th>slots used / free</th><th>warm</th><th>last probe</th><th>watched by</th>\
+         </tr></thead><tbody>",
+    );
+    for h in &fleet.hosts {
+        let last_probe = h.last_probe_at.map_or("never".into(), |at| {
+            format!("{} ago", duration((now - at).as_seconds_f64().max(0.0)))
+        });
+        let health = match &h.probe_error {
+            // Cut: a cell holding a whole Docker error would widen the table past the screen.
+            Some(error) if h.health != HostHealth::Up => format!(
+                "{}: {}",
+                h.health,
+                crate::names::cut_at(error, 120).unwrap_or_else(|| error.clone())
+            ),
+            _ => h.health.to_string(),
+        };
+        let _ = write!(
+            body,
+            "<tr data-host=\"{name}\"><td>{name}</td><td class=\"health {health_class}\">{health}</td>\
+             <td class=\"admin {admin}\">{admin}{drained}</td><td>{labels}</td><td>{busy} / {free} of {slots}</td>\
+             <td>{warm}</td><td>{last_probe}</td><td>{owner}</td></tr>",
+            name = esc(&h.name),
+            health_class = h.health.as_str(),
+            health = esc(&health),
+            admin = h.admin.as_str(),
+            drained = if h.drained { " (drained)" } else { "" },
+            labels = if h.labels.is_empty() {
+                "-".to_string()
+            } else {
+                esc(&h.labels.join(", "))
+            },
+            busy = h.busy,
+            free = h.free,
+            slots = h.slots,
+            warm = h.warm,
+            owner = esc(h.owner.as_deref().unwrap_or("-")),
+        );
+    }
+    body.push_str("</tbody></table>");
+    let waiting: Vec<String> = fleet
+        .waiting
+        .iter()
+        .map(|(pool, n)| format!("{} {n}", esc(pool)))
+        .collect();
+    let needed: Vec<String> = fleet
+        .desired
+        .iter()
+        .map(|d| {
+            let labels = if d.host_labels.is_empty() {
+                "no host labels".to_string()
+            } else {
+                esc(&d.host_labels)
+            };
+            format!(
+                "{} for {labels} ({} available)",
+                d.desired_hosts, d.available_hosts
+            )
+        })
+        .collect();
+    let _ = write!(
+        body,
+        "<p id=\"fleet\">Free slots: <b>{}</b>. Waiting: {}. Hosts needed: {}.</p>",
+        fleet.free_slots,
+        if waiting.is_empty() {
+            "none".to_string()
+        } else {
+            waiting.join(", ")
+        },
+        if needed.is_empty() {
+            "none".to_string()
+        } else {
+            needed.join(", ")
+        },
+    );
 }
 
 /// `GET /jobs/{id}`: one job and its output, refreshed while it runs.

@@ -1,5 +1,5 @@
-//! API: berth's HTTP surface (webhooks, delegate, jobs, tokens, metrics,
-//! health).
+//! API: berth's HTTP surface (webhooks, delegate, jobs, tokens, hosts and
+//! the fleet, metrics, health).
 //!
 //! Handlers are thin: they authenticate, parse, call intake or the store, and
 //! map the result to a status code. Errors are JSON `{"error": "..."}` naming
@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod hosts;
 pub mod scaleset;
 pub mod server;
 pub mod tls;
@@ -127,6 +128,12 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/pools", get(list_pools))
         .route("/v1/status", get(status))
+        .route("/v1/hosts", get(hosts::list))
+        .route("/v1/hosts/{name}", get(hosts::show))
+        .route("/v1/hosts/{name}/cordon", post(hosts::cordon))
+        .route("/v1/hosts/{name}/uncordon", post(hosts::uncordon))
+        .route("/v1/hosts/{name}/drain", post(hosts::drain))
+        .route("/v1/fleet", get(hosts::fleet))
         .route("/v1/tokens", get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/scale-sets/{name}/runners", get(scaleset::list_runners))

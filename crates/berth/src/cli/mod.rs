@@ -95,6 +95,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The orchestrator's Docker hosts: list them, cordon, uncordon or
+    /// drain one.
+    #[command(subcommand)]
+    Hosts(HostsCommand),
     /// Whether the orchestrator is ready, and each component's status: up
     /// or down, its last pass, result, duration, failures in a row.
     /// Exits 1 when a required component is down.
@@ -134,6 +138,59 @@ pub enum JobsCommand {
         id: String,
         #[command(flatten)]
         remote: remote::Remote,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// Every host: health, admin state, labels, slots used and free, warm
+    /// containers, last probe, the replica watching it; then the fleet's
+    /// free slots, waiting jobs and hosts needed.
+    List {
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON (`GET /v1/hosts`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// No new jobs on the host; running jobs and warm containers stay
+    /// (needs an `admin` token).
+    Cordon {
+        /// The host's name (`default` without `[[docker_host]]`).
+        name: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The host takes jobs again (needs an `admin` token).
+    Uncordon {
+        /// The host's name.
+        name: String,
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// No new jobs on the host, its warm containers removed, its running
+    /// jobs left to finish (needs an `admin` token).
+    Drain {
+        /// The host's name.
+        name: String,
+        /// Wait until nothing is left on the host, printing what still is.
+        #[arg(long)]
+        wait: bool,
+        /// With `--wait`: give up (exit 1) after this many seconds.
+        #[arg(long, value_name = "SECS", requires = "wait")]
+        timeout: Option<u64>,
+        #[command(flatten)]
+        remote: remote::Remote,
+        /// The API's JSON instead of sentences (with `--wait`, the host
+        /// once drained; progress goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -387,6 +444,25 @@ pub async fn run(cli: Cli) -> ExitCode {
             remote,
         } => remote::logs(&remote, &job, follow).await,
         Command::Pools { remote, json } => remote::pools(&remote, json).await,
+        Command::Hosts(HostsCommand::List { remote, json }) => {
+            remote::hosts_list(&remote, json).await
+        }
+        Command::Hosts(HostsCommand::Cordon { name, remote, json }) => {
+            remote::host_admin(&remote, &name, remote::HostAction::Cordon, json).await
+        }
+        Command::Hosts(HostsCommand::Uncordon { name, remote, json }) => {
+            remote::host_admin(&remote, &name, remote::HostAction::Uncordon, json).await
+        }
+        Command::Hosts(HostsCommand::Drain {
+            name,
+            wait,
+            timeout,
+            remote,
+            json,
+        }) => {
+            let timeout = timeout.map(std::time::Duration::from_secs);
+            remote::host_drain(&remote, &name, wait, timeout, json).await
+        }
         Command::Status { remote, json } => remote::status(&remote, json).await,
     };
     match result {

@@ -1,6 +1,7 @@
 //! The operator commands that talk to a running orchestrator over its HTTP
 //! API: `berth jobs list|show|cancel`, `berth logs JOB [-f]`, `berth pools`,
-//! `berth status`, `berth token list|revoke`.
+//! `berth hosts list|cordon|uncordon|drain`, `berth status`, `berth token
+//! list|revoke`.
 //!
 //! They are thin: every answer comes from the API (so they work against a
 //! remote `berth serve` and see exactly what the dashboard sees), printed as a
@@ -16,7 +17,8 @@ use futures::StreamExt;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::store::{ApiToken, Job};
+use crate::fleet::capacity::{FleetView, HostView};
+use crate::store::{ApiToken, HostAdmin, HostHealth, Job};
 
 /// Where the orchestrator is and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -24,9 +26,9 @@ pub struct Remote {
     /// The orchestrator's base URL.
     #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// A file holding an API token (`read` scope; `admin` to cancel jobs and
-    /// for `berth token list|revoke`). The `BERTH_TOKEN` environment
-    /// variable works too.
+    /// A file holding an API token (`read` scope; `admin` to cancel jobs,
+    /// to cordon, uncordon and drain hosts, and for `berth token
+    /// list|revoke`). The `BERTH_TOKEN` environment variable works too.
     #[arg(long, env = "BERTH_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// A PEM certificate to trust, for an `https` URL with a private CA.
@@ -286,6 +288,245 @@ pub async fn pools(remote: &Remote, json: bool) -> anyhow::Result<()> {
     }
     table.print();
     Ok(())
+}
+
+/// `berth hosts list`: the hosts as a table, then the fleet's capacity
+/// (both from `GET /v1/fleet`); with `json`, `GET /v1/hosts` as it is.
+pub async fn hosts_list(remote: &Remote, json: bool) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    if json {
+        return print_json(&client.get_json("/v1/hosts", &[]).await?);
+    }
+    let fleet: FleetView = serde_json::from_value(client.get_json("/v1/fleet", &[]).await?)
+        .context("the server's fleet is not in the expected form")?;
+    let now = OffsetDateTime::now_utc();
+    let mut table = Table::new(&[
+        "NAME",
+        "STATE",
+        "ADMIN",
+        "LABELS",
+        "SLOTS",
+        "USED/FREE",
+        "WARM",
+        "LAST PROBE",
+        "OWNER",
+    ]);
+    for host in &fleet.hosts {
+        let admin = if host.drained {
+            format!("{} (drained)", host.admin)
+        } else {
+            host.admin.to_string()
+        };
+        table.row(vec![
+            host.name.clone(),
+            host.health.to_string(),
+            admin,
+            if host.labels.is_empty() {
+                "-".into()
+            } else {
+                host.labels.join(",")
+            },
+            host.slots.to_string(),
+            format!("{}/{}", host.busy, host.free),
+            host.warm.to_string(),
+            host.last_probe_at
+                .map_or("never".into(), |t| format!("{} ago", human(now - t))),
+            host.owner.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    table.print();
+    println!("{}", fleet_summary(&fleet));
+    Ok(())
+}
+
+/// The fleet's capacity in three lines: free slots, jobs waiting per pool,
+/// hosts needed per host label set.
+fn fleet_summary(fleet: &FleetView) -> String {
+    let waiting: Vec<String> = fleet
+        .waiting
+        .iter()
+        .map(|(pool, n)| format!("{} {n}", printable(pool)))
+        .collect();
+    let needed: Vec<String> = fleet
+        .desired
+        .iter()
+        .map(|d| {
+            let labels = if d.host_labels.is_empty() {
+                "no host labels".to_string()
+            } else {
+                printable(&d.host_labels)
+            };
+            format!(
+                "{} for {labels} ({} available)",
+                d.desired_hosts, d.available_hosts
+            )
+        })
+        .collect();
+    let or_none = |items: Vec<String>| {
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    format!(
+        "free slots: {}\njobs waiting: {}\nhosts needed: {}",
+        fleet.free_slots,
+        or_none(waiting),
+        or_none(needed)
+    )
+}
+
+/// What `berth hosts cordon|uncordon|drain` asks of a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAction {
+    Cordon,
+    Uncordon,
+    Drain,
+}
+
+impl HostAction {
+    /// The last segment of its route, `POST /v1/hosts/{name}/…`.
+    fn route(self) -> &'static str {
+        match self {
+            HostAction::Cordon => "cordon",
+            HostAction::Uncordon => "uncordon",
+            HostAction::Drain => "drain",
+        }
+    }
+}
+
+/// Asks the orchestrator to cordon, uncordon or drain host `name`;
+/// answers the host as it is now.
+async fn post_host_action(
+    client: &Client,
+    name: &str,
+    action: HostAction,
+) -> anyhow::Result<(Value, HostView)> {
+    let req = client.request(
+        reqwest::Method::POST,
+        &format!("/v1/hosts/{}/{}", path_segment(name), action.route()),
+    )?;
+    let answer: Value = client.send(req).await?.json().await?;
+    let host = serde_json::from_value(answer.clone())
+        .context("the server's host is not in the expected form")?;
+    Ok((answer, host))
+}
+
+/// `berth hosts cordon|uncordon NAME` (and `drain` without `--wait`).
+pub async fn host_admin(
+    remote: &Remote,
+    name: &str,
+    action: HostAction,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = Client::new(remote)?;
+    let (answer, host) = post_host_action(&client, name, action).await?;
+    if json {
+        return print_json(&answer);
+    }
+    let name = printable(&host.name);
+    match action {
+        HostAction::Cordon => println!(
+            "host {name} cordoned: no new jobs; {} stay",
+            what_is_left(&host)
+        ),
+        HostAction::Uncordon if host.health == HostHealth::Up => {
+            println!("host {name} uncordoned: it takes jobs again")
+        }
+        HostAction::Uncordon => println!(
+            "host {name} uncordoned: it takes jobs again once it is up (it is {})",
+            host.health
+        ),
+        HostAction::Drain if host.drained => println!("host {name} is drained"),
+        HostAction::Drain => println!(
+            "host {name} draining: no new jobs, its warm containers removed; {} left",
+            what_is_left(&host)
+        ),
+    }
+    Ok(())
+}
+
+/// How often `berth hosts drain --wait` asks how far the drain is.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `berth hosts drain NAME [--wait [--timeout SECS]]`: drains the host;
+/// with `wait`, polls it until it is drained, printing what is left each
+/// time that changes, and fails once `timeout` has passed.
+pub async fn host_drain(
+    remote: &Remote,
+    name: &str,
+    wait: bool,
+    timeout: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !wait {
+        return host_admin(remote, name, HostAction::Drain, json).await;
+    }
+    let client = Client::new(remote)?;
+    let (_, mut host) = post_host_action(&client, name, HostAction::Drain).await?;
+    let shown = printable(&host.name);
+    // With `--json` stdout holds only the final answer.
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut last_shown = None;
+    let answer = loop {
+        if host.admin != HostAdmin::Draining {
+            bail!(
+                "host {shown} is no longer draining: it is {} (someone cordoned or uncordoned it)",
+                host.admin
+            );
+        }
+        if host.drained {
+            break serde_json::to_value(&host)?;
+        }
+        let left = what_is_left(&host);
+        if last_shown.as_ref() != Some(&left) {
+            say(left.clone());
+            last_shown = Some(left.clone());
+        }
+        let pause = match deadline {
+            Some(deadline) => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    bail!(
+                        "host {shown} is not drained after {}s: {left} left",
+                        timeout.unwrap_or_default().as_secs()
+                    );
+                }
+                DRAIN_POLL.min(deadline - now)
+            }
+            None => DRAIN_POLL,
+        };
+        tokio::time::sleep(pause).await;
+        let answer = client
+            .get_json(&format!("/v1/hosts/{}", path_segment(name)), &[])
+            .await?;
+        host = serde_json::from_value(answer)
+            .context("the server's host is not in the expected form")?;
+    };
+    if json {
+        print_json(&answer)
+    } else {
+        println!("host {shown} is drained");
+        Ok(())
+    }
+}
+
+/// `2 jobs running, 1 warm container`.
+fn what_is_left(host: &HostView) -> String {
+    let count = |n: i64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "{}, {}",
+        count(host.busy, "job running", "jobs running"),
+        count(host.warm, "warm container", "warm containers")
+    )
 }
 
 /// `berth token list`: every token's record (never a hash or a token).

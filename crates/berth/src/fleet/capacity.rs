@@ -22,13 +22,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
 use crate::store::{HostAdmin, HostHealth, JobState, StoreError};
 
-/// One host, as `GET /v1/hosts` and `berth hosts list` show it.
-#[derive(Debug, Clone, Serialize)]
+/// One host, as `GET /v1/hosts` and `berth hosts list` show it (read back
+/// by the CLI).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostView {
     pub name: String,
     pub url: String,
@@ -55,7 +56,7 @@ pub struct HostView {
 }
 
 /// What a label set needs (see the module docs).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DesiredHosts {
     /// The host labels, sorted, joined with `,` (empty: no labels).
     pub host_labels: String,
@@ -67,7 +68,7 @@ pub struct DesiredHosts {
 }
 
 /// `GET /v1/fleet`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetView {
     pub placement: crate::config::Placement,
     pub hosts: Vec<HostView>,
