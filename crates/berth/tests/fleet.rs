@@ -592,6 +592,8 @@ async fn three_replicas_share_hosts_and_take_over_after_kill_9() {
     // Watch the hosts throughout: one live container per job at most, and
     // no host over its slots.
     let watching = tokio_util::sync::CancellationToken::new();
+    // Also on a failed assertion: the runtime waits for the blocking watcher.
+    let _stop_watching = watching.clone().drop_guard();
     let watcher = {
         let (instance, engines) = (
             world.instance.clone(),
@@ -841,7 +843,8 @@ async fn a_host_over_mutual_tls_runs_workers_and_refuses_strangers() {
         cert: stranger.client_cert.clone(),
         key: stranger.client_key.clone(),
     };
-    let refused = match Controller::connect_with(&url, Some(&other), Duration::from_secs(10)).await {
+    let refused = match Controller::connect_with(&url, Some(&other), Duration::from_secs(10)).await
+    {
         Ok(c) => c.probe().await.map(drop),
         Err(e) => Err(e),
     };
@@ -852,9 +855,13 @@ async fn a_host_over_mutual_tls_runs_workers_and_refuses_strangers() {
         cert: pki.client_cert.clone(),
         key: pki.client_key.clone(),
     };
-    let refused = match Controller::connect_with(&url, Some(&wrong_ca), Duration::from_secs(10)).await {
-        Ok(c) => c.probe().await.map(drop),
-        Err(e) => Err(e),
-    };
-    assert!(refused.is_err(), "an engine certificate from another CA is refused");
+    let refused =
+        match Controller::connect_with(&url, Some(&wrong_ca), Duration::from_secs(10)).await {
+            Ok(c) => c.probe().await.map(drop),
+            Err(e) => Err(e),
+        };
+    assert!(
+        refused.is_err(),
+        "an engine certificate from another CA is refused"
+    );
 }

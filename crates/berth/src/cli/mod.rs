@@ -585,6 +585,9 @@ async fn serve(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before anything else: clients may connect from the moment the port is
+    // open, while the store and the hosts are still being reached.
+    crate::api::server::raise_open_files_limit(config.server.max_connections);
     let ctx = match crate::service::build(config, Some(log_level)).await {
         Ok(ctx) => ctx,
         Err(e) => {

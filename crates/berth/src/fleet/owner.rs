@@ -120,8 +120,9 @@ async fn stop(ctx: &Context, host: &str, (token, tasks): (CancellationToken, Tas
 
 /// Probes the host every `fleet.probe_interval` while this replica owns it.
 async fn probe_loop(ctx: Arc<Context>, host: String, stop: CancellationToken) {
+    let mut prepared = false;
     loop {
-        probe_once(&ctx, &host).await;
+        probe_once(&ctx, &host, &mut prepared).await;
         tokio::select! {
             _ = tokio::time::sleep(ctx.config.fleet.probe_interval) => {}
             _ = stop.cancelled() => return,
@@ -130,15 +131,30 @@ async fn probe_loop(ctx: Arc<Context>, host: String, stop: CancellationToken) {
 }
 
 /// One probe: records what the engine answered, and acts on a change: a
-/// host that went down has its jobs settled; one that came back gets its
-/// network and a reconcile pass (whatever berth left there is removed).
-pub async fn probe_once(ctx: &Arc<Context>, host: &str) {
+/// host that went down has its jobs settled; one that came back gets a
+/// reconcile pass (whatever berth left there is removed).
+///
+/// A host is `up` only once it is ready for jobs: the first good probe of
+/// this owner also makes berth's network there (`prepared`), and a host
+/// where that fails counts as not answering.
+pub async fn probe_once(ctx: &Arc<Context>, host: &str, prepared: &mut bool) {
     let Ok(docker) = ctx.fleet.docker(host) else {
         return;
     };
     let now = ctx.store.now();
     let started = Instant::now();
-    let change = match docker.probe().await {
+    let mut answer = docker.probe().await.map_err(|e| e.to_string());
+    if answer.is_ok() && !*prepared {
+        match prepare(ctx, host).await {
+            Ok(()) => *prepared = true,
+            Err(e) => answer = Err(e),
+        }
+    }
+    if answer.is_err() {
+        // It may come back as a new machine, without the network.
+        *prepared = false;
+    }
+    let change = match answer {
         Ok(probe) => {
             let free = probe.data_root.as_deref().and_then(free_disk_bytes);
             ctx.store
@@ -150,7 +166,7 @@ pub async fn probe_once(ctx: &Arc<Context>, host: &str) {
                 .unwrap_or(time::Duration::seconds(30));
             tracing::warn!(host, error = %e, "probing a Docker host failed");
             ctx.store
-                .host_probe_failed(host, &e.to_string(), now, now - grace)
+                .host_probe_failed(host, &e, now, now - grace)
                 .await
         }
     };
@@ -164,9 +180,6 @@ pub async fn probe_once(ctx: &Arc<Context>, host: &str) {
 async fn on_health(ctx: &Arc<Context>, host: &str, change: HealthChange) {
     if change.came_up() {
         tracing::info!(host, "Docker host is up");
-        if let Err(e) = prepare(ctx, host).await {
-            tracing::warn!(host, error = %e, "preparing a Docker host failed");
-        }
         ctx.wake_dispatcher();
         ctx.wake_reconciler();
         ctx.warm.wake();

@@ -70,6 +70,14 @@ impl ExtraEngine {
         std::fs::write(&config, "{}").unwrap();
         let socket = dir.path().join("docker.sock");
         let pidfile = dir.path().join("docker.pid");
+        // Its own pool for the networks it creates: the default pools are
+        // shared with the main engine (and every other test's engines), and
+        // run out when many engines each make networks.
+        let mut extra_args = extra_args;
+        extra_args.push(format!(
+            "--default-address-pool=base=10.{}.0.0/16,size=24",
+            100 + tag % 100
+        ));
         let child = spawn_dockerd(dir.path(), &bridge, &extra_args);
         let mut engine = ExtraEngine {
             host: format!("unix://{}", socket.display()),
@@ -118,6 +126,12 @@ impl ExtraEngine {
     }
 
     /// Starts the engine again on the same data, socket and bridge.
+    ///
+    /// A `dockerd` restarted on its old data root was seen to delete the
+    /// main engine's `docker0` here (whatever it restores, on a machine with
+    /// one kernel network namespace for all engines): the main engine's
+    /// containers then lose their gateway. So `docker0` is put back as it
+    /// was, and the test fails loudly if it cannot be.
     pub async fn start_again(&mut self) {
         let dir = self
             .dir
@@ -125,8 +139,12 @@ impl ExtraEngine {
             .expect("engine folder")
             .path()
             .to_path_buf();
+        let docker0 = Docker0::snapshot();
         self.child = spawn_dockerd(&dir, &self.bridge, &self.extra_args);
         self.wait_up().await;
+        if let Some(docker0) = docker0 {
+            docker0.restore();
+        }
     }
 
     /// Freezes the engine (SIGSTOP): it stops answering, its containers
@@ -194,6 +212,47 @@ impl Drop for ExtraEngine {
                 .status();
             let _ = std::fs::remove_dir_all(dir.path());
         }
+    }
+}
+
+/// The main engine's default bridge, as it was.
+struct Docker0 {
+    addresses: Vec<String>,
+}
+
+impl Docker0 {
+    fn snapshot() -> Option<Docker0> {
+        let out = Command::new("ip")
+            .args(["-o", "addr", "show", "dev", "docker0"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        let addresses: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "inet")?;
+                words.next().map(str::to_string)
+            })
+            .collect();
+        (!addresses.is_empty()).then_some(Docker0 { addresses })
+    }
+
+    fn restore(&self) {
+        if std::path::Path::new("/sys/class/net/docker0").exists() {
+            return;
+        }
+        assert!(
+            ip(&["link", "add", "docker0", "type", "bridge"]),
+            "re-create docker0"
+        );
+        for address in &self.addresses {
+            assert!(
+                ip(&["addr", "add", address, "dev", "docker0"]),
+                "docker0 {address}"
+            );
+        }
+        assert!(ip(&["link", "set", "docker0", "up"]), "docker0 up");
     }
 }
 
