@@ -31,6 +31,8 @@ pub struct ExtraEngine {
     child: Child,
     /// More `dockerd` arguments (e.g. a TLS listener).
     extra_args: Vec<String>,
+    /// `10.N.` : the address pool its networks come from.
+    pool_prefix: String,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -74,9 +76,9 @@ impl ExtraEngine {
         // shared with the main engine (and every other test's engines), and
         // run out when many engines each make networks.
         let mut extra_args = extra_args;
+        let pool_prefix = format!("10.{}.", 100 + tag % 100);
         extra_args.push(format!(
-            "--default-address-pool=base=10.{}.0.0/16,size=24",
-            100 + tag % 100
+            "--default-address-pool=base={pool_prefix}0.0/16,size=24"
         ));
         let child = spawn_dockerd(dir.path(), &bridge, &extra_args);
         let mut engine = ExtraEngine {
@@ -87,6 +89,7 @@ impl ExtraEngine {
             dir: Some(dir),
             child,
             extra_args,
+            pool_prefix,
         };
         engine.wait_up().await;
         engine
@@ -162,6 +165,31 @@ impl ExtraEngine {
             .status();
     }
 
+    /// Its containers, then its networks: the engine deletes the bridge of
+    /// each network it removes, which a stopped engine leaves behind.
+    fn remove_networks(&self) {
+        let docker = |args: &[&str]| {
+            Command::new("docker")
+                .args(["-H", &self.host])
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+                .ok()
+        };
+        if let Some(out) = docker(&["ps", "-aq"]) {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids.iter().map(String::as_str));
+                docker(&args);
+            }
+        }
+        docker(&["network", "prune", "-f"]);
+    }
+
     /// By its pidfile (dockerd writes it), else the child we started.
     fn pid(&self) -> u32 {
         std::fs::read_to_string(&self.pidfile)
@@ -196,7 +224,14 @@ impl ExtraEngine {
 
 impl Drop for ExtraEngine {
     fn drop(&mut self) {
+        self.resume();
+        self.remove_networks();
         self.signal_and_wait();
+        // What the engine could not remove itself (it was stopped with
+        // networks in use): bridges with an address from its pool.
+        for bridge in bridges_in(&self.pool_prefix) {
+            let _ = ip(&["link", "del", &bridge]);
+        }
         let _ = ip(&["link", "del", &self.bridge]);
         if let Some(dir) = self.dir.take() {
             // Mounts dockerd left under its roots would fail the removal.
@@ -213,6 +248,23 @@ impl Drop for ExtraEngine {
             let _ = std::fs::remove_dir_all(dir.path());
         }
     }
+}
+
+/// Bridge interfaces (`br-…`) with an IPv4 address starting `prefix`.
+fn bridges_in(prefix: &str) -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["-o", "-4", "addr", "show"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let name = words.get(1)?;
+            let inet = words.iter().position(|w| *w == "inet")?;
+            let address = words.get(inet + 1)?;
+            (name.starts_with("br-") && address.starts_with(prefix)).then(|| name.to_string())
+        })
+        .collect()
 }
 
 /// The main engine's default bridge, as it was.
