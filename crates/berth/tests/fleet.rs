@@ -211,6 +211,42 @@ fn queue_for(world: &World, label: &str, steps: &[&str]) -> u64 {
     ))
 }
 
+/// Waits until berth's store says host `name` is `health`.
+async fn wait_health(berth: &Berth, name: &str, health: berth::store::HostHealth) {
+    common::eventually(
+        &format!("{name} is {health}"),
+        Duration::from_secs(30),
+        || async {
+            berth
+                .store()
+                .host_get(name)
+                .await
+                .unwrap()
+                .is_some_and(|h| h.health == health)
+        },
+    )
+    .await;
+}
+
+/// Waits until `hosts` run nothing of this test's berth and no runner
+/// registration of it is left.
+async fn wait_nothing_left(world: &World, hosts: &[&FleetHost]) {
+    common::eventually(
+        "what berth left on the hosts is removed",
+        Duration::from_secs(60),
+        || async {
+            hosts
+                .iter()
+                .all(|h| h.containers(&world.instance).is_empty())
+        },
+    )
+    .await;
+    common::eventually("no registration left", Duration::from_secs(60), || async {
+        world.berth_runners().is_empty()
+    })
+    .await;
+}
+
 /// The jobs and hosts as berth sees them, for a failure's message.
 async fn fleet_state(berth: &Berth) -> String {
     let jobs = berth
@@ -341,16 +377,7 @@ async fn a_burst_over_three_hosts_lands_by_labels_and_slots() {
         let job = berth.job(*id).await.unwrap();
         assert!(job.host.is_some(), "{job:?}");
     }
-    common::eventually("every host is empty", Duration::from_secs(30), || async {
-        hosts
-            .iter()
-            .all(|h| h.containers(&world.instance).is_empty())
-    })
-    .await;
-    common::eventually("no registration left", Duration::from_secs(30), || async {
-        world.berth_runners().is_empty()
-    })
-    .await;
+    wait_nothing_left(&world, &hosts.iter().collect::<Vec<_>>()).await;
     berth.stop().await;
 }
 
@@ -386,15 +413,7 @@ async fn a_host_whose_engine_stops_mid_job_is_settled_and_cleaned_when_it_return
     let runner = running.runner_name.clone().unwrap();
 
     edge.engine.stop();
-    common::eventually("edge-1 is down", Duration::from_secs(30), || async {
-        berth
-            .store()
-            .host_get("edge-1")
-            .await
-            .unwrap()
-            .is_some_and(|h| h.health == berth::store::HostHealth::Down)
-    })
-    .await;
+    wait_health(&berth, "edge-1", berth::store::HostHealth::Down).await;
     let settled = berth.wait_terminal(first, Duration::from_secs(60)).await;
     println!(
         "job on the stopped host: {:?} {:?}",
@@ -440,16 +459,7 @@ async fn a_host_whose_engine_stops_mid_job_is_settled_and_cleaned_when_it_return
         berth.job(waiting).await.unwrap().host.as_deref(),
         Some("edge-1")
     );
-    common::eventually(
-        "what berth left on edge-1 is removed",
-        Duration::from_secs(60),
-        || async { edge.containers(&world.instance).is_empty() },
-    )
-    .await;
-    common::eventually("no registration left", Duration::from_secs(30), || async {
-        world.berth_runners().is_empty()
-    })
-    .await;
+    wait_nothing_left(&world, &[&edge]).await;
     berth.stop().await;
 }
 
@@ -493,25 +503,8 @@ async fn a_host_that_stops_answering_has_its_job_settled_from_githubs_view() {
     assert_eq!(settled.exit_code, None, "no exit was seen: {settled:?}");
 
     edge.engine.resume();
-    common::eventually("edge-1 is up again", Duration::from_secs(30), || async {
-        berth
-            .store()
-            .host_get("edge-1")
-            .await
-            .unwrap()
-            .is_some_and(|h| h.health == berth::store::HostHealth::Up)
-    })
-    .await;
-    common::eventually(
-        "the container left on edge-1 is removed",
-        Duration::from_secs(60),
-        || async { edge.containers(&world.instance).is_empty() },
-    )
-    .await;
-    common::eventually("no registration left", Duration::from_secs(30), || async {
-        world.berth_runners().is_empty()
-    })
-    .await;
+    wait_health(&berth, "edge-1", berth::store::HostHealth::Up).await;
+    wait_nothing_left(&world, &[&edge]).await;
     berth.stop().await;
 }
 
@@ -698,16 +691,7 @@ async fn three_replicas_share_hosts_and_take_over_after_kill_9() {
         },
     )
     .await;
-    common::eventually("the hosts are empty", Duration::from_secs(60), || async {
-        hosts
-            .iter()
-            .all(|h| h.containers(&world.instance).is_empty())
-    })
-    .await;
-    common::eventually("no registration left", Duration::from_secs(60), || async {
-        world.berth_runners().is_empty()
-    })
-    .await;
+    wait_nothing_left(&world, &hosts.iter().collect::<Vec<_>>()).await;
     watching.cancel();
     let violations = watcher.await.unwrap();
     assert!(violations.is_empty(), "{violations:#?}");

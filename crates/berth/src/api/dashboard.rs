@@ -359,26 +359,7 @@ fn render_hosts(fleet: &FleetView, now: time::OffsetDateTime, body: &mut String)
         );
     }
     body.push_str("</tbody></table>");
-    let waiting: Vec<String> = fleet
-        .waiting
-        .iter()
-        .map(|(pool, n)| format!("{} {n}", esc(pool)))
-        .collect();
-    let needed: Vec<String> = fleet
-        .desired
-        .iter()
-        .map(|d| {
-            let labels = if d.host_labels.is_empty() {
-                "no host labels".to_string()
-            } else {
-                esc(&d.host_labels)
-            };
-            format!(
-                "{} for {labels} ({} available)",
-                d.desired_hosts, d.available_hosts
-            )
-        })
-        .collect();
+    let (waiting, needed) = fleet.summary(esc);
     let _ = write!(
         body,
         "<p id=\"fleet\">Free slots: <b>{}</b>. Waiting: {}. Hosts needed: {}.</p>",

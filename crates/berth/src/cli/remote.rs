@@ -342,26 +342,7 @@ pub async fn hosts_list(remote: &Remote, json: bool) -> anyhow::Result<()> {
 /// The fleet's capacity in three lines: free slots, jobs waiting per pool,
 /// hosts needed per host label set.
 fn fleet_summary(fleet: &FleetView) -> String {
-    let waiting: Vec<String> = fleet
-        .waiting
-        .iter()
-        .map(|(pool, n)| format!("{} {n}", printable(pool)))
-        .collect();
-    let needed: Vec<String> = fleet
-        .desired
-        .iter()
-        .map(|d| {
-            let labels = if d.host_labels.is_empty() {
-                "no host labels".to_string()
-            } else {
-                printable(&d.host_labels)
-            };
-            format!(
-                "{} for {labels} ({} available)",
-                d.desired_hosts, d.available_hosts
-            )
-        })
-        .collect();
+    let (waiting, needed) = fleet.summary(printable);
     let or_none = |items: Vec<String>| {
         if items.is_empty() {
             "-".to_string()

@@ -78,6 +78,35 @@ pub struct FleetView {
     pub desired: Vec<DesiredHosts>,
 }
 
+impl FleetView {
+    /// The jobs waiting per pool (`linux 3`) and the hosts needed per label
+    /// set (`2 for gpu (1 available)`), each name passed through `escape`
+    /// (HTML for the dashboard, printable text for the CLI).
+    pub fn summary(&self, escape: impl Fn(&str) -> String) -> (Vec<String>, Vec<String>) {
+        let waiting = self
+            .waiting
+            .iter()
+            .map(|(pool, n)| format!("{} {n}", escape(pool)))
+            .collect();
+        let needed = self
+            .desired
+            .iter()
+            .map(|d| {
+                let labels = if d.host_labels.is_empty() {
+                    "no host labels".to_string()
+                } else {
+                    escape(&d.host_labels)
+                };
+                format!(
+                    "{} for {labels} ({} available)",
+                    d.desired_hosts, d.available_hosts
+                )
+            })
+            .collect();
+        (waiting, needed)
+    }
+}
+
 /// Reads the fleet's state from the store.
 pub async fn view(ctx: &Context) -> Result<FleetView, StoreError> {
     let records: BTreeMap<String, crate::store::HostRecord> = ctx

@@ -252,7 +252,10 @@ impl Drop for ExtraEngine {
 
 /// Bridge interfaces (`br-…`) with an IPv4 address starting `prefix`.
 fn bridges_in(prefix: &str) -> Vec<String> {
-    let Ok(out) = Command::new("ip").args(["-o", "-4", "addr", "show"]).output() else {
+    let Ok(out) = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+    else {
         return Vec::new();
     };
     String::from_utf8_lossy(&out.stdout)
