@@ -551,8 +551,11 @@ async fn healthz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResu
     Ok(Json(json!({ "status": "ok" })).into_response())
 }
 
-/// Ready when the store and Docker answer and every required component
-/// (crate::supervise) is up.
+/// How long `/readyz` waits for a Docker host's ping.
+const READY_PING: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ready when the store answers, a Docker host answers and every required
+/// component (crate::supervise) is up.
 async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResult<Response> {
     // Unauthenticated callers (a load balancer's probe) learn what is down,
     // not the internal error text, which names paths and addresses; a
@@ -563,18 +566,22 @@ async fn readyz(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> ApiResul
     }
     let detailed = authorized.is_ok();
     let store = ctx.store.ping().await.map_err(|e| e.to_string());
-    // Ready while any host answers: a fleet with one host down still runs
-    // jobs (the down host gets none, and the capacity signal shows it).
-    let pings = futures::future::join_all(ctx.fleet.hosts().iter().map(|h| h.docker.ping())).await;
+    // Ready while any host answers: a fleet with a host down still runs
+    // jobs (the down one gets none; the capacity signal and BerthHostDown
+    // say so). The hosts are asked at once, each for at most READY_PING, so
+    // an engine that does not answer cannot hold a load balancer's probe.
+    let pings = futures::future::join_all(ctx.fleet.hosts().iter().map(|h| async {
+        match tokio::time::timeout(READY_PING, h.docker.ping()).await {
+            Ok(answer) => answer.map_err(|e| format!("{}: {e}", h.name())),
+            Err(_) => Err(format!("{}: no answer within {READY_PING:?}", h.name())),
+        }
+    }))
+    .await;
     let docker = if pings.iter().any(Result::is_ok) {
         Ok(())
     } else {
-        Err(pings
-            .iter()
-            .zip(ctx.fleet.hosts())
-            .filter_map(|(r, h)| r.as_ref().err().map(|e| format!("{}: {e}", h.name())))
-            .collect::<Vec<_>>()
-            .join("; "))
+        let errors: Vec<String> = pings.into_iter().filter_map(Result::err).collect();
+        Err(errors.join("; "))
     };
     let components_down = ctx.components.required_down();
     let status = if store.is_ok() && docker.is_ok() && components_down.is_empty() {
