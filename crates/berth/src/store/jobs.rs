@@ -309,29 +309,90 @@ impl Store {
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Option<Job>> {
-        let op = "job_claim";
-        let err = StoreError::query;
         if placement.hosts.is_empty() {
             return Ok(None);
         }
         let hosts = serde_json::to_string(placement.hosts).map_err(|e| StoreError::Query {
-            op,
+            op: "job_claim",
             source: sqlx::Error::Encode(Box::new(e)),
         })?;
+        self.claim_with(
+            "job_claim",
+            (CLAIM_SQLITE.as_str(), CLAIM_POSTGRES.as_str()),
+            ClaimArgs {
+                pool,
+                max_active_in_pool,
+                global_max_active,
+                owner,
+                lease_until,
+                now,
+                placement: Some((&hosts, placement.pack)),
+            },
+        )
+        .await
+    }
+
+    /// `berth bench placement` only (crate::bench::placement): runs `sql`
+    /// (SQLite, PostgreSQL), a claim without placement taking `$1`–`$6` as
+    /// [`Store::job_claim`] does, exactly the way `job_claim` runs its own
+    /// statement. The bench times the claim from before the fleet with it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn job_claim_unplaced(
+        &self,
+        sql: (&'static str, &'static str),
+        pool: &str,
+        max_active_in_pool: u32,
+        global_max_active: u32,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<Job>> {
+        self.claim_with(
+            "job_claim_unplaced",
+            sql,
+            ClaimArgs {
+                pool,
+                max_active_in_pool,
+                global_max_active,
+                owner,
+                lease_until,
+                now,
+                placement: None,
+            },
+        )
+        .await
+    }
+
+    /// Runs a claim statement (`sql`: SQLite's, PostgreSQL's) as
+    /// [`Store::job_claim`] describes: on SQLite's writer connection; on
+    /// PostgreSQL in a transaction that first takes the claim lock.
+    async fn claim_with(
+        &self,
+        op: &'static str,
+        sql: (&'static str, &'static str),
+        args: ClaimArgs<'_>,
+    ) -> Result<Option<Job>> {
+        let err = StoreError::query;
+        // A macro, not a closure: the query's database differs per arm.
+        macro_rules! bind {
+            ($sql:expr) => {{
+                let query = sqlx::query_as::<_, JobRow>($sql)
+                    .bind(args.pool)
+                    .bind(args.owner)
+                    .bind(to_millis(args.lease_until))
+                    .bind(to_millis(args.now))
+                    .bind(i64::from(args.max_active_in_pool))
+                    .bind(i64::from(args.global_max_active));
+                match args.placement {
+                    Some((hosts, pack)) => query.bind(hosts).bind(pack),
+                    None => query,
+                }
+            }};
+        }
         let row = match &self.backend {
-            Backend::Sqlite { writer, .. } => sqlx::query_as::<_, JobRow>(CLAIM_SQLITE.as_str())
-                .bind(pool)
-                .bind(owner)
-                .bind(to_millis(lease_until))
-                .bind(to_millis(now))
-                .bind(i64::from(max_active_in_pool))
-                .bind(i64::from(global_max_active))
-                .bind(&hosts)
-                .bind(placement.pack)
-                .fetch_all(writer)
-                .await
-                .map_err(err(op))?
-                .pop(),
+            Backend::Sqlite { writer, .. } => {
+                bind!(sql.0).fetch_all(writer).await.map_err(err(op))?.pop()
+            }
             Backend::Postgres(pg) => {
                 let mut tx = pg.begin().await.map_err(err(op))?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -339,15 +400,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(err(op))?;
-                let row = sqlx::query_as::<_, JobRow>(CLAIM_POSTGRES.as_str())
-                    .bind(pool)
-                    .bind(owner)
-                    .bind(to_millis(lease_until))
-                    .bind(to_millis(now))
-                    .bind(i64::from(max_active_in_pool))
-                    .bind(i64::from(global_max_active))
-                    .bind(&hosts)
-                    .bind(placement.pack)
+                let row = bind!(sql.1)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(err(op))?;
@@ -910,6 +963,19 @@ fn check_transition(from: &[JobState], to: JobState) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a claim statement binds: `$1`–`$6`, and `$7` (the offered hosts as
+/// JSON) and `$8` (`pack`) when it places.
+#[derive(Debug, Clone, Copy)]
+struct ClaimArgs<'a> {
+    pool: &'a str,
+    max_active_in_pool: u32,
+    global_max_active: u32,
+    owner: &'a str,
+    lease_until: OffsetDateTime,
+    now: OffsetDateTime,
+    placement: Option<(&'a str, bool)>,
 }
 
 /// Which row an update addresses.
