@@ -30,7 +30,7 @@ use serde::Serialize;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Linux's `USER_HZ`: the unit of utime and stime in `/proc/PID/stat`. It
 /// is 100 on every architecture Linux supports today.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+pub(crate) const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// A `berth serve` child process of a benchmark.
 pub struct ServeChild {

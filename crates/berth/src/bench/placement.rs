@@ -41,7 +41,7 @@ use sqlx::Connection as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use uuid::Uuid;
 
-use super::{Machine, Percentiles};
+use super::{CLOCK_TICKS_PER_SECOND, Machine, Percentiles, ProcessUsage};
 use crate::config::DockerHostConfig;
 use crate::store::{
     GithubStatus, JobFilter, JobSource, JobState, NewJob, Placement, PlacementHost, Store,
@@ -114,6 +114,8 @@ pub struct PlacementOptions {
     pub postgres: Option<String>,
     pub sqlite: bool,
     pub json: Option<PathBuf>,
+    /// The berth binary whose claimers run (default: this one).
+    pub berth: Option<PathBuf>,
 }
 
 /// Which database a run used.
@@ -206,9 +208,22 @@ pub struct RunFigures {
     pub latency_ms: Percentiles,
     pub no_room: u64,
     pub per_host: BTreeMap<String, u64>,
+    pub cpu: CpuFigures,
     pub checks: RunChecks,
     #[serde(skip)]
     latencies_ms: Vec<f64>,
+}
+
+/// Where the CPU went while the claimers ran, seconds (of all CPUs).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuFigures {
+    /// The claimer processes together (user + system).
+    pub claimers: f64,
+    /// The whole machine (from `/proc/stat`): the claimers, the database
+    /// server, and anything else running meanwhile.
+    pub machine: f64,
+    /// The whole machine's capacity over the wall time (CPUs × seconds).
+    pub capacity: f64,
 }
 
 /// What a run's checks found.
@@ -245,6 +260,13 @@ pub struct ConfigFigures {
     pub latency_ms: Percentiles,
     pub no_room: u64,
     pub per_host: BTreeMap<String, u64>,
+    /// Claimers' CPU per claim, microseconds.
+    pub claimer_cpu_us_per_claim: f64,
+    /// The whole machine's CPU per claim (claimers, database, anything
+    /// else), microseconds.
+    pub machine_cpu_us_per_claim: f64,
+    /// Share of the machine's CPU busy meanwhile.
+    pub machine_busy: f64,
 }
 
 /// Placement over the pre-fleet claim, same database and replicas, same run.
@@ -386,7 +408,7 @@ pub async fn run(options: PlacementOptions) -> anyhow::Result<PlacementReport> {
             "berth bench placement: no PostgreSQL server (--postgres, BERTH_TEST_POSTGRES_URL): SQLite only"
         );
     }
-    let berth = super::berth_binary(None)?;
+    let berth = super::berth_binary(options.berth.as_deref())?;
     let load_before = load_average();
     let postgres_server = match &options.postgres {
         Some(server) => Some(postgres_server(server).await?),
@@ -530,19 +552,28 @@ async fn measure(
     for claimer in &mut claimers {
         claimer.ready().await?;
     }
+    let machine_before = machine_cpu_seconds();
     let started = Instant::now();
     for claimer in &mut claimers {
         claimer.go().await?;
     }
     let outcomes = futures::future::join_all(claimers.into_iter().map(|c| c.finish(started))).await;
+    let machine_after = machine_cpu_seconds();
     let mut reports = Vec::with_capacity(replicas);
     let mut wall = Duration::ZERO;
+    let mut claimers_cpu = 0.0;
     for outcome in outcomes {
-        let (report, done_after) = outcome?;
+        let (report, done_after, cpu) = outcome?;
         wall = wall.max(done_after);
+        claimers_cpu += cpu;
         reports.push(report);
     }
     let wall_seconds = wall.as_secs_f64();
+    let cpu = CpuFigures {
+        claimers: claimers_cpu,
+        machine: machine_after - machine_before,
+        capacity: wall_seconds * Machine::here().cpus as f64,
+    };
 
     let offered = placement_hosts(&spec(0));
     let checks = check_run(url, statement, &offered, options, &reports).await?;
@@ -568,6 +599,7 @@ async fn measure(
         latency_ms: Percentiles::of(&latencies_ms),
         no_room,
         per_host,
+        cpu,
         checks,
         latencies_ms,
     })
@@ -698,6 +730,9 @@ async fn check_run(
 /// One claimer process.
 struct Claimer {
     child: tokio::process::Child,
+    pid: u32,
+    /// Its CPU seconds when it said it was ready.
+    cpu_at_ready: f64,
     stdin: tokio::process::ChildStdin,
     stdout: BufReader<tokio::process::ChildStdout>,
     stderr: tokio::process::ChildStderr,
@@ -717,8 +752,11 @@ impl Claimer {
         let stdin = child.stdin.take().context("the claimer's stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("the claimer's stdout")?);
         let stderr = child.stderr.take().context("the claimer's stderr")?;
+        let pid = child.id().context("a claimer exited at once")?;
         Ok(Claimer {
             child,
+            pid,
+            cpu_at_ready: 0.0,
             stdin,
             stdout,
             stderr,
@@ -747,6 +785,7 @@ impl Claimer {
             line.trim() == "ready",
             "a claimer said {line:?} instead of ready"
         );
+        self.cpu_at_ready = ProcessUsage::of(self.pid)?.cpu_seconds;
         Ok(())
     }
 
@@ -756,19 +795,21 @@ impl Claimer {
         Ok(())
     }
 
-    /// Its report, and when it said it was done (after `started`).
-    async fn finish(mut self, started: Instant) -> anyhow::Result<(ClaimerReport, Duration)> {
+    /// Its report, when it said it was done (after `started`), and the
+    /// CPU seconds it used claiming.
+    async fn finish(mut self, started: Instant) -> anyhow::Result<(ClaimerReport, Duration, f64)> {
         let line = self.line().await?;
         ensure!(
             line.trim() == "done",
             "a claimer said {line:?} instead of done"
         );
         let done_after = started.elapsed();
+        let cpu = ProcessUsage::of(self.pid)?.cpu_seconds - self.cpu_at_ready;
         let report: ClaimerReport =
             serde_json::from_str(&self.line().await?).context("reading a claimer's report")?;
         let status = self.child.wait().await?;
         ensure!(status.success(), "a claimer exited with {status}");
-        Ok((report, done_after))
+        Ok((report, done_after, cpu))
     }
 }
 
@@ -958,6 +999,25 @@ async fn show(conn: &mut sqlx::PgConnection, setting: &str) -> anyhow::Result<St
     Ok(value)
 }
 
+/// CPU seconds the whole machine has been busy (all CPUs, since boot):
+/// `/proc/stat`'s first line less idle and iowait.
+fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let busy: u64 = ticks.iter().take(8).sum::<u64>()
+        - ticks.get(3).copied().unwrap_or(0)
+        - ticks.get(4).copied().unwrap_or(0);
+    busy as f64 / CLOCK_TICKS_PER_SECOND
+}
+
 /// The 1-minute load average.
 fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -987,6 +1047,10 @@ fn combine(runs: &[RunFigures]) -> Vec<ConfigFigures> {
                 .iter()
                 .flat_map(|r| r.latencies_ms.iter().copied())
                 .collect();
+            let claimers_cpu: f64 = these.iter().map(|r| r.cpu.claimers).sum();
+            let machine_cpu: f64 = these.iter().map(|r| r.cpu.machine).sum();
+            let capacity: f64 = these.iter().map(|r| r.cpu.capacity).sum();
+            let per_claim = |cpu: f64| cpu * 1e6 / (claims.max(1) as f64);
             let mut per_host = BTreeMap::new();
             for r in &these {
                 for (host, n) in &r.per_host {
@@ -1004,6 +1068,9 @@ fn combine(runs: &[RunFigures]) -> Vec<ConfigFigures> {
                 latency_ms: Percentiles::of(&latencies),
                 no_room: these.iter().map(|r| r.no_room).sum(),
                 per_host,
+                claimer_cpu_us_per_claim: per_claim(claimers_cpu),
+                machine_cpu_us_per_claim: per_claim(machine_cpu),
+                machine_busy: machine_cpu / capacity.max(f64::MIN_POSITIVE),
             }
         })
         .collect()
@@ -1049,7 +1116,7 @@ fn print_report(report: &PlacementReport) {
         );
     }
     println!(
-        "{:<11} {:>8} {:<10} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  jobs per host",
+        "{:<11} {:>8} {:<10} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>5}  jobs per host",
         "database",
         "replicas",
         "claim",
@@ -1059,12 +1126,15 @@ fn print_report(report: &PlacementReport) {
         "p95 ms",
         "p99 ms",
         "max ms",
-        "no room"
+        "no room",
+        "claimer µs",
+        "machine µs",
+        "busy"
     );
     for c in &report.configs {
         let hosts: Vec<String> = c.per_host.iter().map(|(h, n)| format!("{h} {n}")).collect();
         println!(
-            "{:<11} {:>8} {:<10} {:>7} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}  {}",
+            "{:<11} {:>8} {:<10} {:>7} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10.0} {:>10.0} {:>4.0}%  {}",
             c.db.name(),
             c.replicas,
             c.statement.name(),
@@ -1075,6 +1145,9 @@ fn print_report(report: &PlacementReport) {
             c.latency_ms.p99,
             c.latency_ms.max,
             c.no_room,
+            c.claimer_cpu_us_per_claim,
+            c.machine_cpu_us_per_claim,
+            c.machine_busy * 100.0,
             if hosts.is_empty() {
                 "-".to_owned()
             } else {
@@ -1082,6 +1155,9 @@ fn print_report(report: &PlacementReport) {
             }
         );
     }
+    println!(
+        "(claimer µs, machine µs: CPU time per claim of the claimer processes, and of the whole machine; busy: the machine's CPU in use meanwhile)"
+    );
     for r in &report.ratios {
         println!(
             "ratio placement / pre-fleet, {} × {}: throughput {:.3}, p95 latency {:.3}",
@@ -1179,6 +1255,7 @@ mod tests {
             postgres: None,
             sqlite: true,
             json: None,
+            berth: None,
         };
         let spec = ClaimerSpec {
             url: url.clone(),

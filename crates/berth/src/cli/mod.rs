@@ -215,6 +215,9 @@ pub enum BenchCommand {
         /// Write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// The berth binary whose claimers run (default: this one).
+        #[arg(long)]
+        berth: Option<PathBuf>,
         /// Internal: run as one of the bench's replica processes (a JSON spec).
         #[arg(long, hide = true)]
         claimer: Option<String>,
@@ -400,6 +403,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             postgres,
             no_sqlite,
             json,
+            berth,
             claimer: None,
         }) => crate::bench::placement::run(crate::bench::placement::PlacementOptions {
             jobs,
@@ -411,6 +415,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             postgres,
             sqlite: !no_sqlite,
             json,
+            berth,
         })
         .await
         .and_then(|report| report.check()),
