@@ -19,13 +19,6 @@ use super::{
 /// database uses it; this one spells "berth" plus 1 in ASCII.
 const CLAIM_LOCK_KEY: i64 = 0x0062_6572_7468_0001;
 
-/// What begins a claim's transaction on PostgreSQL: `BEGIN` and the claim
-/// lock in one simple query, so one round trip. The two statements run one
-/// after the other, so the claim's own statement, sent next, still takes
-/// its snapshot after the lock is granted.
-static BEGIN_AND_LOCK: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("BEGIN; SELECT pg_advisory_xact_lock({CLAIM_LOCK_KEY})"));
-
 /// The claim with placement, one statement for both backends apart from
 /// the JSON functions and PostgreSQL's row locking (`{offered}` and
 /// `{lock}` below). It takes the pool's oldest claimable job and, in the
@@ -401,8 +394,15 @@ impl Store {
                 bind!(sql.0).fetch_all(writer).await.map_err(err(op))?.pop()
             }
             Backend::Postgres(pg) => {
-                let mut tx = pg
-                    .begin_with(BEGIN_AND_LOCK.as_str())
+                // BEGIN and the lock are two round trips. Sent as one simple
+                // query ("BEGIN; SELECT pg_advisory_xact_lock(…)") they made
+                // PostgreSQL 15 plan the claim afresh at every execution,
+                // which cost more than the round trip saved (`berth bench
+                // placement`, docs/PERFORMANCE.md).
+                let mut tx = pg.begin().await.map_err(err(op))?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(CLAIM_LOCK_KEY)
+                    .execute(&mut *tx)
                     .await
                     .map_err(err(op))?;
                 let row = bind!(sql.1)
