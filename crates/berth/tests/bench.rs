@@ -1,7 +1,8 @@
 //! `berth bench` end to end with tiny numbers, and what group commit must
 //! keep: one job per GitHub job under concurrent duplicate deliveries, and
 //! no accepted delivery lost when `berth serve` is killed (`kill -9`)
-//! right after its 202s.
+//! right after its 202s. `berth bench placement` runs on the test
+//! PostgreSQL (`BERTH_TEST_POSTGRES_URL`) and SQLite.
 
 mod common;
 
@@ -320,4 +321,83 @@ async fn group_commit_keeps_duplicates_single_and_loses_no_accepted_delivery_on_
     let duplicate = store.job_get_by_github_id(job_id).await.unwrap();
     assert!(duplicate.is_some());
     store.close().await;
+}
+
+/// `berth bench placement` with two replica processes on the test
+/// PostgreSQL and one on SQLite: its own checks pass (every job claimed
+/// once and completed on an offered host, no host over its slots), which
+/// the report shows run by run. Its speed is not checked here.
+#[test]
+fn placement_bench_claims_every_job_once_within_the_slots() {
+    let postgres = std::env::var("BERTH_TEST_POSTGRES_URL").expect(
+        "BERTH_TEST_POSTGRES_URL is not set: run scripts/test, or eval \"$(scripts/postgres-test-server)\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(berth_exe())
+        .args([
+            "bench",
+            "placement",
+            "--jobs",
+            "200",
+            "--replicas",
+            "2",
+            "--postgres",
+            &postgres,
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ratio placement / pre-fleet"), "{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["bench"], "placement");
+    assert_eq!(report["checks_passed"], true, "{report}");
+    let runs = report["runs"].as_array().unwrap();
+    let mut seen = BTreeSet::new();
+    for run in runs {
+        let checks = &run["checks"];
+        let name = format!("{} {} ×{}", run["db"], run["statement"], run["replicas"]);
+        assert_eq!(checks["failures"], serde_json::json!([]), "{name}: {run}");
+        assert_eq!(checks["claims_reported"], 200, "{name}");
+        assert_eq!(checks["distinct_jobs_claimed"], 200, "{name}");
+        assert_eq!(checks["completed_once"], 200, "{name}");
+        assert_eq!(checks["misplaced"], 0, "{name}");
+        assert_eq!(checks["over_slots_seen"], 0, "{name}");
+        percentiles_are_sane(run, "/latency_ms", 200);
+        let placed: u64 = run["per_host"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(host, n)| {
+                assert!(host.starts_with("host-"), "{name}: a job on {host}");
+                n.as_u64().unwrap()
+            })
+            .sum();
+        let expected = if run["statement"] == "placement" {
+            200
+        } else {
+            0
+        };
+        assert_eq!(placed, expected, "{name}: {run}");
+        if run["statement"] == "placement" {
+            // The check after each claim saw the hosts it placed on, never over one slot.
+            let busy = checks["max_busy"].as_object().unwrap();
+            assert!(!busy.is_empty(), "{name}: {run}");
+            assert!(busy.values().all(|n| n == 1), "{name}: {run}");
+        }
+        seen.insert(name);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([
+            "\"postgres\" \"placement\" ×2".to_string(),
+            "\"postgres\" \"pre-fleet\" ×2".to_string(),
+            "\"sqlite\" \"placement\" ×1".to_string(),
+            "\"sqlite\" \"pre-fleet\" ×1".to_string(),
+        ])
+    );
 }

@@ -7,12 +7,17 @@
 //!   Docker API.
 //! * [`intake`] fires signed `workflow_job` deliveries at the webhook
 //!   endpoint over many connections and counts what is durably accepted.
+//! * [`placement`] claims jobs with placement from replica processes on
+//!   one PostgreSQL, and on SQLite, against the claim from before the fleet.
 //!
-//! Both run the real `berth serve` as a child process, so that its CPU time
-//! and peak RSS can be read from `/proc` without the load generator's.
+//! The first two run the real `berth serve` as a child process, so that its
+//! CPU time and peak RSS can be read from `/proc` without the load
+//! generator's; the third runs its replicas as child processes of this
+//! binary (`--claimer`).
 
 pub mod intake;
 pub mod pipeline;
+pub mod placement;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,7 +30,7 @@ use serde::Serialize;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Linux's `USER_HZ`: the unit of utime and stime in `/proc/PID/stat`. It
 /// is 100 on every architecture Linux supports today.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+pub(crate) const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// A `berth serve` child process of a benchmark.
 pub struct ServeChild {

@@ -241,6 +241,44 @@ pub enum BenchCommand {
         #[arg(long)]
         berth: Option<PathBuf>,
     },
+    /// Claims with placement: jobs claimed per second by replica processes
+    /// on one PostgreSQL and their latency, against the claim from before
+    /// the fleet in the same run, on PostgreSQL and on SQLite.
+    Placement {
+        /// Queued jobs each run claims.
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        /// Hosts offering the pool's label (one more, without it, must get no job).
+        #[arg(long, default_value_t = 3)]
+        hosts: u32,
+        /// Job slots of each host.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// Replica processes claiming at once on PostgreSQL: one run per count.
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        replicas: Vec<usize>,
+        /// Rounds; each runs every configuration, alternating which claim goes first.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// `pack` placement instead of `spread`.
+        #[arg(long)]
+        pack: bool,
+        /// The PostgreSQL server; each run creates a database of its own there and drops it.
+        #[arg(long, env = "BERTH_TEST_POSTGRES_URL")]
+        postgres: Option<String>,
+        /// Skip the SQLite runs.
+        #[arg(long)]
+        no_sqlite: bool,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// The berth binary whose claimers run (default: this one).
+        #[arg(long)]
+        berth: Option<PathBuf>,
+        /// Internal: run as one of the bench's replica processes (a JSON spec).
+        #[arg(long, hide = true)]
+        claimer: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -416,6 +454,36 @@ pub async fn run(cli: Cli) -> ExitCode {
         })
         .await
         .map(drop),
+        Command::Bench(BenchCommand::Placement {
+            claimer: Some(spec),
+            ..
+        }) => crate::bench::placement::claimer(&spec).await,
+        Command::Bench(BenchCommand::Placement {
+            jobs,
+            hosts,
+            slots,
+            replicas,
+            rounds,
+            pack,
+            postgres,
+            no_sqlite,
+            json,
+            berth,
+            claimer: None,
+        }) => crate::bench::placement::run(crate::bench::placement::PlacementOptions {
+            jobs,
+            hosts,
+            slots,
+            replicas,
+            rounds,
+            pack,
+            postgres,
+            sqlite: !no_sqlite,
+            json,
+            berth,
+        })
+        .await
+        .and_then(|report| report.check()),
         Command::SocketProxy {
             listen,
             docker,

@@ -16,12 +16,16 @@ use super::{
 
 /// The key of the PostgreSQL advisory lock that serializes claims (see
 /// [`Store::job_claim`]). Any constant works as long as nothing else in the
-/// database uses it; this one spells "berth" plus 1 in ASCII.
+/// database uses it; this one spells "berth" plus 1 in ASCII. The claim
+/// function (migration `20261209000000_claim_in_the_database`) spells it
+/// out in decimal.
 const CLAIM_LOCK_KEY: i64 = 0x0062_6572_7468_0001;
 
 /// The claim with placement, one statement for both backends apart from
 /// the JSON functions and PostgreSQL's row locking (`{offered}` and
-/// `{lock}` below). It takes the pool's oldest claimable job and, in the
+/// `{lock}` below). On PostgreSQL it runs inside the database, in the
+/// function `berth_claim` (see [`Store::job_claim`]); a test checks that
+/// the function's statement is this one. It takes the pool's oldest claimable job and, in the
 /// same statement, the host it goes to:
 ///
 /// * `offered` is the pool's hosts (`$7`, a JSON array of `{name, slots,
@@ -84,7 +88,8 @@ const OFFERED_SQLITE: &str = "
            json_extract(value, '$.ordinal') AS ordinal
     FROM json_each($7)";
 
-/// `offered` on PostgreSQL.
+/// `offered` on PostgreSQL (in `berth_claim`).
+#[cfg(test)]
 const OFFERED_POSTGRES: &str = "
     SELECT name, slots, weight, ordinal
     FROM jsonb_to_recordset($7::jsonb)
@@ -96,14 +101,18 @@ static CLAIM_SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         .replace("{offered}", OFFERED_SQLITE)
 });
 
-/// On PostgreSQL the statement runs after taking the claim lock, with `FOR
-/// UPDATE SKIP LOCKED` so it never waits on a queued row that another
-/// transaction (a cancel request, say) is changing.
+/// The claim on PostgreSQL, as `berth_claim` runs it: `FOR UPDATE SKIP
+/// LOCKED` keeps it off a queued row that another transaction (a cancel
+/// request, say) is changing.
+#[cfg(test)]
 static CLAIM_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     CLAIM
         .replace("{lock}", "FOR UPDATE SKIP LOCKED")
         .replace("{offered}", OFFERED_POSTGRES)
 });
+
+/// The claim on PostgreSQL: the claim lock and [`CLAIM`] in one call.
+const CLAIM_CALL_POSTGRES: &str = "SELECT * FROM berth_claim($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// A host a claim may place a job on (see [`Store::job_claim`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -291,8 +300,12 @@ impl Store {
     ///   the global limit spans pools), and its UPDATE, whose snapshot is taken
     ///   after the lock, sees every claim committed before it. This is
     ///   simpler and steadier under contention than SERIALIZABLE (which would
-    ///   abort and retry concurrent claimers); claims are a few milliseconds,
-    ///   so serializing them costs little. `FOR UPDATE SKIP LOCKED` keeps the
+    ///   abort and retry concurrent claimers). Both run inside the database,
+    ///   in one call of the function `berth_claim` (one statement in a
+    ///   PL/pgSQL function sees a fresh snapshot) committed on its own, so
+    ///   the lock is held only while the database works, never across a
+    ///   round trip to berth: claims are a fraction of a millisecond, so
+    ///   serializing them costs little. `FOR UPDATE SKIP LOCKED` keeps the
     ///   claim off rows other transactions hold, and `AND state = 'queued'`
     ///   re-checks the row when it changed under us.
     ///
@@ -309,25 +322,78 @@ impl Store {
         lease_until: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Option<Job>> {
-        let op = "job_claim";
-        let err = StoreError::query;
         if placement.hosts.is_empty() {
             return Ok(None);
         }
         let hosts = serde_json::to_string(placement.hosts).map_err(|e| StoreError::Query {
-            op,
+            op: "job_claim",
             source: sqlx::Error::Encode(Box::new(e)),
         })?;
+        let args = ClaimArgs {
+            pool,
+            max_active_in_pool,
+            global_max_active,
+            owner,
+            lease_until,
+            now,
+            placement: Some((&hosts, placement.pack)),
+        };
+        let err = StoreError::query("job_claim");
         let row = match &self.backend {
-            Backend::Sqlite { writer, .. } => sqlx::query_as::<_, JobRow>(CLAIM_SQLITE.as_str())
-                .bind(pool)
-                .bind(owner)
-                .bind(to_millis(lease_until))
-                .bind(to_millis(now))
-                .bind(i64::from(max_active_in_pool))
-                .bind(i64::from(global_max_active))
-                .bind(&hosts)
-                .bind(placement.pack)
+            Backend::Sqlite { writer, .. } => claim_query(CLAIM_SQLITE.as_str(), args)
+                .fetch_all(writer)
+                .await
+                .map_err(err)?
+                .pop(),
+            Backend::Postgres(pg) => claim_query(CLAIM_CALL_POSTGRES, args)
+                .fetch_optional(pg)
+                .await
+                .map_err(err)?,
+        };
+        row.map(JobRow::into_job).transpose()
+    }
+
+    /// `berth bench placement` only (crate::bench::placement): runs `sql`
+    /// (SQLite, PostgreSQL), a claim without placement taking `$1`–`$6` as
+    /// [`Store::job_claim`] does, the way claims ran before the fleet: on
+    /// SQLite's writer connection; on PostgreSQL in a transaction that takes
+    /// the claim lock, then runs `sql`, then commits. The bench times the
+    /// claim from before the fleet with it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn job_claim_unplaced(
+        &self,
+        sql: (&'static str, &'static str),
+        pool: &str,
+        max_active_in_pool: u32,
+        global_max_active: u32,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<Job>> {
+        let args = ClaimArgs {
+            pool,
+            max_active_in_pool,
+            global_max_active,
+            owner,
+            lease_until,
+            now,
+            placement: None,
+        };
+        self.claim_with("job_claim_unplaced", sql, args).await
+    }
+
+    /// Runs a claim statement (`sql`: SQLite's, PostgreSQL's): on SQLite's
+    /// writer connection; on PostgreSQL in a transaction that first takes
+    /// the claim lock.
+    async fn claim_with(
+        &self,
+        op: &'static str,
+        sql: (&'static str, &'static str),
+        args: ClaimArgs<'_>,
+    ) -> Result<Option<Job>> {
+        let err = StoreError::query;
+        let row = match &self.backend {
+            Backend::Sqlite { writer, .. } => claim_query(sql.0, args)
                 .fetch_all(writer)
                 .await
                 .map_err(err(op))?
@@ -339,15 +405,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(err(op))?;
-                let row = sqlx::query_as::<_, JobRow>(CLAIM_POSTGRES.as_str())
-                    .bind(pool)
-                    .bind(owner)
-                    .bind(to_millis(lease_until))
-                    .bind(to_millis(now))
-                    .bind(i64::from(max_active_in_pool))
-                    .bind(i64::from(global_max_active))
-                    .bind(&hosts)
-                    .bind(placement.pack)
+                let row = claim_query(sql.1, args)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(err(op))?;
@@ -912,6 +970,44 @@ fn check_transition(from: &[JobState], to: JobState) -> Result<()> {
     Ok(())
 }
 
+/// A claim statement with its arguments bound, for either database.
+fn claim_query<'q, DB>(
+    sql: &'static str,
+    args: ClaimArgs<'q>,
+) -> sqlx::query::QueryAs<'q, DB, JobRow, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    JobRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let query = sqlx::query_as::<DB, JobRow>(sql)
+        .bind(args.pool)
+        .bind(args.owner)
+        .bind(to_millis(args.lease_until))
+        .bind(to_millis(args.now))
+        .bind(i64::from(args.max_active_in_pool))
+        .bind(i64::from(args.global_max_active));
+    match args.placement {
+        Some((hosts, pack)) => query.bind(hosts).bind(pack),
+        None => query,
+    }
+}
+
+/// What a claim statement binds: `$1`–`$6`, and `$7` (the offered hosts as
+/// JSON) and `$8` (`pack`) when it places.
+#[derive(Debug, Clone, Copy)]
+struct ClaimArgs<'a> {
+    pool: &'a str,
+    max_active_in_pool: u32,
+    global_max_active: u32,
+    owner: &'a str,
+    lease_until: OffsetDateTime,
+    now: OffsetDateTime,
+    placement: Option<(&'a str, bool)>,
+}
+
 /// Which row an update addresses.
 #[derive(Debug, Clone, Copy)]
 enum JobKey<'a> {
@@ -1016,5 +1112,38 @@ impl JobRow {
             exited_at: optional_time("exited_at", self.exited_at)?,
             host: self.host,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statement of `berth_claim` (the newest PostgreSQL migration that
+    /// defines it) is [`CLAIM`] with PostgreSQL's parts, under the claim
+    /// lock: changing the claim needs a migration that replaces the function.
+    #[test]
+    fn the_postgres_claim_function_runs_the_shared_claim() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let function = files
+            .iter()
+            .rev()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .find(|text| text.contains("FUNCTION berth_claim("))
+            .expect("a migration defines berth_claim");
+        let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let body = words(&function);
+        let lock = format!("BEGIN PERFORM pg_advisory_xact_lock({CLAIM_LOCK_KEY}); RETURN QUERY ");
+        assert!(body.contains(&lock), "{body}");
+        let statement = format!("{lock}{};", words(&CLAIM_POSTGRES));
+        assert!(
+            body.contains(&statement),
+            "berth_claim differs from CLAIM:\n{body}\n\nexpected:\n{statement}"
+        );
     }
 }

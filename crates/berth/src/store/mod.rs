@@ -119,6 +119,12 @@ pub use warm::WarmContainer;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a free pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A PostgreSQL connection idle for this long is pinged before it is used
+/// again (a server restart or a firewall may have cut it meanwhile). One
+/// in steady use is not: sqlx's default pings before every use, one more
+/// round trip per statement (`berth bench placement` measured it). A
+/// connection cut while in use fails that statement, and sqlx drops it.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
 
 /// Which database a [`Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -298,9 +304,13 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> Result<Backend> {
     // it: keep exactly one, forever, for both roles.
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
 
+    // No ping before each use (sqlx's default): a connection to a local
+    // file cannot be cut, and the ping is one more hop to sqlx's worker
+    // thread per statement.
     let mut writer_options = SqlitePoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(ACQUIRE_TIMEOUT);
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false);
     if in_memory {
         writer_options = writer_options
             .min_connections(1)
@@ -322,6 +332,7 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> Result<Backend> {
         SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_with(connect_options.create_if_missing(false).read_only(true))
             .await
             .map_err(connect_error)?
@@ -350,6 +361,15 @@ async fn connect_postgres(url: &str, options: &StoreOptions) -> Result<Backend> 
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(connect_options)
         .await
         .map_err(|source| StoreError::Connect {
