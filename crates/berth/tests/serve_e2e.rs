@@ -539,7 +539,11 @@ fn proxied(world: &World, rule: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cold_start_creates_the_container_while_the_runner_is_minted() {
     let world = World::new().await;
-    let berth = Berth::start(&world, world.config("")).await;
+    let mut config = world.config("");
+    // One attempt is what this test counts: a loaded machine must not let
+    // the claim's lease (10 s in these tests) run out and requeue the job.
+    config.dispatch.lease = Duration::from_secs(60);
+    let berth = Berth::start(&world, config).await;
     let inspects = proxied(&world, "image_inspect");
     // GitHub takes its time over the runner: longer than the client's 5 s
     // request timeout, so the first attempt cannot finish within 4.5 s.
