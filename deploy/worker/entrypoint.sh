@@ -10,6 +10,11 @@
 #     ACTIONS_RUNNER_INPUT_JITCONFIG (the runner reads and unsets that
 #     variable), and execs ./run.sh from the folder this script lives in, with
 #     any arguments it was given.
+#   * A worker of a pool with container jobs (docs/container-jobs.md) gets a
+#     second line: its hook credential (`bhk_…`). It is exported to the
+#     runner process as BERTH_HOOK_TOKEN, where `berth hook` (the runner's
+#     container hook) finds it; like the config, it is never in anything
+#     `docker inspect` shows. Other workers get no second line.
 #   * At end of input with no line, or on a line that is not base64, it exits
 #     66 with a message on stderr. It never prints the config.
 #
@@ -39,6 +44,29 @@ case $jitconfig in
         exit 66
         ;;
 esac
+
+# An optional second line: the hook credential of a container-jobs worker.
+hook_credential=''
+IFS= read -r hook_credential || true
+hook_credential=${hook_credential%"$cr"}
+case $hook_credential in
+    '') ;;
+    bhk_*)
+        case ${hook_credential#bhk_} in
+            *[!A-Za-z0-9_-]*)
+                say "the second line on stdin is not a berth hook credential."
+                exit 66
+                ;;
+        esac
+        BERTH_HOOK_TOKEN=$hook_credential
+        export BERTH_HOOK_TOKEN
+        ;;
+    *)
+        say "the second line on stdin is not a berth hook credential."
+        exit 66
+        ;;
+esac
+unset hook_credential
 
 cd "$(dirname -- "$0")"
 # Exported for the runner process only: exec replaces this shell, and nothing

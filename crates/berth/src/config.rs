@@ -87,6 +87,10 @@ pub struct ServerConfig {
     /// before its body is read. The webhook endpoint takes up to GitHub's
     /// own cap of 25 MiB; other endpoints take less.
     pub max_body_bytes: u64,
+    /// This API's URL as worker containers reach it (e.g.
+    /// `http://host.docker.internal:8080`): `berth hook` in the workers of
+    /// `container_jobs` pools calls it (docs/container-jobs.md).
+    pub worker_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +109,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_body_bytes: crate::intake::webhook::MAX_WEBHOOK_BYTES as u64,
+            worker_url: None,
         }
     }
 }
@@ -502,6 +507,83 @@ pub struct PoolConfig {
     /// all of them (`[[docker_host]] labels`).
     #[serde(default)]
     pub host_labels: Vec<String>,
+    /// Run `container:` jobs, `services:` and Docker container actions
+    /// through the runner's container hooks (`berth hook`): the workers get
+    /// `ACTIONS_RUNNER_CONTAINER_HOOKS`, a per-job credential and per-job
+    /// volumes, and berth runs the containers under `containers`' policy.
+    #[serde(default)]
+    pub container_jobs: bool,
+    /// What a container job may run (`[pool.containers]`).
+    #[serde(default)]
+    pub containers: ContainerPolicy,
+}
+
+/// `[pool.containers]`: the policy for the containers a pool's jobs ask for
+/// through the hook (job container, services, container actions). Every
+/// container gets berth's hardening whatever this says: never privileged,
+/// all capabilities dropped but `capabilities`, no-new-privileges, limits,
+/// no host mounts (docs/container-jobs.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerPolicy {
+    /// Images a job may name: `*` matches any run of characters
+    /// (`postgres:*`, `node:22*`, `ghcr.io/acme/*`); an entry pinned by digest
+    /// (`name@sha256:…`) allows exactly that image. Empty: none.
+    pub images: Vec<String>,
+    /// When the hook's images are pulled (`never`, `if-not-present`, `always`).
+    pub pull_policy: crate::docker::image_policy::PullPolicy,
+    /// Set `ACTIONS_RUNNER_REQUIRE_JOB_CONTAINER`: jobs without `container:`
+    /// fail instead of running their steps in the worker.
+    pub require_job_container: bool,
+    /// Service containers a job may ask for.
+    pub max_services: u32,
+    /// CPU limit of each container.
+    pub cpus: f64,
+    /// Memory limit of each container.
+    pub memory: ByteSize,
+    pub pids_limit: i64,
+    /// Capabilities the containers keep (all others are dropped). The default
+    /// is what package managers and database images need to start as root.
+    pub capabilities: Vec<String>,
+    /// Build Dockerfile container actions on the Docker host (through the
+    /// socket proxy's `image_build` rule); refused when false.
+    pub allow_builds: bool,
+    /// How long `prepare_job` waits for services' health checks.
+    #[serde(with = "secs")]
+    pub service_health_timeout: Duration,
+    /// Size limit of the job's workspace and temp volumes (tmpfs: they count
+    /// toward the host's memory, and vanish with the job).
+    pub workspace_size: ByteSize,
+}
+
+impl Default for ContainerPolicy {
+    fn default() -> Self {
+        Self {
+            images: Vec::new(),
+            pull_policy: Default::default(),
+            require_job_container: false,
+            max_services: 4,
+            cpus: 2.0,
+            memory: ByteSize(4 * 1024 * 1024 * 1024),
+            pids_limit: 4096,
+            capabilities: [
+                "CHOWN",
+                "DAC_OVERRIDE",
+                "FOWNER",
+                "FSETID",
+                "KILL",
+                "NET_BIND_SERVICE",
+                "SETGID",
+                "SETUID",
+                "SETPCAP",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            allow_builds: false,
+            service_health_timeout: Duration::from_secs(120),
+            workspace_size: ByteSize(4 * 1024 * 1024 * 1024),
+        }
+    }
 }
 
 mod defaults {
@@ -899,6 +981,15 @@ impl Config {
         let mut names = BTreeSet::new();
         for (i, pool) in self.pools.iter().enumerate() {
             pool.validate(i, &self.docker.allowed_images, c);
+            if pool.container_jobs && role == Role::Serve && self.server.worker_url.is_none() {
+                c.bad(
+                    "server.worker_url",
+                    format!(
+                        "required by pool `{}` (container_jobs): the URL at which its workers reach this API",
+                        pool.name
+                    ),
+                );
+            }
             if !names.insert(pool.name.as_str()) {
                 c.bad(
                     format!("pool[{i}].name"),
@@ -1015,6 +1106,15 @@ impl ServerConfig {
         }
         if self.max_body_bytes < 1024 {
             c.bad("server.max_body_bytes", "must be at least 1024");
+        }
+        if let Some(url) = &self.worker_url {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => c.bad(
+                    "server.worker_url",
+                    "must be an http:// or https:// URL with a host",
+                ),
+            }
         }
     }
 }
@@ -1334,6 +1434,9 @@ impl PoolConfig {
         if let Some(label) = self.host_labels.iter().find(|l| !crate::names::is_label(l)) {
             c.bad(key("host_labels"), format!("`{label}` is not a label"));
         }
+        if self.container_jobs {
+            self.validate_container_jobs(i, c);
+        }
         if let Err(reason) = crate::docker::image_policy::check(&self.image, allowed_images) {
             c.warn(
                 key("image"),
@@ -1341,6 +1444,62 @@ impl PoolConfig {
                     "{reason}: its jobs will fail; pin it (name@sha256:…) so every job runs the image you reviewed"
                 ),
             );
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The `container_jobs` rules of pool number `i`.
+    fn validate_container_jobs(&self, i: usize, c: &mut Checks) {
+        let key = |field: &str| format!("pool[{i}].{field}");
+        let policy = &self.containers;
+        if self.warm > 0 {
+            c.bad(
+                key("warm"),
+                "must be 0 with container_jobs: a job's volumes are made with its worker, for its repository",
+            );
+        }
+        if self.host_network {
+            c.bad(
+                key("host_network"),
+                "cannot be combined with container_jobs: job containers get a network of their own",
+            );
+        }
+        if policy.images.is_empty() {
+            c.warn(
+                key("containers.images"),
+                "is empty: every container job of this pool will be refused (list the images jobs may name)",
+            );
+        }
+        if let Some(bad) = policy
+            .images
+            .iter()
+            .find(|p| p.trim().is_empty() || p.contains(char::is_whitespace))
+        {
+            c.bad(
+                key("containers.images"),
+                format!("`{bad}` is not an image pattern"),
+            );
+        }
+        if !(policy.cpus > 0.0 && policy.cpus <= 1024.0) {
+            c.bad(key("containers.cpus"), "must be more than 0");
+        }
+        if policy.memory.0 < 6 * 1024 * 1024 {
+            c.bad(
+                key("containers.memory"),
+                "must be at least 6m (Docker's minimum)",
+            );
+        }
+        if policy.pids_limit < 16 {
+            c.bad(key("containers.pids_limit"), "must be at least 16");
+        }
+        if policy.workspace_size.0 < 1024 * 1024 {
+            c.bad(key("containers.workspace_size"), "must be at least 1m");
+        }
+        for cap in &policy.capabilities {
+            if let Err(reason) = crate::container_jobs::policy::capability(cap) {
+                c.bad(key("containers.capabilities"), reason);
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod container_jobs;
 pub mod context;
 pub mod demo;
 pub mod dispatch;

@@ -588,6 +588,7 @@ fn reference_config_rows() -> BTreeMap<String, (bool, String)> {
     let text = repo_file("docs/reference/configuration.md");
     let mut rows = BTreeMap::new();
     let mut section: Option<(String, bool)> = None;
+    let mut lists: BTreeSet<String> = BTreeSet::new();
     for line in text.lines() {
         if line.starts_with('#') {
             section = line
@@ -596,9 +597,17 @@ fn reference_config_rows() -> BTreeMap<String, (bool, String)> {
                 .map(
                     |name| match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
                         Some(list) => (list.to_string(), true),
-                        None => (name.to_string(), false),
+                        // A table inside a list's entries (`[pool.containers]`)
+                        // is part of the list.
+                        None => {
+                            let parent = name.split('.').next().unwrap_or(name);
+                            (name.to_string(), lists.contains(parent))
+                        }
                     },
                 );
+            if let Some((name, true)) = &section {
+                lists.insert(name.clone());
+            }
             continue;
         }
         let Some((name, is_list)) = &section else {
@@ -637,7 +646,7 @@ fn example_keys_with_commented() -> BTreeSet<String> {
         let line = line.trim_start_matches('#').trim();
         if let Some(inner) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             let inner = inner.trim_matches(|c| c == '[' || c == ']');
-            if is_name(inner) {
+            if inner.split('.').all(is_name) {
                 section = inner.to_string();
             }
             continue;

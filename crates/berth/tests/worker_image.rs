@@ -202,6 +202,7 @@ async fn host_tools_image(docker: &Docker) -> WorkerImage {
     let sources = ImageSources {
         runner,
         shell: Shell::HostTools(host),
+        hook: None,
     };
     let image = worker_image::build_worker_image(docker, &sources)
         .await

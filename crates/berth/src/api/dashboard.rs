@@ -430,6 +430,30 @@ async fn render_job(ctx: &Context, id: &str) -> ApiResult<Response> {
         exit = job.exit_code.map_or("-".into(), |c| c.to_string()),
         err = esc(job.error.as_deref().unwrap_or("")),
     );
+    let containers = ctx.store.job_containers(job.id).await?;
+    if !containers.is_empty() {
+        // A container job's own containers (docs/container-jobs.md).
+        let _ = write!(
+            body,
+            "<h3>Containers</h3><table id=\"containers\"><tr><th>role</th><th>name</th><th>image</th><th>id</th><th>state</th></tr>"
+        );
+        for c in &containers {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.role),
+                esc(&c.name),
+                esc(&c.image),
+                esc(&c.container_id[..12.min(c.container_id.len())]),
+                if c.removed_at.is_some() {
+                    "removed"
+                } else {
+                    "present"
+                }
+            );
+        }
+        body.push_str("</table>");
+    }
     let (text, truncated) = match &logs {
         Some(l) => (String::from_utf8_lossy(&l.content).to_string(), l.truncated),
         None => (String::new(), false),

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod dashboard;
+pub mod hook;
 pub mod hosts;
 pub mod scaleset;
 pub mod server;
@@ -126,6 +127,8 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
+        .route("/v1/jobs/{id}/containers", get(job_containers))
+        .route("/v1/hook/{command}", post(hook::command))
         .route("/v1/pools", get(list_pools))
         .route("/v1/status", get(status))
         .route("/v1/hosts", get(hosts::list))
@@ -313,6 +316,18 @@ async fn get_job(
 ) -> ApiResult<Response> {
     auth::authorize(&ctx.store, &headers, Need::Read).await?;
     Ok(Json(find_job(&ctx, &id).await?).into_response())
+}
+
+/// The containers a container job's hook made (docs/container-jobs.md).
+async fn job_containers(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    auth::authorize(&ctx.store, &headers, Need::Read).await?;
+    let job = find_job(&ctx, &id).await?;
+    let containers = ctx.store.job_containers(job.id).await?;
+    Ok(Json(json!({ "containers": containers })).into_response())
 }
 
 async fn cancel_job(

@@ -62,6 +62,10 @@ pub enum Command {
     },
     /// Run the whole system on this machine against the built-in GitHub simulator.
     Demo,
+    /// The runner's container hook (`ACTIONS_RUNNER_CONTAINER_HOOKS`), run
+    /// in a worker: reads the runner's hook input on stdin and has berth do
+    /// it (docs/container-jobs.md).
+    Hook,
     /// Measure berth against a baseline in the same run (see docs/PERFORMANCE.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -396,6 +400,10 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Serve { config } => return serve(config.as_deref()).await,
         Command::Proxy { config } => return proxy(&config).await,
+        Command::Hook => {
+            let code = crate::container_jobs::client::run().await;
+            return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1));
+        }
         Command::Config(ConfigCommand::Check {
             config,
             proxy,

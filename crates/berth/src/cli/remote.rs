@@ -203,9 +203,40 @@ pub async fn jobs_show(remote: &Remote, id: &str, json: bool) -> anyhow::Result<
     if json {
         return print_json(&answer);
     }
+    let containers = client
+        .get_json(&format!("/v1/jobs/{}/containers", path_segment(id)), &[])
+        .await
+        .ok()
+        .and_then(|c| c["containers"].as_array().cloned())
+        .unwrap_or_default();
     let job: Job =
         serde_json::from_value(answer).context("the server's job is not in the expected form")?;
     print_job(&job);
+    if !containers.is_empty() {
+        // A container job's own containers (docs/container-jobs.md).
+        println!();
+        println!(
+            "{:<8}  {:<12}  {:<40}  {:<9}  IMAGE",
+            "ROLE", "ID", "NAME", "STATE"
+        );
+        for c in &containers {
+            let text = |k: &str| c[k].as_str().unwrap_or("-").to_string();
+            let id: String = text("container_id").chars().take(12).collect();
+            let state = if c["removed_at"].is_string() {
+                "removed"
+            } else {
+                "present"
+            };
+            println!(
+                "{:<8}  {:<12}  {:<40}  {:<9}  {}",
+                printable(&text("role")),
+                printable(&id),
+                printable(&text("name")),
+                state,
+                printable(&text("image"))
+            );
+        }
+    }
     Ok(())
 }
 

@@ -206,6 +206,8 @@ fn demo_config(
         warm: 0,
         warm_started: false,
         host_labels: Vec::new(),
+        container_jobs: false,
+        containers: Default::default(),
     });
     config
 }

@@ -247,6 +247,20 @@ async fn steps(
         }
         let spec = worker_spec(ctx, job, pool, runner_name);
         made.container_made(&spec.name);
+        if pool.container_jobs {
+            let owner = spec
+                .user_ids()
+                .map_err(|e| Stop::failed("the worker's user", e))?;
+            crate::container_jobs::volumes::create_worker_volumes(
+                docker,
+                pool,
+                &spec.labels,
+                &spec.volumes,
+                owner,
+            )
+            .await
+            .map_err(|e| Stop::failed("creating the job's volumes", e))?;
+        }
         let id = create_container(ctx, docker, pool, &spec).await?;
         made.container_made(&id);
         Ok::<_, Stop>(Some(Worker {
@@ -291,12 +305,22 @@ async fn steps(
     // run, its entrypoint blocked reading stdin).
     let record_took = recording.elapsed();
     let starting = Instant::now();
-    let secret = jit.encoded.expose().as_bytes();
+    // A container-jobs worker also gets its hook credential, as a second
+    // line (docs/worker-image.md); the store keeps only its hash.
+    let mut secret = jit.encoded.expose().as_bytes().to_vec();
+    if pool.container_jobs {
+        let credential = crate::container_jobs::credential::issue(ctx, runner_name)
+            .await
+            .map_err(|e| Stop::Transient(format!("recording the hook credential failed: {e}")))?;
+        secret.push(b'\n');
+        secret.extend_from_slice(credential.as_bytes());
+    }
     let delivered = if started {
-        docker.deliver_secret(&container_id, secret).await
+        docker.deliver_secret(&container_id, &secret).await
     } else {
-        docker.start_with_secret(&container_id, secret).await
+        docker.start_with_secret(&container_id, &secret).await
     };
+    drop(secret);
     delivered.map_err(|e| Stop::Transient(format!("starting the worker container failed: {e}")))?;
     crate::failpoint::hit("after_start");
     let start_took = starting.elapsed();

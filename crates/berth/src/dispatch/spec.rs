@@ -46,6 +46,11 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
             ctx.config.docker.instance.clone(),
         ),
     ]));
+    if pool.container_jobs {
+        use crate::container_jobs::volumes;
+        spec.env.extend(volumes::worker_env(&ctx.config, pool));
+        spec.volumes = volumes::worker_mounts(pool, &job.repository, runner_name);
+    }
     spec
 }
 

@@ -50,6 +50,7 @@
 //! Docker call (`container_create`, `events`…) for every failed call.
 
 mod error;
+mod job_objects;
 mod spec;
 mod types;
 
@@ -74,10 +75,11 @@ use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 
 pub use error::DockerError;
+pub use job_objects::{LabelledObject, OutputChunk, RunState};
 pub use spec::{
     DEFAULT_USER, DEFAULT_WORK_FOLDER, LABEL_GITHUB_JOB_ID, LABEL_HOST, LABEL_JOB, LABEL_MANAGED,
-    LABEL_POOL, LABEL_REPOSITORY, LABEL_RUNNER, LABEL_WARM, NAME_PREFIX, TmpfsSizes, WorkerNetwork,
-    WorkerSpec,
+    LABEL_POOL, LABEL_REPOSITORY, LABEL_ROLE, LABEL_RUNNER, LABEL_WARM, NAME_PREFIX, TmpfsSizes,
+    VolumeMount, WorkerNetwork, WorkerSpec,
 };
 pub use types::{
     ContainerEvent, ContainerEventKind, ContainerInfo, ContainerStatus, LogOptions,
@@ -664,7 +666,11 @@ impl Controller {
             .events(Some(options))
             .filter_map(move |item| {
                 ready(match item {
-                    Ok(message) => container_event(message).map(Ok),
+                    // Only workers' events: a container job's own containers
+                    // (`berth.role`) starting and dying say nothing of its worker.
+                    Ok(message) => container_event(message)
+                        .filter(|e| !e.labels.contains_key(LABEL_ROLE))
+                        .map(Ok),
                     Err(e) => Some(Err(report_with(
                         hook.as_ref(),
                         DockerError::from_bollard("events", e, after),
@@ -714,7 +720,8 @@ impl Controller {
         self.report(result)
     }
 
-    /// Every container labelled `berth.managed=true`, running or not.
+    /// Every worker container (labelled `berth.managed=true`, without
+    /// `berth.role`), running or not.
     pub async fn list_managed(&self) -> Result<Vec<ManagedContainer>, DockerError> {
         let options = ListContainersOptions {
             all: true,
@@ -727,7 +734,15 @@ impl Controller {
         let result = self
             .call("container_list", self.docker.list_containers(Some(options)))
             .await
-            .map(|containers| containers.into_iter().map(managed_container).collect());
+            .map(|containers| {
+                containers
+                    .into_iter()
+                    .map(managed_container)
+                    // A container job's own containers are not workers
+                    // (crate::container_jobs removes them with their job).
+                    .filter(|c| !c.labels.contains_key(LABEL_ROLE))
+                    .collect()
+            });
         self.report(result)
     }
 

@@ -306,6 +306,10 @@ pub struct ImageSources {
     pub runner: PathBuf,
     /// The shell and tools for job steps.
     pub shell: Shell,
+    /// A berth binary, installed as `/usr/local/bin/berth` with the
+    /// container hook script [`HOOK_SCRIPT`](crate::container_jobs::volumes::HOOK_SCRIPT),
+    /// for pools with `container_jobs`. Optional: it makes the image larger.
+    pub hook: Option<PathBuf>,
 }
 
 impl ImageSources {
@@ -315,9 +319,33 @@ impl ImageSources {
         Ok(Self {
             runner: locate_runner_standin()?,
             shell: locate_shell()?,
+            hook: None,
         })
     }
+
+    /// [`locate`](Self::locate), with the berth binary for the container
+    /// hook: `$BERTH_HOOK_BINARY`, else the berth next to the stand-in.
+    pub fn locate_with_hook() -> Result<Self, WorkerImageError> {
+        let mut sources = Self::locate()?;
+        let berth = match std::env::var_os(HOOK_BINARY_ENV) {
+            Some(path) => PathBuf::from(path),
+            None => sources.runner.with_file_name("berth"),
+        };
+        if !berth.is_file() {
+            return Err(WorkerImageError::StandinEnvNotAFile { path: berth });
+        }
+        sources.hook = Some(berth);
+        Ok(sources)
+    }
 }
+
+/// Names the berth binary [`ImageSources::locate_with_hook`] installs.
+pub const HOOK_BINARY_ENV: &str = "BERTH_HOOK_BINARY";
+
+/// The container hook script: the runner starts it with `bash` or `sh`
+/// (actions/runner `GetDefaultShellForScript`) and it execs `berth hook`,
+/// which inherits the hook input on stdin.
+pub const HOOK_SCRIPT_BODY: &str = "#!/bin/sh\n# berth's container hook (docs/container-jobs.md): the runner runs this\n# file for every container operation with its input on stdin.\nexec /usr/local/bin/berth hook \"$@\"\n";
 
 /// Where the image's `/bin/sh` and the tools job steps use come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -599,6 +627,15 @@ pub async fn ensure_local_worker_image(docker: &Docker) -> Result<WorkerImage, W
     build_worker_image(docker, &sources).await
 }
 
+/// [`ensure_local_worker_image`] with the container hook (for pools with
+/// `container_jobs`; see [`ImageSources::locate_with_hook`]).
+pub async fn ensure_local_worker_image_with_hook(
+    docker: &Docker,
+) -> Result<WorkerImage, WorkerImageError> {
+    let sources = tokio::task::spawn_blocking(ImageSources::locate_with_hook).await??;
+    build_worker_image(docker, &sources).await
+}
+
 /// Builds the local worker image from `sources`, or returns the existing one.
 ///
 /// The root file system is assembled first (local files only); when
@@ -839,6 +876,33 @@ impl Rootfs {
                     copied.insert(real, image_path(&library));
                 }
             }
+        }
+        if let Some(berth) = &sources.hook {
+            // The hook's berth is statically linked to nothing the stand-in
+            // does not already bring but glibc, so only its own libraries.
+            for library in shared_libraries(berth)? {
+                let path = image_path(&library);
+                if !fs.nodes.contains_key(&path) {
+                    fs.file(&path, 0o755, root, read(&library)?);
+                }
+            }
+            fs.dir("usr/local/bin", 0o755, root);
+            fs.file("usr/local/bin/berth", 0o755, root, read(berth)?);
+            fs.file(
+                rel(crate::container_jobs::volumes::HOOK_SCRIPT),
+                0o755,
+                root,
+                HOOK_SCRIPT_BODY.into(),
+            );
+            // The runner's externals (its bundled node in the real image):
+            // a marker, so that the job container's `/__e` can be checked.
+            fs.dir("home/runner/externals", 0o755, runner);
+            fs.file(
+                "home/runner/externals/README",
+                0o644,
+                runner,
+                b"berth local worker image: stand-in for the runner's externals\n".to_vec(),
+            );
         }
         fs.file("home/runner/run.sh", 0o755, root, RUN_SCRIPT.into());
         fs.file(rel(ENTRYPOINT_PATH), 0o755, root, ENTRYPOINT_SCRIPT.into());
@@ -1217,6 +1281,7 @@ mod tests {
         let sources = ImageSources {
             runner: runner.clone(),
             shell: Shell::Busybox(busybox),
+            hook: None,
         };
 
         let first = Rootfs::assemble(&sources).unwrap();
@@ -1368,6 +1433,7 @@ mod tests {
         let sources = ImageSources {
             runner,
             shell: Shell::HostTools(HostTools::locate("test").unwrap()),
+            hook: None,
         };
         let first = Rootfs::assemble(&sources).unwrap();
         let again = Rootfs::assemble(&sources).unwrap();

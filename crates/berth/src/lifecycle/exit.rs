@@ -143,6 +143,10 @@ async fn settle(
     apply(ctx, job, outcome, exit_code).await;
     resources::remove_container(docker, container_id).await;
     if let Some(name) = job.runner_name.as_deref() {
+        if ctx.pool_of(job).is_ok_and(|p| p.container_jobs) {
+            // What the hook made and the worker's volumes: the worker is gone.
+            crate::container_jobs::runtime::remove_objects(ctx, docker, name, true).await;
+        }
         resources::deregister_job_runner(ctx, job, job.runner_id, name).await;
     }
 }

@@ -27,6 +27,19 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// A container-job hook command and how it ended (`ok`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookCommandLabels {
+    pub command: String,
+    pub outcome: String,
+}
+
+/// A container-job hook command.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookCommandKind {
+    pub command: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
@@ -110,7 +123,7 @@ pub const GITHUB_CONCLUSIONS: [&str; 10] = [
 ];
 
 /// The reconcilers (`crate::reconcile`), as `kind` labels.
-pub const RECONCILER_KINDS: [&str; 8] = [
+pub const RECONCILER_KINDS: [&str; 9] = [
     "lease_expired",
     "cancelled",
     "completed_elsewhere",
@@ -118,11 +131,12 @@ pub const RECONCILER_KINDS: [&str; 8] = [
     "idle_runner",
     "queued_expired",
     "orphan_container",
+    "orphan_job_object",
     "orphan_runner",
 ];
 
 /// The Docker operations the controller reports failures of, as `op` labels.
-pub const DOCKER_OPS: [&str; 19] = [
+pub const DOCKER_OPS: [&str; 26] = [
     "version",
     "info",
     "ping",
@@ -142,6 +156,13 @@ pub const DOCKER_OPS: [&str; 19] = [
     "container_stop",
     "container_remove",
     "events",
+    "volume_create",
+    "volume_list",
+    "volume_remove",
+    "network_connect",
+    "exec_create",
+    "exec_start",
+    "exec_inspect",
 ];
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -160,6 +181,10 @@ pub struct Metrics {
     pub active_worker_containers: Family<PoolLabels, Gauge>,
     /// Claim → container running.
     pub container_creation_duration: HistogramFamily<PoolLabels>,
+    /// Container-job hook commands (`berth hook`), by command and outcome.
+    pub hook_commands: Family<HookCommandLabels, Counter>,
+    /// How long each hook command took (a step's whole run for the step commands).
+    pub hook_command_duration: HistogramFamily<HookCommandKind>,
     /// Container running → container exited.
     pub job_execution_duration: HistogramFamily<PoolLabels>,
     /// Job accepted → container running.
@@ -284,6 +309,19 @@ impl Metrics {
             "active_worker_containers",
             "Worker containers provisioning, starting or running, per pool",
             active_worker_containers.clone(),
+        );
+        let hook_commands = Family::<HookCommandLabels, Counter>::default();
+        registry.register(
+            "hook_commands",
+            "Container-job hook commands (prepare_job, run_script_step, run_container_step, cleanup_job), by outcome",
+            hook_commands.clone(),
+        );
+        let hook_command_duration: HistogramFamily<HookCommandKind> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "hook_command_duration_seconds",
+            "How long container-job hook commands took",
+            hook_command_duration.clone(),
         );
         let container_creation_duration =
             HistogramFamily::<PoolLabels>::new_with_constructor(duration_histogram);
@@ -594,6 +632,8 @@ impl Metrics {
             job_queue_size,
             active_worker_containers,
             container_creation_duration,
+            hook_commands,
+            hook_command_duration,
             job_execution_duration,
             queue_wait,
             jobs_finished,

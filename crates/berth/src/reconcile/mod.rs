@@ -55,6 +55,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct Report {
     pub leases_expired: u32,
     pub orphan_containers: u32,
+    /// Containers, networks and volumes of container jobs whose job ended.
+    pub orphan_job_objects: u32,
     pub orphan_runners: u32,
     pub queued_expired: u32,
     pub timed_out: u32,
@@ -181,6 +183,13 @@ async fn local_pass(ctx: &Arc<Context>) -> Report {
         "orphan_container",
         orphan_containers,
         orphan_containers(ctx)
+    );
+    step!(
+        ctx,
+        r,
+        "orphan_job_object",
+        orphan_job_objects,
+        orphan_job_objects(ctx)
     );
     if r != Report::default() {
         tracing::info!(report = ?r, lane = "local", "reconcile pass acted");
@@ -579,6 +588,62 @@ async fn orphan_containers_on(ctx: &Arc<Context>, docker: &Controller) -> Result
             }
         }
         acted += 1;
+    }
+    Ok(acted)
+}
+
+/// What container jobs made (their containers, networks, volumes; see
+/// crate::container_jobs) for a runner no active job holds, on the hosts
+/// this replica owns and that answer. Found by label: the hook names and
+/// labels everything after the job's runner, recorded in the store before
+/// anything is made, so Docker's list read before the store's never shows
+/// an object of a runner about to be recorded.
+async fn orphan_job_objects(ctx: &Arc<Context>) -> Result<u32> {
+    let mut acted = 0;
+    for host in ctx.fleet.owned() {
+        if ctx
+            .store
+            .host_get(host.name())
+            .await?
+            .is_some_and(|h| h.health == crate::store::HostHealth::Down)
+        {
+            continue;
+        }
+        let docker = &host.docker;
+        let role = [crate::docker::controller::LABEL_ROLE.to_owned()];
+        let mut runners = BTreeSet::new();
+        for c in docker.containers_labelled(&role).await? {
+            runners.extend(c.labels.get(LABEL_RUNNER).cloned());
+        }
+        for n in docker.networks_labelled(&role).await? {
+            runners.extend(n.labels.get(LABEL_RUNNER).cloned());
+        }
+        for v in docker.volumes_labelled(&role).await? {
+            runners.extend(v.labels.get(LABEL_RUNNER).cloned());
+        }
+        if runners.is_empty() {
+            continue;
+        }
+        let live = ctx.store.active_runner_names().await?;
+        for runner in runners.iter().filter(|r| !live.contains(*r)) {
+            // The worker first: a volume in use cannot be removed.
+            for c in docker
+                .containers_labelled(&[format!("{LABEL_RUNNER}={runner}")])
+                .await?
+            {
+                if !c.labels.contains_key(crate::docker::controller::LABEL_ROLE)
+                    && ctx.owns(&c.labels)
+                {
+                    resources::remove_container(docker, &c.id).await;
+                }
+            }
+            let removed =
+                crate::container_jobs::runtime::remove_objects(ctx, docker, runner, true).await;
+            if removed > 0 {
+                tracing::info!(runner_name = %runner, removed, "removed what a finished container job left");
+                acted += removed;
+            }
+        }
     }
     Ok(acted)
 }

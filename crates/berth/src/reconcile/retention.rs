@@ -95,6 +95,12 @@ pub async fn prune(ctx: &Context) -> Result<Pruned, StoreError> {
         ctx.store.api_tokens_prune_sessions(sessions_before, batch)
     })
     .await?;
+    // Hook credentials of runners no active job holds: already refused,
+    // deleted so that the table holds only live ones.
+    let credentials = ctx.store.hook_credentials_prune(sessions_before).await?;
+    if credentials > 0 {
+        tracing::debug!(credentials, "deleted the hook credentials of finished jobs");
+    }
     Ok(pruned)
 }
 

@@ -45,6 +45,18 @@ impl World {
     /// The simulator listening on `bind` (an address, port chosen), telling
     /// runners to reach it as `public_host` (e.g. loopback only, reached by
     /// workers through the egress proxy as `localhost`).
+    /// A world whose worker image carries the container hook (`berth
+    /// hook`, for pools with `container_jobs`).
+    pub async fn with_container_hooks() -> World {
+        let mut world = Self::new().await;
+        let docker = berth::docker::worker_image::connect(None).await.unwrap();
+        let image = berth::docker::worker_image::ensure_local_worker_image_with_hook(&docker)
+            .await
+            .unwrap();
+        world.image_id = image.id;
+        world
+    }
+
     pub async fn with_sim_at(mut sim_config: SimConfig, bind: &str, public_host: &str) -> World {
         let listener = tokio::net::TcpListener::bind((bind, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -196,6 +208,31 @@ impl Berth {
     pub async fn start(world: &World, config: Config) -> Berth {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let ctx = berth::service::build(config, None).await.unwrap();
+        let (admin_token, _) =
+            berth::api::auth::create_token(&ctx.store, "test", ApiTokenScope::Admin)
+                .await
+                .unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(berth::service::run(ctx.clone(), listener, shutdown.clone()));
+        world.point_webhooks_at(&url);
+        Berth {
+            ctx,
+            url,
+            admin_token,
+            shutdown,
+            task,
+        }
+    }
+
+    /// [`start`](Self::start), listening on every address so that worker
+    /// containers reach the API (container jobs: `server.worker_url` is set
+    /// to `http://host.docker.internal:<port>`).
+    pub async fn start_reachable(world: &World, mut config: Config) -> Berth {
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        config.server.worker_url = Some(format!("http://host.docker.internal:{port}"));
+        let url = format!("http://127.0.0.1:{port}");
         let ctx = berth::service::build(config, None).await.unwrap();
         let (admin_token, _) =
             berth::api::auth::create_token(&ctx.store, "test", ApiTokenScope::Admin)

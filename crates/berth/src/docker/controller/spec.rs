@@ -35,6 +35,11 @@ pub const LABEL_RUNNER: &str = "berth.runner";
 pub const LABEL_WARM: &str = "berth.warm";
 /// The `[[docker_host]]` a container was made on (crate::fleet).
 pub const LABEL_HOST: &str = "berth.host";
+/// What a container or volume is to a container job (crate::container_jobs):
+/// `job`, `service`, `action` (containers), `network`, `volume` (a
+/// workflow's named volume), `work` (a worker's shared folders) or
+/// `externals`. Workers carry none.
+pub const LABEL_ROLE: &str = "berth.role";
 
 /// Container and runner names start with this.
 pub const NAME_PREFIX: &str = "berth-";
@@ -206,6 +211,19 @@ pub struct WorkerSpec {
     /// Environment variables. Never secrets: names that look like one are
     /// refused.
     pub env: BTreeMap<String, String>,
+    /// Named volumes berth made for this worker (container jobs: the work
+    /// folders it shares with the job's containers). Never host paths.
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A named volume mounted into a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The volume's name (berth's own, `berth.managed`).
+    pub name: String,
+    /// Absolute path in the container.
+    pub target: String,
+    pub read_only: bool,
 }
 
 impl WorkerSpec {
@@ -229,6 +247,7 @@ impl WorkerSpec {
             extra_hosts: Vec::new(),
             user: DEFAULT_USER.to_owned(),
             env: BTreeMap::new(),
+            volumes: Vec::new(),
         }
     }
 
@@ -358,6 +377,17 @@ impl WorkerSpec {
                  and `/`, without `.` or `..`, other than `/` and `/tmp`"
             ));
         }
+        for v in &self.volumes {
+            let target_ok = v.target.starts_with('/')
+                && v.target.len() > 1
+                && !v.target.split('/').any(|p| p == ".." || p == ".");
+            if !is_docker_name(&v.name) || !target_ok {
+                return invalid(format!(
+                    "volume `{}` at `{}`: the name must be a Docker name and the target a plain absolute path",
+                    v.name, v.target
+                ));
+            }
+        }
         if self.read_only_rootfs && (self.tmpfs.tmp_bytes == 0 || self.tmpfs.work_bytes == 0) {
             return invalid(
                 "tmpfs sizes must be non-zero when the root file system is read-only".into(),
@@ -416,7 +446,7 @@ impl WorkerSpec {
     }
 
     /// `(uid, gid)` from `user`; the gid defaults to the uid.
-    fn user_ids(&self) -> Result<(u32, u32), DockerError> {
+    pub fn user_ids(&self) -> Result<(u32, u32), DockerError> {
         let user = self.user.trim();
         let (uid, gid) = match user.split_once(':') {
             Some((u, g)) => (u, Some(g)),
@@ -460,8 +490,10 @@ impl WorkerSpec {
         self.validate()?;
         let (uid, gid) = self.user_ids()?;
 
+        // A volume on the work folder (container jobs) replaces its tmpfs.
+        let work_on_volume = self.volumes.iter().any(|v| v.target == self.work_folder);
         let tmpfs = self.read_only_rootfs.then(|| {
-            HashMap::from([
+            let mut tmpfs = HashMap::from([
                 (
                     "/tmp".to_owned(),
                     format!(
@@ -476,7 +508,23 @@ impl WorkerSpec {
                         self.tmpfs.work_bytes
                     ),
                 ),
-            ])
+            ]);
+            if work_on_volume {
+                tmpfs.remove(&self.work_folder);
+            }
+            tmpfs
+        });
+        let mounts = (!self.volumes.is_empty()).then(|| {
+            self.volumes
+                .iter()
+                .map(|v| bollard::models::Mount {
+                    target: Some(v.target.clone()),
+                    source: Some(v.name.clone()),
+                    typ: Some(bollard::models::MountType::VOLUME),
+                    read_only: Some(v.read_only),
+                    ..Default::default()
+                })
+                .collect()
         });
         let network_mode = match &self.network {
             WorkerNetwork::Bridge(name) => name.clone(),
@@ -494,9 +542,10 @@ impl WorkerSpec {
             cap_drop: Some(vec!["ALL".to_owned()]),
             cap_add: Some(self.capabilities()?),
             security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
-            // No host paths, never the Docker socket: nothing is mounted but tmpfs.
+            // No host paths, never the Docker socket: nothing is mounted but
+            // tmpfs and berth's own named volumes.
             binds: None,
-            mounts: None,
+            mounts,
             volumes_from: None,
             devices: None,
             readonly_rootfs: Some(self.read_only_rootfs),
