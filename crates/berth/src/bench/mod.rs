@@ -9,12 +9,15 @@
 //!   endpoint over many connections and counts what is durably accepted.
 //! * [`placement`] claims jobs with placement from replica processes on
 //!   one PostgreSQL, and on SQLite, against the claim from before the fleet.
+//! * [`hook`] runs container-job steps and `prepare_job` through `berth
+//!   hook` against the same Docker work done directly.
 //!
 //! The first two run the real `berth serve` as a child process, so that its
 //! CPU time and peak RSS can be read from `/proc` without the load
 //! generator's; the third runs its replicas as child processes of this
 //! binary (`--claimer`).
 
+pub mod hook;
 pub mod intake;
 pub mod pipeline;
 pub mod placement;

@@ -283,6 +283,20 @@ pub enum BenchCommand {
         #[arg(long, hide = true)]
         claimer: Option<String>,
     },
+    /// Container jobs: a step and a `prepare_job` through `berth hook`
+    /// against the same Docker work done directly, in the same run.
+    Hook {
+        /// Steps through each path.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// `prepare_job` runs (a job container and a service with a health
+        /// check) through each path.
+        #[arg(long, default_value_t = 10)]
+        prepares: usize,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -462,6 +476,18 @@ pub async fn run(cli: Cli) -> ExitCode {
         })
         .await
         .map(drop),
+        Command::Bench(BenchCommand::Hook {
+            steps,
+            prepares,
+            json,
+        }) => {
+            crate::bench::hook::run(crate::bench::hook::HookOptions {
+                steps,
+                prepares,
+                json,
+            })
+            .await
+        }
         Command::Bench(BenchCommand::Placement {
             claimer: Some(spec),
             ..
