@@ -401,3 +401,58 @@ fn placement_bench_claims_every_job_once_within_the_slots() {
         ])
     );
 }
+
+#[test]
+fn hook_bench_runs_steps_and_prepares_both_ways_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(berth_exe())
+        .args(["bench", "hook", "--steps", "4", "--prepares", "1"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("added by the hook per step"), "{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for (path, n) in [
+        ("step_hook", 4),
+        ("step_direct", 4),
+        ("prepare_hook", 1),
+        ("prepare_direct", 1),
+    ] {
+        assert_eq!(report[path]["n"], n, "{report}");
+        let (p50, p95) = (
+            report[path]["p50_ms"].as_f64().unwrap(),
+            report[path]["p95_ms"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p95, "{path}: {report}");
+    }
+    // Nothing of either path is left on the engine.
+    for args in [
+        &[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=berth.instance=berth-bench-hook",
+        ][..],
+        &["ps", "-aq", "--filter", "label=berth.bench=hook"],
+        &["network", "ls", "-q", "--filter", "label=berth.bench=hook"],
+        &[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            "label=berth.instance=berth-bench-hook",
+        ],
+    ] {
+        let out = Command::new("docker").args(args).output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "left behind ({args:?}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

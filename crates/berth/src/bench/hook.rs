@@ -94,7 +94,8 @@ pub async fn run(options: HookOptions) -> anyhow::Result<()> {
     std::fs::write(&key, sim.app_private_key_pem())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let docker_host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let docker_host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
     let text = format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -139,7 +140,9 @@ memory = "256m"
     // The job, as the dispatcher leaves it once its worker runs.
     let now = ctx.store.now();
     ctx.store.hosts_register(&["default".to_owned()]).await?;
-    ctx.store.host_probe_ok("default", "bench", None, now).await?;
+    ctx.store
+        .host_probe_ok("default", "bench", None, now)
+        .await?;
     let (job, _) = ctx
         .store
         .job_insert(NewJob {
@@ -163,16 +166,37 @@ memory = "256m"
         ordinal: 0,
     }];
     ctx.store
-        .job_claim("bench", 10, 10, Placement { hosts: &hosts, pack: false }, "bench", now + time::Duration::hours(1), now)
+        .job_claim(
+            "bench",
+            10,
+            10,
+            Placement {
+                hosts: &hosts,
+                pack: false,
+            },
+            "bench",
+            now + time::Duration::hours(1),
+            now,
+        )
         .await?
         .context("the bench job could not be claimed")?;
     let runner = format!("berth-bench-{}", &job.id.simple().to_string()[20..]);
     for (from, to, changes) in [
-        (JobState::Provisioning, JobState::Provisioning, JobChanges::new().runner_name(&runner)),
-        (JobState::Provisioning, JobState::Starting, JobChanges::new()),
+        (
+            JobState::Provisioning,
+            JobState::Provisioning,
+            JobChanges::new().runner_name(&runner),
+        ),
+        (
+            JobState::Provisioning,
+            JobState::Starting,
+            JobChanges::new(),
+        ),
         (JobState::Starting, JobState::Running, JobChanges::new()),
     ] {
-        ctx.store.job_transition(job.id, &[from], to, changes).await?;
+        ctx.store
+            .job_transition(job.id, &[from], to, changes)
+            .await?;
     }
     let credential = crate::container_jobs::credential::issue(&ctx, &runner).await?;
     let shutdown = CancellationToken::new();
@@ -277,8 +301,11 @@ async fn measure(
         }
     }
     // Steps: one job container through the hook, one made directly.
-    hook.call("prepare_job", json!({"container": {"image": tag}, "services": []}))
-        .await?;
+    hook.call(
+        "prepare_job",
+        json!({"container": {"image": tag}, "services": []}),
+    )
+    .await?;
     let direct_container = start_direct_job(docker, tag).await?;
     let _ = runner;
     let step_args = json!({
@@ -359,12 +386,29 @@ const DIRECT_NET: &str = "berth-bench-hook-direct";
 /// straight through the Docker API, until the service is healthy.
 async fn prepare_directly(docker: &Controller, tag: &str) -> anyhow::Result<()> {
     docker
-        .job_network_create(DIRECT_NET, &BTreeMap::from([("berth.bench".to_owned(), "hook".to_owned())]), true)
+        .job_network_create(
+            DIRECT_NET,
+            &BTreeMap::from([("berth.bench".to_owned(), "hook".to_owned())]),
+            true,
+        )
         .await?;
     let service = docker
         .container_create(
             "berth-bench-hook-direct-web",
-            direct_body(tag, DIRECT_NET, vec!["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/home/runner"], true),
+            direct_body(
+                tag,
+                DIRECT_NET,
+                vec![
+                    "/bin/busybox",
+                    "httpd",
+                    "-f",
+                    "-p",
+                    "8080",
+                    "-h",
+                    "/home/runner",
+                ],
+                true,
+            ),
         )
         .await?;
     docker.container_start(&service).await?;
@@ -390,7 +434,11 @@ async fn prepare_directly(docker: &Controller, tag: &str) -> anyhow::Result<()> 
 
 async fn start_direct_job(docker: &Controller, tag: &str) -> anyhow::Result<String> {
     docker
-        .job_network_create(DIRECT_NET, &BTreeMap::from([("berth.bench".to_owned(), "hook".to_owned())]), true)
+        .job_network_create(
+            DIRECT_NET,
+            &BTreeMap::from([("berth.bench".to_owned(), "hook".to_owned())]),
+            true,
+        )
         .await?;
     let id = docker
         .container_create(
@@ -403,7 +451,10 @@ async fn start_direct_job(docker: &Controller, tag: &str) -> anyhow::Result<Stri
 }
 
 async fn remove_direct(docker: &Controller) {
-    if let Ok(found) = docker.containers_labelled(&["berth.bench=hook".to_owned()]).await {
+    if let Ok(found) = docker
+        .containers_labelled(&["berth.bench=hook".to_owned()])
+        .await
+    {
         for c in found {
             let _ = docker.remove(&c.id).await;
         }
@@ -412,15 +463,23 @@ async fn remove_direct(docker: &Controller) {
 }
 
 fn print(r: &HookReport) {
-    println!("berth bench hook: a step and a prepare_job through `berth hook` against the same Docker work done directly");
-    println!("{:<26} {:>5} {:>9} {:>9} {:>9}", "", "n", "p50 ms", "p95 ms", "max ms");
+    println!(
+        "berth bench hook: a step and a prepare_job through `berth hook` against the same Docker work done directly"
+    );
+    println!(
+        "{:<26} {:>5} {:>9} {:>9} {:>9}",
+        "", "n", "p50 ms", "p95 ms", "max ms"
+    );
     for (name, s) in [
         ("step, through the hook", &r.step_hook),
         ("step, docker exec direct", &r.step_direct),
         ("prepare, through the hook", &r.prepare_hook),
         ("prepare, direct", &r.prepare_direct),
     ] {
-        println!("{name:<26} {:>5} {:>9.1} {:>9.1} {:>9.1}", s.n, s.p50_ms, s.p95_ms, s.max_ms);
+        println!(
+            "{name:<26} {:>5} {:>9.1} {:>9.1} {:>9.1}",
+            s.n, s.p50_ms, s.p95_ms, s.max_ms
+        );
     }
     println!(
         "added by the hook per step: p50 {:+.1} ms, p95 {:+.1} ms (target: under 50 ms at p95); prepare_job: p50 ×{:.2}",
