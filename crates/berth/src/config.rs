@@ -507,6 +507,12 @@ pub struct PoolConfig {
     /// all of them (`[[docker_host]] labels`).
     #[serde(default)]
     pub host_labels: Vec<String>,
+    /// Slots of its Docker host one job of this pool takes (a host runs
+    /// jobs while their slots add up to at most its `max_runners`): more
+    /// than 1 for jobs that run more than their worker, such as container
+    /// jobs with services.
+    #[serde(default = "defaults::host_slots")]
+    pub host_slots: u32,
     /// Run `container:` jobs, `services:` and Docker container actions
     /// through the runner's container hooks (`berth hook`): the workers get
     /// `ACTIONS_RUNNER_CONTAINER_HOOKS`, a per-job credential and per-job
@@ -613,6 +619,9 @@ mod defaults {
     }
     pub fn work_folder() -> String {
         "_work".into()
+    }
+    pub fn host_slots() -> u32 {
+        1
     }
     pub fn host_max_runners() -> u32 {
         10
@@ -1430,6 +1439,9 @@ impl PoolConfig {
             {
                 c.bad(key("cap_add"), format!("`{cap}` cannot be added back"));
             }
+        }
+        if self.host_slots == 0 || self.host_slots > 1000 {
+            c.bad(key("host_slots"), "must be between 1 and 1000");
         }
         if let Some(label) = self.host_labels.iter().find(|l| !crate::names::is_label(l)) {
             c.bad(key("host_labels"), format!("`{label}` is not a label"));

@@ -60,6 +60,7 @@ impl ClaimOnOneHost for Store {
         let placement = Placement {
             hosts: &hosts,
             pack: false,
+            slots_per_job: 1,
         };
         self.job_claim(pool, max_in_pool, global_max, placement, owner, until, now)
             .await
@@ -600,7 +601,7 @@ async fn claims_place_jobs_by_strategy_slots_and_host_state(h: &Harness) {
         h.tick(1);
     }
     let until = h.now() + Duration::from_secs(60);
-    let claim_on = |hosts: Vec<PlacementHost>, pack: bool| async move {
+    let claim_with = |hosts: Vec<PlacementHost>, pack: bool, slots_per_job: u32| async move {
         let now = h.now();
         h.store
             .job_claim(
@@ -610,6 +611,7 @@ async fn claims_place_jobs_by_strategy_slots_and_host_state(h: &Harness) {
                 Placement {
                     hosts: &hosts,
                     pack,
+                    slots_per_job,
                 },
                 "d",
                 until,
@@ -619,6 +621,7 @@ async fn claims_place_jobs_by_strategy_slots_and_host_state(h: &Harness) {
             .unwrap()
             .map(|j| j.host.unwrap())
     };
+    let claim_on = |hosts: Vec<PlacementHost>, pack: bool| claim_with(hosts, pack, 1);
     // spread, equal weights: round robin by load, ties in configuration order.
     let spread = || {
         vec![
@@ -733,6 +736,33 @@ async fn claims_place_jobs_by_strategy_slots_and_host_state(h: &Harness) {
     }
     let on_a = placed.iter().filter(|p| *p == "a").count();
     assert_eq!(on_a, 6, "{placed:?}");
+
+    // A pool whose jobs take 3 slots each (`host_slots`): a host fits one
+    // of them in 4 slots, and a 1-slot job fills the rest.
+    for job in h.store.jobs_in_states(&[Provisioning]).await.unwrap() {
+        h.store
+            .job_requeue(job.id, &[Provisioning], "test")
+            .await
+            .unwrap();
+    }
+    let small = || vec![host("a", 4, 1.0, 0), host("b", 4, 1.0, 1)];
+    assert_eq!(claim_with(small(), false, 3).await.as_deref(), Some("a"));
+    assert_eq!(claim_with(small(), false, 3).await.as_deref(), Some("b"));
+    assert_eq!(
+        claim_with(small(), false, 3).await,
+        None,
+        "1 slot free on each"
+    );
+    assert_eq!(claim_with(small(), false, 1).await.as_deref(), Some("a"));
+    let busy: Vec<(String, i64)> = h
+        .store
+        .host_busy()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(host, _, n)| (host, n))
+        .collect();
+    assert_eq!(busy, [("a".to_string(), 4), ("b".to_string(), 3)]);
 }
 
 async fn claim_respects_pool_and_global_limits(h: &Harness) {

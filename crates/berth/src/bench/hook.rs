@@ -173,6 +173,7 @@ memory = "256m"
             Placement {
                 hosts: &hosts,
                 pack: false,
+                slots_per_job: 1,
             },
             "bench",
             now + time::Duration::hours(1),

@@ -902,6 +902,7 @@ async fn claim(
                     Placement {
                         hosts: offered,
                         pack: spec.pack,
+                        slots_per_job: 1,
                     },
                     &spec.owner,
                     lease_until,

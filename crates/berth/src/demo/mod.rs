@@ -206,6 +206,7 @@ fn demo_config(
         warm: 0,
         warm_started: false,
         host_labels: Vec::new(),
+        host_slots: 1,
         container_jobs: false,
         containers: Default::default(),
     });

@@ -118,6 +118,7 @@ async fn claim(
             crate::store::Placement {
                 hosts: &hosts,
                 pack: ctx.config.fleet.placement == crate::config::Placement::Pack,
+                slots_per_job: pool.host_slots,
             },
             &ctx.replica_id,
             now + lease,

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! demand(L)        = Σ over pools with host_labels = L of
-//!                    min(active jobs + queued jobs, max_runners)
+//!                    min(active jobs + queued jobs, max_runners) × host_slots
 //! slots_per_host(L) = the largest max_runners among hosts offering L
 //!                     (none configured: dispatch.global_max_runners)
 //! desired_hosts(L) = ceil(demand(L) / slots_per_host(L))
@@ -179,7 +179,9 @@ pub async fn view(ctx: &Context) -> Result<FleetView, StoreError> {
     for pool in &ctx.config.pools {
         let queued = of(&pool.name, &[JobState::Queued]);
         waiting.insert(pool.name.clone(), queued);
-        let wanted = (of(&pool.name, JobState::ACTIVE) + queued).min(i64::from(pool.max_runners));
+        // Each job takes the pool's `host_slots` of its host's slots.
+        let wanted = (of(&pool.name, JobState::ACTIVE) + queued).min(i64::from(pool.max_runners))
+            * i64::from(pool.host_slots.max(1));
         let labels: BTreeSet<String> = pool
             .host_labels
             .iter()

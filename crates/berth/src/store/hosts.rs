@@ -297,11 +297,12 @@ impl Store {
         .map_err(StoreError::query("host_set_admin"))
     }
 
-    /// Active jobs (whose worker has not exited) per host and pool.
+    /// Busy slots (the slots of active jobs whose worker has not exited)
+    /// per host and pool.
     pub async fn host_busy(&self) -> Result<Vec<(String, String, i64)>> {
         on_reader!(self, pool => {
             sqlx::query_as(
-                "SELECT host, pool, COUNT(*) FROM jobs
+                "SELECT host, pool, CAST(SUM(slots) AS BIGINT) FROM jobs
                  WHERE state IN ('provisioning', 'starting', 'running') AND exited_at IS NULL
                    AND host IS NOT NULL
                  GROUP BY host, pool ORDER BY host, pool",

@@ -31,10 +31,13 @@ const CLAIM_LOCK_KEY: i64 = 0x0062_6572_7468_0001;
 /// * `offered` is the pool's hosts (`$7`, a JSON array of `{name, slots,
 ///   weight, ordinal}` for the hosts whose labels the pool needs) that are
 ///   `up` and `active` in `docker_hosts`;
-/// * `busy` counts each host's active jobs whose worker has not exited;
-/// * `placed` is the one host with a free slot that the strategy prefers:
-///   `$8` true is `pack` (configuration order), false `spread` (lowest load
-///   after placing: (busy + 1) / (slots × weight), then configuration order).
+/// * `busy` sums the slots of each host's active jobs whose worker has not
+///   exited (`jobs.slots`: what each took when it was claimed);
+/// * `placed` is the one host with room for `$9` more slots (the pool's
+///   `host_slots`: 1, or more for a pool whose jobs run several containers)
+///   that the strategy prefers: `$8` true is `pack` (configuration order),
+///   false `spread` (lowest load after placing: (busy + $9) / (slots ×
+///   weight), then configuration order).
 ///
 /// No job is claimed when no host has room, nor past the pool's (`$5`) or
 /// the global (`$6`) limit.
@@ -47,7 +50,7 @@ WITH candidate AS (
 ), offered AS (
     {offered}
 ), busy AS (
-    SELECT host, COUNT(*) AS n FROM jobs
+    SELECT host, SUM(slots) AS n FROM jobs
     WHERE state IN ('provisioning', 'starting', 'running') AND exited_at IS NULL
       AND host IS NOT NULL
     GROUP BY host
@@ -55,15 +58,16 @@ WITH candidate AS (
     SELECT o.name FROM offered o
     JOIN docker_hosts h ON h.name = o.name AND h.health = 'up' AND h.admin = 'active'
     LEFT JOIN busy b ON b.host = o.name
-    WHERE COALESCE(b.n, 0) < o.slots
+    WHERE COALESCE(b.n, 0) + $9 <= o.slots
     ORDER BY CASE WHEN $8 THEN o.ordinal ELSE 0 END,
-             (COALESCE(b.n, 0) + 1.0) / (o.slots * o.weight),
+             (COALESCE(b.n, 0) + $9 * 1.0) / (o.slots * o.weight),
              o.ordinal
     LIMIT 1
 )
 UPDATE jobs
 SET state = 'provisioning',
     host = (SELECT name FROM placed),
+    slots = $9,
     lease_owner = $2,
     lease_expires_at = $3,
     attempts = attempts + 1,
@@ -112,7 +116,7 @@ static CLAIM_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 });
 
 /// The claim on PostgreSQL: the claim lock and [`CLAIM`] in one call.
-const CLAIM_CALL_POSTGRES: &str = "SELECT * FROM berth_claim($1, $2, $3, $4, $5, $6, $7, $8)";
+const CLAIM_CALL_POSTGRES: &str = "SELECT * FROM berth_claim($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// A host a claim may place a job on (see [`Store::job_claim`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -132,6 +136,8 @@ pub struct Placement<'a> {
     pub hosts: &'a [PlacementHost],
     /// `true`: `pack`; `false`: `spread`.
     pub pack: bool,
+    /// Slots one job of the pool takes on its host (`pool.host_slots`).
+    pub slots_per_job: u32,
 }
 
 /// Records a GitHub status only if it is later than the stored one: $6 is
@@ -336,7 +342,7 @@ impl Store {
             owner,
             lease_until,
             now,
-            placement: Some((&hosts, placement.pack)),
+            placement: Some((&hosts, placement.pack, placement.slots_per_job.max(1))),
         };
         let err = StoreError::query("job_claim");
         let row = match &self.backend {
@@ -990,7 +996,7 @@ where
         .bind(i64::from(args.max_active_in_pool))
         .bind(i64::from(args.global_max_active));
     match args.placement {
-        Some((hosts, pack)) => query.bind(hosts).bind(pack),
+        Some((hosts, pack, slots)) => query.bind(hosts).bind(pack).bind(i64::from(slots)),
         None => query,
     }
 }
@@ -1005,7 +1011,7 @@ struct ClaimArgs<'a> {
     owner: &'a str,
     lease_until: OffsetDateTime,
     now: OffsetDateTime,
-    placement: Option<(&'a str, bool)>,
+    placement: Option<(&'a str, bool, u32)>,
 }
 
 /// Which row an update addresses.
