@@ -11,15 +11,15 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
 use super::{ApiError, ApiResult, body_bytes};
 use crate::container_jobs::credential::{self, Refusal};
-use crate::container_jobs::protocol::{COMMANDS, HookInput};
+use crate::container_jobs::protocol::{COMMANDS, Event, HookInput};
 use crate::container_jobs::runtime::{self, HookJob};
 use crate::context::Context;
 
@@ -32,6 +32,54 @@ impl From<Refusal> for ApiError {
         };
         ApiError::new(status, r.to_string())
     }
+}
+
+/// The largest build context `POST /v1/hook/build` takes.
+pub const MAX_BUILD_CONTEXT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The job of the request's credential, if its pool runs container jobs,
+/// with its runner and host.
+async fn hook_job(
+    ctx: &Context,
+    headers: &HeaderMap,
+) -> ApiResult<(HookJob, crate::config::PoolConfig)> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let job = credential::job_of(ctx, authorization).await?;
+    let pool = ctx
+        .pool_of(&job)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?
+        .clone();
+    if !pool.container_jobs {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("pool `{}` does not run container jobs", pool.name),
+        ));
+    }
+    let Some(runner) = job.runner_name.clone() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the job has no runner yet",
+        ));
+    };
+    let host = ctx.fleet.host_of(&job).to_owned();
+    Ok((HookJob { job, runner, host }, pool))
+}
+
+/// The answer: the command's events, one JSON object per line, as they come.
+fn stream(received: tokio::sync::mpsc::Receiver<Event>) -> Response {
+    let lines = tokio_stream::wrappers::ReceiverStream::new(received).map(|event| {
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 pub async fn command(
@@ -49,10 +97,7 @@ pub async fn command(
             ),
         ));
     }
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let job = credential::job_of(&ctx, authorization).await?;
+    let (hook, _pool) = hook_job(&ctx, &headers).await?;
     let body = body_bytes(body)?;
     let input: HookInput = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid hook input: {e}")))?;
@@ -65,23 +110,6 @@ pub async fn command(
             ),
         ));
     }
-    let pool = ctx
-        .pool_of(&job)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
-    if !pool.container_jobs {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("pool `{}` does not run container jobs", pool.name),
-        ));
-    }
-    let Some(runner) = job.runner_name.clone() else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the job has no runner yet",
-        ));
-    };
-    let host = ctx.fleet.host_of(&job).to_owned();
-    let hook = HookJob { job, runner, host };
     if let Ok(docker) = ctx.fleet.docker(&hook.host) {
         runtime::check_state(docker, &hook, &input.state)
             .await
@@ -89,15 +117,49 @@ pub async fn command(
     }
     let (events, received) = tokio::sync::mpsc::channel(64);
     tokio::spawn(runtime::run(ctx.clone(), hook, command, input, events));
-    let lines = tokio_stream::wrappers::ReceiverStream::new(received).map(|event| {
-        let mut line = serde_json::to_vec(&event).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, std::convert::Infallible>(Bytes::from(line))
-    });
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(lines),
-    )
-        .into_response())
+    Ok(stream(received))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct BuildQuery {
+    /// The Dockerfile's path in the build context.
+    dockerfile: String,
+}
+
+/// `POST /v1/hook/build?dockerfile=NAME`: builds a Dockerfile action's
+/// image from the tar archive in the body (the action's folder, sent by
+/// `berth hook` from the worker), where the pool allows builds.
+pub async fn build(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    query: Result<Query<BuildQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let (hook, pool) = hook_job(&ctx, &headers).await?;
+    if !pool.containers.allow_builds {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this step is a Dockerfile action, and this pool does not build images \
+             (pool.containers.allow_builds); use a published image (`docker://…`) or ask the \
+             operator (berth policy: builds)",
+        ));
+    }
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let name = query.dockerfile;
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('/')
+        && name
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..");
+    if !plain {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{name}` is not a path inside the build context"),
+        ));
+    }
+    let body = body_bytes(body)?;
+    let (events, received) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(runtime::build(ctx.clone(), hook, body, name, events));
+    Ok(stream(received))
 }

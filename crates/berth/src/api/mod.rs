@@ -128,6 +128,10 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/jobs/{id}/containers", get(job_containers))
+        .route(
+            "/v1/hook/build",
+            post(hook::build).layer(DefaultBodyLimit::max(hook::MAX_BUILD_CONTEXT_BYTES)),
+        )
         .route("/v1/hook/{command}", post(hook::command))
         .route("/v1/pools", get(list_pools))
         .route("/v1/status", get(status))

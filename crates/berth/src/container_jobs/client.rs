@@ -53,6 +53,17 @@ async fn run_inner() -> Result<i32, String> {
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    // A Dockerfile action: berth builds its image from the action's folder
+    // first, and the step then runs that image.
+    if parsed.command == "run_container_step"
+        && let Some(dockerfile) = parsed.args["dockerfile"].as_str()
+        && parsed.args["image"].is_null()
+    {
+        let image = build(&client, &url, token.trim(), dockerfile).await?;
+        let mut rewritten = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
+        rewritten["args"]["image"] = serde_json::Value::String(image);
+        input = rewritten.to_string();
+    }
     let response = client
         .post(&endpoint)
         .bearer_auth(token.trim())
@@ -89,6 +100,78 @@ async fn run_inner() -> Result<i32, String> {
         "berth's answer to {} ended before the command finished",
         parsed.command
     ))
+}
+
+/// Sends the folder of `dockerfile` (a path in the worker) to berth as a
+/// build context and returns the ID of the image berth built.
+async fn build(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    dockerfile: &str,
+) -> Result<String, String> {
+    let path = std::path::Path::new(dockerfile);
+    let folder = path
+        .parent()
+        .ok_or_else(|| format!("`{dockerfile}` has no folder"))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("`{dockerfile}` is not a file name"))?;
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.follow_symlinks(false);
+    archive
+        .append_dir_all(".", folder)
+        .map_err(|e| format!("cannot pack the action's folder {}: {e}", folder.display()))?;
+    let context = archive
+        .into_inner()
+        .map_err(|e| format!("cannot pack the action's folder: {e}"))?;
+    let response = client
+        .post(format!("{}/v1/hook/build", url.trim_end_matches('/')))
+        .query(&[("dockerfile", name)])
+        .bearer_auth(token)
+        .header("content-type", "application/x-tar")
+        .body(context)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach berth at {url}: {e}"))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        return Err(format!("berth refused the build ({status}): {message}"));
+    }
+    let mut body = response.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("the connection to berth broke: {e}"))?;
+        pending.extend_from_slice(&chunk);
+        while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=newline).collect();
+            let text = std::str::from_utf8(&line).unwrap_or("").trim();
+            if text.is_empty() {
+                continue;
+            }
+            let event: Event = serde_json::from_str(text)
+                .map_err(|e| format!("berth sent an unreadable line: {e}"))?;
+            match event {
+                Event::Output { text, .. } => {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+                }
+                Event::Done { response, .. } => {
+                    return response
+                        .and_then(|r| r["image"].as_str().map(str::to_owned))
+                        .ok_or_else(|| "berth's build answer names no image".to_owned());
+                }
+                Event::Error { message } => return Err(message),
+            }
+        }
+    }
+    Err("berth's answer to the build ended early".into())
 }
 
 /// Handles one answer line; `Some(code)` once the command ended.

@@ -146,6 +146,50 @@ pub fn check_image(image: &str, policy: &ContainerPolicy) -> Result<(), Refused>
     }
 }
 
+/// Checks a Dockerfile action's `FROM` images against the pool's
+/// `containers.images` (a build pulls them): every stage's base must be an
+/// allowed image, an earlier stage or `scratch`; a base spelled with a
+/// build argument (`FROM $BASE`) is refused, since it cannot be checked.
+pub fn check_dockerfile(text: &str, policy: &ContainerPolicy) -> Result<(), Refused> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut found = false;
+    // Continuation lines joined, comments dropped.
+    let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
+    for line in joined.lines() {
+        let line = line.trim();
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        found = true;
+        let mut words = words.filter(|w| !w.starts_with("--"));
+        let image = words.next().unwrap_or("");
+        if image.contains('$') {
+            return Err(refused(
+                "builds",
+                format!(
+                    "`FROM {image}` names its base through a build argument, which berth cannot check"
+                ),
+            ));
+        }
+        let lower = image.to_ascii_lowercase();
+        if lower != "scratch" && !stages.contains(&lower) {
+            check_image(image, policy)
+                .map_err(|e| refused("builds", format!("the Dockerfile's base: {}", e.message)))?;
+        }
+        if let (Some(as_kw), Some(name)) = (words.next(), words.next())
+            && as_kw.eq_ignore_ascii_case("AS")
+        {
+            stages.push(name.to_ascii_lowercase());
+        }
+    }
+    if found {
+        Ok(())
+    } else {
+        Err(refused("builds", "the Dockerfile has no FROM line"))
+    }
+}
+
 /// A health check from `--health-*` options (Docker's `HealthConfig`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Health {
@@ -737,6 +781,27 @@ mod tests {
             let e = parse_create_options(Some(options), &p).unwrap_err();
             assert_eq!(e.rule, rule, "{options}: {e}");
             assert!(e.to_string().contains(rule), "{e}");
+        }
+    }
+
+    #[test]
+    fn dockerfile_bases_must_be_allowed() {
+        let p = policy(&["alpine:3*", "ghcr.io/acme/*"]);
+        assert!(check_dockerfile("FROM alpine:3.20\nRUN true\n", &p).is_ok());
+        assert!(check_dockerfile(
+            "from --platform=linux/amd64 ghcr.io/acme/base:1 AS build\nFROM scratch\nCOPY --from=build /x /x\nFROM build\n",
+            &p
+        )
+        .is_ok());
+        for (text, why) in [
+            ("FROM ubuntu:24.04\n", "ubuntu"),
+            ("FROM $BASE\n", "build argument"),
+            ("RUN true\n", "no FROM"),
+            ("FROM alpine:3.20 AS a\nFROM debian:12\n", "debian"),
+        ] {
+            let e = check_dockerfile(text, &p).unwrap_err();
+            assert_eq!(e.rule, "builds");
+            assert!(e.to_string().contains(why), "{text}: {e}");
         }
     }
 

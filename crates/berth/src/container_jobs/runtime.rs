@@ -195,13 +195,27 @@ fn requested(mounts: &[MountVolume]) -> Vec<RequestedMount> {
 }
 
 fn plan(c: &HookContainer, what: &str, pool: &PoolConfig, repository: &str) -> Result<Planned> {
+    plan_checked(c, what, pool, repository, true)
+}
+
+/// [`plan`]; `check_image` false for an image berth built for this job
+/// (its bases were checked before the build).
+fn plan_checked(
+    c: &HookContainer,
+    what: &str,
+    pool: &PoolConfig,
+    repository: &str,
+    check_image: bool,
+) -> Result<Planned> {
     let policy = &pool.containers;
     let image = c
         .image
         .clone()
         .filter(|i| !i.trim().is_empty())
         .ok_or_else(|| Failure(format!("the {what} names no image")))?;
-    policy::check_image(&image, policy)?;
+    if check_image {
+        policy::check_image(&image, policy)?;
+    }
     let options = policy::parse_create_options(c.create_options.as_deref(), policy)?;
     let folders = job_volume_folders(&work_folder(pool), repository);
     let mut mounts = policy::translate_mounts(
@@ -459,24 +473,50 @@ async fn create(
     Ok(id)
 }
 
-/// A service's name as a network alias and a container name part.
-fn alias_of(service: &HookContainer, index: usize) -> Result<String> {
-    let name = service
-        .context_name
-        .clone()
-        .unwrap_or_else(|| format!("service{index}"));
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
+/// A service's name on the job network: its `contextName` when the runner
+/// sends one, else its image's name (`postgres:16` → `postgres`,
+/// `ghcr.io/acme/cache@sha256:…` → `cache`). The runner does not send the
+/// workflow's service id to hooks (actions/runner#2783), so a service is
+/// reached by its image's name, as with ARC's hooks; a second service of the
+/// same image gets `-2`, `-3`… (`taken` holds the names given so far).
+fn alias_of(service: &HookContainer, taken: &[String]) -> Result<String> {
+    let base = match &service.context_name {
+        Some(name) => name.clone(),
+        None => {
+            let image = service.image.as_deref().unwrap_or("service");
+            let without_digest = image.split('@').next().unwrap_or(image);
+            let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+            let name = last.split(':').next().unwrap_or(last);
+            name.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+                .trim_matches('-')
+                .to_owned()
+        }
+    };
+    let ok = !base.is_empty()
+        && base.len() <= 50
+        && base
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(name)
-    } else {
-        Err(Failure(format!(
-            "`{name}` is not a service name berth can use"
-        )))
+    if !ok {
+        return Err(Failure(format!(
+            "`{base}` is not a service name berth can use"
+        )));
     }
+    let mut name = base.clone();
+    let mut n = 1;
+    while taken.contains(&name) {
+        n += 1;
+        name = format!("{base}-{n}");
+    }
+    Ok(name)
 }
 
 /// Container port → itself: berth publishes nothing on the host, the job
@@ -525,9 +565,10 @@ async fn prepare_job(
         }
         None => None,
     };
-    let mut service_plans = Vec::new();
-    for (i, s) in args.services.iter().enumerate() {
-        let alias = alias_of(s, i)?;
+    let mut service_plans: Vec<(String, Planned, BTreeMap<String, String>)> = Vec::new();
+    for s in &args.services {
+        let taken: Vec<String> = service_plans.iter().map(|(a, _, _)| a.clone()).collect();
+        let alias = alias_of(s, &taken)?;
         let planned = plan(s, &format!("service `{alias}`"), pool, &hook.job.repository)?;
         service_plans.push((alias, planned, ports(&s.port_mappings)));
     }
@@ -813,26 +854,53 @@ async fn run_container_step(
     let args: HookContainer = serde_json::from_value(args)
         .map_err(|e| Failure(format!("run_container_step: invalid args: {e}")))?;
     let policy = &pool.containers;
-    if args.dockerfile.is_some() && args.image.is_none() {
-        return Err(Refused {
-            rule: "builds",
-            message: "this step is a Dockerfile action, and this pool does not build images (pool.containers.allow_builds); use a published image (`docker://…`) or ask the operator".into(),
+    // A Dockerfile action runs the image `berth hook` had berth build first
+    // (POST /v1/hook/build): one labelled with this job's runner.
+    let built = match (&args.dockerfile, &args.image) {
+        (None, _) => false,
+        (Some(_), None) => {
+            return Err(Refused {
+                rule: "builds",
+                message: "this step is a Dockerfile action: its image must be built first (berth hook does so where the pool allows builds)".into(),
+            }
+            .into());
         }
-        .into());
-    }
-    let mut planned = plan(&args, "container action", pool, &hook.job.repository)?;
+        (Some(_), Some(image)) => {
+            let ours = docker
+                .images_labelled(&[
+                    format!("{LABEL_RUNNER}={}", hook.runner),
+                    format!("{LABEL_ROLE}=image"),
+                ])
+                .await?;
+            if !ours.iter().any(|id| id == image) {
+                return Err(Failure(format!(
+                    "the image `{image}` is not one berth built for this job"
+                )));
+            }
+            true
+        }
+    };
+    let mut planned = plan_checked(
+        &args,
+        "container action",
+        pool,
+        &hook.job.repository,
+        !built,
+    )?;
     if let Some(path) = step_path(&args.prepend_path, &[]) {
         planned.env.entry("PATH".into()).or_insert(path);
     }
-    ensure_image(
-        ctx,
-        docker,
-        policy,
-        &planned.image,
-        planned.registry.clone(),
-        events,
-    )
-    .await?;
+    if !built {
+        ensure_image(
+            ctx,
+            docker,
+            policy,
+            &planned.image,
+            planned.registry.clone(),
+            events,
+        )
+        .await?;
+    }
     ensure_network(ctx, docker, hook).await?;
     ensure_user_volumes(ctx, docker, hook, &planned.mounts).await?;
     let egress = crate::docker::egress::worker_env(&ctx.config.docker);
@@ -859,6 +927,133 @@ async fn run_container_step(
         exit_code: code.unwrap_or(-1),
         response: None,
     })
+}
+
+/// Builds a Dockerfile action's image from `context` (the action's folder,
+/// as a tar archive the hook made in the worker), after checking its bases
+/// against the pool's images; answers with the image's ID. The image is
+/// labelled with the job and removed with its other objects.
+pub async fn build(
+    ctx: Arc<Context>,
+    hook: HookJob,
+    context: bytes::Bytes,
+    dockerfile: String,
+    events: Events,
+) {
+    let started = Instant::now();
+    let result = build_inner(&ctx, &hook, context, &dockerfile, &events).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .hook_commands
+        .get_or_create(&crate::observability::metrics::HookCommandLabels {
+            command: "build".into(),
+            outcome: outcome.into(),
+        })
+        .inc();
+    ctx.metrics
+        .hook_command_duration
+        .get_or_create(&crate::observability::metrics::HookCommandKind {
+            command: "build".into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    let last = match result {
+        Ok(done) => done,
+        Err(Failure(message)) => Event::Error { message },
+    };
+    let _ = events.send(last).await;
+}
+
+async fn build_inner(
+    ctx: &Context,
+    hook: &HookJob,
+    context: bytes::Bytes,
+    dockerfile: &str,
+    events: &Events,
+) -> Result<Event> {
+    let pool = ctx.pool_of(&hook.job).map_err(Failure)?;
+    let docker = ctx
+        .fleet
+        .docker(&hook.host)
+        .map_err(|e| Failure(e.to_string()))?;
+    let text = dockerfile_in(&context, dockerfile)?;
+    policy::check_dockerfile(&text, &pool.containers)?;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let tag = format!(
+        "berth-action-{}:{}",
+        hook.runner.to_ascii_lowercase(),
+        &suffix[..8]
+    );
+    say(
+        events,
+        format!("berth: building the action's image ({tag})"),
+    )
+    .await;
+    // Builds reach registries the way the job does: through the egress
+    // proxy when there is one (Docker's predefined proxy build arguments).
+    let build_args = crate::docker::egress::worker_env(&ctx.config.docker)
+        .into_iter()
+        .filter(|(k, _)| k.to_ascii_uppercase().ends_with("_PROXY"))
+        .collect();
+    let (output, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let labels = hook.labels(ctx, "image");
+    let building = docker.image_build(
+        context,
+        dockerfile,
+        &tag,
+        &labels,
+        &build_args,
+        ctx.config.docker.pull_timeout,
+        output,
+    );
+    tokio::pin!(building);
+    let id = loop {
+        tokio::select! {
+            Some(line) = lines.recv() => {
+                let _ = events
+                    .send(Event::Output {
+                        stream: "stdout".into(),
+                        text: line,
+                    })
+                    .await;
+            }
+            built = &mut building => break built?,
+        }
+    };
+    while let Ok(line) = lines.try_recv() {
+        let _ = events
+            .send(Event::Output {
+                stream: "stdout".into(),
+                text: line,
+            })
+            .await;
+    }
+    Ok(Event::Done {
+        exit_code: 0,
+        response: Some(json!({ "image": id })),
+    })
+}
+
+/// The Dockerfile's text, from the build context.
+fn dockerfile_in(context: &[u8], dockerfile: &str) -> Result<String> {
+    let mut archive = tar::Archive::new(context);
+    let entries = archive
+        .entries()
+        .map_err(|e| Failure(format!("the build context is not a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| Failure(format!("the build context is not a tar archive: {e}")))?;
+        let path = entry
+            .path()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if path.trim_start_matches("./") == dockerfile {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text)
+                .map_err(|e| Failure(format!("cannot read {dockerfile}: {e}")))?;
+            return Ok(text);
+        }
+    }
+    Err(Failure(format!("the build context has no `{dockerfile}`")))
 }
 
 /// Refuses a `state` naming a container that is not one of this job's:
@@ -939,6 +1134,17 @@ pub async fn remove_objects(
             }
         }
     }
+    if let Ok(images) = docker
+        .images_labelled(&[by_runner.clone(), format!("{LABEL_ROLE}=image")])
+        .await
+    {
+        for id in images {
+            match docker.image_remove(&id).await {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(image = %id, error = %e, "removing a job's image failed"),
+            }
+        }
+    }
     if let Ok(volumes) = docker
         .volumes_labelled(std::slice::from_ref(&by_runner))
         .await
@@ -961,6 +1167,32 @@ pub async fn remove_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_are_named_after_their_image_unless_the_runner_names_them() {
+        let svc = |image: &str, context: Option<&str>| HookContainer {
+            image: Some(image.into()),
+            context_name: context.map(str::to_owned),
+            ..Default::default()
+        };
+        assert_eq!(
+            alias_of(&svc("postgres:16", None), &[]).unwrap(),
+            "postgres"
+        );
+        assert_eq!(
+            alias_of(&svc("ghcr.io/acme/Cache_db@sha256:abc", None), &[]).unwrap(),
+            "cache-db"
+        );
+        assert_eq!(
+            alias_of(&svc("redis", Some("queue")), &[]).unwrap(),
+            "queue"
+        );
+        assert_eq!(
+            alias_of(&svc("redis:7", None), &["redis".into()]).unwrap(),
+            "redis-2"
+        );
+        assert!(alias_of(&svc("x", Some("bad name")), &[]).is_err());
+    }
 
     #[test]
     fn ports_map_each_container_port_to_itself() {

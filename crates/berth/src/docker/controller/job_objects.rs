@@ -542,3 +542,96 @@ impl Controller {
             .boxed()
     }
 }
+
+impl Controller {
+    /// Builds an image from `context` (a tar archive) with the legacy
+    /// builder, labelled `labels` (plus `berth.managed`) and tagged `tag`,
+    /// within `limit`; each line of the build's output goes to `output`.
+    /// Returns the image's ID; a failed step is an error with the engine's
+    /// message.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn image_build(
+        &self,
+        context: Bytes,
+        dockerfile: &str,
+        tag: &str,
+        labels: &BTreeMap<String, String>,
+        build_args: &BTreeMap<String, String>,
+        limit: Duration,
+        output: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<String, DockerError> {
+        let mut all_labels: HashMap<String, String> = labels.clone().into_iter().collect();
+        all_labels.insert(LABEL_MANAGED.to_owned(), "true".to_owned());
+        let options = bollard::query_parameters::BuildImageOptions {
+            dockerfile: dockerfile.to_owned(),
+            t: Some(tag.to_owned()),
+            rm: true,
+            forcerm: true,
+            labels: Some(all_labels),
+            buildargs: (!build_args.is_empty()).then(|| build_args.clone().into_iter().collect()),
+            networkmode: Some("default".to_owned()),
+            ..Default::default()
+        };
+        let building = async {
+            let mut stream =
+                self.docker
+                    .build_image(options, None, Some(bollard::body_full(context)));
+            let mut id = None;
+            while let Some(item) = stream.next().await {
+                let info = item?;
+                if let Some(detail) = info.error_detail {
+                    return Ok(Err(detail.message.unwrap_or_default()));
+                }
+                if let Some(built) = info.aux.and_then(|aux| aux.id) {
+                    id = Some(built);
+                }
+                if let Some(line) = info.stream {
+                    let _ = output.send(line);
+                }
+            }
+            Ok(id.ok_or_else(|| "the build ended without an image".to_owned()))
+        };
+        let result = match self.call_within("image_build", limit, building).await {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(message)) => Err(DockerError::Protocol {
+                op: "image_build",
+                message,
+            }),
+            Err(e) => Err(e),
+        };
+        self.report(result)
+    }
+
+    /// berth's images carrying every label of `labels`: their IDs.
+    pub async fn images_labelled(&self, labels: &[String]) -> Result<Vec<String>, DockerError> {
+        let options = bollard::query_parameters::ListImagesOptions {
+            filters: Some(label_filter(labels)),
+            ..Default::default()
+        };
+        let result = self
+            .call("image_list", self.docker.list_images(Some(options)))
+            .await
+            .map(|images| images.into_iter().map(|i| i.id).collect());
+        self.report(result)
+    }
+
+    /// Removes an image berth built; one already gone is not an error.
+    pub async fn image_remove(&self, id: &str) -> Result<(), DockerError> {
+        let options = bollard::query_parameters::RemoveImageOptions {
+            force: true,
+            noprune: false,
+            ..Default::default()
+        };
+        let result = match self
+            .call(
+                "image_remove",
+                self.docker.remove_image(id, Some(options), None),
+            )
+            .await
+        {
+            Ok(_) | Err(DockerError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        };
+        self.report(result)
+    }
+}
