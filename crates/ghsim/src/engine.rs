@@ -18,6 +18,7 @@
 //! the scale-set messages (`JobAvailable`/`JobAssigned`, `JobStarted`,
 //! `JobCompleted`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,14 @@ use crate::sim::Shared;
 use crate::state::{Job, JobStatus, Offer, Runner, StepSpec, StepState, World, lock, now, ts};
 use crate::webhooks::DeliveryFault;
 
-/// One step of a queued job: a shell command or `{name, run}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One step of a queued job: a shell command, `{name, run}`, a run step
+/// with `shell`/`env`, or a container action (`{uses: "docker://IMAGE"}`,
+/// or `{uses: "./path", dockerfile: …}` for a Dockerfile action).
+///
+/// JSON objects are told apart by their keys: `uses` makes an
+/// [`StepInput::Action`]; `run` with `shell` or `env` a
+/// [`StepInput::Script`]; `run` alone a [`StepInput::Named`].
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum StepInput {
     /// Just the command.
@@ -42,11 +49,298 @@ pub enum StepInput {
         /// The command.
         run: String,
     },
+    /// A run step with a shell and/or step environment.
+    Script(ScriptStep),
+    /// A container action step.
+    Action(ActionStep),
 }
 
 impl From<&str> for StepInput {
     fn from(s: &str) -> Self {
         StepInput::Command(s.to_string())
+    }
+}
+
+/// A `run:` step with `shell:` and `env:` (see [`StepInput::Script`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScriptStep {
+    /// Display name (default `Run <first line>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The script.
+    pub run: String,
+    /// `shell:` (`sh`, `bash`, `python`, or a format string with `{0}`).
+    /// Only steps run through the container hooks use it; steps run on the
+    /// stand-in's host always use `/bin/sh -c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Step environment (`env:`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A container action step (see [`StepInput::Action`]): `uses:
+/// docker://IMAGE`, or a Dockerfile action `uses: ./path` (or
+/// `owner/repo[/path]@ref`) whose `Dockerfile` the simulated checkout writes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActionStep {
+    /// Display name (default `Run <uses>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `docker://IMAGE`, `./path` or `owner/repo[/path]@ref`.
+    pub uses: String,
+    /// `with: args:` — the runner splits it on spaces; a list is joined
+    /// with spaces first (so list items must not contain spaces).
+    #[serde(
+        default,
+        deserialize_with = "string_or_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub args: Vec<String>,
+    /// `with: entrypoint:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    /// Step environment (`env:`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// For `uses` other than `docker://`: the action's `Dockerfile` (its
+    /// content, or `true` for [`DEFAULT_DOCKERFILE`]). The simulated checkout
+    /// writes it with an `action.yml` (`runs: {using: docker, image:
+    /// Dockerfile}`) into the action's directory.
+    #[serde(
+        default,
+        deserialize_with = "dockerfile_content",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dockerfile: Option<String>,
+}
+
+/// The Dockerfile of a Dockerfile action given as `dockerfile: true`.
+pub const DEFAULT_DOCKERFILE: &str = "FROM busybox:stable\n";
+
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Args {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Args>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Args::One(s)) => vec![s],
+        Some(Args::Many(v)) => v,
+    })
+}
+
+fn dockerfile_content<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Dockerfile {
+        Flag(bool),
+        Content(String),
+    }
+    Ok(match Option::<Dockerfile>::deserialize(d)? {
+        None | Some(Dockerfile::Flag(false)) => None,
+        Some(Dockerfile::Flag(true)) => Some(DEFAULT_DOCKERFILE.to_string()),
+        Some(Dockerfile::Content(c)) => Some(c),
+    })
+}
+
+impl<'de> Deserialize<'de> for StepInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Command(String),
+            Object(serde_json::Map<String, serde_json::Value>),
+        }
+        let obj = match Raw::deserialize(d)? {
+            Raw::Command(c) => return Ok(StepInput::Command(c)),
+            Raw::Object(o) => o,
+        };
+        let value = serde_json::Value::Object(obj.clone());
+        if obj.contains_key("uses") {
+            if obj.contains_key("run") {
+                return Err(D::Error::custom(
+                    "a step has either `run` or `uses`, not both",
+                ));
+            }
+            return serde_json::from_value(value)
+                .map(StepInput::Action)
+                .map_err(D::Error::custom);
+        }
+        if !obj.contains_key("run") {
+            return Err(D::Error::custom("a step needs `run` or `uses`"));
+        }
+        let step: ScriptStep = serde_json::from_value(value).map_err(D::Error::custom)?;
+        Ok(if step.shell.is_none() && !obj.contains_key("env") {
+            StepInput::Named {
+                name: step.name,
+                run: step.run,
+            }
+        } else {
+            StepInput::Script(step)
+        })
+    }
+}
+
+/// Registry credentials of a container (`credentials:`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredentials {
+    /// User name.
+    #[serde(default)]
+    pub username: String,
+    /// Password or token.
+    #[serde(default)]
+    pub password: String,
+}
+
+/// A job container (`container:`) or a service container (`services.<id>:`),
+/// as in a workflow file: an image name, or the mapping. The job message
+/// carries it in the same shape (`jobContainer`, `jobServiceContainers`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ContainerSpec {
+    /// Image (`docker://` is stripped, as the runner's template converter does).
+    pub image: String,
+    /// `env:`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `options:` (the hook's `createOptions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<String>,
+    /// `ports:` (`"8080:80"`, `"5432"`; numbers are accepted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// `volumes:` (`source:target[:ro]`, `target`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// `credentials:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<RegistryCredentials>,
+    /// `entrypoint:` (service containers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    /// `command:` (service containers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+impl ContainerSpec {
+    /// A container running `image`.
+    pub fn image(image: &str) -> Self {
+        ContainerSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ContainerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Port {
+            Text(String),
+            Number(u64),
+        }
+        #[derive(Deserialize)]
+        struct Mapping {
+            image: String,
+            #[serde(default)]
+            env: BTreeMap<String, String>,
+            #[serde(default)]
+            options: Option<String>,
+            #[serde(default)]
+            ports: Vec<Port>,
+            #[serde(default)]
+            volumes: Vec<String>,
+            #[serde(default)]
+            credentials: Option<RegistryCredentials>,
+            #[serde(default)]
+            entrypoint: Option<String>,
+            #[serde(default)]
+            command: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Image(String),
+            Mapping(Mapping),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Image(image) => ContainerSpec::image(&image),
+            Raw::Mapping(m) => ContainerSpec {
+                image: m.image,
+                env: m.env,
+                options: m.options,
+                ports: m
+                    .ports
+                    .into_iter()
+                    .map(|p| match p {
+                        Port::Text(t) => t,
+                        Port::Number(n) => n.to_string(),
+                    })
+                    .collect(),
+                volumes: m.volumes,
+                credentials: m.credentials,
+                entrypoint: m.entrypoint,
+                command: m.command,
+            },
+        })
+    }
+}
+
+/// Service containers (`services:`), in the order given: a JSON object
+/// `{"<id>": ContainerSpec, …}` whose key order is kept (the runner hands
+/// services to the hook in the workflow's order).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Services(pub Vec<(String, ContainerSpec)>);
+
+impl Services {
+    /// No services.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Services {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Services {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Services;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of service id to container")
+            }
+            fn visit_unit<E>(self) -> Result<Services, E> {
+                Ok(Services::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Services, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = a.next_entry::<String, ContainerSpec>()? {
+                    if out.iter().any(|(n, _)| n == &k) {
+                        return Err(serde::de::Error::custom(format!("duplicate service {k:?}")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(Services(out))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -57,7 +351,7 @@ pub struct JobSpec {
     pub repository: String,
     /// `runs-on` labels.
     pub labels: Vec<String>,
-    /// Steps, run in order with `/bin/sh -c`.
+    /// Steps, in order.
     pub steps: Vec<StepInput>,
     /// Workflow name (default `CI`).
     #[serde(default)]
@@ -80,6 +374,20 @@ pub struct JobSpec {
     /// Delivery fault for all this job's webhooks.
     #[serde(default)]
     pub webhook_fault: Option<DeliveryFault>,
+    /// Job container (`container:`). With it or with `services`, the job's
+    /// step list starts with `Initialize containers` and ends with `Stop
+    /// containers`, as on GitHub.
+    #[serde(default)]
+    pub container: Option<ContainerSpec>,
+    /// Service containers (`services:`).
+    #[serde(default)]
+    pub services: Services,
+    /// Whether the job message's variables carry
+    /// `DistributedTask.AllowRunnerContainerHooks: true` (default `true`, as
+    /// GitHub sends it); `false` leaves the variable out, so a runner does
+    /// not use its container hooks for this job.
+    #[serde(default)]
+    pub allow_container_hooks: Option<bool>,
 }
 
 impl JobSpec {
@@ -92,6 +400,92 @@ impl JobSpec {
             ..Default::default()
         }
     }
+}
+
+/// Name of the step GitHub shows first for a job with containers.
+pub const INITIALIZE_CONTAINERS: &str = "Initialize containers";
+/// Name of the step GitHub shows last for a job with containers.
+pub const STOP_CONTAINERS: &str = "Stop containers";
+
+fn run_name(run: &str) -> String {
+    format!("Run {}", run.lines().next().unwrap_or(""))
+}
+
+/// Checks a container of the spec; strips `docker://` like the runner's
+/// template converter.
+fn check_container(c: &ContainerSpec, what: &str, service: bool) -> Result<ContainerSpec> {
+    let mut c = c.clone();
+    if let Some(rest) = c.image.strip_prefix("docker://") {
+        c.image = rest.to_string();
+    }
+    if c.image.trim().is_empty() {
+        return Err(Error::validation(
+            "Invalid request.",
+            format!("{what}: image must not be empty"),
+        ));
+    }
+    if !service && (c.entrypoint.is_some() || c.command.is_some()) {
+        return Err(Error::validation(
+            "Invalid request.",
+            format!("{what}: the keys 'entrypoint' and 'command' are not allowed"),
+        ));
+    }
+    Ok(c)
+}
+
+/// A spec step as the engine keeps it.
+fn step_spec(s: &StepInput) -> Result<StepSpec> {
+    Ok(match s {
+        StepInput::Command(c) => StepSpec::run(run_name(c), c),
+        StepInput::Named { name, run } => {
+            StepSpec::run(name.clone().unwrap_or_else(|| run_name(run)), run)
+        }
+        StepInput::Script(sc) => StepSpec {
+            shell: sc.shell.clone(),
+            env: sc.env.clone(),
+            ..StepSpec::run(
+                sc.name.clone().unwrap_or_else(|| run_name(&sc.run)),
+                &sc.run,
+            )
+        },
+        StepInput::Action(a) => {
+            let bad = |m: String| Err(Error::validation("Invalid request.", m));
+            if let Some(image) = a.uses.strip_prefix("docker://") {
+                if image.trim().is_empty() {
+                    return bad(format!("step {:?}: docker:// needs an image", a.uses));
+                }
+                if a.dockerfile.is_some() {
+                    return bad(format!(
+                        "step {:?}: `dockerfile` is for Dockerfile actions, not docker://",
+                        a.uses
+                    ));
+                }
+            } else if a.dockerfile.is_none() {
+                return bad(format!(
+                    "step {:?}: only container actions run here: `uses: docker://IMAGE`, or a Dockerfile action with `dockerfile`",
+                    a.uses
+                ));
+            } else if !(a.uses.starts_with("./") || a.uses.contains('@'))
+                || a.uses.split('/').any(|p| p == "..")
+            {
+                return bad(format!(
+                    "step {:?}: a Dockerfile action is `./path` or `owner/repo[/path]@ref`",
+                    a.uses
+                ));
+            }
+            StepSpec {
+                env: a.env.clone(),
+                uses: Some(a.uses.clone()),
+                args: a.args.clone(),
+                entrypoint: a.entrypoint.clone(),
+                dockerfile: a.dockerfile.clone(),
+                ..StepSpec::run(
+                    a.name.clone().unwrap_or_else(|| format!("Run {}", a.uses)),
+                    "",
+                )
+            }
+        }
+    })
 }
 
 /// Runner-side conclusion names (`TaskResult`) to GitHub's.
@@ -172,28 +566,43 @@ impl Shared {
         let repo = w
             .repo(owner, repo)
             .ok_or_else(|| Error::NotFound(format!("the App is not installed on {owner}")))?;
-        let steps: Vec<StepSpec> = spec
+        let steps = spec
             .steps
             .iter()
-            .map(|s| match s {
-                StepInput::Command(c) => StepSpec {
-                    name: format!("Run {}", c.lines().next().unwrap_or("")),
-                    run: c.clone(),
-                },
-                StepInput::Named { name, run } => StepSpec {
-                    name: name
-                        .clone()
-                        .unwrap_or_else(|| format!("Run {}", run.lines().next().unwrap_or(""))),
-                    run: run.clone(),
-                },
-            })
-            .collect();
-        let step_states = steps
-            .iter()
+            .map(step_spec)
+            .collect::<Result<Vec<StepSpec>>>()?;
+        let container = spec
+            .container
+            .as_ref()
+            .map(|c| check_container(c, "container", false))
+            .transpose()?;
+        let mut services = Vec::new();
+        for (id, c) in &spec.services.0 {
+            if id.trim().is_empty() {
+                return Err(Error::validation(
+                    "Invalid request.",
+                    "services: a service id must not be empty",
+                ));
+            }
+            services.push((
+                id.clone(),
+                check_container(c, &format!("services.{id}"), true)?,
+            ));
+        }
+        // GitHub's step list: the runner's "Initialize containers" first and
+        // "Stop containers" last when the job has containers.
+        let with_containers = container.is_some() || !services.is_empty();
+        let mut names: Vec<String> = steps.iter().map(|s| s.name.clone()).collect();
+        if with_containers {
+            names.insert(0, INITIALIZE_CONTAINERS.into());
+            names.push(STOP_CONTAINERS.into());
+        }
+        let step_states = names
+            .into_iter()
             .enumerate()
-            .map(|(i, s)| StepState {
+            .map(|(i, name)| StepState {
                 number: i as u32 + 1,
-                name: s.name.clone(),
+                name,
                 status: "queued".into(),
                 conclusion: None,
                 started_at: None,
@@ -266,6 +675,9 @@ impl Shared {
             plan_id: uuid::Uuid::new_v4(),
             log: Vec::new(),
             webhook_fault: spec.webhook_fault,
+            container,
+            services: Services(services),
+            allow_container_hooks: spec.allow_container_hooks.unwrap_or(true),
         };
         let id = job.id;
         w.jobs.insert(id, job);

@@ -13,7 +13,8 @@
 //! - [`engine`]: jobs, matching them to runners the way GitHub does, and the
 //!   events every transition emits;
 //! - [`runner_protocol`]: the JIT config format and the endpoints a runner
-//!   talks to; [`runner`] is the runner stand-in (`ghsim-runner`) built on it;
+//!   talks to; [`runner`] is the runner stand-in (`ghsim-runner`) built on it,
+//!   [`hooks`] its container hooks (`container:`, `services:`, container actions);
 //! - [`control`]: the control API (`/_sim/...` and [`SimHandle`] methods);
 //! - [`faults`]: injected 5xx / 429 / 403 / slow answers.
 //!
@@ -26,6 +27,7 @@ pub mod control;
 pub mod engine;
 pub mod error;
 pub mod faults;
+pub mod hooks;
 mod objects;
 pub mod rest;
 pub mod runner;
@@ -37,7 +39,9 @@ pub mod webhooks;
 
 pub use config::{AccountConfig, AccountKind, ScaleSetFlow, SimConfig, WebhookTarget};
 pub use control::{JitRequest, JobView, RunnerView, ScaleSetView, SimInfo};
-pub use engine::{JobSpec, StepInput};
+pub use engine::{
+    ActionStep, ContainerSpec, JobSpec, RegistryCredentials, ScriptStep, Services, StepInput,
+};
 pub use error::{Error, Result};
 pub use faults::{FaultKind, FaultRule};
 pub use runner_protocol::JitConfig;

@@ -2,10 +2,17 @@
 //! authenticates like the real runner, takes one job, runs its steps with
 //! `/bin/sh -c`, streams their output, reports, and exits.
 //!
+//! Jobs with `container:`, `services:` or container actions go through the
+//! runner's container hooks when `ACTIONS_RUNNER_CONTAINER_HOOKS` names one
+//! and the job allows it: see [`crate::hooks`]. With
+//! `ACTIONS_RUNNER_REQUIRE_JOB_CONTAINER=true`, a job without `container:`
+//! fails before its steps, as on the real runner.
+//!
 //! It is built to be copied into a `FROM scratch` image with only glibc and
 //! busybox: no CA files (plain HTTP, or rustls' built-in roots), no DNS
 //! beyond `/etc/hosts` (host names of the JIT config's URLs are looked up
-//! there first), nothing else read from disk.
+//! there first), nothing else read from disk (but the hook script, when one
+//! is configured).
 //!
 //! Exit codes: 0 when a job ran and was reported (whatever its conclusion);
 //! 2 bad JIT config; 3 authentication failed; 4 the registration was deleted
@@ -24,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::{KeyPair, sign_assertion};
 use crate::error::{Error, Result};
+use crate::hooks::{self, ContainerJob, RunnerEnv, StepResult};
 use crate::runner_protocol::{
     AcquireJobRequest, BrokerMessage, BrokerSession, CompleteJobBody, JitConfig, JobRef,
     JobRequest, JobRequestRef, LogsBody, RenewResponse, StepUpdate, StepsBody, TokenResponse,
@@ -195,8 +203,19 @@ impl Conn {
     }
 }
 
-/// Runs the stand-in with an encoded JIT config.
-pub async fn run(encoded_jit: &str, mut opts: Options) -> Result<Outcome> {
+/// Runs the stand-in with an encoded JIT config, reading the runner's
+/// container settings ([`RunnerEnv`]) from this process's environment.
+pub async fn run(encoded_jit: &str, opts: Options) -> Result<Outcome> {
+    run_with_env(encoded_jit, opts, RunnerEnv::from_process()).await
+}
+
+/// [`run`] with the container settings given (tests use it to configure
+/// hooks without changing the process environment).
+pub async fn run_with_env(
+    encoded_jit: &str,
+    mut opts: Options,
+    runner_env: RunnerEnv,
+) -> Result<Outcome> {
     let jit = JitConfig::decode(encoded_jit).map_err(|e| fail(2, e.to_string()))?;
     let key = jit.rsa.to_key_pair().map_err(|e| fail(2, e.to_string()))?;
     let http = client_for(&[
@@ -264,7 +283,7 @@ pub async fn run(encoded_jit: &str, mut opts: Options) -> Result<Outcome> {
                 "ghsim-runner: {name} acquired job {} ({})",
                 job.job_id, job.job_display_name
             );
-            let conclusion = run_job(&conn, &job, &mut opts).await?;
+            let conclusion = run_job(&conn, &job, &mut opts, &runner_env).await?;
             return Ok(Outcome {
                 job_id: job.job_id,
                 conclusion,
@@ -377,12 +396,37 @@ async fn poll_once(conn: &mut Conn, session_id: &str) -> Result<Option<JobReques
 
 /// Why a step stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
     Cancelled,
 }
 
+/// Output lines of the job: (step number, line).
+pub type LogSender = mpsc::UnboundedSender<(u32, String)>;
+
+/// What the job runs, in order: the runner's own container steps around
+/// the job's steps.
+enum Unit<'a> {
+    InitializeContainers(u32),
+    Step(&'a crate::runner_protocol::JobStep),
+    StopContainers(u32),
+}
+
+impl Unit<'_> {
+    fn number(&self) -> u32 {
+        match self {
+            Unit::InitializeContainers(n) | Unit::StopContainers(n) => *n,
+            Unit::Step(s) => s.number,
+        }
+    }
+}
+
 /// Runs every step, reports, returns the job conclusion.
-async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<String> {
+async fn run_job(
+    conn: &Conn,
+    job: &JobRequest,
+    opts: &mut Options,
+    runner_env: &RunnerEnv,
+) -> Result<String> {
     let run_url = job
         .environment
         .get("GHSIM_RUN_SERVICE_URL")
@@ -489,12 +533,11 @@ async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<St
         .next()
         .unwrap_or("repo")
         .to_string();
-    let rel = PathBuf::from(&conn.jit.runner.work_folder)
-        .join(&repo_name)
-        .join(&repo_name);
-    let mut work = opts.root.join(&rel);
+    let mut work_root = opts.root.join(&conn.jit.runner.work_folder);
+    let mut work = work_root.join(&repo_name).join(&repo_name);
     if let Err(e) = std::fs::create_dir_all(&work) {
-        let fallback = std::env::temp_dir().join(&rel);
+        work_root = std::env::temp_dir().join(&conn.jit.runner.work_folder);
+        let fallback = work_root.join(&repo_name).join(&repo_name);
         eprintln!(
             "ghsim-runner: cannot create {} ({e}); using {}",
             work.display(),
@@ -503,16 +546,42 @@ async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<St
         let _ = std::fs::create_dir_all(&fallback);
         work = fallback;
     }
-
+    let layout = hooks::Layout::new(
+        &opts.root,
+        &work_root,
+        &job.repository,
+        runner_env.tool_cache.as_deref(),
+    );
+    let mut containers = ContainerJob::new(job, layout, runner_env);
+    let mut units: Vec<Unit> = job.steps.iter().map(Unit::Step).collect();
+    if hooks::has_containers(job) {
+        let first = job.steps.first().map_or(1, |s| s.number);
+        let last = job.steps.last().map_or(1, |s| s.number);
+        units.insert(0, Unit::InitializeContainers(first.saturating_sub(1)));
+        units.push(Unit::StopContainers(last + 1));
+    }
     let mut results: Vec<StepUpdate> = Vec::new();
     let mut job_failed = false;
     let mut job_cancelled = false;
-    for step in &job.steps {
-        if job_failed || job_cancelled || *cancel_rx.borrow() {
+    // JobExtension.ValidateJobContainer: "Set up job" fails, nothing runs
+    // (the job's log has the message; step 0 is no step).
+    let setup_failed = runner_env.require_job_container && job.job_container.is_none();
+    if setup_failed {
+        let _ = log_tx.send((
+            0,
+            format!("##[error]{}", hooks::REQUIRE_JOB_CONTAINER_MESSAGE),
+        ));
+        job_failed = true;
+    }
+    for unit in &units {
+        let number = unit.number();
+        // "Stop containers" runs always(), the others only while all is well.
+        let always = matches!(unit, Unit::StopContainers(_));
+        if setup_failed || ((job_failed || job_cancelled || *cancel_rx.borrow()) && !always) {
             job_cancelled |= *cancel_rx.borrow();
             let t = ts(now());
             results.push(StepUpdate {
-                number: step.number,
+                number,
                 status: "completed".into(),
                 conclusion: Some("skipped".into()),
                 started_at: Some(t.clone()),
@@ -528,7 +597,7 @@ async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<St
                     plan_id: job.plan_id,
                     job_id: job.job_id.clone(),
                     steps: vec![StepUpdate {
-                        number: step.number,
+                        number,
                         status: "in_progress".into(),
                         conclusion: None,
                         started_at: Some(started.clone()),
@@ -537,33 +606,53 @@ async fn run_job(conn: &Conn, job: &JobRequest, opts: &mut Options) -> Result<St
                 },
             )
             .await;
-        let outcome = run_step(
-            &step.script,
-            &work,
-            &job.environment,
-            step.number,
-            &log_tx,
-            cancel_rx.clone(),
-        )
-        .await;
-        let conclusion = match outcome {
-            Ok(0) => "success",
-            Ok(code) => {
-                let _ = log_tx.send((
-                    step.number,
-                    format!("##[error]Process completed with exit code {code}."),
-                ));
+        let result = match (unit, containers.as_mut()) {
+            (Unit::InitializeContainers(_), Some(c)) => {
+                c.initialize(number, &log_tx, cancel_rx.clone()).await
+            }
+            (Unit::StopContainers(_), Some(c)) => c.stop(number, &log_tx).await,
+            (Unit::Step(step), Some(c)) if c.handles(step) => {
+                c.run_step(step, &log_tx, cancel_rx.clone()).await
+            }
+            (Unit::Step(step), _) => {
+                let outcome = run_step(
+                    &step.script,
+                    &work,
+                    &job.environment,
+                    number,
+                    &log_tx,
+                    cancel_rx.clone(),
+                )
+                .await;
+                match outcome {
+                    Ok(0) => StepResult::Succeeded,
+                    Ok(code) => {
+                        let _ = log_tx.send((
+                            number,
+                            format!("##[error]Process completed with exit code {code}."),
+                        ));
+                        StepResult::Failed
+                    }
+                    Err(Stop::Cancelled) => StepResult::Cancelled,
+                }
+            }
+            // Without a container job there are no container steps.
+            (_, None) => StepResult::Succeeded,
+        };
+        let conclusion = match result {
+            StepResult::Succeeded => "success",
+            StepResult::Failed => {
                 job_failed = true;
                 "failure"
             }
-            Err(Stop::Cancelled) => {
-                let _ = log_tx.send((step.number, "##[error]The operation was canceled.".into()));
+            StepResult::Cancelled => {
+                let _ = log_tx.send((number, "##[error]The operation was canceled.".into()));
                 job_cancelled = true;
                 "cancelled"
             }
         };
         let update = StepUpdate {
-            number: step.number,
+            number,
             status: "completed".into(),
             conclusion: Some(conclusion.into()),
             started_at: Some(started),
@@ -625,38 +714,73 @@ async fn run_step(
     work: &std::path::Path,
     env: &std::collections::BTreeMap<String, String>,
     number: u32,
-    log: &mpsc::UnboundedSender<(u32, String)>,
-    mut cancel: watch::Receiver<bool>,
+    log: &LogSender,
+    cancel: watch::Receiver<bool>,
 ) -> Result<i32, Stop> {
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(script)
         .current_dir(work)
         .env_remove(JIT_ENV)
-        .env("GITHUB_WORKSPACE", work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .env("GITHUB_WORKSPACE", work);
     for (k, v) in env {
         if k != "GHSIM_RUN_SERVICE_URL" {
             cmd.env(k, v);
         }
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    match run_process(cmd, None, number, log, Some(cancel)).await {
+        Ok(r) => r,
         Err(e) => {
             let _ = log.send((number, format!("##[error]cannot start /bin/sh: {e}")));
-            return Ok(127);
+            Ok(127)
         }
-    };
+    }
+}
+
+/// Runs a process in its own process group, its stdout and stderr lines
+/// going to step `number`'s log, `stdin` written to it then closed (else
+/// no stdin). `Ok(Ok(exit code))`; `Ok(Err(Cancelled))` after killing the
+/// group when `cancel` flips to true; `Err` when it cannot start.
+pub(crate) async fn run_process(
+    mut cmd: tokio::process::Command,
+    stdin: Option<Vec<u8>>,
+    number: u32,
+    log: &LogSender,
+    cancel: Option<watch::Receiver<bool>>,
+) -> std::io::Result<Result<i32, Stop>> {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0)
+    .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A task: a process that does not read must not block us on a full pipe.
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = pipe.write_all(&bytes).await;
+            let _ = pipe.shutdown().await;
+        });
+    }
     let pid = child.id();
     let out = child.stdout.take().map(|o| forward(o, number, log.clone()));
     let err = child.stderr.take().map(|o| forward(o, number, log.clone()));
+    let cancelled = async {
+        // A dropped sender cancels nothing.
+        if let Some(mut c) = cancel {
+            if c.wait_for(|c| *c).await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
     let status = tokio::select! {
         s = child.wait() => Some(s),
-        _ = cancel.wait_for(|c| *c) => None,
+        _ = cancelled => None,
     };
     let result = match status {
         Some(Ok(s)) => Ok(s.code().unwrap_or(128 + 9)),
@@ -673,13 +797,13 @@ async fn run_step(
     for h in [out, err].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
     }
-    result
+    Ok(result)
 }
 
 fn forward<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     r: R,
     number: u32,
-    log: mpsc::UnboundedSender<(u32, String)>,
+    log: LogSender,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // Bytes, not `lines()`: a step printing invalid UTF-8 must not stop

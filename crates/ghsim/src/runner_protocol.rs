@@ -40,6 +40,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::{RsaParams, random_token, verify_assertion};
+use crate::engine::{ContainerSpec, Services};
 use crate::error::{Error, Result};
 use crate::scaleset::bearer;
 use crate::sim::Shared;
@@ -219,13 +220,110 @@ pub struct AcquireJobRequest {
 pub struct JobStep {
     /// Step id.
     pub id: Uuid,
-    /// 1-based.
+    /// 1-based. With a job container or services, the job's step list has
+    /// `Initialize containers` just before the first of these steps and
+    /// `Stop containers` just after the last (the runner's own steps).
     pub number: u32,
     /// Display name.
     pub name: String,
-    /// Shell script for `/bin/sh -c`.
+    /// Shell script for `/bin/sh -c` (empty for an action step).
     pub script: String,
+    /// What the step runs, as the real `ActionStep.reference`: `{type:
+    /// "script"}`, `{type: "containerRegistry", image}` or `{type:
+    /// "repository", repositoryType: "self", path}` / `{type: "repository",
+    /// repositoryType: "GitHub", name, ref, path?}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<StepReference>,
+    /// The step's inputs (`ActionStep.inputs`): `script` and `shell` for a
+    /// run step, the `with:` values (`args`, `entrypoint`) for an action.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
+    /// Step environment (`ActionStep.environment`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    /// Simulator only: the `Dockerfile` of a Dockerfile action, which the
+    /// stand-in's simulated checkout writes into the action's directory (on
+    /// GitHub it comes from the repository).
+    #[serde(
+        default,
+        rename = "ghsimDockerfile",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ghsim_dockerfile: Option<String>,
 }
+
+/// `ActionStep.reference` (the real `ActionStepDefinitionReference`, with
+/// its `type` as a string).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepReference {
+    /// `script`, `containerRegistry`, `repository`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Image of a `containerRegistry` reference (without `docker://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `owner/repo` of a `repository` reference (not for `self`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Ref of a `repository` reference (not for `self`).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// `self` (the job's repository) or `GitHub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_type: Option<String>,
+    /// Path of the action inside the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl StepReference {
+    /// The reference of a `uses:` value.
+    pub fn of_uses(uses: &str) -> StepReference {
+        if let Some(image) = uses.strip_prefix("docker://") {
+            return StepReference {
+                kind: "containerRegistry".into(),
+                image: Some(image.to_string()),
+                ..Default::default()
+            };
+        }
+        if let Some(path) = uses.strip_prefix("./") {
+            return StepReference {
+                kind: "repository".into(),
+                repository_type: Some("self".into()),
+                path: Some(path.trim_end_matches('/').to_string()),
+                ..Default::default()
+            };
+        }
+        let (what, git_ref) = uses.split_once('@').unwrap_or((uses, ""));
+        let mut parts = what.splitn(3, '/');
+        let owner = parts.next().unwrap_or("");
+        let repo = parts.next().unwrap_or("");
+        StepReference {
+            kind: "repository".into(),
+            name: Some(format!("{owner}/{repo}")),
+            git_ref: Some(git_ref.to_string()),
+            repository_type: Some("GitHub".into()),
+            path: parts.next().map(String::from),
+            ..Default::default()
+        }
+    }
+}
+
+/// A variable of the job message (`variables`: name → `{value, isSecret}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VariableValue {
+    /// The value.
+    pub value: String,
+    /// A secret (never here).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_secret: bool,
+}
+
+/// The variable GitHub sets on a job when the runner may use its container
+/// hooks (actions/runner `Constants.Runner.Features.AllowRunnerContainerHooks`).
+pub const ALLOW_CONTAINER_HOOKS: &str = "DistributedTask.AllowRunnerContainerHooks";
 
 /// The acquired job (a trimmed `AgentJobRequestMessage`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +347,15 @@ pub struct JobRequest {
     pub environment: BTreeMap<String, String>,
     /// Renew the job lock at least this often, ms.
     pub renew_interval_ms: u64,
+    /// The job container (`container:` of the workflow, as a mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_container: Option<ContainerSpec>,
+    /// The service containers (`services:`), in order.
+    #[serde(default, skip_serializing_if = "Services::is_empty")]
+    pub job_service_containers: Services,
+    /// Job variables; GitHub sends [`ALLOW_CONTAINER_HOOKS`] `"true"`.
+    #[serde(default)]
+    pub variables: BTreeMap<String, VariableValue>,
 }
 
 /// A step's status (`steps`, `completejob`).
@@ -694,6 +801,22 @@ async fn acquire_job(
         env.insert(k.to_string(), v);
     }
     let renew = (s.cfg.job_lock_timeout.as_millis() as u64 / 4).clamp(50, 250);
+    // With containers, step 1 is the runner's "Initialize containers".
+    let first = if job.container.is_some() || !job.services.is_empty() {
+        2
+    } else {
+        1
+    };
+    let mut variables = BTreeMap::new();
+    if job.allow_container_hooks {
+        variables.insert(
+            ALLOW_CONTAINER_HOOKS.to_string(),
+            VariableValue {
+                value: "true".into(),
+                is_secret: false,
+            },
+        );
+    }
     Ok(Json(JobRequest {
         message_type: "PipelineAgentJobRequest".into(),
         plan_id: job.plan_id,
@@ -705,16 +828,50 @@ async fn acquire_job(
             .steps
             .iter()
             .enumerate()
-            .map(|(i, st)| JobStep {
-                id: Uuid::new_v4(),
-                number: i as u32 + 1,
-                name: st.name.clone(),
-                script: st.run.clone(),
-            })
+            .map(|(i, st)| job_step(first + i as u32, st))
             .collect(),
         environment: env,
         renew_interval_ms: renew,
+        job_container: job.container.clone(),
+        job_service_containers: job.services.clone(),
+        variables,
     }))
+}
+
+/// A queued step as the job message carries it.
+fn job_step(number: u32, st: &crate::state::StepSpec) -> JobStep {
+    let mut inputs = BTreeMap::new();
+    let reference = match &st.uses {
+        None => {
+            inputs.insert("script".to_string(), st.run.clone());
+            if let Some(shell) = &st.shell {
+                inputs.insert("shell".to_string(), shell.clone());
+            }
+            StepReference {
+                kind: "script".into(),
+                ..Default::default()
+            }
+        }
+        Some(uses) => {
+            if !st.args.is_empty() {
+                inputs.insert("args".to_string(), st.args.join(" "));
+            }
+            if let Some(e) = &st.entrypoint {
+                inputs.insert("entrypoint".to_string(), e.clone());
+            }
+            StepReference::of_uses(uses)
+        }
+    };
+    JobStep {
+        id: Uuid::new_v4(),
+        number,
+        name: st.name.clone(),
+        script: st.run.clone(),
+        reference: Some(reference),
+        inputs,
+        environment: st.env.clone(),
+        ghsim_dockerfile: st.dockerfile.clone(),
+    }
 }
 
 async fn renew_job(

@@ -171,12 +171,41 @@ impl JobStatus {
 }
 
 /// One step as queued.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StepSpec {
     /// Display name.
     pub name: String,
-    /// Shell command (`/bin/sh -c`).
+    /// Shell command (`/bin/sh -c`); empty for an action step.
     pub run: String,
+    /// `shell:` of a run step.
+    #[serde(default)]
+    pub shell: Option<String>,
+    /// Step environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `uses:` of a container action step.
+    #[serde(default)]
+    pub uses: Option<String>,
+    /// `with: args:` of an action step (joined with spaces).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `with: entrypoint:` of an action step.
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    /// Content of a Dockerfile action's `Dockerfile`.
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+}
+
+impl StepSpec {
+    /// A `run:` step.
+    pub fn run(name: String, run: &str) -> Self {
+        StepSpec {
+            name,
+            run: run.to_string(),
+            ..Default::default()
+        }
+    }
 }
 
 /// One step's progress.
@@ -249,6 +278,12 @@ pub struct Job {
     pub log: Vec<String>,
     /// Webhook faults to apply to this job's deliveries.
     pub webhook_fault: Option<crate::webhooks::DeliveryFault>,
+    /// Job container.
+    pub container: Option<crate::engine::ContainerSpec>,
+    /// Service containers, in order.
+    pub services: crate::engine::Services,
+    /// The job message carries `DistributedTask.AllowRunnerContainerHooks: true`.
+    pub allow_container_hooks: bool,
 }
 
 /// A message of a scale set's queue.

@@ -643,3 +643,152 @@ async fn runners_use_the_public_url_resolved_through_etc_hosts() {
         format!("http://localhost:{port}\n")
     );
 }
+
+#[tokio::test]
+async fn container_jobs_carry_containers_services_actions_and_variables() {
+    let sim = start(fast_config()).await;
+    let tok = token(&sim, "acme").await;
+    // Over the HTTP control API, in the workflow file's shapes (a raw body:
+    // `json!` would sort the services).
+    let spec = serde_json::json!({
+        "repository": "acme/widgets", "labels": ["linux"],
+        "container": {"image": "docker://node:22", "env": {"NODE_ENV": "test"},
+                      "options": "--cpus 1", "ports": [8080, "9090:90"],
+                      "volumes": ["my_docker_volume:/volume_mount"],
+                      "credentials": {"username": "u", "password": "p"}},
+        "services": {"redis": "redis:7", "db": {"image": "postgres:16", "ports": ["5432"],
+                     "entrypoint": "docker-entrypoint.sh", "command": "postgres -c fsync=off"}},
+        "steps": [
+            "echo plain",
+            {"name": "bash", "run": "echo $X", "shell": "bash", "env": {"X": "1"}},
+            {"uses": "docker://alpine:3.20", "args": ["echo", "hi"], "entrypoint": "/bin/sh", "env": {"Y": "2"}},
+            {"name": "local", "uses": "./.github/actions/hello", "dockerfile": true, "args": "a b"},
+            {"uses": "acme/tools/lint@v2", "dockerfile": "FROM alpine\n"}
+        ]
+    });
+    let body = spec.to_string().replace(
+        r#""services":{"db":{"command":"postgres -c fsync=off","entrypoint":"docker-entrypoint.sh","image":"postgres:16","ports":["5432"]},"redis":"redis:7"}"#,
+        r#""services":{"redis":"redis:7","db":{"command":"postgres -c fsync=off","entrypoint":"docker-entrypoint.sh","image":"postgres:16","ports":["5432"]}}"#,
+    );
+    assert!(body.contains(r#"{"redis":"redis:7","db""#), "{body}");
+    let r = http()
+        .post(format!("{}/_sim/jobs", sim.base_url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let view: Value = r.json().await.unwrap();
+    let names: Vec<&str> = view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Initialize containers",
+            "Run echo plain",
+            "bash",
+            "Run docker://alpine:3.20",
+            "local",
+            "Run acme/tools/lint@v2",
+            "Stop containers"
+        ]
+    );
+    let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", "manual", &["linux"]).await;
+    let m = ManualRunner::connect(&jit).await;
+    let offer = m.poll().await.unwrap();
+    let (status, job) = m.acquire(&offer).await;
+    assert_eq!(status, 200);
+    let job = job.unwrap();
+    let c = job.job_container.as_ref().unwrap();
+    assert_eq!(c.image, "node:22", "docker:// is stripped");
+    assert_eq!(c.ports, ["8080", "9090:90"]);
+    assert_eq!(c.options.as_deref(), Some("--cpus 1"));
+    assert_eq!(c.credentials.as_ref().unwrap().username, "u");
+    let services: Vec<&str> = job
+        .job_service_containers
+        .0
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(services, ["redis", "db"], "in the order given");
+    assert_eq!(
+        job.job_service_containers.0[1].1.command.as_deref(),
+        Some("postgres -c fsync=off")
+    );
+    assert_eq!(
+        job.variables["DistributedTask.AllowRunnerContainerHooks"].value,
+        "true"
+    );
+    let numbers: Vec<u32> = job.steps.iter().map(|s| s.number).collect();
+    assert_eq!(
+        numbers,
+        [2, 3, 4, 5, 6],
+        "1 and 7 are the runner's own steps"
+    );
+    let refs: Vec<Value> = job
+        .steps
+        .iter()
+        .map(|s| serde_json::to_value(s.reference.as_ref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(refs[0], serde_json::json!({"type": "script"}));
+    assert_eq!(
+        refs[2],
+        serde_json::json!({"type": "containerRegistry", "image": "alpine:3.20"})
+    );
+    assert_eq!(
+        refs[3],
+        serde_json::json!({"type": "repository", "repositoryType": "self", "path": ".github/actions/hello"})
+    );
+    assert_eq!(
+        refs[4],
+        serde_json::json!({"type": "repository", "repositoryType": "GitHub", "name": "acme/tools", "ref": "v2", "path": "lint"})
+    );
+    assert_eq!(job.steps[1].inputs["shell"], "bash");
+    assert_eq!(job.steps[1].environment["X"], "1");
+    assert_eq!(job.steps[2].inputs["args"], "echo hi");
+    assert_eq!(job.steps[2].inputs["entrypoint"], "/bin/sh");
+    assert_eq!(job.steps[3].inputs["args"], "a b");
+    assert_eq!(
+        job.steps[3].ghsim_dockerfile.as_deref(),
+        Some(ghsim::engine::DEFAULT_DOCKERFILE)
+    );
+    assert_eq!(
+        job.steps[4].ghsim_dockerfile.as_deref(),
+        Some("FROM alpine\n")
+    );
+
+    // Without the variable, and without containers: the old message.
+    let mut plain = JobSpec::new("acme/widgets", &["plain"], &["true"]);
+    plain.allow_container_hooks = Some(false);
+    sim.queue_job(plain).unwrap();
+    let (_, jit) = mint_jit(&sim, &tok, "acme/widgets", "manual2", &["plain"]).await;
+    let m = ManualRunner::connect(&jit).await;
+    let offer = m.poll().await.unwrap();
+    let (_, job) = m.acquire(&offer).await;
+    let job = job.unwrap();
+    assert!(job.variables.is_empty());
+    assert!(job.job_container.is_none() && job.job_service_containers.is_empty());
+    assert_eq!(job.steps[0].number, 1);
+
+    // Bad specs are refused.
+    for bad in [
+        serde_json::json!({"repository": "acme/widgets", "labels": ["x"], "steps": [{"uses": "actions/checkout@v4"}]}),
+        serde_json::json!({"repository": "acme/widgets", "labels": ["x"], "steps": [{"uses": "docker://"}]}),
+        serde_json::json!({"repository": "acme/widgets", "labels": ["x"], "steps": [{"run": "x", "uses": "docker://a"}]}),
+        serde_json::json!({"repository": "acme/widgets", "labels": ["x"], "steps": ["true"], "container": {"image": "a", "entrypoint": "b"}}),
+        serde_json::json!({"repository": "acme/widgets", "labels": ["x"], "steps": ["true"], "container": ""}),
+    ] {
+        let r = http()
+            .post(format!("{}/_sim/jobs", sim.base_url()))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{bad} -> {}", r.status());
+    }
+}
