@@ -978,8 +978,10 @@ async fn build_inner(
     let text = dockerfile_in(&context, dockerfile)?;
     policy::check_dockerfile(&text, &pool.containers)?;
     let suffix = uuid::Uuid::new_v4().simple().to_string();
+    // `berth-job/`: the only tags the socket proxy lets builds set, so a
+    // job's build can never re-tag an image berth or its proxy run from.
     let tag = format!(
-        "berth-action-{}:{}",
+        "berth-job/{}:{}",
         hook.runner.to_ascii_lowercase(),
         &suffix[..8]
     );

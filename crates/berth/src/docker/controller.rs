@@ -523,9 +523,9 @@ impl Controller {
         secret: &[u8],
     ) -> Result<(), DockerError> {
         check_container_ref(container_id)?;
-        if secret.is_empty() || secret.contains(&b'\n') || secret.contains(&b'\r') {
+        if !secret_lines_ok(secret) {
             return Err(DockerError::InvalidSpec(
-                "the secret must be one non-empty line (no line breaks)".into(),
+                "the secret must be one or two non-empty lines (the JIT config, then a container job's hook credential)".into(),
             ));
         }
         let result = self.deliver_inner(container_id, secret, true).await;
@@ -559,9 +559,9 @@ impl Controller {
         secret: &[u8],
     ) -> Result<(), DockerError> {
         check_container_ref(container_id)?;
-        if secret.is_empty() || secret.contains(&b'\n') || secret.contains(&b'\r') {
+        if !secret_lines_ok(secret) {
             return Err(DockerError::InvalidSpec(
-                "the secret must be one non-empty line (no line breaks)".into(),
+                "the secret must be one or two non-empty lines (the JIT config, then a container job's hook credential)".into(),
             ));
         }
         let result = self.deliver_inner(container_id, secret, false).await;
@@ -917,6 +917,14 @@ fn report_with(hook: Option<&ErrorHook>, error: DockerError) -> DockerError {
         hook(op);
     }
     error
+}
+
+/// What goes to a worker's stdin: the JIT config, and for a container job
+/// its hook credential as a second line (docs/worker-image.md). No `\r`, no
+/// empty line, at most two lines.
+fn secret_lines_ok(secret: &[u8]) -> bool {
+    let lines: Vec<&[u8]> = secret.split(|b| *b == b'\n').collect();
+    !secret.contains(&b'\r') && lines.len() <= 2 && lines.iter().all(|l| !l.is_empty())
 }
 
 /// Whole seconds, rounded up, at least 1 (bollard and Docker count seconds).

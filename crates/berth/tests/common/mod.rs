@@ -84,10 +84,16 @@ impl World {
     /// A configuration TOML for berth against this world. `extra` is
     /// appended inside the `[[pool]]` table.
     pub fn config_toml(&self, listen: &str, pool_extra: &str) -> String {
+        self.config_toml_with(listen, "", pool_extra)
+    }
+
+    /// [`config_toml`](Self::config_toml) with `server_extra` inside `[server]`.
+    pub fn config_toml_with(&self, listen: &str, server_extra: &str, pool_extra: &str) -> String {
         format!(
             r#"
 [server]
 listen = "{listen}"
+{server_extra}
 [store]
 url = "sqlite://{db}"
 [github]
@@ -225,13 +231,28 @@ impl Berth {
         }
     }
 
-    /// [`start`](Self::start), listening on every address so that worker
-    /// containers reach the API (container jobs: `server.worker_url` is set
-    /// to `http://host.docker.internal:<port>`).
-    pub async fn start_reachable(world: &World, mut config: Config) -> Berth {
+    /// [`start`](Self::start) with `pool_extra` in the pool, listening on
+    /// every address so that worker containers reach the API (container
+    /// jobs: `server.worker_url` is `http://host.docker.internal:<port>`);
+    /// `adjust` may change the configuration first.
+    pub async fn start_reachable(
+        world: &World,
+        pool_extra: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Berth {
         let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        config.server.worker_url = Some(format!("http://host.docker.internal:{port}"));
+        let path = world.dir.path().join("berth.toml");
+        let server = format!("worker_url = \"http://host.docker.internal:{port}\"");
+        std::fs::write(
+            &path,
+            world.config_toml_with("127.0.0.1:0", &server, pool_extra),
+        )
+        .unwrap();
+        let mut config = Config::load(Some(&path), Vec::<(String, String)>::new(), Role::Serve)
+            .unwrap()
+            .config;
+        adjust(&mut config);
         let url = format!("http://127.0.0.1:{port}");
         let ctx = berth::service::build(config, None).await.unwrap();
         let (admin_token, _) =
