@@ -764,6 +764,31 @@ mod tests {
     }
 
     #[test]
+    fn the_container_job_fuzz_seeds_are_allowed() {
+        let f = filter();
+        for (name, seed) in [
+            (
+                "volume",
+                &include_bytes!("../../fuzz/seeds/request_filter/volume")[..],
+            ),
+            (
+                "exec",
+                include_bytes!("../../fuzz/seeds/request_filter/exec"),
+            ),
+            (
+                "build",
+                include_bytes!("../../fuzz/seeds/request_filter/build"),
+            ),
+            (
+                "mounts",
+                include_bytes!("../../fuzz/seeds/request_filter/mounts"),
+            ),
+        ] {
+            assert!(filter_raw(&f, seed), "seed {name} is denied");
+        }
+    }
+
+    #[test]
     fn raw_filter_never_panics_on_odd_input() {
         let f = filter();
         for input in [
