@@ -88,6 +88,17 @@ impl Drop for Cleanup {
         let _ = std::process::Command::new("docker")
             .args(["network", "rm", &self.network])
             .output();
+        let out = std::process::Command::new("docker")
+            .args(["volume", "ls", "-q", "--filter"])
+            .arg(format!("label=berth.test={}", self.label))
+            .output();
+        if let Ok(out) = out {
+            for volume in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = std::process::Command::new("docker")
+                    .args(["volume", "rm", "-f", volume])
+                    .output();
+            }
+        }
     }
 }
 
@@ -186,8 +197,13 @@ fn is_managed_check(line: &str) -> bool {
     let Some(target) = line.strip_prefix("GET ") else {
         return false;
     };
-    (target.starts_with("/containers/") && target.ends_with("/json"))
-        || (target.starts_with("/networks/") && !target.contains('?'))
+    ["/containers/", "/exec/", "/images/"]
+        .iter()
+        .any(|p| target.starts_with(p) && target.ends_with("/json"))
+        || (["/networks/", "/volumes/"]
+            .iter()
+            .any(|p| target.starts_with(p))
+            && !target.contains('?'))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,6 +230,19 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
     let m = fx.direct_container(&m_name, true).await;
     let u = fx.direct_container(&u_name, false).await;
     let created = format!("berth-proxy-corpus-{}-created", fx.run);
+    let volume = format!("berth-proxy-corpus-{}-vol", fx.run);
+    // A volume berth does not own, made directly on the engine.
+    let foreign_volume = format!("berth-proxy-corpus-{}-foreign-vol", fx.run);
+    let made = send(
+        &fx.engine,
+        &post_json(
+            "/volumes/create",
+            &json!({"Name": foreign_volume, "Labels": {"berth.test": fx.label()}}),
+        ),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let labels = enc(r#"{"berth.managed":"true"}"#);
     let folded = format!("berth-proxy-corpus-{}-folded", fx.run);
     let chunked_name = format!("berth-proxy-corpus-{}-chunked", fx.run);
 
@@ -355,11 +384,30 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
         ),
         case("network inspect", get(&format!("/v1.41/networks/{network}")), Allow(&[200])),
         case("network remove", method("DELETE", &format!("/v1.41/networks/{network}")), Allow(&[204])),
+        // --- allowed: container jobs ---------------------------------------------
+        case(
+            "exec create on a managed container",
+            post_json(&format!("/v1.41/containers/{m}/exec"), &json!({"Cmd": ["id"], "AttachStdout": true})),
+            Allow(&[201]),
+        ),
+        case(
+            "volume create (tmpfs, managed)",
+            post_json(
+                "/v1.41/volumes/create",
+                &json!({"Name": volume, "Driver": "local",
+                        "DriverOpts": {"type": "tmpfs", "device": "tmpfs", "o": "size=8m,mode=1777"},
+                        "Labels": {"berth.managed": "true", "berth.test": fx.label()}}),
+            ),
+            Allow(&[201]),
+        ),
+        case("volume list with the managed filter", get(&format!("/v1.41/volumes?filters={lf}")), Allow(&[200])),
+        case("volume inspect", get(&format!("/v1.41/volumes/{volume}")), Allow(&[200])),
+        case("volume remove", method("DELETE", &format!("/v1.41/volumes/{volume}?force=1")), Allow(&[204])),
+        case("volume remove again: not found", method("DELETE", &format!("/v1.41/volumes/{volume}")), NotFound),
+        case("exec inspect of no such exec: not found", get(&format!("/v1.41/exec/{}/json", "0".repeat(64))), NotFound),
         // --- denied: endpoints outside the table -------------------------------
-        case("exec create on a managed container", post_json(&format!("/v1.41/containers/{m}/exec"), &json!({"Cmd": ["id"]})), Deny("no-rule")),
-        case("exec create on a foreign container", post_json(&format!("/containers/{u}/exec"), &json!({"Cmd": ["touch", "/pwned"]})), Deny("no-rule")),
-        case("exec start", post_json("/v1.41/exec/0123abcd/start", &json!({"Detach": true})), Deny("no-rule")),
-        case("build", method("POST", "/v1.41/build?t=x"), Deny("no-rule")),
+        case("exec start without the upgrade", post_json("/v1.41/exec/0123abcd/start", &json!({"Detach": true})), Deny("upgrade")),
+        case("build without the managed label", method("POST", "/v1.41/build?t=x"), Deny("image_build")),
         case("commit", method("POST", &format!("/v1.41/commit?container={m}")), Deny("no-rule")),
         case("swarm inspect", get("/v1.41/swarm"), Deny("no-rule")),
         case("swarm init", post_json("/swarm/init", &json!({})), Deny("no-rule")),
@@ -369,11 +417,11 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
         case("configs", get("/v1.41/configs"), Deny("no-rule")),
         case("plugins", get("/v1.41/plugins"), Deny("no-rule")),
         case("container prune", method("POST", "/v1.41/containers/prune"), Deny("method")),
-        case("image prune", method("POST", "/v1.41/images/prune"), Deny("no-rule")),
-        case("volume prune", method("POST", "/v1.41/volumes/prune"), Deny("no-rule")),
+        case("image prune", method("POST", "/v1.41/images/prune"), Deny("method")),
+        case("volume prune", method("POST", "/v1.41/volumes/prune"), Deny("method")),
         case("network prune", method("POST", "/v1.41/networks/prune"), Deny("method")),
-        case("volume list", get("/v1.41/volumes"), Deny("no-rule")),
-        case("volume create", post_json("/v1.41/volumes/create", &json!({"Name": "x"})), Deny("no-rule")),
+        case("volume list without the managed filter", get("/v1.41/volumes"), Deny("volume_list")),
+        case("volume create without the managed label", post_json("/v1.41/volumes/create", &json!({"Name": "x"})), Deny("volume_create")),
         case("archive upload", method("PUT", &format!("/v1.41/containers/{m}/archive?path=/")), Deny("no-rule")),
         case("archive download", get(&format!("/v1.41/containers/{m}/archive?path=/etc")), Deny("no-rule")),
         case("export", get(&format!("/v1.41/containers/{m}/export")), Deny("no-rule")),
@@ -381,9 +429,9 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
         case("rename", method("POST", &format!("/v1.41/containers/{m}/rename?name=x")), Deny("no-rule")),
         case("attach over websocket", get(&format!("/v1.41/containers/{m}/attach/ws")), Deny("no-rule")),
         case("buildkit session", method("POST", "/session"), Deny("no-rule")),
-        case("image delete", method("DELETE", &format!("/v1.41/images/{}", fx.image)), Deny("no-rule")),
-        case("image load", method("POST", "/v1.41/images/load"), Deny("no-rule")),
-        case("network connect", post_json("/v1.41/networks/bridge/connect", &json!({"Container": m})), Deny("no-rule")),
+        case("image delete of an unmanaged image", method("DELETE", &format!("/v1.41/images/{}?force=1", fx.image)), Deny("image_remove")),
+        case("image load", method("POST", "/v1.41/images/load"), Deny("method")),
+        case("network connect to the default bridge", post_json("/v1.41/networks/bridge/connect", &json!({"Container": m})), Deny("network_connect")),
         case("system df", get("/v1.41/system/df"), Deny("no-rule")),
         // --- denied: objects berth does not own --------------------------------
         case("inspect a foreign container", get(&format!("/v1.41/containers/{u}/json")), Deny("container_inspect")),
@@ -394,6 +442,13 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
         case("attach to a foreign container", request("POST", &format!("/v1.41/containers/{u}/attach?stream=1&stdin=1"), &[("Connection", "Upgrade"), ("Upgrade", "tcp")], None), Deny("container_attach")),
         case("remove the default bridge network", method("DELETE", "/v1.41/networks/bridge"), Deny("network_remove")),
         case("inspect the host network", get("/v1.41/networks/host"), Deny("network_inspect")),
+        case("exec create on a foreign container", post_json(&format!("/containers/{u}/exec"), &json!({"Cmd": ["touch", "/pwned"]})), Deny("exec_create")),
+        case("exec create on a foreign container by name", post_json(&format!("/v1.41/containers/{u_name}/exec"), &json!({"Cmd": ["id"]})), Deny("exec_create")),
+        case("inspect a foreign volume", get(&format!("/v1.41/volumes/{foreign_volume}")), Deny("volume_inspect")),
+        case("remove a foreign volume", method("DELETE", &format!("/v1.41/volumes/{foreign_volume}?force=1")), Deny("volume_remove")),
+        case("mount a foreign volume", post_json("/v1.41/containers/create", &fx.evil(&["HostConfig", "Mounts"], json!([{"Type": "volume", "Source": foreign_volume, "Target": "/v"}]))), Deny("container_create")),
+        case("bind a foreign volume", post_json("/v1.41/containers/create", &fx.evil(&["HostConfig", "Binds"], json!([format!("{foreign_volume}:/v")]))), Deny("container_create")),
+        case("mount a volume that does not exist (Docker would create it)", post_json("/v1.41/containers/create", &fx.evil(&["HostConfig", "Binds"], json!([format!("{foreign_volume}-missing:/v")]))), Deny("container_create")),
         // --- denied: create bodies -----------------------------------------------
         case("privileged", post_json("/v1.41/containers/create", &fx.evil(&["HostConfig", "Privileged"], json!(true))), Deny("container_create")),
         case("bind mount of /", post_json("/v1.41/containers/create", &fx.evil(&["HostConfig", "Binds"], json!(["/:/host"]))), Deny("container_create")),
@@ -436,12 +491,23 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
         case("network create with the host driver", post_json("/v1.41/networks/create", &json!({"Name": "x", "Driver": "host", "Labels": {"berth.managed": "true"}})), Deny("network_create")),
         case("network create adopting docker0", post_json("/v1.41/networks/create", &json!({"Name": "x", "Options": {"com.docker.network.bridge.name": "docker0"}, "Labels": {"berth.managed": "true"}})), Deny("network_create")),
         case("network create without the label", post_json("/v1.41/networks/create", &json!({"Name": "x"})), Deny("network_create")),
+        case("volume create binding a host path", post_json("/v1.41/volumes/create", &json!({"Name": format!("{volume}-bind"), "DriverOpts": {"type": "none", "o": "bind", "device": "/"}, "Labels": {"berth.managed": "true", "berth.test": fx.label()}})), Deny("volume_create")),
+        case("volume create with a tmpfs bind option", post_json("/v1.41/volumes/create", &json!({"Name": format!("{volume}-bind"), "DriverOpts": {"type": "tmpfs", "o": "bind", "device": "tmpfs"}, "Labels": {"berth.managed": "true", "berth.test": fx.label()}})), Deny("volume_create")),
+        case("volume create with another driver", post_json("/v1.41/volumes/create", &json!({"Name": format!("{volume}-nfs"), "Driver": "nfs", "Labels": {"berth.managed": "true"}})), Deny("volume_create")),
+        case("mount with an inline volume driver", post_json("/v1.41/containers/create", &fx.evil(&["HostConfig", "Mounts"], json!([{"Type": "volume", "Source": format!("{volume}-inline"), "Target": "/h", "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"type": "none", "o": "bind", "device": "/"}}}}]))), Deny("container_create")),
+        case("privileged exec", post_json(&format!("/v1.41/containers/{m}/exec"), &json!({"Cmd": ["id"], "Privileged": true})), Deny("exec_create")),
+        case("build with host networking", request("POST", &format!("/v1.41/build?labels={labels}&networkmode=host"), &[("Content-Type", "application/x-tar")], Some(b"")), Deny("image_build")),
+        case("build from a remote context", method("POST", &format!("/v1.41/build?labels={labels}&remote=https%3A%2F%2Fexample.com%2Fx.git")), Deny("image_build")),
+        case("build with a form body (Go would read remote from it)", request("POST", &format!("/v1.41/build?labels={labels}"), &[("Content-Type", "application/x-www-form-urlencoded")], Some(b"remote=https://example.com/x.git")), Deny("image_build")),
+        case("build tagging an image outside the prefix", request("POST", &format!("/v1.41/build?labels={labels}&t=berth%3Alatest"), &[("Content-Type", "application/x-tar")], Some(b"")), Deny("image_build")),
+        case("build with BuildKit", request("POST", &format!("/v1.41/build?labels={labels}&version=2"), &[("Content-Type", "application/x-tar")], Some(b"")), Deny("image_build")),
         // --- denied: bodies where none belongs, old APIs ---------------------------
         case("start with a HostConfig body on an old API", post_json(&format!("/v1.23/containers/{m}/start"), &json!({"Privileged": true})), Deny("api-version")),
         case("start with a body", post_json(&format!("/v1.41/containers/{m}/start"), &json!({"Privileged": true})), Deny("container_start")),
         case("wait with a form body", request("POST", &format!("/v1.41/containers/{m}/wait"), &[("Content-Type", "application/x-www-form-urlencoded")], Some(b"condition=removed")), Deny("container_wait")),
         // --- denied: path tricks ---------------------------------------------------
-        case("encoded letters spelling exec", method("POST", &format!("/v1.41/containers/{m}/%65%78%65%63")), Deny("no-rule")),
+        case("encoded letters spelling exec (matched as exec, and without a body)", method("POST", &format!("/v1.41/containers/{m}/%65%78%65%63")), Deny("exec_create")),
+        case("encoded letters spelling update", method("POST", &format!("/v1.41/containers/{m}/%75%70%64%61%74%65")), Deny("no-rule")),
         case("encoded slash", method("POST", &format!("/v1.41/containers%2F{m}%2Fexec")), Deny("request-target")),
         case("encoded slash, lower case", get("/v1.41/containers%2fjson"), Deny("request-target")),
         case("dot-dot segment", get(&format!("/v1.41/containers/{m}/../../exec/x/json")), Deny("request-target")),
@@ -585,9 +651,30 @@ async fn corpus_through_the_proxy_against_the_real_engine() {
     );
     assert_eq!(foreign["State"]["Running"], json!(true));
     let managed = fx.inspect(&m).await.unwrap();
-    assert!(
-        managed["ExecIDs"].is_null(),
-        "an exec was created: {managed}"
+    assert_eq!(
+        managed["ExecIDs"].as_array().map(Vec::len),
+        Some(1),
+        "only the allowed exec was created: {managed}"
+    );
+    let volumes = send(
+        &fx.engine,
+        &get(&format!(
+            "/volumes?filters={}",
+            enc(&format!(r#"{{"label":["berth.test={}"]}}"#, fx.label()))
+        )),
+    )
+    .await
+    .json();
+    let names: Vec<&str> = volumes["Volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["Name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [foreign_volume.as_str()],
+        "only the foreign volume is left"
     );
     // What the allowed ones did, did.
     assert!(

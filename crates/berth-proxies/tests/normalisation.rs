@@ -29,23 +29,35 @@ const ALLOWED: &[(&str, &str)] = &[
     ("GET", "/networks"),
     ("POST", "/networks/create"),
     ("DELETE", "/networks/berth"),
+    ("POST", "/networks/berth/connect"),
+    ("POST", "/networks/berth/disconnect"),
+    ("POST", "/containers/berth-0a1b/exec"),
+    ("GET", "/exec/0a1b2c/json"),
+    ("POST", "/exec/0a1b2c/resize"),
+    ("POST", "/volumes/create"),
+    ("GET", "/volumes/berth-job-1"),
+    ("DELETE", "/volumes/berth-job-1"),
+    ("DELETE", "/images/berth-job-x:1"),
 ];
 
 /// Targets the default policy denies whatever the object.
+/// (Some only without the labels, the upgrade or the filter they need.)
 const DENIED: &[(&str, &str)] = &[
-    ("POST", "/containers/berth-0a1b/exec"),
     ("POST", "/exec/abc/start"),
     ("POST", "/build"),
+    ("GET", "/volumes"),
+    ("POST", "/volumes/prune"),
+    ("DELETE", "/exec/abc"),
+    ("POST", "/images/berth-job-x/tag"),
     ("POST", "/commit"),
     ("POST", "/swarm/init"),
     ("GET", "/services"),
     ("GET", "/secrets"),
     ("GET", "/plugins"),
-    ("POST", "/volumes/create"),
     ("PUT", "/containers/berth-0a1b/archive"),
     ("POST", "/containers/berth-0a1b/update"),
     ("POST", "/images/load"),
-    ("POST", "/networks/berth/connect"),
+    ("POST", "/networks/berth/update"),
 ];
 
 fn decide(method: &str, target: &str) -> Result<(String, String), String> {
@@ -174,9 +186,12 @@ proptest! {
         let mut segment = 0;
         for (j, c) in target.chars().enumerate() {
             if c == '/' { segment += 1; }
-            // The object segment (containers/<id>, networks/<id>, images/<ref>) keeps its case.
+            // The object segment (containers/<id>, networks/<id>, images/<ref>,
+            // volumes/<name>, exec/<id>) keeps its case.
             let object_segment = segment == 2 && target.matches('/').count() >= 2
-                && (target.starts_with("/containers/") || target.starts_with("/networks/") || target.starts_with("/images/"))
+                && ["/containers/", "/networks/", "/images/", "/volumes/", "/exec/"]
+                    .iter()
+                    .any(|p| target.starts_with(p))
                 && !target.ends_with("/create") && target != "/images/json";
             if c.is_ascii_alphabetic() && flips[j % flips.len()] && !object_segment {
                 out.push(if c.is_ascii_lowercase() { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });

@@ -172,7 +172,7 @@ async fn the_socket_proxy_command() {
 
     let (status, body) = unix_request(&socket, "GET", "/v1.41/_ping").await;
     assert_eq!((status, body.as_str()), (200, "OK"));
-    let (status, body) = unix_request(&socket, "POST", "/v1.41/containers/x/exec").await;
+    let (status, body) = unix_request(&socket, "POST", "/v1.41/containers/x/update").await;
     assert_eq!(status, 403, "{body}");
     let message: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(
@@ -229,7 +229,7 @@ async fn the_socket_proxy_command() {
         .find(|l| l["decision"] == "deny")
         .unwrap_or_else(|| panic!("no deny line in {stderr}"));
     assert_eq!(denied["method"], "POST");
-    assert_eq!(denied["path"], "/v1.41/containers/x/exec");
+    assert_eq!(denied["path"], "/v1.41/containers/x/update");
     assert_eq!(denied["rule"], "no-rule");
     assert!(
         denied["reason"]

@@ -11,7 +11,7 @@
 use http::HeaderMap;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, UPGRADE};
 
-use super::body;
+use super::body::{self, BodyRef};
 use super::json::Json;
 use super::policy::{BodyKind, Pattern, Policy, PolicyError, TargetKind};
 use super::target::{ApiVersion, Target};
@@ -37,21 +37,23 @@ pub struct Plan {
     pub body: BodyKind,
     /// Largest body accepted (0 for [`BodyKind::None`]).
     pub max_body: u64,
-    /// The container or network whose managed label must be checked.
+    /// The object whose managed label must be checked.
     pub scope: Option<Scope>,
-    /// The request is an HTTP upgrade (attach).
+    /// The request is an HTTP upgrade (attach, exec start).
     pub upgrade: bool,
 }
 
-/// A container or network reference in the path, to check before
-/// forwarding.
+/// A container, network, volume, exec or image reference in the path, to
+/// check before forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     pub kind: TargetKind,
-    /// The ID or name as requested.
+    /// The ID or name as requested (an image reference's segments joined
+    /// with `/`).
     pub reference: String,
-    /// Which canonical path segment holds it (after the version prefix).
-    pub segment: usize,
+    /// Which canonical path segments hold it (after the version prefix):
+    /// one, or an image reference's run.
+    pub segments: std::ops::Range<usize>,
 }
 
 impl Plan {
@@ -67,7 +69,9 @@ impl Plan {
         match (resolved, &self.scope) {
             (Some(id), Some(scope)) => {
                 let mut target = self.target.clone();
-                target.segments[scope.segment] = id.to_owned();
+                target
+                    .segments
+                    .splice(scope.segments.clone(), [id.to_owned()]);
                 target.path_and_query()
             }
             _ => self.target.path_and_query(),
@@ -213,6 +217,9 @@ impl Filter {
             let filters = target.param("filters").unwrap_or_default();
             check_label_filter(filters, &self.policy.managed_label).map_err(deny)?;
         }
+        if rule.body == BodyKind::ImageBuild {
+            body::check_image_build(&target, &self.policy).map_err(deny)?;
+        }
 
         // Upgrades: exactly `Upgrade: tcp` on an upgrade rule, none elsewhere.
         let upgrade = headers
@@ -248,18 +255,19 @@ impl Filter {
         let scope = match rule.target {
             TargetKind::None => None,
             kind => {
-                let segment = pattern
-                    .one_placeholder()
+                let segments = pattern
+                    .placeholder_range(target.segments.len())
                     .expect("validated: a target rule has one placeholder");
                 Some(Scope {
                     kind,
-                    reference: target.segments[segment].clone(),
-                    segment,
+                    reference: target.segments[segments.clone()].join("/"),
+                    segments,
                 })
             }
         };
         let max_body = match rule.body {
             BodyKind::None => 0,
+            BodyKind::ImageBuild => self.policy.limits.max_build_context_bytes,
             _ => self.policy.limits.max_body_bytes,
         };
         Ok(Plan {
@@ -286,14 +294,22 @@ impl Filter {
         }
     }
 
-    /// Checks a request's (complete) body against its plan.
-    pub fn check_body(&self, plan: &Plan, headers: &HeaderMap, body: &[u8]) -> Result<(), Denial> {
+    /// Checks a request's (complete) body against its plan; returns the
+    /// objects the body names that must be found managed. A streamed body
+    /// (a build context) is not read: only its framing and content type
+    /// are checked, and `body` is what has arrived of it (empty).
+    pub fn check_body(
+        &self,
+        plan: &Plan,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Vec<BodyRef>, Denial> {
         let deny = |rule: &str, reason: String| Denial::new(rule, plan.path(), reason);
         if body.len() as u64 > plan.max_body {
             return Err(self.body_too_large(plan));
         }
         if plan.body == BodyKind::None {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // Docker reads the body as JSON only with a JSON content type; with
         // a form content type Go would even read it as query parameters.
@@ -302,6 +318,17 @@ impl Filter {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let media = content_type.split(';').next().unwrap_or_default().trim();
+        if plan.body == BodyKind::ImageBuild {
+            // The same holds for a build: with a form content type Go's
+            // ParseForm would take `remote`, `networkmode`… from the body.
+            if !media.eq_ignore_ascii_case("application/x-tar") {
+                return Err(deny(
+                    &plan.rule,
+                    format!("the build context must be application/x-tar, not `{content_type}`"),
+                ));
+            }
+            return Ok(Vec::new());
+        }
         if !media.eq_ignore_ascii_case("application/json") {
             return Err(deny(
                 &plan.rule,
@@ -310,10 +337,16 @@ impl Filter {
         }
         let json = Json::parse(body)
             .map_err(|e| deny(&plan.rule, format!("the body is not strict JSON: {e}")))?;
+        let none = |r: Result<(), String>| r.map(|()| Vec::new());
         let checked = match plan.body {
             BodyKind::ContainerCreate => body::check_container_create(&json, &self.policy),
-            BodyKind::NetworkCreate => body::check_network_create(&json, &self.policy),
-            BodyKind::None => Ok(()),
+            BodyKind::NetworkCreate => none(body::check_network_create(&json, &self.policy)),
+            BodyKind::VolumeCreate => none(body::check_volume_create(&json, &self.policy)),
+            BodyKind::ExecCreate => none(body::check_exec_create(&json)),
+            BodyKind::ExecStart => none(body::check_exec_start(&json)),
+            BodyKind::NetworkConnect => body::check_network_connect(&json),
+            BodyKind::NetworkDisconnect => body::check_network_disconnect(&json),
+            BodyKind::None | BodyKind::ImageBuild => Ok(Vec::new()),
         };
         checked.map_err(|reason| deny(&plan.rule, reason))
     }
@@ -400,7 +433,7 @@ mod tests {
         assert_eq!(head("POST", "/_ping").unwrap_err().rule, "method");
         assert_eq!(head("OPTIONS", "/_ping").unwrap_err().rule, "method");
         assert_eq!(
-            head("POST", "/containers/x/exec").unwrap_err().rule,
+            head("POST", "/containers/x/update").unwrap_err().rule,
             "no-rule"
         );
         assert_eq!(head("GET", "/v1.23/info").unwrap_err().rule, "api-version");
@@ -429,6 +462,170 @@ mod tests {
         assert!(head("POST", "/images/create?fromImage=").is_err());
     }
 
+    fn scope(plan: &Plan) -> (TargetKind, String, std::ops::Range<usize>) {
+        let s = plan.scope.clone().expect("a scoped rule");
+        (s.kind, s.reference, s.segments)
+    }
+
+    #[test]
+    fn container_job_rules() {
+        use TargetKind as T;
+        let lf = percent_encoding::utf8_percent_encode(
+            r#"{"label":["berth.managed=true"]}"#,
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        // Volumes.
+        let plan = head("GET", &format!("/v1.41/volumes?filters={lf}")).unwrap();
+        assert_eq!((plan.rule.as_str(), plan.scope), ("volume_list", None));
+        let denied = head("GET", "/volumes").unwrap_err();
+        assert_eq!(denied.rule, "volume_list");
+        assert!(
+            denied
+                .reason
+                .contains("must select label=berth.managed=true")
+        );
+        let plan = head("POST", "/volumes/create").unwrap();
+        assert_eq!(
+            (plan.rule.as_str(), plan.body),
+            ("volume_create", BodyKind::VolumeCreate)
+        );
+        let plan = head("GET", "/volumes/berth-job-7-work").unwrap();
+        assert_eq!(plan.rule, "volume_inspect");
+        assert_eq!(
+            scope(&plan),
+            (T::ManagedVolume, "berth-job-7-work".into(), 1..2)
+        );
+        let plan = head("DELETE", "/v1.41/volumes/berth-job-7-work?force=1").unwrap();
+        assert_eq!(plan.rule, "volume_remove");
+        assert_eq!(
+            plan.forward(Some("berth-job-7-work")),
+            "/v1.41/volumes/berth-job-7-work?force=1"
+        );
+        assert_eq!(head("POST", "/volumes/prune").unwrap_err().rule, "method");
+        assert_eq!(
+            head("DELETE", "/volumes/a?x=1").unwrap_err().rule,
+            "volume_remove"
+        );
+        // Exec.
+        let plan = head("POST", "/v1.41/containers/berth-1/exec").unwrap();
+        assert_eq!(
+            (plan.rule.as_str(), plan.body),
+            ("exec_create", BodyKind::ExecCreate)
+        );
+        assert_eq!(scope(&plan), (T::ManagedContainer, "berth-1".into(), 1..2));
+        let id = "ab".repeat(32);
+        let plan = head("GET", &format!("/v1.41/exec/{id}/json")).unwrap();
+        assert_eq!(plan.rule, "exec_inspect");
+        assert_eq!(scope(&plan), (T::ManagedExec, id.clone(), 1..2));
+        let plan = head("POST", &format!("/exec/{id}/resize?h=24&w=80")).unwrap();
+        assert_eq!(plan.rule, "exec_resize");
+        let denied = head("POST", &format!("/exec/{id}/start")).unwrap_err();
+        assert_eq!(denied.rule, "upgrade");
+        assert!(
+            denied
+                .reason
+                .contains("rule `exec_start` needs the HTTP upgrade")
+        );
+        assert_eq!(
+            head("DELETE", &format!("/exec/{id}")).unwrap_err().rule,
+            "no-rule"
+        );
+        // Networks.
+        let plan = head("POST", "/networks/berth-job-7/connect").unwrap();
+        assert_eq!(
+            (plan.rule.as_str(), plan.body),
+            ("network_connect", BodyKind::NetworkConnect)
+        );
+        assert_eq!(
+            scope(&plan),
+            (T::ManagedNetwork, "berth-job-7".into(), 1..2)
+        );
+        let plan = head("POST", "/networks/berth-job-7/disconnect").unwrap();
+        assert_eq!(plan.rule, "network_disconnect");
+        // Image build and removal.
+        let labels = "labels=%7B%22berth.managed%22%3A%22true%22%7D";
+        let plan = head(
+            "POST",
+            &format!("/v1.41/build?t=berth-job/x:1&{labels}&rm=1&version=1"),
+        )
+        .unwrap();
+        assert_eq!(
+            (plan.rule.as_str(), plan.body),
+            ("image_build", BodyKind::ImageBuild)
+        );
+        assert_eq!(plan.max_body, 256 * 1024 * 1024);
+        assert_eq!(plan.scope, None);
+        for (q, reason) in [
+            ("t=berth-job/x", "query parameter `labels` is required"),
+            (
+                &format!("{labels}&networkmode=host") as &str,
+                "`networkmode` `host` is not allowed",
+            ),
+            (
+                &format!("{labels}&remote=https://x/y.git"),
+                "query parameter `remote` is not allowed",
+            ),
+            (
+                &format!("{labels}&extrahosts=a:1.2.3.4"),
+                "query parameter `extrahosts` is not allowed",
+            ),
+            (
+                &format!("{labels}&squash=1"),
+                "query parameter `squash` is not allowed",
+            ),
+            (
+                &format!("{labels}&cgroupparent=/"),
+                "query parameter `cgroupparent` is not allowed",
+            ),
+            (
+                &format!("{labels}&session=x"),
+                "query parameter `session` is not allowed",
+            ),
+            (
+                &format!("{labels}&outputs=x"),
+                "query parameter `outputs` is not allowed",
+            ),
+            (
+                &format!("{labels}&version=2"),
+                "`version` `2` is not allowed",
+            ),
+            (
+                &format!("{labels}&t=nginx:latest"),
+                "not under an allowed tag prefix",
+            ),
+        ] {
+            let denied = head("POST", &format!("/build?{q}")).unwrap_err();
+            assert_eq!(denied.rule, "image_build", "{q}");
+            assert!(
+                denied.reason.contains(reason),
+                "{} (wanted {reason})",
+                denied.reason
+            );
+        }
+        let plan = head("DELETE", "/v1.41/images/berth-job/checkout:7?force=1").unwrap();
+        assert_eq!(plan.rule, "image_remove");
+        assert_eq!(
+            scope(&plan),
+            (T::ManagedImage, "berth-job/checkout:7".into(), 1..3)
+        );
+        let image = format!("sha256:{}", "c".repeat(64));
+        assert_eq!(
+            plan.forward(Some(&image)),
+            format!("/v1.41/images/{image}?force=1")
+        );
+        let plan = head("DELETE", "/images/busybox").unwrap();
+        assert_eq!(scope(&plan), (T::ManagedImage, "busybox".into(), 1..2));
+        assert_eq!(
+            head("DELETE", "/images/x?prune=1").unwrap_err().rule,
+            "image_remove"
+        );
+        assert_eq!(
+            head("GET", "/images/busybox/json").unwrap().rule,
+            "image_inspect"
+        );
+    }
+
     #[test]
     fn upgrades() {
         let f = filter();
@@ -452,6 +649,19 @@ mod tests {
         );
         h.insert(UPGRADE, "h2c".parse().unwrap());
         assert!(f.check_head("POST", "/containers/x/attach", &h).is_err());
+        // Exec start: an upgrade that carries its JSON body.
+        h.insert(UPGRADE, "tcp".parse().unwrap());
+        h.insert(CONTENT_TYPE, "application/json".parse().unwrap());
+        let start = f.check_head("POST", "/exec/abc/start", &h).unwrap();
+        assert!(start.upgrade);
+        assert_eq!(start.body, BodyKind::ExecStart);
+        f.check_body(&start, &h, br#"{"Detach":false,"Tty":false}"#)
+            .unwrap();
+        let denied = f
+            .check_body(&start, &h, br#"{"Detach":false,"Cmd":["id"]}"#)
+            .unwrap_err();
+        assert!(denied.reason.contains("`Cmd` is not allowed"), "{denied:?}");
+        assert!(f.check_head("GET", "/exec/abc/json", &h).is_err());
     }
 
     #[test]
@@ -480,6 +690,102 @@ mod tests {
                 .rule,
             "body-size"
         );
+    }
+
+    #[test]
+    fn container_job_bodies() {
+        let f = filter();
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, "application/json".parse().unwrap());
+        // Mounts name the volumes the server must find managed.
+        let create = f.check_head("POST", "/containers/create", &h).unwrap();
+        let body = br#"{"Image":"x","Labels":{"berth.managed":"true"},"HostConfig":{"CapDrop":["ALL"],"SecurityOpt":["no-new-privileges"],"Binds":["job-work:/__w"],"Mounts":[{"Type":"volume","Source":"job-home","Target":"/github/home"}]}}"#;
+        let refs = f.check_body(&create, &h, body).unwrap();
+        let names: Vec<&str> = refs.iter().map(|r| r.reference.as_str()).collect();
+        assert_eq!(names, ["job-work", "job-home"]);
+        // Volume create.
+        let volume = f.check_head("POST", "/volumes/create", &h).unwrap();
+        assert!(
+            f.check_body(
+                &volume,
+                &h,
+                br#"{"Name":"v1","Labels":{"berth.managed":"true"}}"#
+            )
+            .unwrap()
+            .is_empty()
+        );
+        let denied = f
+            .check_body(
+                &volume,
+                &h,
+                br#"{"Name":"v1","Labels":{"berth.managed":"true"},"DriverOpts":{"type":"none","o":"bind","device":"/"}}"#,
+            )
+            .unwrap_err();
+        assert_eq!(denied.rule, "volume_create");
+        assert!(
+            denied.reason.contains("DriverOpts.type `none`"),
+            "{denied:?}"
+        );
+        // Exec create.
+        let exec = f.check_head("POST", "/containers/c1/exec", &h).unwrap();
+        f.check_body(&exec, &h, br#"{"Cmd":["id"]}"#).unwrap();
+        let denied = f
+            .check_body(&exec, &h, br#"{"Cmd":["id"],"Privileged":true}"#)
+            .unwrap_err();
+        assert_eq!(denied.rule, "exec_create");
+        assert!(
+            f.check_body(&exec, &h, b"").is_err(),
+            "exec create needs a body"
+        );
+        // Network connect names the container.
+        let connect = f.check_head("POST", "/networks/n1/connect", &h).unwrap();
+        let refs = f
+            .check_body(&connect, &h, br#"{"Container":"c1"}"#)
+            .unwrap();
+        assert_eq!(refs[0].rewrite, Some("Container"));
+        // A build context must be a tar: with a form content type Go would
+        // read the body as query parameters.
+        let labels = "labels=%7B%22berth.managed%22%3A%22true%22%7D";
+        let build = f
+            .check_head("POST", &format!("/build?{labels}"), &h)
+            .unwrap();
+        let denied = f.check_body(&build, &h, b"").unwrap_err();
+        assert!(
+            denied.reason.contains("must be application/x-tar"),
+            "{denied:?}"
+        );
+        h.insert(
+            CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        assert!(f.check_body(&build, &h, b"remote=https://x").is_err());
+        h.insert(CONTENT_TYPE, "application/x-tar".parse().unwrap());
+        assert!(f.check_body(&build, &h, b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_container_job_fuzz_seeds_are_allowed() {
+        let f = filter();
+        for (name, seed) in [
+            (
+                "volume",
+                &include_bytes!("../../fuzz/seeds/request_filter/volume")[..],
+            ),
+            (
+                "exec",
+                include_bytes!("../../fuzz/seeds/request_filter/exec"),
+            ),
+            (
+                "build",
+                include_bytes!("../../fuzz/seeds/request_filter/build"),
+            ),
+            (
+                "mounts",
+                include_bytes!("../../fuzz/seeds/request_filter/mounts"),
+            ),
+        ] {
+            assert!(filter_raw(&f, seed), "seed {name} is denied");
+        }
     }
 
     #[test]

@@ -84,6 +84,62 @@ impl Json {
             .map(|(_, v)| v)
     }
 
+    /// The value as compact JSON text, members in their order. Used to
+    /// forward a body with one field rewritten; Go reads it as it would
+    /// have read the original, but for that field.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Json::Null => out.extend_from_slice(b"null"),
+            Json::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Json::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Json::String(s) => write_string(s, out),
+            Json::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    v.write(out);
+                }
+                out.push(b']');
+            }
+            Json::Object(members) => {
+                out.push(b'{');
+                for (i, (k, v)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_string(k, out);
+                    out.push(b':');
+                    v.write(out);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+
+    /// Sets the member for struct field `name` (under Go's folding, as
+    /// [`Fields`] finds it) of an object; false when there is none.
+    pub fn set_field(&mut self, name: &str, value: Json) -> bool {
+        let folded = go_fold(name);
+        let Json::Object(members) = self else {
+            return false;
+        };
+        match members.iter_mut().find(|(k, _)| go_fold(k) == folded) {
+            Some((_, v)) => {
+                *v = value;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A short name of the value's type, for messages.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -94,6 +150,15 @@ impl Json {
             Json::Array(_) => "an array",
             Json::Object(_) => "an object",
         }
+    }
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json escapes exactly what JSON requires; a `&str` always
+    // serialises.
+    match serde_json::to_vec(s) {
+        Ok(bytes) => out.extend_from_slice(&bytes),
+        Err(_) => out.extend_from_slice(b"\"\""),
     }
 }
 
@@ -233,6 +298,21 @@ mod tests {
         assert!(Json::parse(b"{} {}").is_err());
         assert!(Json::parse(b"{\"a\":\"\xff\"}").is_err());
         assert!(Json::parse(&[b'['; 200]).is_err());
+    }
+
+    #[test]
+    fn writes_back_what_it_read() {
+        let text = r#"{"Container":"a\"b\u00e9","EndpointConfig":{"Aliases":["x"],"N":[1,-2,3.5,null,true,false]},"k":{}}"#;
+        let mut v = Json::parse(text.as_bytes()).unwrap();
+        let again = Json::parse(&v.to_bytes()).unwrap();
+        assert_eq!(again, v);
+        assert!(v.set_field("container", Json::String("abc".into())));
+        assert!(!v.set_field("Force", Json::Bool(true)));
+        let written = String::from_utf8(v.to_bytes()).unwrap();
+        assert!(
+            written.starts_with(r#"{"Container":"abc","EndpointConfig":{"Aliases":["x"]"#),
+            "{written}"
+        );
     }
 
     #[test]

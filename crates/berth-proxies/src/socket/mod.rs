@@ -14,12 +14,14 @@
 //! 2. [`policy`]: the endpoint allowlist (method + path pattern + allowed
 //!    query parameters), loaded from TOML, with the built-in least-privilege
 //!    table as [`Policy::default`].
-//! 3. [`body`] (over [`json`]): what a container or network create may ask
-//!    for; strict JSON read the way Go reads it.
+//! 3. [`body`] (over [`json`]): what a container, network or volume create,
+//!    an exec, a network connect and a build's query may ask for; strict JSON
+//!    read the way Go reads it.
 //! 4. [`filter`]: the pure decision, driven by the fuzz target.
-//! 5. [`server`]: the managed-label check of container- and network-scoped
-//!    calls (through the engine, cached by full ID), forwarding, streaming,
-//!    HTTP upgrades, logs and [`metrics`]; listening, accepting and draining
+//! 5. [`server`]: the managed-label check of calls scoped to a container,
+//!    network, volume, exec or image, and of the volumes and containers a
+//!    body names (through the engine, cached by full ID), forwarding,
+//!    streaming (a build context too), HTTP upgrades, logs and [`metrics`]; listening, accepting and draining
 //!    are [`crate::transport`]'s, shared with the egress proxy.
 //!
 //! Everything denied gets `403` with `{"message": "berth socket-proxy:

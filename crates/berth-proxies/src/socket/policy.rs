@@ -9,8 +9,9 @@
 //! managed_label = "berth.managed=true"
 //!
 //! [limits]
-//! max_body_bytes = 1048576       # request bodies (container/network create)
-//! managed_cache_seconds = 5      # how long an inspected container/network is trusted
+//! max_body_bytes = 1048576       # JSON request bodies (creates, exec, connect)
+//! max_build_context_bytes = 268435456 # a build's context (tar), streamed
+//! managed_cache_seconds = 5      # how long an inspected object is trusted
 //! min_api_version = "1.24"       # versioned requests below this are denied
 //!
 //! [container_create]             # the body policy of rules with body = "container_create"
@@ -28,6 +29,13 @@
 //! allowed_drivers = ["bridge"]
 //! allowed_options = [ … ]
 //!
+//! [volume_create]                # the body policy of rules with body = "volume_create"
+//! allowed_tmpfs_options = ["size", "uid", "gid", "mode", "nr_inodes"]
+//!
+//! [image_build]                  # the query policy of rules with body = "image_build"
+//! allowed_network_modes = ["default", "bridge", "none"]
+//! allowed_tag_prefixes = ["berth-job/"]
+//!
 //! [[rule]]                       # one per allowed call; first match wins
 //! name = "container_start"
 //! methods = ["POST"]
@@ -35,9 +43,12 @@
 //!                                 # {x*} = one or more image-reference segments
 //! query = ["detachKeys"]          # the parameters it may carry (others are denied)
 //! require_query = []              # parameters it must carry
-//! body = "none"                   # none | container_create | network_create
-//! target = "managed_container"    # none | managed_container | managed_network
-//! upgrade = false                 # the HTTP upgrade of attach
+//! body = "none"                   # none | container_create | network_create |
+//!                                 # volume_create | exec_create | exec_start |
+//!                                 # network_connect | network_disconnect | image_build
+//! target = "managed_container"    # none | managed_container | managed_network |
+//!                                 # managed_volume | managed_exec | managed_image
+//! upgrade = false                 # the HTTP upgrade of attach and exec start
 //! label_filter = false            # `filters` must hold label=<managed_label>
 //! ```
 //!
@@ -55,10 +66,11 @@ use super::target::{ApiVersion, is_path_char};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// `KEY=VALUE`: the label berth puts on every container and network it
-    /// creates. Creates must carry it, container- and network-scoped calls
-    /// are allowed only on objects that carry it, and list/events calls
-    /// with `label_filter` must filter on it.
+    /// `KEY=VALUE`: the label berth puts on every container, network,
+    /// volume and built image it creates. Creates and builds must carry it,
+    /// calls scoped to such an object (an exec: to its container) are
+    /// allowed only on objects that carry it, and list/events calls with
+    /// `label_filter` must filter on it.
     #[serde(default = "default_managed_label")]
     pub managed_label: String,
     #[serde(default)]
@@ -67,6 +79,10 @@ pub struct Policy {
     pub container_create: ContainerCreatePolicy,
     #[serde(default)]
     pub network_create: NetworkCreatePolicy,
+    #[serde(default)]
+    pub volume_create: VolumeCreatePolicy,
+    #[serde(default)]
+    pub image_build: ImageBuildPolicy,
     /// The allowed calls; a request no rule matches is denied.
     #[serde(rename = "rule", default = "default_rules")]
     pub rules: Vec<Rule>,
@@ -75,8 +91,11 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Largest request body accepted (bytes).
+    /// Largest JSON request body accepted (bytes).
     pub max_body_bytes: u64,
+    /// Largest build context (`POST /build`'s tar body) accepted (bytes).
+    /// It is streamed to the engine, not held in memory.
+    pub max_build_context_bytes: u64,
     /// How long the result of a managed-label inspect is reused (seconds;
     /// 0 disables the cache).
     pub managed_cache_seconds: u64,
@@ -90,6 +109,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 1024 * 1024,
+            max_build_context_bytes: 256 * 1024 * 1024,
             managed_cache_seconds: 5,
             min_api_version: "1.24".into(),
         }
@@ -181,6 +201,47 @@ impl Default for NetworkCreatePolicy {
     }
 }
 
+/// What a volume-create body may ask for. See [`super::body`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VolumeCreatePolicy {
+    /// The mount options (`key=value`, without the value) that `o` of a
+    /// tmpfs volume may hold. Empty: tmpfs volumes only without `o`.
+    pub allowed_tmpfs_options: Vec<String>,
+}
+
+impl Default for VolumeCreatePolicy {
+    fn default() -> Self {
+        VolumeCreatePolicy {
+            allowed_tmpfs_options: ["size", "uid", "gid", "mode", "nr_inodes"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// What the query of an image build may ask for (the parameters themselves
+/// are the rule's `query`). See [`super::body`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageBuildPolicy {
+    /// `networkmode` values allowed (an empty one is `default`).
+    pub allowed_network_modes: Vec<String>,
+    /// Repository prefixes (each ending in `/`) that the tag `t` must start
+    /// with. Empty: builds may not tag.
+    pub allowed_tag_prefixes: Vec<String>,
+}
+
+impl Default for ImageBuildPolicy {
+    fn default() -> Self {
+        ImageBuildPolicy {
+            allowed_network_modes: vec!["default".into(), "bridge".into(), "none".into()],
+            allowed_tag_prefixes: vec!["berth-job/".into()],
+        }
+    }
+}
+
 /// What a rule does with the request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -192,6 +253,27 @@ pub enum BodyKind {
     ContainerCreate,
     /// A network-create body, checked against `[network_create]`.
     NetworkCreate,
+    /// A volume-create body, checked against `[volume_create]`.
+    VolumeCreate,
+    /// An exec-create body: anything but `Privileged`.
+    ExecCreate,
+    /// An exec-start body (`Detach`, `Tty`, `ConsoleSize`).
+    ExecStart,
+    /// A network-connect body: a managed `Container`, a plain endpoint.
+    NetworkConnect,
+    /// A network-disconnect body: a managed `Container`.
+    NetworkDisconnect,
+    /// A build context (a tar, streamed up to `max_build_context_bytes`);
+    /// the query is checked against `[image_build]`.
+    ImageBuild,
+}
+
+impl BodyKind {
+    /// Whether the body is streamed to the engine rather than read and
+    /// checked (a build context).
+    pub fn is_streamed(self) -> bool {
+        self == BodyKind::ImageBuild
+    }
 }
 
 /// What object a rule's `{…}` placeholder names, and so must be checked.
@@ -204,6 +286,25 @@ pub enum TargetKind {
     ManagedContainer,
     /// A network labelled with the managed label.
     ManagedNetwork,
+    /// A volume labelled with the managed label.
+    ManagedVolume,
+    /// An exec instance whose container is labelled with the managed label.
+    ManagedExec,
+    /// An image labelled with the managed label (the `{x*}` placeholder).
+    ManagedImage,
+}
+
+impl TargetKind {
+    /// The object's name in messages and metrics.
+    pub fn object(self) -> &'static str {
+        match self {
+            TargetKind::None | TargetKind::ManagedContainer => "container",
+            TargetKind::ManagedNetwork => "network",
+            TargetKind::ManagedVolume => "volume",
+            TargetKind::ManagedExec => "exec",
+            TargetKind::ManagedImage => "image",
+        }
+    }
 }
 
 /// One allowed call.
@@ -225,7 +326,8 @@ pub struct Rule {
     pub body: BodyKind,
     #[serde(default)]
     pub target: TargetKind,
-    /// The call is an HTTP upgrade (`Upgrade: tcp`), as attach is.
+    /// The call is an HTTP upgrade (`Upgrade: tcp`), as attach and exec
+    /// start are.
     #[serde(default)]
     pub upgrade: bool,
     /// The `filters` parameter must filter on the managed label.
@@ -333,6 +435,52 @@ pub fn default_rules() -> Vec<Rule> {
             false,
             false,
         ),
+        // Images built for container jobs (Dockerfile actions): the build
+        // (see `[image_build]`), and their removal, only of managed images
+        // and forwarded by image ID.
+        rule(
+            "image_build",
+            &["POST"],
+            "/build",
+            &[
+                "t",
+                "dockerfile",
+                "labels",
+                "buildargs",
+                "target",
+                "platform",
+                "pull",
+                "q",
+                "nocache",
+                "rm",
+                "forcerm",
+                "networkmode",
+                "memory",
+                "memswap",
+                "cpushares",
+                "cpusetcpus",
+                "cpuperiod",
+                "cpuquota",
+                "shmsize",
+                "version",
+            ],
+            &["labels"],
+            B::ImageBuild,
+            T::None,
+            false,
+            false,
+        ),
+        rule(
+            "image_remove",
+            &["DELETE"],
+            "/images/{name*}",
+            &["force", "noprune"],
+            &[],
+            B::None,
+            T::ManagedImage,
+            false,
+            false,
+        ),
         // Containers: berth's reconciler lists its own.
         rule(
             "container_list",
@@ -419,6 +567,100 @@ pub fn default_rules() -> Vec<Rule> {
             "/containers/{id}",
             &["v", "force", "link"],
         ),
+        // Exec in container jobs' containers (the runner's container hooks):
+        // create on a managed container, then start (an upgrade, like
+        // attach), inspect (the exit code) and resize the exec, each only
+        // when the exec's container is managed.
+        rule(
+            "exec_create",
+            &["POST"],
+            "/containers/{id}/exec",
+            &[],
+            &[],
+            B::ExecCreate,
+            T::ManagedContainer,
+            false,
+            false,
+        ),
+        rule(
+            "exec_start",
+            &["POST"],
+            "/exec/{id}/start",
+            &[],
+            &[],
+            B::ExecStart,
+            T::ManagedExec,
+            true,
+            false,
+        ),
+        rule(
+            "exec_inspect",
+            &["GET"],
+            "/exec/{id}/json",
+            &[],
+            &[],
+            B::None,
+            T::ManagedExec,
+            false,
+            false,
+        ),
+        rule(
+            "exec_resize",
+            &["POST"],
+            "/exec/{id}/resize",
+            &["h", "w"],
+            &[],
+            B::None,
+            T::ManagedExec,
+            false,
+            false,
+        ),
+        // Container jobs' volumes: list, create (local or tmpfs, see
+        // `[volume_create]`), inspect and remove berth's own.
+        rule(
+            "volume_list",
+            &["GET"],
+            "/volumes",
+            &["filters"],
+            &[],
+            B::None,
+            T::None,
+            false,
+            true,
+        ),
+        rule(
+            "volume_create",
+            &["POST"],
+            "/volumes/create",
+            &[],
+            &[],
+            B::VolumeCreate,
+            T::None,
+            false,
+            false,
+        ),
+        rule(
+            "volume_inspect",
+            &["GET"],
+            "/volumes/{name}",
+            &[],
+            &[],
+            B::None,
+            T::ManagedVolume,
+            false,
+            false,
+        ),
+        rule(
+            "volume_remove",
+            &["DELETE"],
+            "/volumes/{name}",
+            &["force"],
+            &[],
+            B::None,
+            T::ManagedVolume,
+            false,
+            false,
+        ),
         // berth's bridge network: find it, create it, drop a duplicate.
         simple("network_list", &["GET"], "/networks", &["filters"]),
         rule(
@@ -454,6 +696,30 @@ pub fn default_rules() -> Vec<Rule> {
             false,
             false,
         ),
+        // Container jobs: a managed container joins or leaves a managed
+        // (per-job) network.
+        rule(
+            "network_connect",
+            &["POST"],
+            "/networks/{id}/connect",
+            &[],
+            &[],
+            B::NetworkConnect,
+            T::ManagedNetwork,
+            false,
+            false,
+        ),
+        rule(
+            "network_disconnect",
+            &["POST"],
+            "/networks/{id}/disconnect",
+            &[],
+            &[],
+            B::NetworkDisconnect,
+            T::ManagedNetwork,
+            false,
+            false,
+        ),
     ]
 }
 
@@ -464,6 +730,8 @@ impl Default for Policy {
             limits: Limits::default(),
             container_create: ContainerCreatePolicy::default(),
             network_create: NetworkCreatePolicy::default(),
+            volume_create: VolumeCreatePolicy::default(),
+            image_build: ImageBuildPolicy::default(),
             rules: default_rules(),
         }
     }
@@ -552,10 +820,24 @@ impl Policy {
             }
             let pattern = Pattern::parse(&r.path)
                 .map_err(|e| PolicyError::Invalid(format!("{what}: {e}")))?;
-            if r.target != TargetKind::None && pattern.one_placeholder().is_none() {
-                return invalid(format!(
-                    "{what}: a target check needs exactly one `{{id}}` placeholder in the path"
-                ));
+            let has_many = pattern.0.contains(&Seg::Many);
+            let has_one = pattern.0.contains(&Seg::One);
+            match r.target {
+                TargetKind::None => {}
+                TargetKind::ManagedImage => {
+                    if !has_many || has_one {
+                        return invalid(format!(
+                            "{what}: an image target check needs one `{{name*}}` placeholder and no `{{id}}` in the path"
+                        ));
+                    }
+                }
+                _ => {
+                    if pattern.one_placeholder().is_none() || has_many {
+                        return invalid(format!(
+                            "{what}: a target check needs exactly one `{{id}}` placeholder in the path"
+                        ));
+                    }
+                }
             }
             for q in r.require_query.iter() {
                 if !r.query.contains(q) {
@@ -567,8 +849,41 @@ impl Policy {
             if r.label_filter && !r.query.iter().any(|q| q == "filters") {
                 return invalid(format!("{what}: label_filter needs `filters` in `query`"));
             }
-            if r.upgrade && r.body != BodyKind::None {
-                return invalid(format!("{what}: an upgrade rule takes no body"));
+            if r.upgrade && !matches!(r.body, BodyKind::None | BodyKind::ExecStart) {
+                return invalid(format!(
+                    "{what}: an upgrade rule takes no body (but exec_start's)"
+                ));
+            }
+        }
+        for o in &self.volume_create.allowed_tmpfs_options {
+            if o.is_empty()
+                || !o
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return invalid(format!(
+                    "volume_create.allowed_tmpfs_options: `{o}` is not an option name"
+                ));
+            }
+        }
+        for p in &self.image_build.allowed_tag_prefixes {
+            // Without the `/`, a prefix `berth` would also allow
+            // `berth.example.com/…` (a registry) and `berth-worker` (another
+            // repository).
+            let chars_ok = p.chars().all(|c| {
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, '.' | '_' | '-' | '/' | ':')
+            });
+            if p.len() < 2 || !p.ends_with('/') || p.starts_with('/') || !chars_ok {
+                return invalid(format!(
+                    "image_build.allowed_tag_prefixes: `{p}` must be a repository path ending in `/`"
+                ));
+            }
+        }
+        for m in &self.image_build.allowed_network_modes {
+            if m.is_empty() {
+                return invalid("image_build.allowed_network_modes: an empty mode".into());
             }
         }
         Ok(())
@@ -579,7 +894,7 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Seg {
     Literal(String),
-    /// `{x}`: one container/network ID or name.
+    /// `{x}`: one container/network/exec ID or container/network/volume name.
     One,
     /// `{x*}`: one or more segments of an image reference.
     Many,
@@ -638,6 +953,16 @@ impl Pattern {
             (Some((i, _)), None) => Some(i),
             _ => None,
         }
+    }
+
+    /// The canonical segments the placeholder of a target rule covers in
+    /// `len` matched segments: the one `{x}`, or the `{x*}` run.
+    pub(crate) fn placeholder_range(&self, len: usize) -> Option<std::ops::Range<usize>> {
+        if let Some(i) = self.0.iter().position(|s| *s == Seg::Many) {
+            let after = self.0.len() - i - 1;
+            return (len >= self.0.len()).then(|| i..len - after);
+        }
+        self.one_placeholder().map(|i| i..i + 1)
     }
 
     /// Whether the canonical segments match.
@@ -707,6 +1032,14 @@ mod tests {
         assert!(Pattern::parse("/a/{x*}/{y*}").is_err());
         assert!(Pattern::parse("/a//b").is_err());
         assert!(Pattern::parse("/a/../b").is_err());
+        let p = Pattern::parse("/images/{name*}").unwrap();
+        assert_eq!(p.placeholder_range(2), Some(1..2));
+        assert_eq!(p.placeholder_range(4), Some(1..4));
+        assert_eq!(p.placeholder_range(1), None);
+        let p = Pattern::parse("/images/{name*}/json").unwrap();
+        assert_eq!(p.placeholder_range(5), Some(1..4));
+        let p = Pattern::parse("/exec/{id}/start").unwrap();
+        assert_eq!(p.placeholder_range(3), Some(1..2));
     }
 
     #[test]
@@ -727,6 +1060,76 @@ mod tests {
         assert!(p.validate().is_err());
         assert!(Policy::from_toml("unknown = 1").is_err());
         assert!(Policy::from_toml("[limits]\nmax_body = 1").is_err());
+    }
+
+    #[test]
+    fn validation_of_the_container_job_parts() {
+        let invalid = |p: &Policy| p.validate().unwrap_err().to_string();
+        for bad in ["berth", "berth-job", "/berth/", "Berth/", "berth@x/", "/"] {
+            let mut p = Policy::default();
+            p.image_build.allowed_tag_prefixes = vec![bad.into()];
+            assert!(
+                invalid(&p).contains("must be a repository path ending in `/`"),
+                "{bad}"
+            );
+        }
+        let mut p = Policy::default();
+        p.image_build.allowed_tag_prefixes = vec!["registry.local:5000/berth/".into()];
+        p.validate().unwrap();
+        for bad in ["size=1m", "", "a,b", "Size"] {
+            let mut p = Policy::default();
+            p.volume_create.allowed_tmpfs_options = vec![bad.into()];
+            assert!(invalid(&p).contains("is not an option name"), "{bad}");
+        }
+        let mut p = Policy::default();
+        p.image_build.allowed_network_modes = vec![String::new()];
+        assert!(invalid(&p).contains("an empty mode"));
+
+        let by_name = |name: &str| {
+            default_rules()
+                .into_iter()
+                .find(|r| r.name == name)
+                .unwrap()
+        };
+        let with_rules = |rules: Vec<Rule>| Policy {
+            rules,
+            ..Policy::default()
+        };
+        let p = with_rules(vec![Rule {
+            path: "/images/{id}".into(),
+            ..by_name("image_remove")
+        }]);
+        assert!(invalid(&p).contains("an image target check needs one `{name*}`"));
+        let p = with_rules(vec![Rule {
+            path: "/volumes/{name*}".into(),
+            ..by_name("volume_remove")
+        }]);
+        assert!(invalid(&p).contains("exactly one `{id}`"));
+        let p = with_rules(vec![Rule {
+            body: BodyKind::ContainerCreate,
+            ..by_name("exec_start")
+        }]);
+        assert!(invalid(&p).contains("an upgrade rule takes no body"));
+        with_rules(vec![by_name("exec_start"), by_name("container_attach")])
+            .validate()
+            .unwrap();
+
+        let p = Policy::from_toml(
+            "[volume_create]\nallowed_tmpfs_options = []\n[image_build]\nallowed_tag_prefixes = []\n",
+        )
+        .unwrap();
+        assert!(p.volume_create.allowed_tmpfs_options.is_empty());
+        assert_eq!(
+            p.image_build.allowed_network_modes,
+            ["default", "bridge", "none"]
+        );
+        assert!(Policy::from_toml("[image_build]\nallow_remote = true\n").is_err());
+        assert!(
+            Policy::from_toml(
+                "[[rule]]\nname = \"x\"\nmethods = [\"GET\"]\npath = \"/x\"\nbody = \"build\"\n"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -8,19 +8,28 @@
 //! and events with `follow`, `wait`, and any other long answer flow through
 //! as the engine sends them).
 //!
-//! **Managed-label checks.** The proxy inspects the named container or
-//! network through the engine, and forwards the call with the reference
-//! replaced by the **full ID** the inspect returned. So the object checked
+//! **Managed-label checks.** The proxy inspects the named container,
+//! network, volume or image through the engine (an exec: the exec, then its
+//! container), and forwards the call with the reference replaced by the
+//! **full ID** the inspect returned (an image's `sha256:` ID, a volume's
+//! name). The volumes a container create mounts and the container a
+//! network connect names are checked the same way; the latter is forwarded
+//! by full ID in the body. So the object checked
 //! is the object acted upon, even when the request named it by a name or an
 //! ID prefix that could be re-pointed meanwhile. Results are cached by full
-//! ID only (labels cannot change after creation and IDs are never reused),
-//! for `managed_cache_seconds`; a request by name or prefix is always
+//! ID only (labels cannot change after creation and IDs are never reused;
+//! a volume, which has only a reusable name, is never cached), for
+//! `managed_cache_seconds`; a request by name or prefix is always
 //! inspected afresh, so a container removed and re-created under the same
 //! name is always looked at again. A container that does not exist is a
 //! 404 with Docker's own message, which berth treats as "already gone".
 //!
-//! **Upgrades.** Attach (`Connection: Upgrade`, `Upgrade: tcp`) is
-//! forwarded with the same handshake; when the engine answers `101`, the
+//! **Build contexts** are streamed to the engine (never buffered), cut off
+//! at `max_build_context_bytes`.
+//!
+//! **Upgrades.** Attach and exec start (`Connection: Upgrade`, `Upgrade:
+//! tcp`; exec start with its JSON body) are forwarded with the same
+//! handshake; when the engine answers `101`, the
 //! proxy answers `101` and then splices the two upgraded connections
 //! byte for byte in both directions, passing a half-close on (berth closes
 //! its write side after the JIT config; Docker then closes the container's
@@ -39,7 +48,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -47,7 +56,9 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
+use super::body::{BodyRef, check_volume_driver};
 use super::filter::{Denial, Filter, Plan, Scope};
+use super::json::Json;
 use super::metrics::Metrics;
 use super::policy::{Policy, PolicyError, TargetKind};
 pub use crate::transport::ProxyBody;
@@ -150,16 +161,44 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 /// A managed-label result, cached by full ID.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Cached {
     managed: bool,
+    /// An exec's container.
+    container: Option<String>,
     until: Instant,
+}
+
+/// What the proxy sends the engine: a checked body, or a build context
+/// streamed through (and cut off at its limit).
+type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+
+fn upstream_bytes(bytes: Bytes) -> UpstreamBody {
+    Either::Left(Full::new(bytes))
+}
+
+/// What a managed-label check found.
+enum Found {
+    Object {
+        /// The full ID (a volume's name) to forward in place of the
+        /// reference.
+        id: String,
+        managed: bool,
+        /// An exec's container.
+        container: Option<String>,
+        /// Why a volume must not be mounted even though it is managed (it
+        /// was made outside the proxy with a driver or options the proxy
+        /// would have refused).
+        unmountable: Option<String>,
+    },
+    /// No such object: the engine's answer.
+    Missing(StatusCode, Bytes),
 }
 
 struct Inner {
     filter: Filter,
     docker: DockerAddr,
-    client: Client<Connector, Full<Bytes>>,
+    client: Client<Connector, UpstreamBody>,
     metrics: Metrics,
     cache: Mutex<HashMap<(TargetKind, String), Cached>>,
     cache_ttl: Duration,
@@ -187,6 +226,42 @@ fn is_full_id(reference: &str) -> bool {
         && reference
             .bytes()
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// An object's immutable identity, under which its check may be cached:
+/// the full ID of a container, network or exec, an image's `sha256:` ID.
+/// A volume has only its name, which can be reused, so none.
+fn is_cacheable(kind: TargetKind, reference: &str) -> bool {
+    match kind {
+        TargetKind::ManagedImage => reference.strip_prefix("sha256:").is_some_and(is_full_id),
+        TargetKind::ManagedVolume | TargetKind::None => false,
+        _ => is_full_id(reference),
+    }
+}
+
+/// Where the engine describes an object.
+fn inspect_path(kind: TargetKind, reference: &str) -> String {
+    match kind {
+        TargetKind::ManagedNetwork => format!("/networks/{reference}"),
+        TargetKind::ManagedVolume => format!("/volumes/{reference}"),
+        TargetKind::ManagedExec => format!("/exec/{reference}/json"),
+        TargetKind::ManagedImage => format!("/images/{reference}/json"),
+        TargetKind::ManagedContainer | TargetKind::None => {
+            format!("/containers/{reference}/json")
+        }
+    }
+}
+
+/// Whether a streamed body was cut off at its limit.
+fn over_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(error);
+    while let Some(e) = at {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        at = e.source();
+    }
+    false
 }
 
 impl SocketProxy {
@@ -268,12 +343,32 @@ impl SocketProxy {
         };
         let downstream_upgrade = plan.upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
+        let limit = usize::try_from(plan.max_body).unwrap_or(usize::MAX);
+
+        // A build context is streamed: checked are its length (as declared,
+        // and as it passes) and content type, not its bytes.
+        if plan.body.is_streamed() {
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > plan.max_body) {
+                return self.deny(&method, &self.inner.filter.body_too_large(&plan));
+            }
+            if let Err(denial) = self.inner.filter.check_body(&plan, &parts.headers, &[]) {
+                return self.deny(&method, &denial);
+            }
+            let stream = Either::Right(Limited::new(body, limit));
+            return self
+                .forward(&method, &plan, &parts, None, stream, downstream_upgrade)
+                .await;
+        }
 
         // The body, up to the plan's limit.
-        let limit = usize::try_from(plan.max_body).unwrap_or(usize::MAX);
         let collected =
             tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await;
-        let body = match collected {
+        let mut body = match collected {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 return self.deny(&method, &self.inner.filter.body_too_large(&plan));
@@ -292,11 +387,12 @@ impl SocketProxy {
                 );
             }
         };
-        if let Err(denial) = self.inner.filter.check_body(&plan, &parts.headers, &body) {
-            return self.deny(&method, &denial);
-        }
+        let refs = match self.inner.filter.check_body(&plan, &parts.headers, &body) {
+            Ok(refs) => refs,
+            Err(denial) => return self.deny(&method, &denial),
+        };
 
-        // The managed label of the container or network it names.
+        // The managed label of the object it names in the path…
         let resolved = match &plan.scope {
             None => None,
             Some(scope) => match self.check_scope(&plan, scope).await {
@@ -304,7 +400,54 @@ impl SocketProxy {
                 Err(answer) => return *answer,
             },
         };
+        // … and of those its body names; a body naming a container by name
+        // or prefix is forwarded naming it by the full ID checked.
+        let mut rewrites = Vec::new();
+        for r in &refs {
+            match self.check_ref(&plan, r).await {
+                Ok(id) => {
+                    if let Some(field) = r.rewrite
+                        && id != r.reference
+                    {
+                        rewrites.push((field, id));
+                    }
+                }
+                Err(answer) => return *answer,
+            }
+        }
+        if !rewrites.is_empty() {
+            let Ok(mut json) = Json::parse(&body) else {
+                return self.upstream_failed(&plan, &"the checked body no longer parses");
+            };
+            for (field, id) in rewrites {
+                json.set_field(field, Json::String(id));
+            }
+            body = Bytes::from(json.to_bytes());
+        }
 
+        self.forward(
+            &method,
+            &plan,
+            &parts,
+            resolved.as_deref(),
+            upstream_bytes(body),
+            downstream_upgrade,
+        )
+        .await
+    }
+
+    /// Forwards an allowed request (the canonical target, `resolved` in
+    /// place of the scoped reference) and streams the answer back, splicing
+    /// an upgraded connection.
+    async fn forward(
+        &self,
+        method: &str,
+        plan: &Plan,
+        parts: &http::request::Parts,
+        resolved: Option<&str>,
+        body: UpstreamBody,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ProxyBody> {
         self.inner.metrics.decision("allow", &plan.rule);
         tracing::info!(
             decision = "allow",
@@ -314,12 +457,12 @@ impl SocketProxy {
             "socket-proxy request allowed"
         );
 
-        let forward = plan.forward(resolved.as_deref());
+        let forward = plan.forward(resolved);
         let uri = match self.upstream_uri(&forward) {
             Ok(uri) => uri,
-            Err(e) => return self.upstream_failed(&plan, &e),
+            Err(e) => return self.upstream_failed(plan, &e),
         };
-        let mut upstream = Request::new(Full::new(body));
+        let mut upstream = Request::new(body);
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = uri;
         *upstream.headers_mut() = end_to_end(&parts.headers);
@@ -333,7 +476,10 @@ impl SocketProxy {
 
         let mut response = match self.inner.client.request(upstream).await {
             Ok(r) => r,
-            Err(e) => return self.upstream_failed(&plan, &e),
+            Err(e) if over_limit(&e) => {
+                return self.deny(method, &self.inner.filter.body_too_large(plan));
+            }
+            Err(e) => return self.upstream_failed(plan, &e),
         };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -375,48 +521,173 @@ impl SocketProxy {
         Response::from_parts(parts, body.boxed())
     }
 
-    /// Checks that the container/network a plan names carries the managed
-    /// label; returns its full ID, or the answer to give instead.
+    /// Checks that the object a plan names in its path carries the managed
+    /// label (an exec: that its container does); returns its full ID, or
+    /// the answer to give instead. A missing object is the engine's 404.
     async fn check_scope(
         &self,
         plan: &Plan,
         scope: &Scope,
     ) -> Result<String, Box<Response<ProxyBody>>> {
-        let kind_name = match scope.kind {
-            TargetKind::ManagedNetwork => "network",
-            _ => "container",
+        let kind = scope.kind.object();
+        match self.lookup(plan, scope.kind, &scope.reference).await? {
+            Found::Missing(status, body) => Err(Box::new(self.not_found(plan, status, body))),
+            Found::Object {
+                id, managed: true, ..
+            } => Ok(id),
+            Found::Object {
+                container: Some(container),
+                ..
+            } => Err(self.deny_reason(
+                plan,
+                format!(
+                    "{kind} `{}` runs in container `{container}`, which is not labelled {}",
+                    scope.reference,
+                    self.policy().managed_label
+                ),
+            )),
+            Found::Object { .. } if scope.kind == TargetKind::ManagedExec => Err(self.deny_reason(
+                plan,
+                format!(
+                    "{kind} `{}` runs in a container that is not labelled {}",
+                    scope.reference,
+                    self.policy().managed_label
+                ),
+            )),
+            Found::Object { .. } => Err(self.deny_reason(
+                plan,
+                format!(
+                    "{kind} `{}` is not labelled {}",
+                    scope.reference,
+                    self.policy().managed_label
+                ),
+            )),
+        }
+    }
+
+    /// Checks an object a body names (a mounted volume, a connected
+    /// container); returns its full ID, or the answer to give instead.
+    async fn check_ref(
+        &self,
+        plan: &Plan,
+        r: &BodyRef,
+    ) -> Result<String, Box<Response<ProxyBody>>> {
+        let kind = r.kind.object();
+        match self.lookup(plan, r.kind, &r.reference).await? {
+            Found::Missing(..) if r.must_exist => Err(self.deny_reason(
+                plan,
+                format!(
+                    "{}: {kind} `{}` does not exist (only an existing managed {kind} may be named)",
+                    r.field, r.reference
+                ),
+            )),
+            Found::Missing(status, body) => Err(Box::new(self.not_found(plan, status, body))),
+            Found::Object { managed: false, .. } => Err(self.deny_reason(
+                plan,
+                format!(
+                    "{}: {kind} `{}` is not labelled {}",
+                    r.field,
+                    r.reference,
+                    self.policy().managed_label
+                ),
+            )),
+            Found::Object {
+                unmountable: Some(why),
+                ..
+            } => Err(self.deny_reason(
+                plan,
+                format!(
+                    "{}: {kind} `{}` may not be mounted: {why}",
+                    r.field, r.reference
+                ),
+            )),
+            Found::Object { id, .. } => Ok(id),
+        }
+    }
+
+    /// The engine's own answer for an object that does not exist; the
+    /// call is not forwarded. Not a denial: berth removes objects that may
+    /// be gone already.
+    fn not_found(&self, plan: &Plan, status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+        self.inner.metrics.decision("not_found", &plan.rule);
+        tracing::info!(
+            decision = "not_found",
+            method = %plan.method,
+            path = %plan.path(),
+            rule = %plan.rule,
+            status = status.as_u16(),
+            reason = "the inspect failed",
+            "socket-proxy request not forwarded"
+        );
+        let mut answer = Response::new(full(body));
+        *answer.status_mut() = status;
+        answer.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        answer
+    }
+
+    fn deny_reason(&self, plan: &Plan, reason: String) -> Box<Response<ProxyBody>> {
+        let denial = Denial {
+            rule: plan.rule.clone(),
+            path: plan.path(),
+            reason,
         };
-        let key = (scope.kind, scope.reference.clone());
-        if is_full_id(&scope.reference) {
-            let cached = self
-                .inner
-                .cache
-                .lock()
-                .expect("cache lock")
-                .get(&key)
-                .copied()
-                .filter(|c| c.until > Instant::now());
-            if let Some(c) = cached {
-                self.count_check(kind_name, "cached");
-                return self.managed_or_deny(
-                    plan,
-                    kind_name,
-                    &scope.reference,
-                    c.managed,
-                    &scope.reference,
-                );
+        Box::new(self.deny(&plan.method, &denial))
+    }
+
+    fn cached(&self, kind: TargetKind, reference: &str) -> Option<Cached> {
+        if !is_cacheable(kind, reference) {
+            return None;
+        }
+        let cached = self
+            .inner
+            .cache
+            .lock()
+            .expect("cache lock")
+            .get(&(kind, reference.to_owned()))
+            .cloned()
+            .filter(|c| c.until > Instant::now());
+        if cached.is_some() {
+            self.count_check(kind.object(), "cached");
+        }
+        cached
+    }
+
+    fn remember(&self, kind: TargetKind, id: &str, managed: bool, container: Option<&str>) {
+        if self.inner.cache_ttl.is_zero() || !is_cacheable(kind, id) {
+            return;
+        }
+        let mut cache = self.inner.cache.lock().expect("cache lock");
+        let now = Instant::now();
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, c| c.until > now);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
             }
         }
-        self.count_check(kind_name, "inspected");
+        cache.insert(
+            (kind, id.to_owned()),
+            Cached {
+                managed,
+                container: container.map(str::to_owned),
+                until: now + self.inner.cache_ttl,
+            },
+        );
+    }
 
-        let path = match scope.kind {
-            TargetKind::ManagedNetwork => format!("/networks/{}", scope.reference),
-            _ => format!("/containers/{}/json", scope.reference),
-        };
+    /// `GET path` on the engine: (status, body), or the answer to give
+    /// when the engine does not answer.
+    async fn inspect(
+        &self,
+        plan: &Plan,
+        path: &str,
+    ) -> Result<(StatusCode, Bytes), Box<Response<ProxyBody>>> {
         let uri = self
-            .upstream_uri(&path)
+            .upstream_uri(path)
             .map_err(|e| Box::new(self.upstream_failed(plan, &e)))?;
-        let mut request = Request::new(Full::new(Bytes::new()));
+        let mut request = Request::new(upstream_bytes(Bytes::new()));
         *request.uri_mut() = uri;
         let inspect = async {
             let response = self
@@ -434,94 +705,128 @@ impl SocketProxy {
                 .to_bytes();
             Ok::<_, String>((status, body))
         };
-        let (status, body) = match tokio::time::timeout(CHECK_TIMEOUT, inspect).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => return Err(Box::new(self.upstream_failed(plan, &e))),
-            Err(_) => {
-                return Err(Box::new(
-                    self.upstream_failed(plan, &"the inspect timed out"),
-                ));
-            }
-        };
-        if !status.is_success() {
-            // Not found (or ambiguous): answer as Docker did, so callers
-            // see the engine's own status and message. Not a denial: berth
-            // removes containers that may be gone already.
-            self.inner.metrics.decision("not_found", &plan.rule);
-            tracing::info!(
-                decision = "not_found",
-                method = %plan.method,
-                path = %plan.path(),
-                rule = %plan.rule,
-                status = status.as_u16(),
-                reason = "the inspect failed",
-                "socket-proxy request not forwarded"
-            );
-            let mut answer = Response::new(full(body));
-            *answer.status_mut() = status;
-            answer.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            return Err(Box::new(answer));
+        match tokio::time::timeout(CHECK_TIMEOUT, inspect).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(Box::new(self.upstream_failed(plan, &e))),
+            Err(_) => Err(Box::new(
+                self.upstream_failed(plan, &"the inspect timed out"),
+            )),
         }
-        let inspected: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            Box::new(self.upstream_failed(plan, &format!("unreadable inspect answer: {e}")))
-        })?;
-        let id = inspected
-            .get("Id")
-            .and_then(|v| v.as_str())
-            .filter(|id| is_full_id(id))
-            .ok_or_else(|| {
-                Box::new(self.upstream_failed(plan, &"the inspect answer has no full ID"))
-            })?
-            .to_owned();
-        let labels = match scope.kind {
-            TargetKind::ManagedNetwork => inspected.get("Labels"),
+    }
+
+    /// Finds an object and whether it is managed: from the cache (by full
+    /// ID), or by inspecting it. An exec is managed when its container is;
+    /// the container is looked up by its full ID (and so cached).
+    async fn lookup(
+        &self,
+        plan: &Plan,
+        kind: TargetKind,
+        reference: &str,
+    ) -> Result<Found, Box<Response<ProxyBody>>> {
+        if kind != TargetKind::ManagedExec {
+            return self.lookup_object(plan, kind, reference).await;
+        }
+        if let Some(c) = self.cached(kind, reference) {
+            return Ok(Found::Object {
+                id: reference.to_owned(),
+                managed: c.managed,
+                container: c.container,
+                unmountable: None,
+            });
+        }
+        self.count_check(kind.object(), "inspected");
+        let (status, body) = self.inspect(plan, &inspect_path(kind, reference)).await?;
+        if !status.is_success() {
+            return Ok(Found::Missing(status, body));
+        }
+        let unreadable = |what: &str| Box::new(self.upstream_failed(plan, &what));
+        let inspected: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| unreadable("unreadable exec inspect answer"))?;
+        let full = |field: &str| {
+            inspected
+                .get(field)
+                .and_then(|v| v.as_str())
+                .filter(|id| is_full_id(id))
+                .map(str::to_owned)
+        };
+        let (Some(id), Some(container)) = (full("ID"), full("ContainerID")) else {
+            return Err(unreadable("the exec inspect answer has no full IDs"));
+        };
+        let managed = match self
+            .lookup_object(plan, TargetKind::ManagedContainer, &container)
+            .await?
+        {
+            Found::Object { managed, .. } => managed,
+            Found::Missing(status, body) => return Ok(Found::Missing(status, body)),
+        };
+        self.remember(kind, &id, managed, Some(&container));
+        Ok(Found::Object {
+            id,
+            managed,
+            container: Some(container),
+            unmountable: None,
+        })
+    }
+
+    /// [`Self::lookup`] of a container, network, volume or image.
+    async fn lookup_object(
+        &self,
+        plan: &Plan,
+        kind: TargetKind,
+        reference: &str,
+    ) -> Result<Found, Box<Response<ProxyBody>>> {
+        if let Some(c) = self.cached(kind, reference) {
+            return Ok(Found::Object {
+                id: reference.to_owned(),
+                managed: c.managed,
+                container: c.container,
+                unmountable: None,
+            });
+        }
+        self.count_check(kind.object(), "inspected");
+        let (status, body) = self.inspect(plan, &inspect_path(kind, reference)).await?;
+        if !status.is_success() {
+            // Not found (or ambiguous): the engine's own status and message.
+            return Ok(Found::Missing(status, body));
+        }
+        let unreadable = |what: &str| Box::new(self.upstream_failed(plan, &what));
+        let inspected: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| unreadable(&format!("unreadable inspect answer: {e}")))?;
+        let text = |field: &str| inspected.get(field).and_then(|v| v.as_str());
+        let id = match kind {
+            // A volume has no ID: its name is the reference.
+            TargetKind::ManagedVolume => text("Name").filter(|n| *n == reference),
+            TargetKind::ManagedImage => text("Id").filter(|id| is_cacheable(kind, id)),
+            _ => text("Id").filter(|id| is_full_id(id)),
+        }
+        .ok_or_else(|| unreadable("the inspect answer has no full ID"))?
+        .to_owned();
+        let labels = match kind {
+            TargetKind::ManagedNetwork | TargetKind::ManagedVolume => inspected.get("Labels"),
             _ => inspected.get("Config").and_then(|c| c.get("Labels")),
         };
         let (label, value) = self.policy().managed();
         let managed = labels.and_then(|l| l.get(label)).and_then(|v| v.as_str()) == Some(value);
-        if !self.inner.cache_ttl.is_zero() {
-            let mut cache = self.inner.cache.lock().expect("cache lock");
-            let now = Instant::now();
-            if cache.len() >= CACHE_MAX {
-                cache.retain(|_, c| c.until > now);
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
-                }
-            }
-            cache.insert(
-                (scope.kind, id.clone()),
-                Cached {
-                    managed,
-                    until: now + self.inner.cache_ttl,
-                },
-            );
-        }
-        self.managed_or_deny(plan, kind_name, &scope.reference, managed, &id)
-    }
-
-    fn managed_or_deny(
-        &self,
-        plan: &Plan,
-        kind: &str,
-        reference: &str,
-        managed: bool,
-        id: &str,
-    ) -> Result<String, Box<Response<ProxyBody>>> {
-        if managed {
-            return Ok(id.to_owned());
-        }
-        let denial = Denial {
-            rule: plan.rule.clone(),
-            path: plan.path(),
-            reason: format!(
-                "{kind} `{reference}` is not labelled {}",
-                self.policy().managed_label
-            ),
+        let unmountable = if kind == TargetKind::ManagedVolume {
+            // Labels can be set by anyone who creates a volume elsewhere:
+            // a mounted volume must also be what the proxy would create.
+            let driver = text("Driver").unwrap_or_default();
+            let options = inspected
+                .get("Options")
+                .map(|o| Json::parse(o.to_string().as_bytes()))
+                .transpose()
+                .map_err(|_| unreadable("unreadable volume options"))?;
+            check_volume_driver(driver, options.as_ref(), self.policy()).err()
+        } else {
+            None
         };
-        Err(Box::new(self.deny(&plan.method, &denial)))
+        self.remember(kind, &id, managed, None);
+        Ok(Found::Object {
+            id,
+            managed,
+            container: None,
+            unmountable,
+        })
     }
 
     fn count_check(&self, kind: &'static str, result: &'static str) {
@@ -535,7 +840,7 @@ impl SocketProxy {
     /// Asks the engine `GET /_ping`; for the start-up log line.
     pub async fn ping_engine(&self) -> Result<(), String> {
         let uri = self.upstream_uri("/_ping").map_err(|e| e.to_string())?;
-        let mut request = Request::new(Full::new(Bytes::new()));
+        let mut request = Request::new(upstream_bytes(Bytes::new()));
         *request.uri_mut() = uri;
         let answer = tokio::time::timeout(CHECK_TIMEOUT, self.inner.client.request(request))
             .await
