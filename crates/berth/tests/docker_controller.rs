@@ -543,11 +543,13 @@ async fn secret_reaches_stdin_and_nothing_docker_shows() {
         assert!(!out.contains(part), "the log shows part of the secret");
     }
 
-    // Refused: a secret that would not be one line.
-    assert!(matches!(
-        controller.start_with_secret(&id, b"a\nb").await,
-        Err(DockerError::InvalidSpec(_))
-    ));
+    // Refused: a secret of more than two lines, an empty line, a CR.
+    for bad in [&b"a\nb\nc"[..], b"a\n", b"\nb", b"a\r\nb", b""] {
+        assert!(matches!(
+            controller.start_with_secret(&id, bad).await,
+            Err(DockerError::InvalidSpec(_))
+        ));
+    }
 }
 
 /// A warm container: started with nothing on stdin, it waits in its `read`

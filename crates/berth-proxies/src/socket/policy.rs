@@ -421,7 +421,7 @@ pub fn default_rules() -> Vec<Rule> {
             "image_list",
             &["GET"],
             "/images/json",
-            &["all", "filters", "digests", "shared-size"],
+            &["all", "filters", "digests", "shared-size", "manifests"],
         ),
         simple("image_inspect", &["GET"], "/images/{name*}/json", &[]),
         rule(

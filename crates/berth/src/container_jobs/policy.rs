@@ -699,7 +699,37 @@ pub fn translate_mounts(
             ),
         ));
     }
-    Ok(out.into_iter().map(|(_, m)| m).collect())
+    // The worker's folders nest (`_work/_temp/_github_home` inside
+    // `_work/_temp` inside `_work`), each a volume of its own: below a
+    // mounted folder, the folders nested in it are mounted at the same
+    // place, so the container sees the worker's tree.
+    let mut nested: Vec<Mount> = Vec::new();
+    for (source, mount) in &out {
+        if !matches!(mount.source, MountSource::JobVolume(_)) {
+            continue;
+        }
+        for (folder, kind) in folders {
+            let Some(rest) = folder.strip_prefix(source.as_str()) else {
+                continue;
+            };
+            if !rest.starts_with('/') {
+                continue;
+            }
+            let target = format!("{}{rest}", mount.target);
+            let taken = out.iter().any(|(_, m)| m.target == target)
+                || nested.iter().any(|m| m.target == target);
+            if !taken {
+                nested.push(Mount {
+                    source: MountSource::JobVolume(kind),
+                    target,
+                    read_only: mount.read_only,
+                });
+            }
+        }
+    }
+    let mut mounts: Vec<Mount> = out.into_iter().map(|(_, m)| m).collect();
+    mounts.extend(nested);
+    Ok(mounts)
 }
 
 #[cfg(test)]
@@ -851,6 +881,17 @@ mod tests {
                 (MountSource::JobVolume("temp"), "/__w/_temp"),
                 (MountSource::JobVolume("home"), "/github/home"),
                 (MountSource::JobVolume("workflow"), "/github/workflow"),
+                // Nested as in the worker.
+                (MountSource::JobVolume("home"), "/__w/_temp/_github_home"),
+                (
+                    MountSource::JobVolume("workflow"),
+                    "/__w/_temp/_github_workflow"
+                ),
+                (
+                    MountSource::JobVolume("file-commands"),
+                    "/__w/_temp/_runner_file_commands"
+                ),
+                (MountSource::JobVolume("workspace"), "/__w/app/app"),
             ]
         );
         assert!(

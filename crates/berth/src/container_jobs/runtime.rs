@@ -181,6 +181,8 @@ struct Planned {
     cmd: Option<Vec<String>>,
     workdir: Option<String>,
     registry: Option<DockerCredentials>,
+    /// The worker image's externals volume (`/__e`).
+    externals: String,
 }
 
 fn requested(mounts: &[MountVolume]) -> Vec<RequestedMount> {
@@ -265,6 +267,7 @@ fn plan_checked(
         entrypoint,
         cmd: (!args.is_empty()).then_some(args),
         registry,
+        externals: super::volumes::externals_volume(&pool.image),
     })
 }
 
@@ -292,14 +295,13 @@ fn create_body(
             target: Some(m.target.clone()),
             source: Some(match &m.source {
                 MountSource::JobVolume(kind) => volume_name(&hook.runner, kind),
-                MountSource::Externals => String::new(),
+                MountSource::Externals => p.externals.clone(),
                 MountSource::UserVolume(name) => volume_name(&hook.runner, &format!("u-{name}")),
             }),
             typ: Some(bollard::models::MountType::VOLUME),
             read_only: Some(m.read_only),
             ..Default::default()
         })
-        .filter(|m| m.source.as_deref() != Some(""))
         .collect::<Vec<_>>();
     let mut env: BTreeMap<String, String> = extra_env.clone();
     env.extend(p.env.clone());
