@@ -208,6 +208,7 @@ async fn a_container_job_with_a_service_and_a_container_action_runs_and_leaves_n
         assert!(metrics.contains(line), "missing {line}");
     }
     berth.stop().await;
+    remove_externals(&world);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -277,11 +278,28 @@ async fn policy_refusals_name_the_rule_and_the_credential_is_scoped_to_its_job()
         })
         .await;
     }
-    let runner_a = a.runner_name.clone().unwrap();
+    // The runners as they ran: a JIT runner takes whichever job it is
+    // offered, so which runner holds which job is read back, not assumed.
+    let runner_a = berth
+        .store()
+        .job_get(a.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .runner_name
+        .unwrap();
+    let runner_b = berth
+        .store()
+        .job_get(b.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .runner_name
+        .unwrap();
     let credential = berth::container_jobs::credential::issue(&berth.ctx, &runner_a)
         .await
         .unwrap();
-    let container_b = format!("{}-job", b.runner_name.clone().unwrap());
+    let container_b = format!("{runner_b}-job");
     let call = |credential: String, state: Value| {
         let url = format!("{}/v1/hook/run_script_step", berth.url);
         async move {
@@ -320,9 +338,17 @@ async fn policy_refusals_name_the_rule_and_the_credential_is_scoped_to_its_job()
     let (status, _) = call("bhk_unknown".into(), Value::Null).await;
     assert_eq!(status, 401);
     // Once the job ended, its credential works no more.
-    berth.store().job_request_cancel(a.id).await.unwrap();
+    let holder = berth
+        .store()
+        .job_get_by_runner_name(&runner_a)
+        .await
+        .unwrap()
+        .unwrap();
+    berth.store().job_request_cancel(holder.id).await.unwrap();
     berth.ctx.wake_reconciler();
-    berth.wait_terminal(first, LIMIT).await;
+    berth
+        .wait_terminal(holder.github_job_id as u64, LIMIT)
+        .await;
     let (status, body) = call(credential, Value::Null).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("has ended"), "{body}");
@@ -336,4 +362,183 @@ async fn policy_refusals_name_the_rule_and_the_credential_is_scoped_to_its_job()
         .await;
     }
     berth.stop().await;
+    remove_externals(&world);
+}
+
+/// Removes the worker image's externals volume of this test's berth: it
+/// outlives jobs on purpose (one per image and installation, removed by the
+/// reconciler once no pool uses the image).
+fn remove_externals(world: &World) {
+    let out = std::process::Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            "label=berth.role=externals",
+            "--filter",
+        ])
+        .arg(format!("label=berth.instance={}", world.instance))
+        .output()
+        .unwrap();
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "rm", "-f", name])
+            .output();
+    }
+}
+
+/// Objects of any kind labelled with this test's `berth.instance`, but
+/// the externals volume.
+fn instance_objects(world: &World) -> Vec<String> {
+    let label = format!("label=berth.instance={}", world.instance);
+    let mut found = Vec::new();
+    for args in [
+        vec!["ps", "-aq", "--filter", &label],
+        vec!["network", "ls", "-q", "--filter", &label],
+        vec![
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &label,
+            "--filter",
+            "label=berth.role=work",
+        ],
+    ] {
+        let out = std::process::Command::new("docker")
+            .args(&args)
+            .output()
+            .unwrap();
+        found.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| format!("{} {l}", args[0])),
+        );
+    }
+    found
+}
+
+/// The ID of the running container with `role` of this test's berth.
+fn container_with_role(world: &World, role: &str) -> Option<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter"])
+        .arg(format!("label=berth.instance={}", world.instance))
+        .arg("--filter")
+        .arg(format!("label=berth.role={role}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
+
+/// A worker killed mid-job, and then berth killed with `kill -9` mid-step:
+/// every container, network and volume of both jobs is gone after a
+/// reconcile pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_worker_or_of_berth_mid_job_leaves_nothing() {
+    use common::ServeProcess;
+    let world = World::with_container_hooks().await;
+    let tag = image_tag(&world);
+    let port = common::free_port();
+    let config = world.dir.path().join("berth.toml");
+    std::fs::write(
+        &config,
+        world.config_toml_with(
+            &format!("0.0.0.0:{port}"),
+            &format!("worker_url = \"http://host.docker.internal:{port}\""),
+            POOL,
+        ),
+    )
+    .unwrap();
+    world.point_webhooks_at(&format!("http://127.0.0.1:{port}"));
+    let store = berth::store::Store::connect(&format!(
+        "sqlite://{}",
+        world.dir.path().join("berth.db").display()
+    ))
+    .await
+    .unwrap();
+    let mut serve = ServeProcess::start(&world, &config, 1);
+    common::wait_listening(&format!("127.0.0.1:{port}"), Duration::from_secs(30)).await;
+    let sleeper = |marker: &str| JobSpec {
+        repository: "acme/widgets".into(),
+        labels: common::LABELS.iter().map(|s| s.to_string()).collect(),
+        container: Some(ContainerSpec::image(&tag)),
+        services: Services(vec![("web".into(), web_service(&tag))]),
+        steps: vec![step(&format!("echo {marker}; sleep 600"))],
+        ..Default::default()
+    };
+    let step_started = |gh: u64, marker: &'static str| {
+        let world = &world;
+        async move {
+            eventually("the step runs", LIMIT, || async {
+                world.sim.job_log(gh).unwrap_or_default().contains(marker)
+            })
+            .await
+        }
+    };
+
+    // 1. The worker is killed mid-step.
+    let first = world.queue_spec(sleeper("first-running"));
+    step_started(first, "first-running").await;
+    let job = common::wait_for_job(&store, first, LIMIT, "running", |j| {
+        j.state == JobState::Running
+    })
+    .await;
+    let worker = job.container_id.clone().unwrap();
+    assert!(container_with_role(&world, "job").is_some());
+    std::process::Command::new("docker")
+        .args(["kill", &worker])
+        .status()
+        .unwrap();
+    let done =
+        common::wait_for_job(&store, first, LIMIT, "terminal", |j| j.state.is_terminal()).await;
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let id = done.id.to_string();
+    eventually(
+        "the first job's objects removed",
+        Duration::from_secs(30),
+        || {
+            let id = id.clone();
+            async move { job_objects(&id).is_empty() }
+        },
+    )
+    .await;
+
+    // 2. berth is killed with kill -9 mid-step, then started again.
+    let second = world.queue_spec(sleeper("second-running"));
+    step_started(second, "second-running").await;
+    let job = common::wait_for_job(&store, second, LIMIT, "running", |j| {
+        j.state == JobState::Running
+    })
+    .await;
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    // Without berth the hook's step stream broke: the runner fails the
+    // step, its cleanup_job cannot reach berth, and the worker ends.
+    let _again = ServeProcess::start(&world, &config, 2);
+    common::wait_listening(&format!("127.0.0.1:{port}"), Duration::from_secs(30)).await;
+    let done =
+        common::wait_for_job(&store, second, LIMIT, "terminal", |j| j.state.is_terminal()).await;
+    assert!(done.state.is_terminal(), "{done:?}");
+    let id = job.id.to_string();
+    eventually(
+        "the second job's objects removed after a reconcile pass",
+        Duration::from_secs(30),
+        || {
+            let id = id.clone();
+            async move { job_objects(&id).is_empty() }
+        },
+    )
+    .await;
+    eventually(
+        "nothing of this berth left",
+        Duration::from_secs(30),
+        || async { instance_objects(&world).is_empty() },
+    )
+    .await;
+    drop(_again);
+    remove_externals(&world);
 }

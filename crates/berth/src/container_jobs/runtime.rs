@@ -196,8 +196,14 @@ fn requested(mounts: &[MountVolume]) -> Vec<RequestedMount> {
         .collect()
 }
 
-fn plan(c: &HookContainer, what: &str, pool: &PoolConfig, repository: &str) -> Result<Planned> {
-    plan_checked(c, what, pool, repository, true)
+fn plan(
+    c: &HookContainer,
+    what: &str,
+    pool: &PoolConfig,
+    repository: &str,
+    instance: &str,
+) -> Result<Planned> {
+    plan_checked(c, what, pool, repository, instance, true)
 }
 
 /// [`plan`]; `check_image` false for an image berth built for this job
@@ -207,6 +213,7 @@ fn plan_checked(
     what: &str,
     pool: &PoolConfig,
     repository: &str,
+    instance: &str,
     check_image: bool,
 ) -> Result<Planned> {
     let policy = &pool.containers;
@@ -267,7 +274,7 @@ fn plan_checked(
         entrypoint,
         cmd: (!args.is_empty()).then_some(args),
         registry,
-        externals: super::volumes::externals_volume(&pool.image),
+        externals: super::volumes::externals_volume(instance, &pool.image),
     })
 }
 
@@ -563,7 +570,13 @@ async fn prepare_job(
                     "a job container cannot be built from a Dockerfile".into(),
                 ));
             }
-            Some(plan(c, "job container", pool, &hook.job.repository)?)
+            Some(plan(
+                c,
+                "job container",
+                pool,
+                &hook.job.repository,
+                &ctx.config.docker.instance,
+            )?)
         }
         None => None,
     };
@@ -571,7 +584,13 @@ async fn prepare_job(
     for s in &args.services {
         let taken: Vec<String> = service_plans.iter().map(|(a, _, _)| a.clone()).collect();
         let alias = alias_of(s, &taken)?;
-        let planned = plan(s, &format!("service `{alias}`"), pool, &hook.job.repository)?;
+        let planned = plan(
+            s,
+            &format!("service `{alias}`"),
+            pool,
+            &hook.job.repository,
+            &ctx.config.docker.instance,
+        )?;
         service_plans.push((alias, planned, ports(&s.port_mappings)));
     }
     let egress = crate::docker::egress::worker_env(&ctx.config.docker);
@@ -887,6 +906,7 @@ async fn run_container_step(
         "container action",
         pool,
         &hook.job.repository,
+        &ctx.config.docker.instance,
         !built,
     )?;
     if let Some(path) = step_path(&args.prepend_path, &[]) {

@@ -41,9 +41,10 @@ pub fn volume_name(runner: &str, kind: &str) -> String {
     format!("{runner}-{kind}")
 }
 
-/// The externals volume of a worker image.
-pub fn externals_volume(image: &str) -> String {
-    let digest = hex::encode(Sha256::digest(image.as_bytes()));
+/// The externals volume of a worker image, for one berth installation
+/// (`docker.instance`): each installation's reconciler removes only its own.
+pub fn externals_volume(instance: &str, image: &str) -> String {
+    let digest = hex::encode(Sha256::digest(format!("{instance}\n{image}").as_bytes()));
     format!("berth-externals-{}", &digest[..16])
 }
 
@@ -58,7 +59,12 @@ pub fn work_folder(pool: &PoolConfig) -> String {
 
 /// The worker's mounts for a container-jobs pool: its folders' volumes and
 /// the externals.
-pub fn worker_mounts(pool: &PoolConfig, repository: &str, runner: &str) -> Vec<VolumeMount> {
+pub fn worker_mounts(
+    instance: &str,
+    pool: &PoolConfig,
+    repository: &str,
+    runner: &str,
+) -> Vec<VolumeMount> {
     let mut mounts: Vec<VolumeMount> = job_volume_folders(&work_folder(pool), repository)
         .into_iter()
         .map(|(folder, kind)| VolumeMount {
@@ -68,7 +74,7 @@ pub fn worker_mounts(pool: &PoolConfig, repository: &str, runner: &str) -> Vec<V
         })
         .collect();
     mounts.push(VolumeMount {
-        name: externals_volume(&pool.image),
+        name: externals_volume(instance, &pool.image),
         target: EXTERNALS_FOLDER.to_owned(),
         read_only: true,
     });
@@ -107,10 +113,17 @@ pub async fn create_worker_volumes(
     mounts: &[VolumeMount],
     uid_gid: (u32, u32),
 ) -> Result<(), DockerError> {
-    let externals = externals_volume(&pool.image);
+    let instance = labels
+        .get(crate::context::LABEL_INSTANCE)
+        .cloned()
+        .unwrap_or_default();
+    let externals = externals_volume(&instance, &pool.image);
     for mount in mounts {
         if mount.name == externals {
-            let labels = BTreeMap::from([(LABEL_ROLE.to_owned(), "externals".to_owned())]);
+            let labels = BTreeMap::from([
+                (LABEL_ROLE.to_owned(), "externals".to_owned()),
+                (crate::context::LABEL_INSTANCE.to_owned(), instance.clone()),
+            ]);
             docker.volume_create(&mount.name, &labels, None).await?;
             continue;
         }

@@ -49,7 +49,12 @@ pub fn worker_spec(ctx: &Context, job: &Job, pool: &PoolConfig, runner_name: &st
     if pool.container_jobs {
         use crate::container_jobs::volumes;
         spec.env.extend(volumes::worker_env(&ctx.config, pool));
-        spec.volumes = volumes::worker_mounts(pool, &job.repository, runner_name);
+        spec.volumes = volumes::worker_mounts(
+            &ctx.config.docker.instance,
+            pool,
+            &job.repository,
+            runner_name,
+        );
     }
     spec
 }

@@ -612,14 +612,47 @@ async fn orphan_job_objects(ctx: &Arc<Context>) -> Result<u32> {
         let docker = &host.docker;
         let role = [crate::docker::controller::LABEL_ROLE.to_owned()];
         let mut runners = BTreeSet::new();
+        // Only this installation's (`berth.instance`): several may share a host.
         for c in docker.containers_labelled(&role).await? {
-            runners.extend(c.labels.get(LABEL_RUNNER).cloned());
+            if ctx.owns(&c.labels) {
+                runners.extend(c.labels.get(LABEL_RUNNER).cloned());
+            }
         }
         for n in docker.networks_labelled(&role).await? {
-            runners.extend(n.labels.get(LABEL_RUNNER).cloned());
+            if ctx.owns(&n.labels) {
+                runners.extend(n.labels.get(LABEL_RUNNER).cloned());
+            }
         }
+        // Externals volumes of worker images no pool uses any more (one in
+        // use by a worker is refused by Docker and kept).
+        let current: BTreeSet<String> = ctx
+            .config
+            .pools
+            .iter()
+            .filter(|p| p.container_jobs)
+            .map(|p| {
+                crate::container_jobs::volumes::externals_volume(
+                    &ctx.config.docker.instance,
+                    &p.image,
+                )
+            })
+            .collect();
         for v in docker.volumes_labelled(&role).await? {
+            if !ctx.owns(&v.labels) {
+                continue;
+            }
             runners.extend(v.labels.get(LABEL_RUNNER).cloned());
+            let externals = v
+                .labels
+                .get(crate::docker::controller::LABEL_ROLE)
+                .map(String::as_str)
+                == Some("externals");
+            if externals
+                && !current.contains(&v.name)
+                && docker.volume_remove(&v.name).await.is_ok()
+            {
+                acted += 1;
+            }
         }
         if runners.is_empty() {
             continue;
