@@ -401,6 +401,17 @@ async fn refill_host(
             containers.get(&row.container_id),
             Some(ContainerStatus::Created | ContainerStatus::Running)
         );
+        if alive && current_print && admin == HostAdmin::Draining {
+            // A draining host gets no new jobs, so its warm containers go
+            // before their rows: `drained` (no rows left) then means no
+            // container is left either. A job placed before the drain that
+            // takes one meanwhile finds it gone and is requeued.
+            tracing::info!(container_id = %row.container_id, "removing a warm container (draining)");
+            if resources::remove_container(&host.docker, &row.container_id).await {
+                let _ = ctx.store.warm_delete(&row.container_id).await;
+            }
+            continue;
+        }
         if !alive || !current_print || admin == HostAdmin::Draining {
             let why = if !alive {
                 "gone"
