@@ -138,6 +138,23 @@ async fn a_container_job_with_a_service_and_a_container_action_runs_and_leaves_n
     });
 
     let running = berth.wait_state(gh_job, JobState::Running, LIMIT).await;
+    // The hook credential is in the runner's process only: nothing
+    // `docker inspect` shows of the worker holds it, nor does the store.
+    let worker = running.container_id.clone().unwrap();
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", &worker])
+        .output()
+        .unwrap();
+    let inspect = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        inspect.contains("ACTIONS_RUNNER_CONTAINER_HOOKS"),
+        "{inspect}"
+    );
+    assert!(
+        !inspect.contains("bhk_"),
+        "a hook credential in docker inspect"
+    );
+    assert!(!inspect.contains("BERTH_HOOK_TOKEN"), "{inspect}");
     let job = berth.wait_terminal(gh_job, LIMIT).await;
     let log = world.sim.job_log(gh_job).unwrap_or_default();
     assert_eq!(job.state, JobState::Completed, "{job:?}\n{log}");
@@ -177,6 +194,36 @@ async fn a_container_job_with_a_service_and_a_container_action_runs_and_leaves_n
     for role in ["job", "service", "action"] {
         assert!(roles.contains(&role), "{role} missing: {got}");
     }
+    // ...and so do the dashboard's job page and `berth jobs show`.
+    let page = berth
+        .http()
+        .get(format!("{}/jobs/{}", berth.url, job.id))
+        .bearer_auth(&berth.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<table id=\"containers\">"), "{page}");
+    assert!(
+        page.contains("<td>service</td>") && page.contains("<td>action</td>"),
+        "{page}"
+    );
+    let shown = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["jobs", "show", &job.id.to_string()])
+        .env("BERTH_URL", &berth.url)
+        .env("BERTH_TOKEN", &berth.admin_token)
+        .env_remove("BERTH_TOKEN_FILE")
+        .env_remove("BERTH_CA_CERT")
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("ROLE") && shown.contains("service") && shown.contains("removed"),
+        "{shown}"
+    );
 
     // Nothing of the job is left: containers, its network, its volumes.
     let id = running.id.to_string();
