@@ -64,11 +64,37 @@ async fn run_inner() -> Result<i32, String> {
         rewritten["args"]["image"] = serde_json::Value::String(image);
         input = rewritten.to_string();
     }
-    let response = client
+    let request = client
         .post(&endpoint)
-        .bearer_auth(token.trim())
         .header("content-type", "application/json")
-        .body(input)
+        .body(input);
+    let what = parsed.command.clone();
+    let response_file = parsed.response_file.clone();
+    let done = events(request, token.trim(), &url, &what).await?;
+    if let (Some(response), Some(path)) = (&done.response, &response_file) {
+        let json = serde_json::to_vec(response).map_err(|e| e.to_string())?;
+        std::fs::write(path, json)
+            .map_err(|e| format!("cannot write the response file {path}: {e}"))?;
+    }
+    Ok(exit_code(done.exit_code))
+}
+
+/// How a command ended.
+struct Done {
+    exit_code: i64,
+    response: Option<serde_json::Value>,
+}
+
+/// Sends `request` with the credential and follows berth's answer: output
+/// to stdout and stderr as it comes, until `done` (returned) or `error`.
+async fn events(
+    request: reqwest::RequestBuilder,
+    token: &str,
+    url: &str,
+    what: &str,
+) -> Result<Done, String> {
+    let response = request
+        .bearer_auth(token)
         .send()
         .await
         .map_err(|e| format!("cannot reach berth at {url}: {e}"))?;
@@ -79,10 +105,7 @@ async fn run_inner() -> Result<i32, String> {
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_owned))
             .unwrap_or(body);
-        return Err(format!(
-            "berth refused {} ({status}): {message}",
-            parsed.command
-        ));
+        return Err(format!("berth refused {what} ({status}): {message}"));
     }
     let mut body = response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
@@ -91,15 +114,12 @@ async fn run_inner() -> Result<i32, String> {
         pending.extend_from_slice(&chunk);
         while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=newline).collect();
-            if let Some(code) = handle(&line, parsed.response_file.as_deref())? {
-                return Ok(code);
+            if let Some(done) = handle(&line)? {
+                return Ok(done);
             }
         }
     }
-    Err(format!(
-        "berth's answer to {} ended before the command finished",
-        parsed.command
-    ))
+    Err(format!("berth's answer to {what} ended before it finished"))
 }
 
 /// Sends the folder of `dockerfile` (a path in the worker) to berth as a
@@ -126,56 +146,19 @@ async fn build(
     let context = archive
         .into_inner()
         .map_err(|e| format!("cannot pack the action's folder: {e}"))?;
-    let response = client
+    let request = client
         .post(format!("{}/v1/hook/build", url.trim_end_matches('/')))
         .query(&[("dockerfile", name)])
-        .bearer_auth(token)
         .header("content-type", "application/x-tar")
-        .body(context)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach berth at {url}: {e}"))?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        return Err(format!("berth refused the build ({status}): {message}"));
-    }
-    let mut body = response.bytes_stream();
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| format!("the connection to berth broke: {e}"))?;
-        pending.extend_from_slice(&chunk);
-        while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=newline).collect();
-            let text = std::str::from_utf8(&line).unwrap_or("").trim();
-            if text.is_empty() {
-                continue;
-            }
-            let event: Event = serde_json::from_str(text)
-                .map_err(|e| format!("berth sent an unreadable line: {e}"))?;
-            match event {
-                Event::Output { text, .. } => {
-                    let mut out = std::io::stdout();
-                    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
-                }
-                Event::Done { response, .. } => {
-                    return response
-                        .and_then(|r| r["image"].as_str().map(str::to_owned))
-                        .ok_or_else(|| "berth's build answer names no image".to_owned());
-                }
-                Event::Error { message } => return Err(message),
-            }
-        }
-    }
-    Err("berth's answer to the build ended early".into())
+        .body(context);
+    let done = events(request, token, url, "the build").await?;
+    done.response
+        .and_then(|r| r["image"].as_str().map(str::to_owned))
+        .ok_or_else(|| "berth's build answer names no image".to_owned())
 }
 
-/// Handles one answer line; `Some(code)` once the command ended.
-fn handle(line: &[u8], response_file: Option<&str>) -> Result<Option<i32>, String> {
+/// Handles one answer line; `Some` once the command ended.
+fn handle(line: &[u8]) -> Result<Option<Done>, String> {
     let text = std::str::from_utf8(line).unwrap_or("").trim();
     if text.is_empty() {
         return Ok(None);
@@ -195,16 +178,12 @@ fn handle(line: &[u8], response_file: Option<&str>) -> Result<Option<i32>, Strin
             Ok(None)
         }
         Event::Done {
-            exit_code: code,
+            exit_code,
             response,
-        } => {
-            if let (Some(response), Some(path)) = (response, response_file) {
-                let json = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
-                std::fs::write(path, json)
-                    .map_err(|e| format!("cannot write the response file {path}: {e}"))?;
-            }
-            Ok(Some(exit_code(code)))
-        }
+        } => Ok(Some(Done {
+            exit_code,
+            response,
+        })),
         Event::Error { message } => Err(message),
     }
 }

@@ -147,18 +147,31 @@ pub async fn run(
             }
         }
     };
+    finish(&ctx, &hook, &command, started, result, &events).await;
+}
+
+/// Counts and times a command, and sends its last event.
+async fn finish(
+    ctx: &Context,
+    hook: &HookJob,
+    command: &str,
+    started: Instant,
+    result: Result<Event>,
+    events: &Events,
+) {
+    use crate::observability::metrics::{HookCommandKind, HookCommandLabels};
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
         .hook_commands
-        .get_or_create(&crate::observability::metrics::HookCommandLabels {
-            command: command.clone(),
+        .get_or_create(&HookCommandLabels {
+            command: command.to_owned(),
             outcome: outcome.to_owned(),
         })
         .inc();
     ctx.metrics
         .hook_command_duration
-        .get_or_create(&crate::observability::metrics::HookCommandKind {
-            command: command.clone(),
+        .get_or_create(&HookCommandKind {
+            command: command.to_owned(),
         })
         .observe(started.elapsed().as_secs_f64());
     let last = match result {
@@ -964,25 +977,7 @@ pub async fn build(
 ) {
     let started = Instant::now();
     let result = build_inner(&ctx, &hook, context, &dockerfile, &events).await;
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics
-        .hook_commands
-        .get_or_create(&crate::observability::metrics::HookCommandLabels {
-            command: "build".into(),
-            outcome: outcome.into(),
-        })
-        .inc();
-    ctx.metrics
-        .hook_command_duration
-        .get_or_create(&crate::observability::metrics::HookCommandKind {
-            command: "build".into(),
-        })
-        .observe(started.elapsed().as_secs_f64());
-    let last = match result {
-        Ok(done) => done,
-        Err(Failure(message)) => Event::Error { message },
-    };
-    let _ = events.send(last).await;
+    finish(&ctx, &hook, "build", started, result, &events).await;
 }
 
 async fn build_inner(
