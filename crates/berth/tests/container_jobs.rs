@@ -59,27 +59,34 @@ fn step(run: &str) -> StepInput {
     })
 }
 
-/// Docker objects of any kind labelled `berth.job=<id>`.
-fn job_objects(job_id: &str) -> Vec<String> {
-    let label = format!("label=berth.job={job_id}");
+/// Containers, networks, volumes and images carrying every label filter
+/// of `filters` (`key=value`).
+fn objects(filters: &[String]) -> Vec<String> {
     let mut found = Vec::new();
-    for args in [
-        vec!["ps", "-aq", "--filter", &label],
-        vec!["network", "ls", "-q", "--filter", &label],
-        vec!["volume", "ls", "-q", "--filter", &label],
-        vec!["images", "-q", "--filter", &label],
+    for kind in [
+        &["ps", "-aq"][..],
+        &["network", "ls", "-q"],
+        &["volume", "ls", "-q"],
+        &["images", "-q"],
     ] {
-        let out = std::process::Command::new("docker")
-            .args(&args)
-            .output()
-            .unwrap();
+        let mut cmd = std::process::Command::new("docker");
+        cmd.args(kind);
+        for f in filters {
+            cmd.args(["--filter", &format!("label={f}")]);
+        }
+        let out = cmd.output().unwrap();
         found.extend(
             String::from_utf8_lossy(&out.stdout)
                 .lines()
-                .map(|l| format!("{} {l}", args[0])),
+                .map(|l| format!("{} {l}", kind[0])),
         );
     }
     found
+}
+
+/// Docker objects of any kind labelled `berth.job=<id>`.
+fn job_objects(job_id: &str) -> Vec<String> {
+    objects(&[format!("berth.job={job_id}")])
 }
 
 fn web_service(tag: &str) -> ContainerSpec {
@@ -435,34 +442,15 @@ fn remove_externals(world: &World) {
     }
 }
 
-/// Objects of any kind labelled with this test's `berth.instance`, but
-/// the externals volume.
+/// Containers, networks and the jobs' volumes and images of this test's
+/// berth (its externals volume aside).
 fn instance_objects(world: &World) -> Vec<String> {
-    let label = format!("label=berth.instance={}", world.instance);
-    let mut found = Vec::new();
-    for args in [
-        vec!["ps", "-aq", "--filter", &label],
-        vec!["network", "ls", "-q", "--filter", &label],
-        vec![
-            "volume",
-            "ls",
-            "-q",
-            "--filter",
-            &label,
-            "--filter",
-            "label=berth.role=work",
-        ],
-    ] {
-        let out = std::process::Command::new("docker")
-            .args(&args)
-            .output()
-            .unwrap();
-        found.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|l| format!("{} {l}", args[0])),
-        );
-    }
+    let instance = format!("berth.instance={}", world.instance);
+    let mut found: Vec<String> = objects(std::slice::from_ref(&instance))
+        .into_iter()
+        .filter(|o| !o.starts_with("volume "))
+        .collect();
+    found.extend(objects(&[instance, "berth.role=work".into()]));
     found
 }
 
