@@ -315,7 +315,9 @@ async fn operators_list_and_drain_hosts_from_the_command_line() {
         Some("host default is drained"),
         "{lines:?}"
     );
-    let done = berth.job(gh_job).await.unwrap();
+    // Drained counts slots: the job's slot is free once its worker exited,
+    // and the job itself is settled a moment later.
+    let done = berth.wait_terminal(gh_job, LIMIT).await;
     assert_eq!(
         done.state,
         JobState::Completed,
