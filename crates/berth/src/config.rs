@@ -36,6 +36,9 @@ pub struct Config {
     pub logs: LogsConfig,
     pub retention: RetentionConfig,
     pub fleet: FleetConfig,
+    /// `[security]`: what berth does about Falco's alerts
+    /// (crate::security::policy).
+    pub security: crate::security::SecurityConfig,
     /// The Docker hosts jobs run on. Empty: the one host `docker.host`,
     /// named [`DEFAULT_HOST_NAME`].
     #[serde(rename = "docker_host")]
@@ -63,6 +66,10 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: with TLS on, clients may present a certificate
+    /// signed by one of them, and `POST /v1/security/events` requires one
+    /// (mutual TLS for the alerting path). Other endpoints do not ask.
+    pub tls_client_ca: Option<PathBuf>,
     /// Open connections at most. At the cap the connection idle longest
     /// is closed to make room; while every one is busy, new connections
     /// wait in the listen backlog (see docs/operations.md, Security).
@@ -102,6 +109,7 @@ impl Default for ServerConfig {
             public_dashboard: false,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
@@ -522,6 +530,10 @@ pub struct PoolConfig {
     /// What a container job may run (`[pool.containers]`).
     #[serde(default)]
     pub containers: ContainerPolicy,
+    /// When a security alert kills one of the pool's jobs, also cancel its
+    /// whole workflow run on GitHub (the App needs `actions: write`).
+    #[serde(default)]
+    pub security_cancel_run: bool,
 }
 
 /// `[pool.containers]`: the policy for the containers a pool's jobs ask for
@@ -985,6 +997,9 @@ impl Config {
         self.logs.validate(c);
         self.retention.validate(c);
         self.fleet.validate(c);
+        for (key, message) in self.security.problems() {
+            c.bad(key, message);
+        }
         self.validate_hosts(c);
 
         let mut names = BTreeSet::new();
@@ -1099,6 +1114,19 @@ impl ServerConfig {
                 }
             }
             (None, None) => {}
+        }
+        if let Some(ca) = &self.tls_client_ca {
+            if self.tls_cert.is_none() {
+                c.bad(
+                    "server.tls_client_ca",
+                    "needs server.tls_cert and server.tls_key: client certificates come with TLS",
+                );
+            } else if !ca.is_file() {
+                c.bad(
+                    "server.tls_client_ca",
+                    format!("{} does not exist", ca.display()),
+                );
+            }
         }
         if self.max_connections < 16 {
             c.bad("server.max_connections", "must be at least 16");

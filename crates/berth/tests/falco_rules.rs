@@ -324,3 +324,54 @@ fn the_falco_rules_use_known_fields_defined_macros_and_stay_on_berths_workers() 
         );
     }
 }
+
+/// The sample alerts in fixtures/falco (the tests post them to berth) are
+/// alerts of berth's own rules: each names a rule of the file with that
+/// rule's priority, carries only output fields the rule's output has (plus
+/// Falco's `evt.time`), and parses with berth's own reader of Falco's
+/// format.
+#[test]
+fn the_sample_alerts_are_alerts_of_berths_rules() {
+    let docs = YamlLoader::load_from_str(&repo_file("deploy/falco/berth_rules.yaml")).unwrap();
+    let rules: BTreeMap<String, (String, String)> = docs[0]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|item| {
+            let name = text(item, "rule")?;
+            Some((name, (text(item, "priority")?, text(item, "output")?)))
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for file in ["terminal-shell.json", "falcosidekick-batch.json"] {
+        let body = repo_file(&format!("fixtures/falco/{file}"));
+        let parsed = berth::security::falco::parse_body(body.as_bytes())
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let items = match json {
+            serde_json::Value::Array(items) => items,
+            one => vec![one],
+        };
+        assert_eq!(parsed.len(), items.len());
+        samples.extend(items.into_iter().zip(parsed).map(|(raw, p)| (file, raw, p)));
+    }
+    assert!(samples.len() >= 3);
+    for (file, raw, parsed) in samples {
+        let (priority, output) = rules
+            .get(&parsed.rule)
+            .unwrap_or_else(|| panic!("{file}: `{}` is not a rule of berth's", parsed.rule));
+        assert!(
+            priority.eq_ignore_ascii_case(parsed.priority.as_str()),
+            "{file}: {} has priority {priority}",
+            parsed.rule
+        );
+        assert!(parsed.container_id().is_some(), "{file}: no container id");
+        for key in raw["output_fields"].as_object().unwrap().keys() {
+            assert!(
+                key == "evt.time" || output.contains(&format!("%{key}")),
+                "{file}: output field `{key}` is not in the output of `{}`",
+                parsed.rule
+            );
+        }
+    }
+}

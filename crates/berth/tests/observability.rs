@@ -9,13 +9,20 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use berth::store::JobState;
+use berth::store::{ApiTokenScope, JobState};
 use common::{Berth, World};
 
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../deploy/grafana/berth-dashboard.json"
 );
+/// Series that appear with the first of what they count: their labels
+/// name what came (GitHub's answer, Falco's rule).
+const LABELLED_BY_WHAT_COMES: [&str; 2] = [
+    "berth_github_api_requests_total",
+    "berth_security_events_total",
+];
+
 const ALERTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../deploy/prometheus/alerts.yml"
@@ -277,7 +284,8 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_on_a_live_metrics_page(
     let berth = Berth::start(&world, world.config("max_runners = 3")).await;
 
     // A fresh server already shows every series the assets use, at zero,
-    // except GitHub's requests (labelled by the status GitHub answers).
+    // except GitHub's requests (labelled by the status GitHub answers) and
+    // Falco's alerts (labelled by the rule Falco names).
     let fresh = exposed(&scrape(&berth).await);
     let mut wanted = metric_names(&std::fs::read_to_string(DASHBOARD).unwrap());
     let rules = metric_names(&std::fs::read_to_string(ALERTS).unwrap());
@@ -285,7 +293,7 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_on_a_live_metrics_page(
     wanted.extend(rules);
     let missing: Vec<_> = wanted
         .iter()
-        .filter(|n| !fresh.contains(*n) && *n != "berth_github_api_requests_total")
+        .filter(|n| !fresh.contains(*n) && !LABELLED_BY_WHAT_COMES.contains(&n.as_str()))
         .collect();
     assert!(missing.is_empty(), "not on a fresh /metrics: {missing:?}");
 
@@ -293,6 +301,25 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_on_a_live_metrics_page(
     let gh_job = world.queue(&["echo observed"]);
     let job = berth.wait_terminal(gh_job, Duration::from_secs(60)).await;
     assert_eq!(job.state, JobState::Completed, "{job:?}");
+    // And a Falco alert (about no container of berth's).
+    let (falco, _) =
+        berth::api::auth::create_token(berth.store(), "falco", ApiTokenScope::Security)
+            .await
+            .unwrap();
+    let alert = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/falco/terminal-shell.json"
+    ))
+    .unwrap();
+    let posted = berth
+        .http()
+        .post(format!("{}/v1/security/events", berth.url))
+        .bearer_auth(falco)
+        .body(alert)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
     let text = scrape(&berth).await;
     let live = exposed(&text);
     let missing: Vec<_> = wanted.iter().filter(|n| !live.contains(*n)).collect();

@@ -306,11 +306,30 @@ async fn live_answers_match_the_description() {
     let gh_job = world.queue(&["echo described"]);
     let done = berth.wait_terminal(gh_job, Duration::from_secs(60)).await;
     assert_eq!(done.state, JobState::Completed, "{done:?}");
-    let (status, job) = get(&berth, &format!("/v1/jobs/{}", done.id)).await;
+    let (status, detail) = get(&berth, &format!("/v1/jobs/{}", done.id)).await;
     assert_eq!(status, 200);
+    assert_valid("JobDetail", &detail);
+    // One job is the job's own fields and its security events.
+    let mut job = detail.clone();
+    assert!(
+        job.as_object_mut()
+            .unwrap()
+            .remove("security_events")
+            .is_some()
+    );
     assert_valid("Job", &job);
+    let detail_fields: BTreeSet<String> =
+        spec()["components"]["schemas"]["JobDetail"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
     // The schema lists exactly the fields a job serializes, all required.
     let fields: BTreeSet<String> = job.as_object().unwrap().keys().cloned().collect();
+    let mut with_events = fields.clone();
+    with_events.insert("security_events".into());
+    assert_eq!(detail_fields, with_events);
     let described: BTreeSet<String> = spec()["components"]["schemas"]["Job"]["properties"]
         .as_object()
         .unwrap()

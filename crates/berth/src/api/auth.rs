@@ -153,6 +153,8 @@ pub enum Need {
     Read,
     /// Changing jobs: `admin`.
     Admin,
+    /// `POST /v1/security/events`: `security` or `admin`.
+    Security,
 }
 
 impl Need {
@@ -161,6 +163,7 @@ impl Need {
             Need::Delegate => matches!(scope, ApiTokenScope::Delegate | ApiTokenScope::Admin),
             Need::Read => matches!(scope, ApiTokenScope::Read | ApiTokenScope::Admin),
             Need::Admin => scope == ApiTokenScope::Admin,
+            Need::Security => matches!(scope, ApiTokenScope::Security | ApiTokenScope::Admin),
         }
     }
 
@@ -169,6 +172,7 @@ impl Need {
             Need::Delegate => "the `delegate` or `admin` scope",
             Need::Read => "the `read` or `admin` scope",
             Need::Admin => "the `admin` scope",
+            Need::Security => "the `security` or `admin` scope",
         }
     }
 }
@@ -181,10 +185,26 @@ fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The password of an `Authorization: Basic …` value (any user name).
+fn basic_password(value: &str) -> Option<String> {
+    let (scheme, encoded) = value.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_string())
+}
+
 /// Checks the request's bearer token against the store: known, not
 /// revoked, not expired, with a scope that allows `need`. On success, the
 /// token's `last_used_at` is brought up to date if it is stale (see the
-/// module documentation).
+/// module documentation). For [`Need::Security`] the token may also come as
+/// the password of Basic authentication, the one way Falco's `http_output`
+/// can send it (docs/runtime-security.md).
 pub async fn authorize(
     store: &Store,
     headers: &HeaderMap,
@@ -194,7 +214,17 @@ pub async fn authorize(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or(AuthError::Missing)?;
-    let token = bearer_token(value).ok_or(AuthError::Missing)?;
+    let basic;
+    let token = match bearer_token(value) {
+        Some(token) => token,
+        // Falco's http_output cannot send a header, but libcurl turns a
+        // URL's `user:password@` into Basic authentication.
+        None if need == Need::Security => {
+            basic = basic_password(value).ok_or(AuthError::Missing)?;
+            basic.as_str()
+        }
+        None => return Err(AuthError::Missing),
+    };
     let presented = hash_token(token);
     let stored = store
         .api_token_find_by_hash(&presented)
@@ -282,5 +312,10 @@ mod tests {
         assert!(Need::Read.allows(ApiTokenScope::Admin));
         assert!(!Need::Read.allows(ApiTokenScope::Delegate));
         assert!(!Need::Admin.allows(ApiTokenScope::Read));
+        assert!(Need::Security.allows(ApiTokenScope::Security));
+        assert!(Need::Security.allows(ApiTokenScope::Admin));
+        assert!(!Need::Read.allows(ApiTokenScope::Security));
+        assert!(!Need::Delegate.allows(ApiTokenScope::Security));
+        assert!(!Need::Security.allows(ApiTokenScope::Read));
     }
 }

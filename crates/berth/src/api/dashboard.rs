@@ -454,6 +454,31 @@ async fn render_job(ctx: &Context, id: &str) -> ApiResult<Response> {
         }
         body.push_str("</table>");
     }
+    let security_events = ctx.store.security_events_of_job(job.id).await?;
+    if !security_events.is_empty() {
+        // Falco's alerts about the job (docs/runtime-security.md), already
+        // redacted when stored.
+        let _ = write!(
+            body,
+            "<h3>Security events</h3><table id=\"security-events\"><tr><th>time</th><th>priority</th><th>rule</th><th>action</th><th>outcome</th><th>output</th></tr>"
+        );
+        for e in &security_events {
+            let _ = write!(
+                body,
+                "<tr class=\"security {outcome}\"><td>{time}</td><td>{priority}</td><td>{rule}</td><td>{action}</td><td>{outcome}</td><td><code>{output}</code></td></tr>",
+                time = e
+                    .time
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                priority = esc(&e.priority),
+                rule = esc(&e.rule),
+                action = esc(&e.action),
+                outcome = esc(&e.outcome),
+                output = esc(&e.output),
+            );
+        }
+        body.push_str("</table>");
+    }
     let (text, truncated) = match &logs {
         Some(l) => (String::from_utf8_lossy(&l.content).to_string(), l.truncated),
         None => (String::new(), false),

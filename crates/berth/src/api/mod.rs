@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod hook;
 pub mod hosts;
 pub mod scaleset;
+pub mod security;
 pub mod server;
 pub mod tls;
 
@@ -133,6 +134,10 @@ pub fn router(ctx: Arc<Context>) -> Router {
             post(hook::build).layer(DefaultBodyLimit::max(hook::MAX_BUILD_CONTEXT_BYTES)),
         )
         .route("/v1/hook/{command}", post(hook::command))
+        .route(
+            "/v1/security/events",
+            post(security::events).layer(DefaultBodyLimit::max(security::MAX_BODY_BYTES)),
+        )
         .route("/v1/pools", get(list_pools))
         .route("/v1/status", get(status))
         .route("/v1/hosts", get(hosts::list))
@@ -169,7 +174,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let tls = match (&ctx.config.server.tls_cert, &ctx.config.server.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(std::io::Error::other)?),
+        (Some(cert), Some(key)) => Some(
+            tls::acceptor(cert, key, ctx.config.server.tls_client_ca.as_deref())
+                .map_err(std::io::Error::other)?,
+        ),
         _ => None,
     };
     let limits = server::Limits::from_config(&ctx.config.server);
@@ -319,7 +327,16 @@ async fn get_job(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     auth::authorize(&ctx.store, &headers, Need::Read).await?;
-    Ok(Json(find_job(&ctx, &id).await?).into_response())
+    let job = find_job(&ctx, &id).await?;
+    let security_events = ctx.store.security_events_of_job(job.id).await?;
+    let mut body = serde_json::to_value(&job).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("serializing the job: {e}"),
+        )
+    })?;
+    body["security_events"] = json!(security_events);
+    Ok(Json(body).into_response())
 }
 
 /// The containers a container job's hook made (docs/container-jobs.md).

@@ -248,7 +248,7 @@ impl Server {
         peer: std::net::SocketAddr,
     ) {
         match tls {
-            None => self.http(stream, conn, peer).await,
+            None => self.http(stream, conn, peer, false).await,
             Some(acceptor) => {
                 let handshake = tokio::select! {
                     r = tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream)) => r,
@@ -260,7 +260,10 @@ impl Server {
                         conn.state
                             .idle_since_ms
                             .store(self.millis_since_epoch(), Ordering::Relaxed);
-                        self.http(stream, conn, peer).await
+                        // rustls only completes a handshake with a client
+                        // certificate that the client CA verified.
+                        let verified = stream.get_ref().1.peer_certificates().is_some();
+                        self.http(stream, conn, peer, verified).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => self.closed(Closed::TlsHandshake, peer),
@@ -271,13 +274,23 @@ impl Server {
 
     /// Serves HTTP/1 or HTTP/2 on one connection until it ends, times out,
     /// is evicted, or the server shuts down.
-    async fn http<I>(self: &Arc<Self>, io: I, conn: ConnGuard, peer: std::net::SocketAddr)
-    where
+    async fn http<I>(
+        self: &Arc<Self>,
+        io: I,
+        conn: ConnGuard,
+        peer: std::net::SocketAddr,
+        client_certificate: bool,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let state = conn.state.clone();
         let server = self.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            if client_certificate {
+                request
+                    .extensions_mut()
+                    .insert(super::security::VerifiedClientCertificate);
+            }
             let busy = Busy::start(&server, &state);
             let server = server.clone();
             async move { Ok::<_, std::convert::Infallible>(server.answer(request, busy).await) }

@@ -321,7 +321,7 @@ pub enum TokenCommand {
     /// `admin` token needs no API); it is printed once and only its hash is
     /// stored.
     Create {
-        #[arg(long, value_parser = ["delegate", "read", "admin"])]
+        #[arg(long, value_parser = ["delegate", "read", "admin", "security"])]
         scope: String,
         /// A name to recognise the token by.
         #[arg(long, default_value = "cli")]

@@ -209,9 +209,30 @@ pub async fn jobs_show(remote: &Remote, id: &str, json: bool) -> anyhow::Result<
         .ok()
         .and_then(|c| c["containers"].as_array().cloned())
         .unwrap_or_default();
+    let security_events = answer["security_events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let job: Job =
         serde_json::from_value(answer).context("the server's job is not in the expected form")?;
     print_job(&job);
+    if !security_events.is_empty() {
+        // Falco's alerts about the job (docs/runtime-security.md).
+        println!();
+        let mut table = Table::new(&["TIME", "PRIORITY", "RULE", "ACTION", "OUTCOME", "OUTPUT"]);
+        for e in &security_events {
+            let text = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+            table.row(vec![
+                text("time"),
+                text("priority"),
+                text("rule"),
+                text("action"),
+                text("outcome"),
+                text("output"),
+            ]);
+        }
+        table.print();
+    }
     if !containers.is_empty() {
         // A container job's own containers (docs/container-jobs.md).
         println!();

@@ -62,30 +62,6 @@ pub fn capability(name: &str) -> Result<String, String> {
     Ok(bare)
 }
 
-/// Whether `pattern` (with `*` matching any run of characters) matches
-/// all of `text`.
-fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
 /// `image` with Docker Hub's implied parts written out, so that `postgres`,
 /// `postgres:latest` and `docker.io/library/postgres:latest` are one image
 /// for the allowlist. A digest is kept; a missing tag becomes `latest`.
@@ -130,9 +106,9 @@ pub fn check_image(image: &str, policy: &ContainerPolicy) -> Result<(), Refused>
     }
     let written_out = normalize_image(image);
     let allowed = policy.images.iter().any(|pattern| {
-        glob(pattern, image)
-            || glob(pattern, &written_out)
-            || glob(&normalize_image(pattern), &written_out)
+        crate::names::glob(pattern, image)
+            || crate::names::glob(pattern, &written_out)
+            || crate::names::glob(&normalize_image(pattern), &written_out)
     });
     if allowed {
         Ok(())

@@ -209,6 +209,7 @@ fn demo_config(
         host_slots: 1,
         container_jobs: false,
         containers: Default::default(),
+        security_cancel_run: false,
     });
     config
 }

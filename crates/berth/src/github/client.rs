@@ -376,6 +376,31 @@ impl GithubClient {
         }
     }
 
+    /// Cancels a workflow run (`POST …/actions/runs/{run_id}/cancel`; the
+    /// App needs `actions: write`). A run that already completed (409) is
+    /// not an error: there is nothing left to cancel.
+    pub async fn cancel_workflow_run(
+        &self,
+        repository: &str,
+        run_id: u64,
+    ) -> Result<(), GithubError> {
+        let scope = repo_scope(repository)?;
+        let path = ApiPath::scope(&scope).join(&["actions", "runs", &run_id.to_string(), "cancel"]);
+        match self
+            .send(
+                "cancel_workflow_run",
+                Method::POST,
+                &path,
+                Auth::Installation(&scope),
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(GithubError::Http { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A runner registration token (the first link of the scale-set token chain).
     pub async fn registration_token(&self, scope: &Scope) -> Result<Secret, GithubError> {
         let path = ApiPath::scope(scope).join(&["actions", "runners", "registration-token"]);

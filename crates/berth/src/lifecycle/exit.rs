@@ -251,6 +251,13 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
 
 /// Decides what a worker exit means for the job it was started for.
 pub async fn decide(ctx: &Context, job: &Job, exit_code: Option<i64>) -> Outcome {
+    if let Some(reason) = &job.stop_reason {
+        // berth stopped it (crate::security): whatever the runner managed.
+        return Outcome::Finish {
+            state: JobState::Failed,
+            error: Some(reason.clone()),
+        };
+    }
     if job.cancel_requested {
         return Outcome::Finish {
             state: JobState::Cancelled,

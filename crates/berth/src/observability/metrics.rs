@@ -34,6 +34,16 @@ pub struct HookCommandLabels {
     pub outcome: String,
 }
 
+/// A Falco alert received: its rule, priority, and what berth's policy
+/// made of it (`kill`, `alert`, `ignore`, or `unmatched` when it is about
+/// no job of berth's).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecurityEventLabels {
+    pub rule: String,
+    pub priority: String,
+    pub action: String,
+}
+
 /// A container-job hook command.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookCommandKind {
@@ -183,6 +193,9 @@ pub struct Metrics {
     pub container_creation_duration: HistogramFamily<PoolLabels>,
     /// Container-job hook commands (`berth hook`), by command and outcome.
     pub hook_commands: Family<HookCommandLabels, Counter>,
+    /// Falco alerts received (`POST /v1/security/events`), by rule,
+    /// priority and action; a redelivered alert is not counted again.
+    pub security_events: Family<SecurityEventLabels, Counter>,
     /// How long each hook command took (a step's whole run for the step commands).
     pub hook_command_duration: HistogramFamily<HookCommandKind>,
     /// Container running → container exited.
@@ -315,6 +328,12 @@ impl Metrics {
             "hook_commands",
             "Container-job hook commands (prepare_job, run_script_step, run_container_step, cleanup_job), by outcome",
             hook_commands.clone(),
+        );
+        let security_events = Family::<SecurityEventLabels, Counter>::default();
+        registry.register(
+            "security_events",
+            "Falco alerts received, by rule, priority and the action taken (kill, alert, ignore, unmatched)",
+            security_events.clone(),
         );
         let hook_command_duration: HistogramFamily<HookCommandKind> =
             Family::new_with_constructor(duration_histogram);
@@ -633,6 +652,7 @@ impl Metrics {
             active_worker_containers,
             container_creation_duration,
             hook_commands,
+            security_events,
             hook_command_duration,
             job_execution_duration,
             queue_wait,

@@ -368,14 +368,12 @@ async fn cancellation(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Res
         // A claim in flight finishes provisioning first; the next pass stops it.
         (JobState::Provisioning | JobState::Starting, _) if lease_live => Ok(false),
         _ => {
-            let cancelled = crate::lifecycle::finish(
-                ctx,
-                job,
-                JobState::Cancelled,
-                None,
-                Some("cancelled on request"),
-            )
-            .await?;
+            // Stopped by berth itself (crate::security): failed, with why.
+            let (state, error) = match &job.stop_reason {
+                Some(reason) => (JobState::Failed, reason.as_str()),
+                None => (JobState::Cancelled, "cancelled on request"),
+            };
+            let cancelled = crate::lifecycle::finish(ctx, job, state, None, Some(error)).await?;
             if cancelled {
                 release(ctx, job).await;
             }

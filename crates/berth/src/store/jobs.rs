@@ -1057,6 +1057,7 @@ pub(super) struct JobRow {
     pub(super) finished_at: Option<i64>,
     pub(super) exited_at: Option<i64>,
     pub(super) host: Option<String>,
+    pub(super) stop_reason: Option<String>,
 }
 
 impl JobRow {
@@ -1116,6 +1117,7 @@ impl JobRow {
             started_at: optional_time("started_at", self.started_at)?,
             finished_at: optional_time("finished_at", self.finished_at)?,
             exited_at: optional_time("exited_at", self.exited_at)?,
+            stop_reason: self.stop_reason,
             host: self.host,
         })
     }

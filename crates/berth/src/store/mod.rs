@@ -98,6 +98,7 @@ mod logs;
 mod rebind;
 mod replicas;
 mod scaleset;
+mod security;
 mod tokens;
 mod types;
 mod warm;
@@ -111,6 +112,7 @@ pub use jobs::{Placement, PlacementHost};
 pub use rebind::Rebound;
 pub use replicas::SoleReplica;
 pub use scaleset::ListenerLease;
+pub use security::{NewSecurityEvent, SecurityEvent};
 pub use types::{
     ApiToken, ApiTokenScope, GithubStatus, HostAdmin, HostHealth, Job, JobChanges, JobCount,
     JobFilter, JobLogs, JobLogsState, JobSource, JobState, NewApiToken, NewJob, UnknownName,

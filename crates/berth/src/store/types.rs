@@ -208,6 +208,9 @@ named_enum! {
         Read = "read",
         /// Everything, including cancelling jobs.
         Admin = "admin",
+        /// `POST /v1/security/events` only: what Falco (or falcosidekick)
+        /// holds, so that a leaked alerting token reads nothing.
+        Security = "security",
     }
 }
 
@@ -280,6 +283,12 @@ pub struct Job {
     /// job holds no worker slot. Internal (not in the API's job object).
     #[serde(skip)]
     pub exited_at: Option<OffsetDateTime>,
+    /// Why berth stopped the job on its own (`security: <rule>`, see
+    /// crate::security): set with `cancel_requested`, and the job then ends
+    /// `failed` with this as its error rather than `cancelled`. Internal:
+    /// the job's `error` shows it once the job ended.
+    #[serde(skip)]
+    pub stop_reason: Option<String>,
 }
 
 impl Job {
