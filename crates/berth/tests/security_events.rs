@@ -159,6 +159,7 @@ async fn a_critical_alert_kills_the_job_within_a_second_and_cancels_its_run() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let gone_after = sent.elapsed();
+    eprintln!("the worker was gone {gone_after:?} after the alert was sent");
     let answer = post_alert.await.unwrap();
     assert_eq!(answer.status(), 202);
     let answer: Value = answer.json().await.unwrap();
@@ -202,6 +203,20 @@ async fn a_critical_alert_kills_the_job_within_a_second_and_cancels_its_run() {
     assert_eq!(events[0]["container_id"], json!(worker));
     assert!(!shown.to_string().contains(leaked), "{shown}");
     assert!(shown.to_string().contains("[REDACTED]"), "{shown}");
+    // The dashboard's job page shows it too.
+    let page = berth
+        .http()
+        .get(format!("{}/jobs/{}", berth.url, running.id))
+        .bearer_auth(&berth.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"security-events\""), "{page}");
+    assert!(page.contains("Berth terminal shell in worker"));
+    assert!(!page.contains(leaked));
     let count = r#"berth_security_events_total{rule="Berth terminal shell in worker",priority="Critical",action="kill"} 1"#;
     assert!(metrics(&berth).await.contains(count));
 

@@ -125,6 +125,7 @@ store_suite!(
     leases_of_a_dead_predecessor_are_released_at_start,
     an_exited_worker_frees_its_slot_before_its_job_ends,
     one_replica_holds_a_scale_set_listener_lease_at_a_time,
+    security_events_find_their_job_and_act_once,
 );
 
 // ---- Harness -----------------------------------------------------------------
@@ -528,6 +529,133 @@ async fn lookups_by_runner_and_container(h: &Harness) {
             .unwrap(),
         Some(job)
     );
+}
+
+/// Falco names a container by its 12-character short id: it finds the job
+/// of a worker or of a container the hook made; an alert is recorded once
+/// per dedupe key; a job is marked to stop once, and only while active.
+async fn security_events_find_their_job_and_act_once(h: &Harness) {
+    let worker = format!("0a1b2c3d4e5f{}", "7".repeat(52));
+    let job_container = format!("9f8e7d6c5b4a{}", "3".repeat(52));
+    let job = h.insert(1, "linux").await;
+    h.claim("linux").await.unwrap();
+    let changes = JobChanges::new()
+        .runner("berth-sec", 11)
+        .container_id(&worker);
+    assert!(
+        h.store
+            .job_transition(job.id, &[Provisioning], Starting, changes)
+            .await
+            .unwrap()
+    );
+    h.store
+        .job_container_insert(&berth::store::JobContainer {
+            container_id: job_container.clone(),
+            job_id: job.id,
+            host: "local".into(),
+            role: "job".into(),
+            name: "berth-sec-job".into(),
+            image: "node:22".into(),
+            created_at: h.clock.now(),
+            removed_at: None,
+        })
+        .await
+        .unwrap();
+    let other = h.insert(2, "linux").await;
+    let store = &h.store;
+    for id in [&worker[..12], &worker[..], &job_container[..12]] {
+        let found = store.job_by_container_prefix(id).await.unwrap();
+        assert_eq!(found.map(|j| j.id), Some(job.id), "{id}");
+    }
+    // Uppercase, as some tools print it.
+    let upper = worker[..12].to_ascii_uppercase();
+    assert!(
+        store
+            .job_by_container_prefix(&upper)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A neighbour of the prefix is not it.
+    assert_eq!(
+        store.job_by_container_prefix("0a1b2c3d4e60").await.unwrap(),
+        None
+    );
+
+    let event = |key: &str, rule: &str| berth::store::NewSecurityEvent {
+        dedupe_key: key.into(),
+        event: berth::store::SecurityEvent {
+            id: Uuid::now_v7(),
+            job_id: job.id,
+            container_id: worker.clone(),
+            rule: rule.into(),
+            priority: "Critical".into(),
+            action: "kill".into(),
+            outcome: "killed".into(),
+            time: h.clock.now(),
+            received_at: h.clock.now(),
+            hostname: Some("ci-1".into()),
+            output: "shell".into(),
+            output_fields: serde_json::json!({"proc.cmdline": "bash", "evt.num": 7})
+                .as_object()
+                .unwrap()
+                .clone(),
+        },
+    };
+    assert!(
+        store
+            .security_event_record(&event("k1", "a"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .security_event_record(&event("k1", "b"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .security_event_record(&event("k2", "c"))
+            .await
+            .unwrap()
+    );
+    let kept = store.security_events_of_job(job.id).await.unwrap();
+    assert_eq!(
+        kept.iter().map(|e| e.rule.as_str()).collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    assert_eq!(kept[0].output_fields["evt.num"], 7);
+    assert_eq!(
+        store
+            .security_event_by_key("k1")
+            .await
+            .unwrap()
+            .unwrap()
+            .rule,
+        "a"
+    );
+    assert!(
+        store
+            .security_events_of_job(other.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert!(store.job_stop_for(job.id, "security: a").await.unwrap());
+    assert!(!store.job_stop_for(job.id, "security: c").await.unwrap());
+    let marked = h.job(job.id).await;
+    assert!(marked.cancel_requested);
+    assert_eq!(marked.stop_reason.as_deref(), Some("security: a"));
+    // A finished job is not marked.
+    assert!(
+        store
+            .job_finish(other.id, Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    assert!(!store.job_stop_for(other.id, "security: a").await.unwrap());
 }
 
 // ---- Claims ------------------------------------------------------------------
