@@ -1822,6 +1822,45 @@ mod tests {
     }
 
     #[test]
+    fn security_settings_are_checked() {
+        assert_eq!(
+            problems_of(
+                "[server]\ntls_client_ca = \"/nonexistent/ca.pem\"\n[[security.policy]]\nrule = \"\"\naction = \"kill\"\n",
+                Role::Serve
+            ),
+            [
+                "security.policy[0].rule: is empty; use `*` for every rule",
+                "server.tls_client_ca: needs server.tls_cert and server.tls_key: client certificates come with TLS",
+            ]
+        );
+        for bad in [
+            "[security]\nkill_at = \"severe\"\n",
+            "[[security.policy]]\nrule = \"*\"\naction = \"quarantine\"\n",
+            "[[security.policy]]\nrule = \"*\"\naction = \"kill\"\npriority = \"loud\"\n",
+        ] {
+            let f = file(bad);
+            let text = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("security"), "{bad}: {text}");
+        }
+        let f = file(
+            "[security]\nkill_at = \"Error\"\n[[security.policy]]\nrule = \"Berth net*\"\npriority = \"WARNING\"\naction = \"ignore\"\n",
+        );
+        let config = Config::load(Some(f.path()), NO_ENV, Role::Serve)
+            .unwrap()
+            .config;
+        assert_eq!(config.security.kill_at, crate::security::Priority::Error);
+        assert_eq!(
+            config.security.action(
+                "Berth network tool in worker",
+                crate::security::Priority::Warning
+            ),
+            crate::security::Action::Ignore
+        );
+    }
+
+    #[test]
     fn empty_webhook_secrets_are_refused_and_short_ones_warned() {
         for toml in [
             "[github]\nwebhook_secret = \"\"\n",
