@@ -198,6 +198,17 @@ async fn commit_sqlite(
     writer: &sqlx::SqlitePool,
     requests: &[Request],
 ) -> Result<Vec<IntakeWritten>> {
+    let result = commit_sqlite_once(writer, requests).await;
+    if result.is_err() {
+        super::reset_sqlite_writer(writer).await;
+    }
+    result
+}
+
+async fn commit_sqlite_once(
+    writer: &sqlx::SqlitePool,
+    requests: &[Request],
+) -> Result<Vec<IntakeWritten>> {
     let op = StoreError::query("intake_commit");
     let mut tx = writer.begin().await.map_err(op)?;
     let mut results = vec![IntakeWritten::default(); requests.len()];

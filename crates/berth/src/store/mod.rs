@@ -123,6 +123,12 @@ pub use warm::WarmContainer;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a free pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same on PostgreSQL, where the wait is also for a server that may be
+/// down: short, so that the intake answers 503 well within GitHub's 10 s
+/// webhook timeout (the delivery is then redelivered) and a database
+/// outage shorter than the heartbeat's allowance
+/// (reconcile::replicas::DEAD_AFTER) is ridden through.
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A PostgreSQL connection idle for this long is pinged before it is used
 /// again (a server restart or a firewall may have cut it meanwhile). One
 /// in steady use is not: sqlx's default pings before every use, one more
@@ -284,6 +290,38 @@ impl Store {
     }
 }
 
+/// Closes SQLite's writer connection after a transaction on it failed, so
+/// that the next write starts on a fresh connection.
+///
+/// Why: when a COMMIT fails because the disk is full, SQLite may already
+/// have rolled the transaction back, sqlx's ROLLBACK then fails too, and
+/// sqlx's count of open transactions stays off by one. The connection then
+/// looks healthy while every later write lands in a transaction that is
+/// never committed: berth would answer 202 for webhooks it does not keep
+/// (the fault campaign's disk-full scenario found this; tests/chaos.rs).
+/// Closing the connection rolls back whatever SQLite still has open, and
+/// the pool opens a new one on the next write.
+pub(crate) async fn reset_sqlite_writer(writer: &sqlx::SqlitePool) {
+    // The pool has one writer connection: this waits for the failed
+    // transaction's connection to come back, then closes it.
+    match tokio::time::timeout(ACQUIRE_TIMEOUT, writer.acquire()).await {
+        Ok(Ok(mut connection)) => {
+            connection.close_on_drop();
+            tracing::warn!("a write transaction failed: reopening the SQLite writer connection");
+        }
+        _ => tracing::warn!("could not reopen the SQLite writer connection after a failed write"),
+    }
+}
+
+impl Store {
+    /// After a failed write transaction: on SQLite, [`reset_sqlite_writer`].
+    pub(crate) async fn after_failed_transaction(&self) {
+        if let Backend::Sqlite { writer, .. } = &self.backend {
+            reset_sqlite_writer(writer).await;
+        }
+    }
+}
+
 async fn connect_sqlite(url: &str, options: &StoreOptions) -> Result<Backend> {
     let backend = BackendKind::Sqlite;
     let connect_options = SqliteConnectOptions::from_str(url)
@@ -364,7 +402,7 @@ async fn connect_postgres(url: &str, options: &StoreOptions) -> Result<Backend> 
         })?;
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .acquire_timeout(PG_ACQUIRE_TIMEOUT)
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {

@@ -133,8 +133,11 @@ impl Store {
                 Ok(Some((giver.id, giver_state.to_string(), taker.id)))
             }
             .await
-        })
-        .map_err(StoreError::query(op))?;
+        });
+        if outcome.is_err() {
+            self.after_failed_transaction().await;
+        }
+        let outcome = outcome.map_err(StoreError::query(op))?;
         let Some((giver, giver_state, taker)) = outcome else {
             return Ok(None);
         };

@@ -152,7 +152,7 @@ impl Store {
             }
         };
         let now = to_millis(self.now());
-        on_writer!(self, pool => {
+        let taken = on_writer!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
                 let taken: Option<(String, i64)> = sqlx::query_as(pick)
@@ -183,7 +183,10 @@ impl Store {
                 Ok(Some((container_id, started != 0)))
             }
             .await
-        })
-        .map_err(StoreError::query("warm_take"))
+        });
+        if taken.is_err() {
+            self.after_failed_transaction().await;
+        }
+        taken.map_err(StoreError::query("warm_take"))
     }
 }

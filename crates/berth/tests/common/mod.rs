@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod engines;
+pub mod faults;
 
 use std::path::PathBuf;
 use std::sync::Arc;
