@@ -663,14 +663,23 @@ async fn reach_hosts(config: &Config) -> bool {
     all
 }
 
-/// `berth serve`: refuses to start on a bad configuration (exit 64); stops
-/// on SIGTERM or SIGINT, leaving running jobs running.
+/// `berth serve`: refuses to start on a bad configuration (exit 64) or a
+/// secret it cannot read (exit 1, naming the key and where it points);
+/// re-reads its secrets on SIGHUP; stops on SIGTERM or SIGINT, leaving
+/// running jobs running.
 async fn serve(path: Option<&Path>) -> ExitCode {
     let config = match load_config(path, Role::Serve) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let log_level = crate::observability::logging::init(&config.logs.level);
+    // Before anything else: a SIGHUP that arrives while berth starts must
+    // not kill it (the signal's default action); it is acted on once the
+    // secrets are read.
+    let hangups = match hangup_signal() {
+        Ok(signal) => signal,
+        Err(code) => return code,
+    };
     // Held until the process ends: on SQLite this is the only replica.
     let _sole_replica = match crate::store::SoleReplica::acquire(&config.store.url) {
         Ok(lock) => lock,
@@ -698,6 +707,7 @@ async fn serve(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    ctx.secrets.refresh_on_signal(hangups);
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match crate::service::run(ctx, listener, shutdown).await {
@@ -719,6 +729,10 @@ async fn proxy(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     crate::observability::logging::init(&config.logs.level);
+    let hangups = match hangup_signal() {
+        Ok(signal) => signal,
+        Err(code) => return code,
+    };
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let metrics_listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
@@ -728,7 +742,7 @@ async fn proxy(path: &Path) -> ExitCode {
             None
         }
     };
-    match crate::scaleset::proxy::run(config, metrics_listener, shutdown).await {
+    match crate::scaleset::proxy::run(config, metrics_listener, Some(hangups), shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "berth proxy failed");
@@ -781,6 +795,15 @@ async fn egress_proxy(listen: &str, allow: &Path, metrics: Option<&str>) -> Exit
             ExitCode::from(1)
         }
     }
+}
+
+/// SIGHUP, caught (it re-reads the secrets) rather than ending the process.
+fn hangup_signal() -> Result<tokio::signal::unix::Signal, ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup()).map_err(|e| {
+        eprintln!("berth: cannot install a SIGHUP handler: {e}");
+        ExitCode::from(1)
+    })
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.
