@@ -308,8 +308,9 @@ pub enum ConfigCommand {
         /// Check it for `berth proxy` rather than `berth serve`.
         #[arg(long)]
         proxy: bool,
-        /// Only check the file: do not connect to the Docker hosts (by
-        /// default each is reached and must answer, else exit 69).
+        /// Only check the file: do not connect to the Docker hosts or Vault
+        /// (by default each Docker host must answer and each `vault://`
+        /// secret must be readable, else exit 69).
         #[arg(long)]
         offline: bool,
     },
@@ -593,8 +594,8 @@ fn load_config(path: Option<&Path>, role: Role) -> Result<Config, ExitCode> {
     }
 }
 
-/// Exit code of `config check` when a Docker host does not answer
-/// (sysexits' EX_UNAVAILABLE).
+/// Exit code of `config check` when a Docker host does not answer or a
+/// Vault secret cannot be read (sysexits' EX_UNAVAILABLE).
 const EXIT_HOST_UNAVAILABLE: u8 = 69;
 
 async fn config_check(path: Option<&Path>, role: Role, offline: bool) -> ExitCode {
@@ -607,10 +608,14 @@ async fn config_check(path: Option<&Path>, role: Role, offline: bool) -> ExitCod
                 config.hosts().len(),
                 crate::service::redact_url(&config.store.url)
             );
-            if offline || role != Role::Serve {
+            if offline {
                 return ExitCode::SUCCESS;
             }
-            if reach_hosts(&config).await {
+            let mut reached = read_vault_secrets(&config).await;
+            if role == Role::Serve {
+                reached &= reach_hosts(&config).await;
+            }
+            if reached {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_HOST_UNAVAILABLE)
@@ -618,6 +623,52 @@ async fn config_check(path: Option<&Path>, role: Role, offline: bool) -> ExitCod
         }
         Err(code) => code,
     }
+}
+
+/// Logs in to Vault and reads every secret `config` gives as a `vault://`
+/// reference, printing what was read (never a value); `false` when one
+/// could not be read or is not what it must be.
+async fn read_vault_secrets(config: &Config) -> bool {
+    use crate::secrets::{SecretSource, SecretSpec, VaultClient};
+    let Some(vault) = &config.vault else {
+        return true;
+    };
+    let client = match VaultClient::new(vault, None) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return false;
+        }
+    };
+    let specs = [
+        SecretSpec::app_private_key(config),
+        SecretSpec::webhook_secret(config),
+        SecretSpec::orchestrator_token(config),
+    ];
+    let mut all = true;
+    for spec in specs.into_iter().flatten() {
+        let SecretSource::Vault(reference) = &spec.source else {
+            continue;
+        };
+        let checked = client.read(reference).await.and_then(|read| {
+            spec.shape
+                .check(&read.value)
+                .map(|()| read.version)
+                .map_err(crate::secrets::SecretsError::Config)
+        });
+        match checked {
+            Ok(version) => println!(
+                "{}: read {reference}{}",
+                spec.key,
+                version.map_or(String::new(), |v| format!(" (version {v})"))
+            ),
+            Err(e) => {
+                all = false;
+                eprintln!("berth: {} ({reference}): {e}", spec.key);
+            }
+        }
+    }
+    all
 }
 
 /// Connects to every Docker host of `config` and prints what answered;
