@@ -771,9 +771,9 @@ async fn serve(path: Option<&Path>) -> ExitCode {
 }
 
 /// `berth proxy`: the scale-set listeners of the file, delegating to the
-/// orchestrator. Exit 64 on a bad configuration, 1 when a listener fails in
-/// a way retrying cannot fix; SIGTERM or SIGINT deletes the sessions and
-/// exits 0.
+/// orchestrator. Exit 64 on a bad configuration, 1 when a secret cannot be
+/// read at start or a listener fails in a way retrying cannot fix; SIGHUP
+/// re-reads the secrets; SIGTERM or SIGINT deletes the sessions and exits 0.
 async fn proxy(path: &Path) -> ExitCode {
     let config = match load_config(Some(path), Role::Proxy) {
         Ok(c) => c,

@@ -747,6 +747,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Creates the Vault token operation series at zero.
+    pub fn init_vault_token_operations(&self) {
+        for operation in ["login", "renew"] {
+            for outcome in ["ok", "error"] {
+                drop(
+                    self.vault_token_operations
+                        .get_or_create(&VaultTokenLabels { operation, outcome }),
+                );
+            }
+        }
+    }
+
     /// A Vault token `login` or `renew` succeeded or failed.
     pub fn vault_token_operation(&self, operation: &'static str, ok: bool) {
         self.vault_token_operations

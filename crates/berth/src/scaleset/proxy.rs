@@ -8,6 +8,10 @@
 //! (`[github]`) for the Actions service, and nothing else: no store, no
 //! Docker, and never a runner credential (the orchestrator mints those).
 //!
+//! Its secrets (the App key, the orchestrator token) are read at start;
+//! those in files or in Vault are read again every `vault.refresh_interval`
+//! and on SIGHUP (crate::secrets).
+//!
 //! It serves `/metrics` (the `berth_scaleset_*` families and its calls to
 //! GitHub) and `/healthz` on `[server] listen`; when that address is taken
 //! (an orchestrator on the same host, say) it logs a warning and runs

@@ -108,6 +108,18 @@ pub enum SecretsError {
     Config(String),
 }
 
+impl SecretsError {
+    /// What went wrong, for a message that names the source already (a
+    /// file's error without its path again).
+    fn cause(&self) -> String {
+        match self {
+            SecretsError::File { source, .. } => source.to_string(),
+            SecretsError::Unusable { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// `vault://MOUNT/PATH#FIELD`: field FIELD of the KV version 2 secret PATH
 /// in the secrets engine mounted at MOUNT (one path segment).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -592,7 +604,7 @@ impl Secrets {
         let unreadable = |e: SecretsError| SecretsError::Unreadable {
             key: spec.key,
             from: spec.source.to_string(),
-            cause: e.to_string(),
+            cause: e.cause(),
         };
         let (value, lease) = self.read(&spec.source).await.map_err(unreadable)?;
         spec.shape
@@ -640,8 +652,14 @@ impl Secrets {
                 let Some(secrets) = secrets.upgrade() else {
                     return;
                 };
-                tracing::info!("SIGHUP: re-reading every secret");
-                secrets.request_refresh();
+                if secrets.is_refreshable() {
+                    tracing::info!("SIGHUP: re-reading every secret");
+                    secrets.request_refresh();
+                } else {
+                    tracing::info!(
+                        "SIGHUP: no secret comes from a file or Vault, nothing to re-read"
+                    );
+                }
             }
         });
     }
@@ -742,10 +760,10 @@ impl Secrets {
                     secret = spec.name,
                     key = spec.key,
                     source = %spec.source,
-                    error = %e,
+                    error = %e.cause(),
                     "cannot refresh a secret: the last good value stays in use"
                 );
-                Err(format!("{} ({}): {e}", spec.name, spec.source))
+                Err(format!("{} ({}): {}", spec.name, spec.source, e.cause()))
             }
         }
     }
@@ -878,6 +896,66 @@ mod tests {
         let no_overlap = LiveSecret::new(Secret::new("a"));
         no_overlap.replace(Secret::new("b"));
         assert_eq!(no_overlap.accepted(), [Secret::new("b")]);
+    }
+
+    /// The refresher with a file: a changed file is taken (the old value
+    /// accepted for the overlap), a missing or blank one keeps the last
+    /// good value and is counted.
+    #[tokio::test]
+    async fn a_file_secret_is_read_again_and_a_failure_keeps_the_last_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("webhook.secret");
+        std::fs::write(&path, "first-value\n").unwrap();
+        let metrics = Metrics::new();
+        let secrets = Secrets::new(&Config::default(), metrics.clone()).unwrap();
+        let spec = SecretSpec {
+            name: "github.webhook_secret",
+            key: "github.webhook_secret_file",
+            source: SecretSource::File(path.clone()),
+            shape: Shape::NonBlank,
+            overlap: Duration::from_secs(60),
+        };
+        let live = secrets.add(spec.clone()).await.unwrap();
+        assert!(secrets.is_refreshable());
+        assert_eq!(live.current(), Secret::new("first-value"));
+
+        std::fs::write(&path, "second-value").unwrap();
+        secrets.refresh(false).await.unwrap();
+        assert_eq!(live.current(), Secret::new("first-value"), "not due yet");
+        secrets.refresh(true).await.unwrap();
+        assert_eq!(
+            live.accepted(),
+            [Secret::new("second-value"), Secret::new("first-value")]
+        );
+
+        let failures = r#"berth_secret_refresh_failures_total{secret="github.webhook_secret"}"#;
+        std::fs::write(&path, "  \n").unwrap();
+        let blank = secrets.refresh(true).await.unwrap_err();
+        assert_eq!(
+            blank,
+            format!("github.webhook_secret ({}): is empty", path.display())
+        );
+        std::fs::remove_file(&path).unwrap();
+        let missing = secrets.refresh(true).await.unwrap_err();
+        assert!(
+            missing.starts_with(&format!(
+                "github.webhook_secret ({}): No such file",
+                path.display()
+            )),
+            "{missing}"
+        );
+        assert_eq!(live.current(), Secret::new("second-value"));
+        assert!(metrics.encode().contains(&format!("{failures} 2")));
+
+        // At start, the same failure is an error naming the key and the path.
+        let error = secrets.add(spec).await.unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "cannot read github.webhook_secret_file ({}): No such file",
+                path.display()
+            )),
+            "{error}"
+        );
     }
 
     #[test]

@@ -37,9 +37,10 @@ use super::{SecretsError, VaultRef};
 use crate::config::{Secret, VaultAuth, VaultConfig};
 use crate::observability::Metrics;
 
-/// A token whose renewal or login failed is tried again this soon (or at
-/// its expiry, whichever comes first).
-const TOKEN_RETRY: Duration = Duration::from_secs(5);
+/// A token whose renewal or login failed (Vault unreachable) is tried
+/// again this soon; a token that expired meanwhile is replaced by a login
+/// at the next read.
+const TOKEN_RETRY: Duration = Duration::from_secs(15);
 
 /// How berth gets a token.
 enum Login {
@@ -244,6 +245,9 @@ impl VaultClient {
                     .ok_or_else(|| missing("secret_id_file"))?,
             },
         };
+        if let Some(metrics) = &metrics {
+            metrics.init_vault_token_operations();
+        }
         Ok(Self {
             http,
             address,
