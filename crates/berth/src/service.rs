@@ -35,6 +35,21 @@ pub async fn build(
     log_level: Option<LogLevelHandle>,
 ) -> anyhow::Result<Arc<Context>> {
     let metrics = Metrics::new();
+    // Every secret is read first: one that cannot be read stops berth
+    // here, naming its key and where it points, before anything is started.
+    let secrets = Secrets::new(&config, metrics.clone())?;
+    let needs_app = !(config.pools.is_empty() && config.scale_sets.is_empty());
+    let app_key = if needs_app {
+        let spec =
+            SecretSpec::app_private_key(&config).context("github.private_key_path is required")?;
+        Some(secrets.add(spec).await?)
+    } else {
+        None
+    };
+    let webhook_secret = match SecretSpec::webhook_secret(&config) {
+        Some(spec) => Some(secrets.add(spec).await?),
+        None => None,
+    };
     metrics.init_pools(config.pools.iter().map(|p| p.name.as_str()));
     for pool in &config.pools {
         metrics.set_pool_max_runners(&pool.name, pool.max_runners);
@@ -85,24 +100,12 @@ pub async fn build(
                 })?;
         }
     }
-    // Every secret is read before anything uses it: one that cannot be
-    // read stops berth here, naming its key and where it points.
-    let secrets = Secrets::new(&config, metrics.clone())?;
-    let github = if config.pools.is_empty() && config.scale_sets.is_empty() {
-        None
-    } else {
-        let spec =
-            SecretSpec::app_private_key(&config).context("github.private_key_path is required")?;
-        let key = secrets.add(spec).await?;
-        Some(github_client(&config, key, metrics.clone())?)
-    };
+    let github = app_key
+        .map(|key| github_client(&config, key, metrics.clone()))
+        .transpose()?;
     let scale_sets = crate::scaleset::Registry::new(&config, github.as_ref(), &metrics)
         .context("setting up the scale sets")?;
     metrics.init_scale_sets(config.scale_sets.iter().map(|s| s.name.as_str()));
-    let webhook_secret = match SecretSpec::webhook_secret(&config) {
-        Some(spec) => Some(secrets.add(spec).await?),
-        None => None,
-    };
     let job_output = match &config.logs.job_output_file {
         Some(path) => Some(std::sync::Mutex::new(
             std::fs::OpenOptions::new()
