@@ -18,6 +18,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::Deserialize;
 
+use crate::secrets::SecretLocation;
+
 /// Exit code of `berth config check` and `berth serve` on a bad configuration.
 pub const EXIT_CONFIG: u8 = 64;
 
@@ -30,6 +32,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub github: GithubConfig,
+    /// How secrets given as `vault://…` references are read (crate::secrets).
+    pub vault: Option<VaultConfig>,
     pub docker: DockerConfig,
     pub dispatch: DispatchConfig,
     pub reconcile: ReconcileConfig,
@@ -153,11 +157,17 @@ pub struct GithubConfig {
     pub app_id: Option<u64>,
     /// The App's client id; accepted by GitHub as the JWT issuer too.
     pub client_id: Option<String>,
-    pub private_key_path: Option<PathBuf>,
+    /// A file holding the App's PEM private key, or a `vault://` reference.
+    pub private_key_path: Option<SecretLocation>,
     /// The App's PEM private key itself (for `BERTH_GITHUB__PRIVATE_KEY`).
     pub private_key: Option<Secret>,
     pub webhook_secret: Option<Secret>,
-    pub webhook_secret_file: Option<PathBuf>,
+    /// A file holding the webhook secret, or a `vault://` reference.
+    pub webhook_secret_file: Option<SecretLocation>,
+    /// After the webhook secret changes (a re-read file or Vault secret),
+    /// deliveries signed with the previous one are accepted this long.
+    #[serde(with = "secs")]
+    pub webhook_secret_overlap: Duration,
     /// Timeout of one GitHub API request.
     #[serde(with = "secs")]
     pub request_timeout: Duration,
@@ -175,10 +185,55 @@ impl Default for GithubConfig {
             private_key: None,
             webhook_secret: None,
             webhook_secret_file: None,
+            webhook_secret_overlap: Duration::from_secs(3600),
             request_timeout: Duration::from_secs(30),
             max_attempts: 6,
         }
     }
+}
+
+/// The connection to Vault or OpenBao (`[vault]`), for secrets given as
+/// `vault://MOUNT/PATH#FIELD` references (crate::secrets).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `https://vault.example.com:8200` (or `http://` on loopback).
+    pub address: String,
+    /// PEM certificate(s) the server's certificate must chain to, on top
+    /// of the usual roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Enterprise or OpenBao namespace, sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// How berth gets its Vault token.
+    pub auth: VaultAuth,
+    /// `auth = "token"`: the file holding the token (re-read when the token
+    /// cannot be renewed).
+    pub token_file: Option<PathBuf>,
+    /// `auth = "approle"`: the role id, or `role_id_file`.
+    pub role_id: Option<Secret>,
+    pub role_id_file: Option<PathBuf>,
+    /// `auth = "approle"`: the file holding the secret id.
+    pub secret_id_file: Option<PathBuf>,
+    /// Where the AppRole auth method is mounted.
+    #[serde(default = "defaults::approle_mount")]
+    pub approle_mount: String,
+    /// How often secrets are read again when Vault gives them no shorter
+    /// lease (KV version 2 secrets have none); files too.
+    #[serde(default = "defaults::vault_refresh_interval", with = "secs")]
+    pub refresh_interval: Duration,
+    /// Time limit of one request to Vault.
+    #[serde(default = "defaults::vault_request_timeout", with = "secs")]
+    pub request_timeout: Duration,
+}
+
+/// How berth authenticates to Vault (`vault.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultAuth {
+    /// A token from `vault.token_file` (written by Vault Agent, say).
+    Token,
+    /// AppRole: `role_id` (or `role_id_file`) and `secret_id_file`.
+    Approle,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -644,6 +699,15 @@ mod defaults {
     pub fn scale_set_max() -> u32 {
         10
     }
+    pub fn approle_mount() -> String {
+        "approle".into()
+    }
+    pub fn vault_refresh_interval() -> Duration {
+        crate::secrets::DEFAULT_REFRESH_INTERVAL
+    }
+    pub fn vault_request_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
     pub fn runner_group() -> String {
         "Default".into()
     }
@@ -703,7 +767,8 @@ pub enum ListenerSite {
 #[serde(deny_unknown_fields)]
 pub struct OrchestratorConfig {
     pub url: String,
-    pub token_file: Option<PathBuf>,
+    /// A file holding the delegate token, or a `vault://` reference.
+    pub token_file: Option<SecretLocation>,
     pub token: Option<Secret>,
 }
 
@@ -973,6 +1038,7 @@ impl Config {
         self.server.validate(c);
         self.store.validate(c);
         self.github.validate(c);
+        self.validate_vault(c);
         // Pools and scale sets mint runners, and a proxy's listeners talk to
         // GitHub: both need the App's credentials.
         let needs_app = role == Role::Serve
@@ -1179,7 +1245,7 @@ impl GithubConfig {
                 "set either webhook_secret or webhook_secret_file, not both",
             );
         }
-        if let Some(path) = &self.webhook_secret_file
+        if let Some(SecretLocation::File(path)) = &self.webhook_secret_file
             && !path.is_file()
         {
             c.bad(
@@ -1194,7 +1260,7 @@ impl GithubConfig {
                 "set either private_key or private_key_path, not both",
             );
         }
-        if let Some(path) = &self.private_key_path
+        if let Some(SecretLocation::File(path)) = &self.private_key_path
             && !path.is_file()
         {
             c.bad(
@@ -1209,17 +1275,15 @@ impl GithubConfig {
     fn validate_webhook_secret(&self, c: &mut Checks) {
         let (key, secret) = match (&self.webhook_secret, &self.webhook_secret_file) {
             (Some(secret), _) => ("github.webhook_secret", secret.clone()),
-            (None, Some(path)) if path.is_file() => match read_secret(None, Some(path)) {
-                Ok(Some(secret)) => ("github.webhook_secret_file", secret),
-                Ok(None) => return,
-                Err(e) => {
-                    c.bad(
-                        "github.webhook_secret_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    return;
+            (None, Some(SecretLocation::File(path))) if path.is_file() => {
+                match crate::secrets::read_file(path) {
+                    Ok(secret) => ("github.webhook_secret_file", secret),
+                    Err(e) => {
+                        c.bad("github.webhook_secret_file", e.to_string());
+                        return;
+                    }
                 }
-            },
+            }
             _ => return,
         };
         if secret.expose().trim().is_empty() {
@@ -1578,6 +1642,196 @@ impl OrchestratorConfig {
                 "a token with the delegate scope is required",
             );
         }
+        if self.token.is_some() && self.token_file.is_some() {
+            c.bad(
+                "orchestrator.token_file",
+                "set either token or token_file, not both",
+            );
+        }
+        if let Some(SecretLocation::File(path)) = &self.token_file
+            && !path.is_file()
+        {
+            c.bad(
+                "orchestrator.token_file",
+                format!("{} does not exist", path.display()),
+            );
+        }
+    }
+}
+
+impl VaultConfig {
+    fn validate(&self, c: &mut Checks) {
+        match url::Url::parse(&self.address) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                if u.scheme() == "http" && self.ca_cert.is_some() {
+                    c.warn(
+                        "vault.ca_cert",
+                        "ignored: vault.address is http://, not https://",
+                    );
+                }
+            }
+            _ => c.bad(
+                "vault.address",
+                format!(
+                    "`{}` is not an http:// or https:// URL with a host (and no credentials)",
+                    self.address
+                ),
+            ),
+        }
+        if let Some(path) = &self.ca_cert {
+            match std::fs::read(path) {
+                Ok(pem) => {
+                    if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+                        c.bad(
+                            "vault.ca_cert",
+                            format!("{} holds no PEM certificate", path.display()),
+                        );
+                    }
+                }
+                Err(e) => c.bad(
+                    "vault.ca_cert",
+                    format!("cannot read {}: {e}", path.display()),
+                ),
+            }
+        }
+        if self
+            .namespace
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty() || n.chars().any(char::is_control))
+        {
+            c.bad("vault.namespace", "must not be empty");
+        }
+        let approle_only = [
+            ("vault.role_id", self.role_id.is_some()),
+            ("vault.role_id_file", self.role_id_file.is_some()),
+            ("vault.secret_id_file", self.secret_id_file.is_some()),
+        ];
+        match self.auth {
+            VaultAuth::Token => {
+                match &self.token_file {
+                    None => c.bad("vault.token_file", "required with auth = \"token\""),
+                    Some(path) => readable_file(c, "vault.token_file", path),
+                }
+                for (key, set) in approle_only {
+                    if set {
+                        c.bad(key, "only used with auth = \"approle\"");
+                    }
+                }
+            }
+            VaultAuth::Approle => {
+                if self.token_file.is_some() {
+                    c.bad("vault.token_file", "only used with auth = \"token\"");
+                }
+                match (&self.role_id, &self.role_id_file) {
+                    (None, None) => c.bad(
+                        "vault.role_id",
+                        "required with auth = \"approle\" (or vault.role_id_file)",
+                    ),
+                    (Some(_), Some(_)) => c.bad(
+                        "vault.role_id_file",
+                        "set either role_id or role_id_file, not both",
+                    ),
+                    (Some(role_id), None) if role_id.expose().trim().is_empty() => {
+                        c.bad("vault.role_id", "must not be empty")
+                    }
+                    (None, Some(path)) => readable_file(c, "vault.role_id_file", path),
+                    (Some(_), None) => {}
+                }
+                match &self.secret_id_file {
+                    None => c.bad("vault.secret_id_file", "required with auth = \"approle\""),
+                    Some(path) => readable_file(c, "vault.secret_id_file", path),
+                }
+            }
+        }
+        let mount_ok = !self.approle_mount.is_empty()
+            && self.approle_mount.split('/').all(|part| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && part
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+            });
+        if !mount_ok {
+            c.bad(
+                "vault.approle_mount",
+                format!(
+                    "`{}` is not a mount path such as approle",
+                    self.approle_mount
+                ),
+            );
+        }
+        if self.refresh_interval < Duration::from_secs(1) {
+            c.bad("vault.refresh_interval", "must be at least 1 second");
+        }
+        if self.request_timeout.is_zero() {
+            c.bad("vault.request_timeout", "must be more than 0");
+        }
+    }
+}
+
+/// `path` is a file berth can read, or `key` is reported.
+fn readable_file(c: &mut Checks, key: &str, path: &Path) {
+    if !path.is_file() {
+        c.bad(key, format!("{} does not exist", path.display()));
+    } else if let Err(e) = std::fs::File::open(path) {
+        c.bad(key, format!("cannot read {}: {e}", path.display()));
+    }
+}
+
+impl Config {
+    /// The keys that name where a secret is, with what they name.
+    pub fn secret_locations(&self) -> Vec<(&'static str, &SecretLocation)> {
+        let mut found = Vec::new();
+        if let Some(l) = &self.github.private_key_path {
+            found.push(("github.private_key_path", l));
+        }
+        if let Some(l) = &self.github.webhook_secret_file {
+            found.push(("github.webhook_secret_file", l));
+        }
+        if let Some(l) = self
+            .orchestrator
+            .as_ref()
+            .and_then(|o| o.token_file.as_ref())
+        {
+            found.push(("orchestrator.token_file", l));
+        }
+        found
+    }
+
+    /// `[vault]` and the `vault://` references that need it.
+    fn validate_vault(&self, c: &mut Checks) {
+        let references: Vec<_> = self
+            .secret_locations()
+            .into_iter()
+            .filter_map(|(key, l)| l.vault().map(|r| (key, r)))
+            .collect();
+        match &self.vault {
+            Some(vault) => {
+                vault.validate(c);
+                if references.is_empty() {
+                    c.warn(
+                        "vault.address",
+                        "no secret is read from Vault: no key holds a vault:// reference",
+                    );
+                }
+            }
+            None => {
+                for (key, reference) in references {
+                    c.bad(
+                        key,
+                        format!("{reference} needs a [vault] section (vault.address, vault.auth)"),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -1702,25 +1956,6 @@ fn insert_path(dict: &mut Dict, path: &[&str], value: Value) {
                 *entry = Value::from(inner);
             }
         }
-    }
-}
-
-/// Reads a secret that may be given inline or as a file; files lose one trailing newline.
-pub fn read_secret(
-    inline: Option<&Secret>,
-    file: Option<&Path>,
-) -> std::io::Result<Option<Secret>> {
-    if let Some(s) = inline {
-        return Ok(Some(s.clone()));
-    }
-    match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)?;
-            let trimmed = text.strip_suffix('\n').unwrap_or(&text);
-            let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-            Ok(Some(Secret::new(trimmed)))
-        }
-        None => Ok(None),
     }
 }
 
@@ -2261,6 +2496,123 @@ min_runners = 11
                 "orchestrator.url: is not a URL",
                 "orchestrator.token_file: a token with the delegate scope is required",
             ])
+        );
+    }
+
+    #[test]
+    fn vault_settings_and_references_are_checked_word_for_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_id = dir.path().join("secret-id");
+        std::fs::write(&secret_id, "s").unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let secret_id = secret_id.display();
+        let not_pem = not_pem.display();
+
+        // A reference without [vault].
+        let found = problems_of(
+            "[github]\nwebhook_secret_file = \"vault://secret/berth/github#webhook\"\n\
+             [orchestrator]\nurl = \"http://o:8080\"\ntoken_file = \"vault://kv/proxy#token\"\n",
+            Role::Serve,
+        );
+        assert_eq!(
+            found,
+            sorted(&[
+                "github.webhook_secret_file: vault://secret/berth/github#webhook needs a [vault] section (vault.address, vault.auth)",
+                "orchestrator.token_file: vault://kv/proxy#token needs a [vault] section (vault.address, vault.auth)",
+            ])
+        );
+
+        // Token auth with AppRole's keys, a bad address, a CA that is no PEM.
+        let found = problems_of(
+            &format!(
+                "[github]\nprivate_key_path = \"vault://secret/berth/github#private_key\"\n\
+                 [vault]\naddress = \"ftp://vault:8200\"\nca_cert = \"{not_pem}\"\nnamespace = \" \"\n\
+                 auth = \"token\"\nrole_id = \"r\"\nsecret_id_file = \"{secret_id}\"\n\
+                 approle_mount = \"/x/\"\nrefresh_interval = 0.5\nrequest_timeout = 0\n"
+            ),
+            Role::Serve,
+        );
+        assert_eq!(
+            found,
+            sorted(&[
+                "vault.address: `ftp://vault:8200` is not an http:// or https:// URL with a host (and no credentials)",
+                &format!("vault.ca_cert: {not_pem} holds no PEM certificate"),
+                "vault.namespace: must not be empty",
+                "vault.token_file: required with auth = \"token\"",
+                "vault.role_id: only used with auth = \"approle\"",
+                "vault.secret_id_file: only used with auth = \"approle\"",
+                "vault.approle_mount: `/x/` is not a mount path such as approle",
+                "vault.refresh_interval: must be at least 1 second",
+                "vault.request_timeout: must be more than 0",
+            ])
+        );
+
+        // AppRole without its keys, or with both role id keys.
+        let found = problems_of(
+            "[github]\nwebhook_secret_file = \"vault://secret/w#s\"\n\
+             [vault]\naddress = \"https://vault:8200\"\nauth = \"approle\"\ntoken_file = \"/t\"\n",
+            Role::Serve,
+        );
+        assert_eq!(
+            found,
+            sorted(&[
+                "vault.token_file: only used with auth = \"token\"",
+                "vault.role_id: required with auth = \"approle\" (or vault.role_id_file)",
+                "vault.secret_id_file: required with auth = \"approle\"",
+            ])
+        );
+        let found = problems_of(
+            "[github]\nwebhook_secret_file = \"vault://secret/w#s\"\n\
+             [vault]\naddress = \"https://vault:8200\"\nauth = \"approle\"\nrole_id = \"r\"\n\
+             role_id_file = \"/nonexistent/role\"\nsecret_id_file = \"/nonexistent/secret\"\n",
+            Role::Serve,
+        );
+        assert_eq!(
+            found,
+            sorted(&[
+                "vault.role_id_file: set either role_id or role_id_file, not both",
+                "vault.secret_id_file: /nonexistent/secret does not exist",
+            ])
+        );
+
+        // A good AppRole section; [vault] without a reference is a warning.
+        let good = format!(
+            "[vault]\naddress = \"http://127.0.0.1:8200\"\nauth = \"approle\"\nrole_id = \"r\"\nsecret_id_file = \"{secret_id}\"\n"
+        );
+        let f = file(&format!(
+            "[github]\nwebhook_secret_file = \"vault://secret/berth/github#webhook\"\nwebhook_secret_overlap = 60\n{good}"
+        ));
+        let loaded = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let vault = loaded.config.vault.as_ref().unwrap();
+        assert_eq!(vault.auth, VaultAuth::Approle);
+        assert_eq!(vault.approle_mount, "approle");
+        assert_eq!(vault.refresh_interval, Duration::from_secs(300));
+        assert_eq!(
+            loaded.config.github.webhook_secret_overlap,
+            Duration::from_secs(60)
+        );
+        assert!(!format!("{vault:?}").contains("role_id: Some(\"r\")"));
+        let f = file(&good);
+        let loaded = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert_eq!(loaded.warnings[0].key, "vault.address");
+
+        // A malformed reference is refused at loading, naming its key and
+        // where it came from.
+        let err = Config::load(
+            None,
+            [("BERTH_GITHUB__PRIVATE_KEY_PATH", "vault://secret#key")],
+            Role::Serve,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("environment variable BERTH_GITHUB__PRIVATE_KEY_PATH")
+                && err.contains("github.private_key_path")
+                && err.contains("names no secret under its mount"),
+            "{err}"
         );
     }
 

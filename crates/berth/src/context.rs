@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::config::{Config, PoolConfig, Secret};
+use crate::config::{Config, PoolConfig};
 use crate::github::GithubClient;
 use crate::observability::Metrics;
 use crate::observability::logging::LogLevelHandle;
@@ -30,7 +30,12 @@ pub struct Context {
     pub metrics: Metrics,
     /// Every supervised component's status (crate::supervise).
     pub components: crate::supervise::Components,
-    pub webhook_secret: Option<Secret>,
+    /// The webhook secret in use, and the previous one during a rotation's
+    /// overlap (`github.webhook_secret_overlap`).
+    pub webhook_secret: Option<crate::secrets::LiveSecret>,
+    /// Every secret berth keeps current, and the Vault connection
+    /// (crate::secrets): the `secrets` component re-reads them.
+    pub secrets: Arc<crate::secrets::Secrets>,
     /// This process's identity in leases (`hostname-pid-random`).
     pub replica_id: String,
     /// Wakes the dispatcher: a job was queued or a slot freed.

@@ -34,6 +34,7 @@ pub mod names;
 pub mod observability;
 pub mod reconcile;
 pub mod scaleset;
+pub mod secrets;
 pub mod security;
 pub mod service;
 pub mod store;

@@ -14,12 +14,13 @@ use anyhow::Context as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, read_secret};
+use crate::config::Config;
 use crate::context::{Context, new_replica_id};
 use crate::github::{AppAuth, GithubClient, RetryPolicy};
 use crate::observability::Metrics;
 use crate::observability::logging::LogLevelHandle;
 use crate::observability::metrics::OpLabels;
+use crate::secrets::{LiveSecret, SecretSpec, Secrets};
 use crate::store::Store;
 use crate::supervise::Supervisor;
 use crate::{api, dispatch, reconcile};
@@ -34,6 +35,21 @@ pub async fn build(
     log_level: Option<LogLevelHandle>,
 ) -> anyhow::Result<Arc<Context>> {
     let metrics = Metrics::new();
+    // Every secret is read first: one that cannot be read stops berth
+    // here, naming its key and where it points, before anything is started.
+    let secrets = Secrets::new(&config, metrics.clone())?;
+    let needs_app = !(config.pools.is_empty() && config.scale_sets.is_empty());
+    let app_key = if needs_app {
+        let spec =
+            SecretSpec::app_private_key(&config).context("github.private_key_path is required")?;
+        Some(secrets.add(spec).await?)
+    } else {
+        None
+    };
+    let webhook_secret = match SecretSpec::webhook_secret(&config) {
+        Some(spec) => Some(secrets.add(spec).await?),
+        None => None,
+    };
     metrics.init_pools(config.pools.iter().map(|p| p.name.as_str()));
     for pool in &config.pools {
         metrics.set_pool_max_runners(&pool.name, pool.max_runners);
@@ -84,19 +100,12 @@ pub async fn build(
                 })?;
         }
     }
-    let github = if config.pools.is_empty() && config.scale_sets.is_empty() {
-        None
-    } else {
-        Some(github_client(&config, metrics.clone())?)
-    };
+    let github = app_key
+        .map(|key| github_client(&config, key, metrics.clone()))
+        .transpose()?;
     let scale_sets = crate::scaleset::Registry::new(&config, github.as_ref(), &metrics)
         .context("setting up the scale sets")?;
     metrics.init_scale_sets(config.scale_sets.iter().map(|s| s.name.as_str()));
-    let webhook_secret = read_secret(
-        config.github.webhook_secret.as_ref(),
-        config.github.webhook_secret_file.as_deref(),
-    )
-    .context("reading github.webhook_secret_file")?;
     let job_output = match &config.logs.job_output_file {
         Some(path) => Some(std::sync::Mutex::new(
             std::fs::OpenOptions::new()
@@ -116,6 +125,7 @@ pub async fn build(
         components: crate::supervise::Components::new(metrics.clone()),
         metrics,
         webhook_secret,
+        secrets: Arc::new(secrets),
         replica_id: new_replica_id(),
         dispatch_wake: Notify::new(),
         reconcile_wake: Notify::new(),
@@ -127,20 +137,19 @@ pub async fn build(
     }))
 }
 
-/// The GitHub App client of a configuration.
-pub fn github_client(config: &Config, metrics: Metrics) -> anyhow::Result<GithubClient> {
+/// The GitHub App client of a configuration, signing with `key` (kept
+/// current by [`Secrets`]).
+pub fn github_client(
+    config: &Config,
+    key: LiveSecret,
+    metrics: Metrics,
+) -> anyhow::Result<GithubClient> {
     let issuer = match (&config.github.app_id, &config.github.client_id) {
         (Some(id), _) => id.to_string(),
         (None, Some(client_id)) => client_id.clone(),
         (None, None) => anyhow::bail!("github.app_id is required"),
     };
-    let key = read_secret(
-        config.github.private_key.as_ref(),
-        config.github.private_key_path.as_deref(),
-    )
-    .context("reading github.private_key_path")?
-    .context("github.private_key_path is required")?;
-    let app = AppAuth::new(issuer, &key)?;
+    let app = AppAuth::live(issuer, key)?;
     let retry = RetryPolicy {
         max_attempts: config.github.max_attempts.max(1),
         ..RetryPolicy::default()
@@ -273,6 +282,21 @@ fn spawn_components(
             true,
             crate::supervise::OnExit::StopProcess,
             move |status| reconcile::replicas::heartbeat(c.clone(), s.clone(), status),
+        );
+    }
+    if ctx.secrets.is_refreshable() {
+        let (secrets, s) = (ctx.secrets.clone(), stop.clone());
+        supervisor.spawn(
+            "secrets",
+            false,
+            crate::supervise::OnExit::Restart,
+            move |status| {
+                let running = secrets.clone().run(s.clone(), Some(status));
+                async move {
+                    running.await;
+                    Ok(())
+                }
+            },
         );
     }
     scale_set_listeners(ctx, supervisor, stop);

@@ -20,6 +20,7 @@
 //! | `warm_refill`        | no       | restart with backoff | jobs still start cold without it                 |
 //! | `heartbeat`          | yes      | stop the process     | other replicas take over the leases of a replica that stops heartbeating: one that goes on working without a heartbeat could run a job twice |
 //! | `scale_set:<name>`   | no       | restart with backoff | a listener that gives up is retried, never silent |
+//! | `secrets`            | no       | restart with backoff | a secret that cannot be read again keeps its last value |
 //!
 //! Restarts back off from 1 s, doubling to 30 s; the backoff resets when a
 //! run lasted longer than a minute.

@@ -123,6 +123,9 @@ fn every_metric_family_of_berth_and_the_proxies_is_in_the_reference() {
     drop(berth.scaleset_retirements.get_or_create(&set));
     drop(berth.scaleset_session_events.get_or_create(&set));
     drop(berth.scaleset_job_messages.get_or_create(&set));
+    berth.init_secret("github.webhook_secret");
+    berth.secret_refreshed("github.webhook_secret");
+    berth.vault_token_operation("renew", true);
 
     let socket = berth_proxies::socket::metrics::Metrics::default();
     socket.decision("allow", "ping");

@@ -178,10 +178,14 @@ async fn a_session_conflict_at_start_is_waited_out() {
     .await;
     let config = world.config(&scale_set_toml(&world, ""));
     // The predecessor: the same scale set, a session nobody polls.
+    let key = berth::secrets::LiveSecret::new(berth::config::Secret::new(
+        world.sim.app_private_key_pem(),
+    ));
     let probe = berth::scaleset::Registry::new(
         &config,
         Some(
-            &berth::service::github_client(&config, berth::observability::Metrics::new()).unwrap(),
+            &berth::service::github_client(&config, key, berth::observability::Metrics::new())
+                .unwrap(),
         ),
         &berth::observability::Metrics::new(),
     )

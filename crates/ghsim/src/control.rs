@@ -249,6 +249,28 @@ impl SimHandle {
         info(&self.sim)
     }
 
+    /// Adds a private key to the App (PKCS#1 or PKCS#8 PEM): JWTs signed
+    /// with it are accepted from now on, as on GitHub, where an App may have
+    /// several keys while one is rotated.
+    pub fn add_app_key(&self, pem: &str) -> Result<()> {
+        let key = crate::auth::KeyPair::from_pem(pem)?;
+        lock(&self.sim.app_keys).push(Arc::new(key));
+        Ok(())
+    }
+
+    /// Deletes a private key of the App: JWTs signed with it are refused
+    /// (401) from now on. Installation tokens minted before stay valid.
+    pub fn remove_app_key(&self, pem: &str) -> Result<()> {
+        let key = crate::auth::KeyPair::from_pem(pem)?;
+        let mut keys = lock(&self.sim.app_keys);
+        let before = keys.len();
+        keys.retain(|k| k.private_pem != key.private_pem);
+        if keys.len() == before {
+            return Err(Error::Config("the App has no such private key".into()));
+        }
+        Ok(())
+    }
+
     /// Queues a job (see [`JobSpec`]).
     pub fn queue_job(&self, spec: JobSpec) -> Result<JobView> {
         Ok(JobView::of(&self.sim.queue_job(spec)?))

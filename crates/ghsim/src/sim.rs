@@ -26,7 +26,11 @@ pub struct Shared {
     pub(crate) addr: SocketAddr,
     base_url: String,
     public_url: String,
+    /// The App key of the configuration (what `app_private_key_pem` hands out).
     pub(crate) app_key: Arc<KeyPair>,
+    /// Every key App JWTs may be signed with: GitHub lets an App have several
+    /// private keys at once, so that one can be rotated without downtime.
+    pub(crate) app_keys: Mutex<Vec<Arc<KeyPair>>>,
     pub(crate) runner_key: Arc<KeyPair>,
     pub(crate) signer: TokenSigner,
     pub(crate) world: Mutex<World>,
@@ -120,6 +124,7 @@ impl Simulator {
             addr,
             base_url,
             public_url,
+            app_keys: Mutex::new(vec![app_key.clone()]),
             app_key,
             runner_key,
             signer: TokenSigner::default(),

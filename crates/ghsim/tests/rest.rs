@@ -255,6 +255,16 @@ async fn app_jwt_rules() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // key rotation: a second key is accepted beside the first; once the
+    // first is deleted, only the second
+    sim.add_app_key(&other.private_pem).unwrap();
+    let with = |k: &KeyPair| sign_app_jwt(k, &app, now - 60, now + 540).unwrap();
+    assert_eq!(status(with(&other)).await, 201);
+    assert_eq!(status(with(&key)).await, 201);
+    sim.remove_app_key(&key.private_pem).unwrap();
+    assert_eq!(status(with(&key)).await, 401);
+    assert_eq!(status(with(&other)).await, 201);
+    assert!(sim.remove_app_key(&key.private_pem).is_err());
 }
 
 #[tokio::test]

@@ -308,8 +308,9 @@ pub enum ConfigCommand {
         /// Check it for `berth proxy` rather than `berth serve`.
         #[arg(long)]
         proxy: bool,
-        /// Only check the file: do not connect to the Docker hosts (by
-        /// default each is reached and must answer, else exit 69).
+        /// Only check the file: do not connect to the Docker hosts or Vault
+        /// (by default each Docker host must answer and each `vault://`
+        /// secret must be readable, else exit 69).
         #[arg(long)]
         offline: bool,
     },
@@ -593,8 +594,8 @@ fn load_config(path: Option<&Path>, role: Role) -> Result<Config, ExitCode> {
     }
 }
 
-/// Exit code of `config check` when a Docker host does not answer
-/// (sysexits' EX_UNAVAILABLE).
+/// Exit code of `config check` when a Docker host does not answer or a
+/// Vault secret cannot be read (sysexits' EX_UNAVAILABLE).
 const EXIT_HOST_UNAVAILABLE: u8 = 69;
 
 async fn config_check(path: Option<&Path>, role: Role, offline: bool) -> ExitCode {
@@ -607,10 +608,14 @@ async fn config_check(path: Option<&Path>, role: Role, offline: bool) -> ExitCod
                 config.hosts().len(),
                 crate::service::redact_url(&config.store.url)
             );
-            if offline || role != Role::Serve {
+            if offline {
                 return ExitCode::SUCCESS;
             }
-            if reach_hosts(&config).await {
+            let mut reached = read_vault_secrets(&config).await;
+            if role == Role::Serve {
+                reached &= reach_hosts(&config).await;
+            }
+            if reached {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_HOST_UNAVAILABLE)
@@ -618,6 +623,52 @@ async fn config_check(path: Option<&Path>, role: Role, offline: bool) -> ExitCod
         }
         Err(code) => code,
     }
+}
+
+/// Logs in to Vault and reads every secret `config` gives as a `vault://`
+/// reference, printing what was read (never a value); `false` when one
+/// could not be read or is not what it must be.
+async fn read_vault_secrets(config: &Config) -> bool {
+    use crate::secrets::{SecretSource, SecretSpec, VaultClient};
+    let Some(vault) = &config.vault else {
+        return true;
+    };
+    let client = match VaultClient::new(vault, None) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return false;
+        }
+    };
+    let specs = [
+        SecretSpec::app_private_key(config),
+        SecretSpec::webhook_secret(config),
+        SecretSpec::orchestrator_token(config),
+    ];
+    let mut all = true;
+    for spec in specs.into_iter().flatten() {
+        let SecretSource::Vault(reference) = &spec.source else {
+            continue;
+        };
+        let checked = client.read(reference).await.and_then(|read| {
+            spec.shape
+                .check(&read.value)
+                .map(|()| read.version)
+                .map_err(crate::secrets::SecretsError::Config)
+        });
+        match checked {
+            Ok(version) => println!(
+                "{}: read {reference}{}",
+                spec.key,
+                version.map_or(String::new(), |v| format!(" (version {v})"))
+            ),
+            Err(e) => {
+                all = false;
+                eprintln!("berth: {} ({reference}): {e}", spec.key);
+            }
+        }
+    }
+    all
 }
 
 /// Connects to every Docker host of `config` and prints what answered;
@@ -663,14 +714,23 @@ async fn reach_hosts(config: &Config) -> bool {
     all
 }
 
-/// `berth serve`: refuses to start on a bad configuration (exit 64); stops
-/// on SIGTERM or SIGINT, leaving running jobs running.
+/// `berth serve`: refuses to start on a bad configuration (exit 64) or a
+/// secret it cannot read (exit 1, naming the key and where it points);
+/// re-reads its secrets on SIGHUP; stops on SIGTERM or SIGINT, leaving
+/// running jobs running.
 async fn serve(path: Option<&Path>) -> ExitCode {
     let config = match load_config(path, Role::Serve) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let log_level = crate::observability::logging::init(&config.logs.level);
+    // Before anything else: a SIGHUP that arrives while berth starts must
+    // not kill it (the signal's default action); it is acted on once the
+    // secrets are read.
+    let hangups = match hangup_signal() {
+        Ok(signal) => signal,
+        Err(code) => return code,
+    };
     // Held until the process ends: on SQLite this is the only replica.
     let _sole_replica = match crate::store::SoleReplica::acquire(&config.store.url) {
         Ok(lock) => lock,
@@ -698,6 +758,7 @@ async fn serve(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    ctx.secrets.refresh_on_signal(hangups);
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match crate::service::run(ctx, listener, shutdown).await {
@@ -710,15 +771,19 @@ async fn serve(path: Option<&Path>) -> ExitCode {
 }
 
 /// `berth proxy`: the scale-set listeners of the file, delegating to the
-/// orchestrator. Exit 64 on a bad configuration, 1 when a listener fails in
-/// a way retrying cannot fix; SIGTERM or SIGINT deletes the sessions and
-/// exits 0.
+/// orchestrator. Exit 64 on a bad configuration, 1 when a secret cannot be
+/// read at start or a listener fails in a way retrying cannot fix; SIGHUP
+/// re-reads the secrets; SIGTERM or SIGINT deletes the sessions and exits 0.
 async fn proxy(path: &Path) -> ExitCode {
     let config = match load_config(Some(path), Role::Proxy) {
         Ok(c) => c,
         Err(code) => return code,
     };
     crate::observability::logging::init(&config.logs.level);
+    let hangups = match hangup_signal() {
+        Ok(signal) => signal,
+        Err(code) => return code,
+    };
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let metrics_listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
@@ -728,7 +793,7 @@ async fn proxy(path: &Path) -> ExitCode {
             None
         }
     };
-    match crate::scaleset::proxy::run(config, metrics_listener, shutdown).await {
+    match crate::scaleset::proxy::run(config, metrics_listener, Some(hangups), shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "berth proxy failed");
@@ -781,6 +846,15 @@ async fn egress_proxy(listen: &str, allow: &Path, metrics: Option<&str>) -> Exit
             ExitCode::from(1)
         }
     }
+}
+
+/// SIGHUP, caught (it re-reads the secrets) rather than ending the process.
+fn hangup_signal() -> Result<tokio::signal::unix::Signal, ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup()).map_err(|e| {
+        eprintln!("berth: cannot install a SIGHUP handler: {e}");
+        ExitCode::from(1)
+    })
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

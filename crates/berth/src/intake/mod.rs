@@ -97,12 +97,10 @@ async fn accept_webhook_inner(
             "webhooks are not accepted: no webhook secret is configured".into(),
         )
     })?;
-    webhook::verify_signature(secret.expose().as_bytes(), body, headers.signature).map_err(
-        |e| match e {
-            WebhookError::Malformed(m) => IntakeError::Invalid(m),
-            other => IntakeError::Unauthorized(other.to_string()),
-        },
-    )?;
+    verify_with_any(&secret.accepted(), body, headers.signature).map_err(|e| match e {
+        WebhookError::Malformed(m) => IntakeError::Invalid(m),
+        other => IntakeError::Unauthorized(other.to_string()),
+    })?;
     match headers.event {
         Some("ping") => return Ok(Accepted::Pong),
         Some("workflow_job") => {}
@@ -142,6 +140,33 @@ async fn accept_webhook_inner(
         }
     }
     Ok(accepted)
+}
+
+/// Checks the signature against each accepted secret: the current one,
+/// then, during a rotation's overlap, the previous one. The error is the
+/// current secret's.
+fn verify_with_any(
+    secrets: &[crate::config::Secret],
+    body: &[u8],
+    signature: Option<&str>,
+) -> Result<(), WebhookError> {
+    let mut first_error = None;
+    for (i, secret) in secrets.iter().enumerate() {
+        match webhook::verify_signature(secret.expose().as_bytes(), body, signature) {
+            Ok(()) => {
+                if i > 0 {
+                    tracing::debug!(
+                        "webhook signed with the previous webhook secret (rotation overlap)"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or(WebhookError::BadSignature))
 }
 
 /// Applies what one `workflow_job` event says, in a span carrying the

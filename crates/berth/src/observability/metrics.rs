@@ -273,6 +273,27 @@ pub struct Metrics {
     pub fleet_desired_hosts: Family<HostLabelsLabels, Gauge>,
     pub host_lease_acquired: Family<HostLabels, Counter>,
     pub host_probe_duration: HistogramFamily<HostLabels>,
+    /// `berth_secret_refresh_failures_total{secret}`: re-reads of a secret
+    /// that failed (crate::secrets); the last good value stayed in use.
+    pub secret_refresh_failures: Family<SecretLabels, Counter>,
+    /// `berth_secret_last_refresh_timestamp_seconds{secret}`.
+    pub secret_last_refresh: Family<SecretLabels, Gauge<f64, AtomicU64>>,
+    /// `berth_vault_token_operations_total{operation,outcome}`.
+    pub vault_token_operations: Family<VaultTokenLabels, Counter>,
+}
+
+/// A secret berth keeps current, by its configuration name
+/// (`github.webhook_secret`, `github.private_key`, `orchestrator.token`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabels {
+    pub secret: String,
+}
+
+/// A Vault token operation (`login`, `renew`) and its outcome (`ok`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VaultTokenLabels {
+    pub operation: &'static str,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -637,6 +658,24 @@ impl Metrics {
             "How long a Docker host's probe (version and info) took",
             host_probe_duration.clone(),
         );
+        let secret_refresh_failures = Family::<SecretLabels, Counter>::default();
+        registry.register(
+            "secret_refresh_failures",
+            "Re-reads of a secret (file or Vault) that failed; the last good value stayed in use",
+            secret_refresh_failures.clone(),
+        );
+        let secret_last_refresh = Family::<SecretLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "secret_last_refresh_timestamp_seconds",
+            "When each secret was last read successfully (Unix time)",
+            secret_last_refresh.clone(),
+        );
+        let vault_token_operations = Family::<VaultTokenLabels, Counter>::default();
+        registry.register(
+            "vault_token_operations",
+            "Vault token logins (AppRole, or the token file read again) and renewals, by outcome",
+            vault_token_operations.clone(),
+        );
         for kind in RECONCILER_KINDS {
             drop(reconciler_actions.get_or_create(&KindLabels { kind }));
             drop(reconciler_failures.get_or_create(&KindLabels { kind }));
@@ -696,7 +735,58 @@ impl Metrics {
             fleet_desired_hosts,
             host_lease_acquired,
             host_probe_duration,
+            secret_refresh_failures,
+            secret_last_refresh,
+            vault_token_operations,
         }
+    }
+
+    /// Creates a kept-current secret's failure counter at zero.
+    pub fn init_secret(&self, secret: &str) {
+        drop(self.secret_refresh_failures.get_or_create(&SecretLabels {
+            secret: secret.to_string(),
+        }));
+    }
+
+    /// A secret was read successfully now.
+    pub fn secret_refreshed(&self, secret: &str) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9;
+        self.secret_last_refresh
+            .get_or_create(&SecretLabels {
+                secret: secret.to_string(),
+            })
+            .set(now);
+    }
+
+    /// A secret could not be read again.
+    pub fn secret_refresh_failed(&self, secret: &str) {
+        self.secret_refresh_failures
+            .get_or_create(&SecretLabels {
+                secret: secret.to_string(),
+            })
+            .inc();
+    }
+
+    /// Creates the Vault token operation series at zero.
+    pub fn init_vault_token_operations(&self) {
+        for operation in ["login", "renew"] {
+            for outcome in ["ok", "error"] {
+                drop(
+                    self.vault_token_operations
+                        .get_or_create(&VaultTokenLabels { operation, outcome }),
+                );
+            }
+        }
+    }
+
+    /// A Vault token `login` or `renew` succeeded or failed.
+    pub fn vault_token_operation(&self, operation: &'static str, ok: bool) {
+        self.vault_token_operations
+            .get_or_create(&VaultTokenLabels {
+                operation,
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
     }
 
     fn host(name: &str) -> HostLabels {

@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 use super::ScaleSetError;
 use super::scaler::Phase;
-use crate::config::Secret;
 use crate::context::Context;
 use crate::intake::{self, DelegateRequest, IntakeError};
+use crate::secrets::LiveSecret;
 use crate::store::{JobSource, JobState};
 
 /// A delegation the orchestrator accepted.
@@ -190,7 +190,9 @@ impl Delegator for InProcessDelegator {
 pub struct HttpDelegator {
     http: reqwest::Client,
     base: Url,
-    token: Secret,
+    /// Read at each call: a token rotated in its file or in Vault is used
+    /// from the next call on.
+    token: LiveSecret,
 }
 
 #[derive(Deserialize)]
@@ -205,7 +207,7 @@ struct ErrorBody {
 
 impl HttpDelegator {
     /// `url` is the orchestrator's base URL; `token` has the delegate scope.
-    pub fn new(url: &str, token: Secret, timeout: Duration) -> Result<Self, ScaleSetError> {
+    pub fn new(url: &str, token: LiveSecret, timeout: Duration) -> Result<Self, ScaleSetError> {
         let base = Url::parse(url.trim_end_matches('/'))
             .map_err(|e| ScaleSetError::Config(format!("orchestrator.url `{url}`: {e}")))?;
         let http = reqwest::Client::builder()
@@ -235,7 +237,7 @@ impl HttpDelegator {
         request: reqwest::RequestBuilder,
     ) -> Result<(u16, bytes::Bytes), ScaleSetError> {
         let response = request
-            .bearer_auth(self.token.expose())
+            .bearer_auth(self.token.current().expose())
             .send()
             .await
             .map_err(|e| ScaleSetError::Orchestrator {
@@ -322,12 +324,13 @@ impl Delegator for HttpDelegator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
 
     #[test]
     fn urls_escape_the_scale_set_name() {
         let d = HttpDelegator::new(
             "http://orchestrator:8080/base/",
-            Secret::new("t"),
+            LiveSecret::new(Secret::new("t")),
             Duration::from_secs(1),
         )
         .unwrap();
@@ -335,6 +338,13 @@ mod tests {
             d.url(&["v1", "scale-sets", "a b/c", "runners"]).as_str(),
             "http://orchestrator:8080/base/v1/scale-sets/a%20b%2Fc/runners"
         );
-        assert!(HttpDelegator::new("nope", Secret::new("t"), Duration::from_secs(1)).is_err());
+        assert!(
+            HttpDelegator::new(
+                "nope",
+                LiveSecret::new(Secret::new("t")),
+                Duration::from_secs(1)
+            )
+            .is_err()
+        );
     }
 }

@@ -8,6 +8,10 @@
 //! (`[github]`) for the Actions service, and nothing else: no store, no
 //! Docker, and never a runner credential (the orchestrator mints those).
 //!
+//! Its secrets (the App key, the orchestrator token) are read at start;
+//! those in files or in Vault are read again every `vault.refresh_interval`
+//! and on SIGHUP (crate::secrets).
+//!
 //! It serves `/metrics` (the `berth_scaleset_*` families and its calls to
 //! GitHub) and `/healthz` on `[server] listen`; when that address is taken
 //! (an orchestrator on the same host, say) it logs a warning and runs
@@ -26,21 +30,30 @@ use tokio_util::sync::CancellationToken;
 use super::delegator::HttpDelegator;
 use super::listener::{self, Timing};
 use super::registry::Registry;
-use crate::config::{Config, read_secret};
+use crate::config::Config;
 use crate::observability::Metrics;
+use crate::secrets::{SecretSpec, Secrets};
 
 /// Time limit of one call to the orchestrator.
 const ORCHESTRATOR_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs the proxy until `shutdown`; `metrics_listener` serves `/metrics`.
+/// Runs the proxy until `shutdown`; `metrics_listener` serves `/metrics`;
+/// each signal on `hangups` (SIGHUP) re-reads the secrets.
 pub async fn run(
     config: Config,
     metrics_listener: Option<tokio::net::TcpListener>,
+    hangups: Option<tokio::signal::unix::Signal>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     metrics.init_scale_sets(config.scale_sets.iter().map(|s| s.name.as_str()));
-    let github = crate::service::github_client(&config, metrics.clone())?;
+    // Every secret is read before anything uses it; the file- and
+    // Vault-backed ones are kept current (and re-read on SIGHUP) below.
+    let secrets = Arc::new(Secrets::new(&config, metrics.clone())?);
+    let key = secrets
+        .add(SecretSpec::app_private_key(&config).context("github.private_key_path is required")?)
+        .await?;
+    let github = crate::service::github_client(&config, key, metrics.clone())?;
     let registry = Arc::new(
         Registry::new(&config, Some(&github), &metrics).context("setting up the scale sets")?,
     );
@@ -48,12 +61,18 @@ pub async fn run(
         .orchestrator
         .as_ref()
         .context("[orchestrator] is required for `berth proxy`")?;
-    let token = read_secret(
-        orchestrator.token.as_ref(),
-        orchestrator.token_file.as_deref(),
-    )
-    .context("reading orchestrator.token_file")?
-    .context("orchestrator.token or orchestrator.token_file is required")?;
+    let token = secrets
+        .add(
+            SecretSpec::orchestrator_token(&config)
+                .context("orchestrator.token or orchestrator.token_file is required")?,
+        )
+        .await?;
+    let refresher = secrets
+        .is_refreshable()
+        .then(|| tokio::spawn(secrets.clone().run(shutdown.clone(), None)));
+    if let Some(hangups) = hangups {
+        secrets.refresh_on_signal(hangups);
+    }
     let delegator = Arc::new(HttpDelegator::new(
         &orchestrator.url,
         token,
@@ -101,6 +120,9 @@ pub async fn run(
     )
     .await;
     shutdown.cancel();
+    if let Some(refresher) = refresher {
+        let _ = refresher.await;
+    }
     if let Some(server) = server {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }

@@ -146,11 +146,14 @@ fn record_of(
     action: Action,
     kill: bool,
 ) -> NewSecurityEvent {
-    let known: Vec<&str> = ctx
+    // The secrets berth holds that a job could echo (the App key never
+    // reaches a worker).
+    let held: Vec<crate::config::Secret> = ctx
         .webhook_secret
         .iter()
-        .map(|s| s.expose())
-        .collect::<Vec<_>>();
+        .flat_map(|s| s.accepted())
+        .collect();
+    let known: Vec<&str> = held.iter().map(|s| s.expose()).collect();
     let container_id = match (&job.container_id, event.container_id()) {
         (Some(full), Some(short)) if full.starts_with(&short) => full.clone(),
         (_, Some(short)) => short,

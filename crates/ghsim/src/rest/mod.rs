@@ -40,7 +40,18 @@ impl Shared {
     pub(crate) fn app_auth(&self, headers: &HeaderMap) -> Result<()> {
         let token = credential(headers)
             .ok_or_else(|| Error::Unauthorized("A JSON web token could not be decoded".into()))?;
-        crate::auth::verify_app_jwt(token, &self.app_key, self.cfg.app_id, &self.cfg.client_id)
+        let keys = lock(&self.app_keys).clone();
+        let mut refused = None;
+        for key in &keys {
+            match crate::auth::verify_app_jwt(token, key, self.cfg.app_id, &self.cfg.client_id) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        Err(refused
+            .unwrap_or_else(|| Error::Unauthorized("A JSON web token could not be decoded".into())))
     }
 
     /// Requires a valid installation token; returns its installation's account.
