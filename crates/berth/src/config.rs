@@ -425,6 +425,16 @@ pub struct ReconcileConfig {
     /// A queued job is checked against GitHub once it has waited this long.
     #[serde(with = "secs")]
     pub queued_check_after: Duration,
+    /// Period of the delivery catch-up (crate::reconcile::delivery_catchup),
+    /// which has GitHub redeliver the `workflow_job` deliveries berth missed;
+    /// it also runs at start. 0 disables it.
+    #[serde(with = "secs")]
+    pub delivery_catchup_interval: Duration,
+    /// How far back the catch-up's first pass after a start reads GitHub's
+    /// delivery log (later passes read from the previous one on): at least
+    /// the longest outage to recover from, at most GitHub's 3 days.
+    #[serde(with = "secs")]
+    pub delivery_catchup_window: Duration,
 }
 
 impl Default for ReconcileConfig {
@@ -433,6 +443,8 @@ impl Default for ReconcileConfig {
             interval: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(120),
             queued_check_after: Duration::from_secs(600),
+            delivery_catchup_interval: Duration::from_secs(300),
+            delivery_catchup_window: Duration::from_secs(3600),
         }
     }
 }
@@ -462,7 +474,8 @@ pub struct RetentionConfig {
     pub batch: u32,
 }
 
-/// GitHub lets a delivery be redelivered for 3 days.
+/// GitHub keeps its log of an App's webhook deliveries, and lets one be
+/// redelivered, for 3 days.
 pub const GITHUB_REDELIVERY_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
 
 impl Default for RetentionConfig {
@@ -1463,6 +1476,14 @@ impl ReconcileConfig {
         if self.interval.is_zero() {
             c.bad("reconcile.interval", "must be more than 0");
         }
+        if self.delivery_catchup_window.is_zero()
+            || self.delivery_catchup_window > GITHUB_REDELIVERY_WINDOW
+        {
+            c.bad(
+                "reconcile.delivery_catchup_window",
+                "must be from 1 to 259200 seconds (GitHub keeps its delivery log 3 days)",
+            );
+        }
     }
 }
 
@@ -2391,6 +2412,7 @@ create_attempts = 0
 lease = 1
 [reconcile]
 interval = 0
+delivery_catchup_window = 0
 [logs]
 level = "="
 [[pool]]
@@ -2443,6 +2465,7 @@ min_runners = 11
             "dispatch.create_attempts: must be at least 1".into(),
             "dispatch.lease: must be at least 5 seconds".into(),
             "reconcile.interval: must be more than 0".into(),
+            "reconcile.delivery_catchup_window: must be from 1 to 259200 seconds (GitHub keeps its delivery log 3 days)".into(),
             format!("logs.level: not a log filter: {log_error}"),
             "pool[0].name: 1 to 40 characters of letters, digits, - and _".into(),
             "pool[0].labels: needs 1 to 100 labels".into(),
@@ -2613,6 +2636,37 @@ min_runners = 11
                 && err.contains("github.private_key_path")
                 && err.contains("names no secret under its mount"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_delivery_catch_up_keys_default_and_are_bounded_by_githubs_log() {
+        let defaults = ReconcileConfig::default();
+        assert_eq!(
+            (
+                defaults.delivery_catchup_interval,
+                defaults.delivery_catchup_window
+            ),
+            (Duration::from_secs(300), Duration::from_secs(3600))
+        );
+        // 0 disables the catch-up; the window may be GitHub's whole 3 days.
+        let f =
+            file("[reconcile]\ndelivery_catchup_interval = 0\ndelivery_catchup_window = 259200\n");
+        let loaded = Config::load(Some(f.path()), NO_ENV, Role::Serve).unwrap();
+        assert!(loaded.config.reconcile.delivery_catchup_interval.is_zero());
+        assert_eq!(
+            loaded.config.reconcile.delivery_catchup_window,
+            GITHUB_REDELIVERY_WINDOW
+        );
+        // GitHub keeps no older deliveries.
+        assert_eq!(
+            problems_of(
+                "[reconcile]\ndelivery_catchup_window = 259201\n",
+                Role::Serve
+            ),
+            [
+                "reconcile.delivery_catchup_window: must be from 1 to 259200 seconds (GitHub keeps its delivery log 3 days)"
+            ]
         );
     }
 

@@ -275,6 +275,16 @@ fn spawn_components(
         stop,
         reconcile::retention::run,
     );
+    if reconcile::delivery_catchup::enabled(ctx) {
+        spawn_loop(
+            supervisor,
+            "delivery_catchup",
+            false,
+            ctx,
+            stop,
+            reconcile::delivery_catchup::run,
+        );
+    }
     if reconcile::replicas::needs_heartbeat(ctx) {
         let (c, s) = (ctx.clone(), stop.clone());
         supervisor.spawn(

@@ -18,6 +18,8 @@
 //! | `reconciler.local`   | yes      | restart with backoff | passes are idempotent                            |
 //! | `reconciler.github`  | no       | restart with backoff | a GitHub outage must not make berth unready      |
 //! | `warm_refill`        | no       | restart with backoff | jobs still start cold without it                 |
+//! | `retention`          | no       | restart with backoff | pruning can wait                                 |
+//! | `delivery_catchup`   | no       | restart with backoff | a GitHub outage must not make berth unready; a failed pass is retried at the next interval |
 //! | `heartbeat`          | yes      | stop the process     | other replicas take over the leases of a replica that stops heartbeating: one that goes on working without a heartbeat could run a job twice |
 //! | `scale_set:<name>`   | no       | restart with backoff | a listener that gives up is retried, never silent |
 //! | `secrets`            | no       | restart with backoff | a secret that cannot be read again keeps its last value |

@@ -5,7 +5,8 @@
 //! crate plays GitHub for every call berth makes, over real HTTP on loopback:
 //!
 //! - [`rest`]: the REST subset (App, installations, tokens, self-hosted
-//!   runners, JIT configs, jobs, run cancellation), with rate-limit headers;
+//!   runners, JIT configs, jobs, run cancellation, the App's webhook
+//!   delivery log and redelivery), with rate-limit headers;
 //! - [`webhooks`]: signed `workflow_job` deliveries, with duplicate / reorder
 //!   / drop faults and redelivery;
 //! - [`scaleset`]: the Actions service's runner scale-set API (token chain,

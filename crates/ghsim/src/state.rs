@@ -380,6 +380,30 @@ pub struct Delivery {
     pub delivered_at: String,
     /// The exact body sent.
     pub payload: String,
+    /// GitHub's `status` text for this attempt in the App's delivery log:
+    /// `OK`, `Invalid HTTP Response: 503`, `failed to connect to host`,
+    /// `timed out` (empty for an attempt never sent).
+    #[serde(default)]
+    pub status_text: String,
+    /// Seconds the attempt took.
+    #[serde(default)]
+    pub duration: f64,
+    /// The installation the event belongs to (from the payload).
+    #[serde(default)]
+    pub installation_id: Option<u64>,
+    /// The repository the event belongs to (from the payload).
+    #[serde(default)]
+    pub repository_id: Option<u64>,
+}
+
+impl Delivery {
+    /// Whether GitHub attempted this delivery, and so lists it in the App's
+    /// delivery log (`GET /app/hook/deliveries`) and can redeliver it. A
+    /// `drop` fault models an event GitHub never sent, and without a webhook
+    /// URL (`no_target`) GitHub sends nothing: neither is in the log.
+    pub fn attempted(&self) -> bool {
+        self.outcome == "delivered" || self.outcome == "failed"
+    }
 }
 
 /// Id counters.

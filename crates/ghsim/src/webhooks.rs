@@ -7,6 +7,12 @@
 //! (`reorder`), or not send it at all (`drop`), per job or globally. Every
 //! attempt is recorded (GUID, action, job, status) for the control API, and a
 //! redelivery re-sends the same body with the same `X-GitHub-Delivery`.
+//!
+//! The attempts GitHub made (delivered or failed, not `drop`ped or sent
+//! nowhere) are also the App's delivery log, as GitHub keeps it: listed
+//! newest first by `GET /app/hook/deliveries`, each redeliverable by `POST
+//! /app/hook/deliveries/{id}/attempts` (crate::rest). GitHub never retries a
+//! failed delivery by itself, and neither does the simulator.
 
 use std::time::{Duration, Instant};
 
@@ -154,6 +160,18 @@ impl Shared {
         Some(mode)
     }
 
+    /// Re-sends the delivery of the App's delivery log with id `id` (an
+    /// attempt GitHub made), as GitHub's `POST /app/hook/deliveries/{id}/attempts`
+    /// does: a new attempt, same GUID and body, `redelivery: true`.
+    pub(crate) fn redeliver_logged(&self, id: u64) -> Option<()> {
+        let guid = {
+            let w = lock(&self.world);
+            let d = w.deliveries.iter().find(|d| d.seq == id && d.attempted())?;
+            d.guid.clone()
+        };
+        self.redeliver(&guid)
+    }
+
     /// Re-sends a recorded delivery with the same GUID and body.
     pub(crate) fn redeliver(&self, guid: &str) -> Option<()> {
         let w = lock(&self.world);
@@ -194,7 +212,9 @@ pub(crate) async fn delivery_worker(
             msg = rx.recv() => {
                 let Some(o) = msg else { return };
                 match o.fault {
-                    Some(DeliveryFault::Drop) => record(&s, &o, None, None, "dropped", false),
+                    Some(DeliveryFault::Drop) => {
+                        record(&s, &o, Attempt::not_sent("dropped", None), false)
+                    }
                     Some(DeliveryFault::Reorder) => {
                         held.push((o, Instant::now() + s.cfg.reorder_hold));
                         continue;
@@ -228,14 +248,8 @@ pub(crate) async fn delivery_worker(
 async fn send(s: &Shared, client: &reqwest::Client, o: &Outgoing, duplicate: bool) {
     let target = lock(&s.webhook_target).clone();
     let Some(target) = target else {
-        record(
-            s,
-            o,
-            None,
-            Some("no webhook target configured".into()),
-            "no_target",
-            duplicate,
-        );
+        let why = Some("no webhook target configured".into());
+        record(s, o, Attempt::not_sent("no_target", why), duplicate);
         return;
     };
     let body = o.body.as_bytes();
@@ -256,6 +270,7 @@ async fn send(s: &Shared, client: &reqwest::Client, o: &Outgoing, duplicate: boo
             .header("X-Hub-Signature-256", sign_sha256(secret, body))
             .header("X-Hub-Signature", sign_sha1(secret, body));
     }
+    let started = Instant::now();
     match req.body(o.body.clone()).send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -265,20 +280,73 @@ async fn send(s: &Shared, client: &reqwest::Client, o: &Outgoing, duplicate: boo
             } else {
                 "failed"
             };
-            record(s, o, Some(status), None, outcome, duplicate);
+            let attempt = Attempt {
+                status: Some(status),
+                error: None,
+                outcome,
+                status_text: status_text(status),
+                duration: started.elapsed(),
+            };
+            record(s, o, attempt, duplicate);
         }
-        Err(e) => record(s, o, None, Some(e.to_string()), "failed", duplicate),
+        Err(e) => {
+            let attempt = Attempt {
+                status: None,
+                status_text: transport_status_text(&e),
+                error: Some(e.to_string()),
+                outcome: "failed",
+                duration: started.elapsed(),
+            };
+            record(s, o, attempt, duplicate);
+        }
     }
 }
 
-fn record(
-    s: &Shared,
-    o: &Outgoing,
+/// GitHub's `status` text for an answered delivery.
+fn status_text(code: u16) -> String {
+    if (200..300).contains(&code) {
+        "OK".into()
+    } else {
+        format!("Invalid HTTP Response: {code}")
+    }
+}
+
+/// GitHub's `status` text for a delivery that got no answer.
+fn transport_status_text(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else {
+        "failed to connect to host".into()
+    }
+}
+
+/// How one attempt went.
+struct Attempt {
     status: Option<u16>,
     error: Option<String>,
-    outcome: &str,
-    duplicate: bool,
-) {
+    outcome: &'static str,
+    status_text: String,
+    duration: Duration,
+}
+
+impl Attempt {
+    /// An attempt never sent (`dropped`, `no_target`).
+    fn not_sent(outcome: &'static str, why: Option<String>) -> Self {
+        Attempt {
+            status: None,
+            error: why,
+            outcome,
+            status_text: String::new(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+fn record(s: &Shared, o: &Outgoing, attempt: Attempt, duplicate: bool) {
+    // The log names the installation and repository of the event.
+    let body: Value = serde_json::from_str(&o.body).unwrap_or(Value::Null);
+    let installation_id = body["installation"]["id"].as_u64();
+    let repository_id = body["repository"]["id"].as_u64();
     let mut w = lock(&s.world);
     w.ids.delivery += 1;
     let seq = w.ids.delivery;
@@ -288,13 +356,17 @@ fn record(
         event: "workflow_job".into(),
         action: o.action.clone(),
         job_id: o.job_id,
-        status,
-        error,
-        outcome: outcome.into(),
+        status: attempt.status,
+        error: attempt.error,
+        outcome: attempt.outcome.into(),
         redelivery: o.redelivery,
         duplicate,
         delivered_at: ts(now()),
         payload: o.body.clone(),
+        status_text: attempt.status_text,
+        duration: attempt.duration.as_secs_f64(),
+        installation_id,
+        repository_id,
     });
     drop(w);
     s.deliveries_changed.notify_waiters();

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use common::*;
 use ghsim::auth::{KeyPair, now_secs, sign_app_jwt};
-use ghsim::{FaultKind, FaultRule, JobSpec};
+use ghsim::{DeliveryFault, FaultKind, FaultRule, JobSpec, WebhookTarget};
 use serde_json::{Value, json};
 
 const APPS: &str = "app-installation-auth.openapi.json";
 const RUNNERS: &str = "self-hosted-runners.openapi.json";
+const HOOK_DELIVERIES: &str = "app-hook-deliveries.openapi.json";
 
 #[tokio::test]
 async fn app_endpoints_match_openapi() {
@@ -876,4 +877,231 @@ async fn injected_faults_are_observable() {
         0,
         "a spent rule is removed"
     );
+}
+
+/// The `rel="next"` URL of a `Link` header.
+fn next_link(r: &reqwest::Response) -> Option<String> {
+    let link = r.headers().get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, rel) = part.split_once(';')?;
+        (rel.trim() == "rel=\"next\"").then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
+#[tokio::test]
+async fn app_hook_deliveries_match_openapi() {
+    // Deliveries to a port nobody listens on fail as GitHub's do when the
+    // App's server is down: no answer, `status_code` 0.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    let sim = start(ghsim::SimConfig {
+        webhook: Some(WebhookTarget {
+            url: down,
+            secret: Some("s3cret".into()),
+        }),
+        ..fast_config()
+    })
+    .await;
+    let c = http();
+    let api = sim.api_url();
+    let spec = || JobSpec::new("acme/widgets", &["nobody-has-this"], &["true"]);
+    let jobs: Vec<u64> = (0..3).map(|_| sim.queue_job(spec()).unwrap().id).collect();
+    // A `drop` fault is an event GitHub never sent: it is not in the log.
+    let mut dropped = spec();
+    dropped.webhook_fault = Some(DeliveryFault::Drop);
+    let dropped = sim.queue_job(dropped).unwrap().id;
+    assert!(
+        sim.wait_deliveries(Duration::from_secs(10), |d| d.len() == 4)
+            .await
+    );
+
+    let list = "/app/hook/deliveries";
+    // The App's JWT is required.
+    let r = c.get(format!("{api}{list}")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_valid(
+        &component_validator(HOOK_DELIVERIES, "basic-error"),
+        &body,
+        "401",
+    );
+    let tok = token(&sim, "acme").await;
+    let r = c
+        .get(format!("{api}{list}"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "an installation token is not the App");
+
+    // Newest first, two a page, a `Link` to the next page.
+    let jwt = app_jwt(&sim);
+    let r = c
+        .get(format!("{api}{list}?per_page=2"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    let next = next_link(&r).expect("a next page");
+    assert!(next.starts_with(&format!("{api}{list}?")), "{next}");
+    let (status, first) = check_openapi(r, HOOK_DELIVERIES, list, "get").await;
+    assert_eq!(status, 200);
+    let r = c.get(&next).bearer_auth(&jwt).send().await.unwrap();
+    assert!(next_link(&r).is_none(), "the last page has no next");
+    let (_, second) = check_openapi(r, HOOK_DELIVERIES, list, "get").await;
+    let items: Vec<Value> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second.as_array().unwrap())
+        .cloned()
+        .collect();
+    assert_eq!(items.len(), 3, "{items:?}");
+    let ids: Vec<u64> = items.iter().map(|i| i["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let recorded = sim.deliveries();
+    for item in &items {
+        assert_eq!(item["status_code"], 0);
+        assert_eq!(item["status"], "failed to connect to host");
+        assert_eq!(
+            (item["event"].as_str(), item["action"].as_str()),
+            (Some("workflow_job"), Some("queued"))
+        );
+        assert_eq!(item["redelivery"], false);
+        assert_eq!(
+            item["installation_id"].as_u64(),
+            sim.installation_id("acme")
+        );
+        assert!(item["repository_id"].as_u64().is_some());
+        let d = recorded
+            .iter()
+            .find(|d| d.guid == item["guid"].as_str().unwrap())
+            .unwrap();
+        assert!(jobs.contains(&d.job_id) && d.job_id != dropped);
+    }
+    // `per_page` above 100 is 100; a cursor that is none is refused.
+    let r = c
+        .get(format!("{api}{list}?per_page=1000"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        check_openapi(r, HOOK_DELIVERIES, list, "get")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let r = c
+        .get(format!("{api}{list}?cursor=nonsense"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check_openapi(r, HOOK_DELIVERIES, list, "get").await.0, 400);
+
+    // Redelivery, once the App answers again: a new attempt, same GUID,
+    // `redelivery: true`, listed first.
+    let (rx, url) = Receiver::start().await;
+    sim.set_webhook(Some(WebhookTarget {
+        url,
+        secret: Some("s3cret".into()),
+    }));
+    let oldest = items.last().unwrap();
+    let attempts = "/app/hook/deliveries/{delivery_id}/attempts";
+    let r = c
+        .post(format!(
+            "{api}/app/hook/deliveries/{}/attempts",
+            oldest["id"]
+        ))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        check_openapi(r, HOOK_DELIVERIES, attempts, "post").await.0,
+        202
+    );
+    let got = rx.wait(1, |_| true).await;
+    assert_eq!(
+        got[0].header("x-github-delivery"),
+        oldest["guid"].as_str().unwrap()
+    );
+    let r = c
+        .get(format!("{api}{list}?per_page=1"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    let (_, newest) = check_openapi(r, HOOK_DELIVERIES, list, "get").await;
+    let newest = &newest[0];
+    assert_eq!(newest["guid"], oldest["guid"]);
+    assert_eq!(newest["redelivery"], true);
+    assert_eq!(
+        (newest["status_code"].as_u64(), newest["status"].as_str()),
+        (Some(202), Some("OK"))
+    );
+    assert!(newest["id"].as_u64() > ids.first().copied());
+
+    // The `status` filter: `success` is 200-399, `failure` 400-599; a
+    // delivery that got no answer (0) is in neither.
+    for (status, want) in [("success", 1), ("failure", 0)] {
+        let r = c
+            .get(format!("{api}{list}?status={status}"))
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap();
+        let (_, page) = check_openapi(r, HOOK_DELIVERIES, list, "get").await;
+        assert_eq!(page.as_array().unwrap().len(), want, "{status}: {page}");
+    }
+    let r = c
+        .get(format!("{api}{list}?status=sideways"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check_openapi(r, HOOK_DELIVERIES, list, "get").await.0, 422);
+
+    // Unknown ids (the dropped delivery's among them) are 404; no JWT is 401.
+    let dropped_seq = sim
+        .deliveries()
+        .iter()
+        .find(|d| d.job_id == dropped)
+        .unwrap()
+        .seq;
+    for id in [dropped_seq, 999_999] {
+        let r = c
+            .post(format!("{api}/app/hook/deliveries/{id}/attempts"))
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{id}");
+        let body: Value = r.json().await.unwrap();
+        assert_valid(
+            &component_validator(HOOK_DELIVERIES, "basic-error"),
+            &body,
+            "404",
+        );
+    }
+    let r = c
+        .post(format!(
+            "{api}/app/hook/deliveries/{}/attempts",
+            oldest["id"]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(rx.all().len(), 1, "refused redeliveries sent nothing");
 }

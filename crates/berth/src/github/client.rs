@@ -1,5 +1,6 @@
 //! The GitHub REST client: installation tokens, JIT runner configs, runner
-//! registrations, job lookups.
+//! registrations, job lookups, the App's webhook delivery log and
+//! redeliveries.
 //!
 //! Every request goes through [`GithubClient::send`], which is where the
 //! operational rules live: retries with jittered exponential backoff on 5xx,
@@ -92,6 +93,43 @@ pub struct WorkflowJob {
     #[serde(default)]
     pub labels: Vec<String>,
 }
+
+/// One entry of the App's webhook delivery log (`GET /app/hook/deliveries`):
+/// one attempt at delivering an event. A redelivery is an entry of its own,
+/// with the same `guid` (berth's delivery id, `X-GitHub-Delivery`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HookDelivery {
+    /// The attempt, as `POST /app/hook/deliveries/{id}/attempts` names it.
+    pub id: u64,
+    pub guid: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub delivered_at: time::OffsetDateTime,
+    #[serde(default)]
+    pub redelivery: bool,
+    /// GitHub's words for the outcome: `OK`, `Invalid HTTP Response: 503`,
+    /// `failed to connect to host`, …
+    #[serde(default)]
+    pub status: String,
+    /// The receiver's HTTP status; 0 when it gave none (down, unreachable,
+    /// timed out).
+    #[serde(default)]
+    pub status_code: u16,
+    pub event: String,
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+/// The delivery log back to some moment, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct HookDeliveryLog {
+    pub deliveries: Vec<HookDelivery>,
+    /// `false` when the page limit was reached before the moment asked for:
+    /// older entries were left unread.
+    pub complete: bool,
+}
+
+/// Entries per page of the delivery log (GitHub's most).
+const HOOK_DELIVERIES_PER_PAGE: &str = "100";
 
 #[derive(Debug, Clone, Deserialize)]
 struct InstallationToken {
@@ -416,6 +454,70 @@ impl GithubClient {
         Ok(Secret::new(t.token))
     }
 
+    /// The App's webhook delivery log back to `since` (App JWT; the App
+    /// needs no permission for its own hook), newest first, following the
+    /// cursor GitHub's `Link: <…>; rel="next"` names for at most `max_pages`
+    /// pages of 100. Only the cursor is taken from the link: every request
+    /// goes to `github.api_url`, whatever host a header names.
+    pub async fn list_hook_deliveries(
+        &self,
+        since: time::OffsetDateTime,
+        max_pages: u32,
+    ) -> Result<HookDeliveryLog, GithubError> {
+        let mut log = HookDeliveryLog::default();
+        let mut cursor: Option<String> = None;
+        for _ in 0..max_pages {
+            let mut path = ApiPath::new(&["app", "hook", "deliveries"])
+                .query("per_page", HOOK_DELIVERIES_PER_PAGE);
+            if let Some(cursor) = &cursor {
+                path = path.query("cursor", cursor);
+            }
+            let (body, headers) = self
+                .send_with_headers("list_hook_deliveries", Method::GET, &path, Auth::App, None)
+                .await?;
+            let page: Vec<HookDelivery> =
+                serde_json::from_slice(&body).map_err(|e| GithubError::Decode {
+                    endpoint: "list_hook_deliveries",
+                    message: e.to_string(),
+                })?;
+            for delivery in page {
+                if delivery.delivered_at < since {
+                    log.complete = true;
+                    return Ok(log);
+                }
+                log.deliveries.push(delivery);
+            }
+            cursor = next_cursor(&headers);
+            if cursor.is_none() {
+                log.complete = true;
+                return Ok(log);
+            }
+        }
+        Ok(log)
+    }
+
+    /// Asks GitHub to deliver the delivery-log entry `delivery_id` again
+    /// (`POST /app/hook/deliveries/{id}/attempts`, App JWT): GitHub answers
+    /// 202 and sends it, same body and `X-GitHub-Delivery`, soon after.
+    pub async fn redeliver_hook_delivery(&self, delivery_id: u64) -> Result<(), GithubError> {
+        let path = ApiPath::new(&[
+            "app",
+            "hook",
+            "deliveries",
+            &delivery_id.to_string(),
+            "attempts",
+        ]);
+        self.send(
+            "redeliver_hook_delivery",
+            Method::POST,
+            &path,
+            Auth::App,
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
     async fn send_json<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
@@ -440,6 +542,20 @@ impl GithubClient {
         auth: Auth<'_>,
         body: Option<serde_json::Value>,
     ) -> Result<bytes::Bytes, GithubError> {
+        self.send_with_headers(endpoint, method, path, auth, body)
+            .await
+            .map(|(body, _)| body)
+    }
+
+    /// [`Self::send`], with the answer's headers (pagination links).
+    async fn send_with_headers(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &ApiPath,
+        auth: Auth<'_>,
+        body: Option<serde_json::Value>,
+    ) -> Result<(bytes::Bytes, reqwest::header::HeaderMap), GithubError> {
         let url = path.url(&self.inner.api_url)?;
         let retry = &self.inner.retry;
         let mut attempt = 0;
@@ -482,7 +598,7 @@ impl GithubClient {
                     }
                     let bytes = response.bytes().await.unwrap_or_default();
                     if status.is_success() {
-                        return Ok(bytes);
+                        return Ok((bytes, headers));
                     }
                     let message = serde_json::from_slice::<ErrorBody>(&bytes)
                         .ok()
@@ -651,6 +767,26 @@ fn header_u64(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// The `cursor` of the `rel="next"` URL of a `Link` header, if any.
+fn next_cursor(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"");
+        if !next {
+            return None;
+        }
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        url::Url::parse(target)
+            .ok()?
+            .query_pairs()
+            .find(|(key, _)| key == "cursor")
+            .map(|(_, value)| value.into_owned())
+    })
+}
+
 /// How long GitHub asks us to wait, when the answer is a rate limit.
 ///
 /// 429 is always a rate limit. 403 is one only with `Retry-After`, with
@@ -702,6 +838,27 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_cursor_is_read_from_the_link_header() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(next_cursor(&headers), None);
+        headers.insert(
+            "link",
+            "<https://api.github.com/app/hook/deliveries?per_page=2&cursor=v1_123>; rel=\"prev\", \
+             <https://api.github.com/app/hook/deliveries?per_page=2&cursor=v1_42%2B>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(next_cursor(&headers).as_deref(), Some("v1_42+"));
+        headers.insert(
+            "link",
+            "<https://api.github.com/app/hook/deliveries?per_page=2&cursor=v1_9>; rel=\"prev\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(next_cursor(&headers), None, "no next page");
+    }
 
     #[test]
     fn api_paths_are_built_from_segments() {

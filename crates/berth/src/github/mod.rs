@@ -1,5 +1,5 @@
 //! GitHub: the App client (JWT → installation token), JIT runner configs,
-//! runner registrations and job lookups.
+//! runner registrations, job lookups and the App's webhook delivery log.
 
 mod app;
 pub(crate) mod backoff;
@@ -7,7 +7,9 @@ mod client;
 
 pub use app::AppAuth;
 pub(crate) use client::http_client;
-pub use client::{GithubClient, JitConfig, RetryPolicy, Runner, WorkflowJob};
+pub use client::{
+    GithubClient, HookDelivery, HookDeliveryLog, JitConfig, RetryPolicy, Runner, WorkflowJob,
+};
 
 use std::time::Duration;
 

@@ -185,6 +185,9 @@ pub struct Metrics {
     pub delegation_requests: Family<OutcomeLabels, Counter>,
     /// Webhook deliveries, by outcome (accepted, duplicate, ignored, invalid, unauthorized).
     pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+    /// Redeliveries berth asked GitHub for (crate::reconcile::delivery_catchup)
+    /// and GitHub accepted.
+    pub webhook_redeliveries_requested: Counter,
     /// Jobs waiting in the queue, per pool.
     pub job_queue_size: Family<PoolLabels, Gauge>,
     /// Worker containers provisioning, starting or running, per pool.
@@ -331,6 +334,12 @@ impl Metrics {
             "webhook_deliveries",
             "GitHub webhook deliveries received, by outcome",
             webhook_deliveries.clone(),
+        );
+        let webhook_redeliveries_requested = Counter::default();
+        registry.register(
+            "webhook_redeliveries_requested",
+            "Redeliveries of missed webhook deliveries berth asked GitHub for (and GitHub accepted)",
+            webhook_redeliveries_requested.clone(),
         );
         let job_queue_size = Family::<PoolLabels, Gauge>::default();
         registry.register(
@@ -687,6 +696,7 @@ impl Metrics {
             registry: Arc::new(registry),
             delegation_requests,
             webhook_deliveries,
+            webhook_redeliveries_requested,
             job_queue_size,
             active_worker_containers,
             container_creation_duration,

@@ -27,7 +27,13 @@
 //! so two replicas (or a reconciler racing the dispatcher) can run this at
 //! once without harm. Normal running and crash recovery share this one code
 //! path: there is no separate "recovery mode".
+//!
+//! Beside the two lanes, [`delivery_catchup`] repairs what no store or
+//! Docker state shows: a `workflow_job` delivery that never reached berth
+//! (it has GitHub redeliver it), and [`retention`] deletes what is kept no
+//! longer.
 
+pub mod delivery_catchup;
 pub mod replicas;
 pub mod retention;
 

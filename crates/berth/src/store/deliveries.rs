@@ -1,4 +1,6 @@
-//! Webhook delivery ids, so that a redelivered webhook changes nothing.
+//! Webhook delivery ids, so that a redelivered webhook changes nothing, and
+//! so that the delivery catch-up (crate::reconcile::delivery_catchup) can
+//! tell which of GitHub's deliveries berth never applied.
 
 use time::OffsetDateTime;
 
@@ -24,6 +26,19 @@ impl Store {
             op: "delivery_record",
             source: sqlx::Error::RowNotFound,
         })
+    }
+
+    /// Whether the delivery `delivery_id` was applied (and its id not yet
+    /// pruned by `retention.deliveries`, which keeps at least GitHub's 3 days).
+    pub async fn delivery_known(&self, delivery_id: &str) -> Result<bool> {
+        let found: Option<i64> = on_reader!(self, pool => {
+            sqlx::query_scalar("SELECT 1 FROM webhook_deliveries WHERE delivery_id = $1")
+                .bind(delivery_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(StoreError::query("delivery_known"))?;
+        Ok(found.is_some())
     }
 
     /// Forgets at most `limit` delivery ids received before `older_than`;

@@ -4,11 +4,13 @@
 //!
 //! Answers follow the OpenAPI excerpts in the fixtures: same fields, same
 //! status codes, and GitHub's `{message, documentation_url}` errors.
-//! Authentication is the App JWT for the App endpoints and an installation
+//! Authentication is the App JWT for the App endpoints (the App's own
+//! webhook delivery log included) and an installation
 //! token (`Authorization: Bearer|token …`) everywhere else.
 
 mod actions;
 mod apps;
+mod hook_deliveries;
 
 use std::sync::Arc;
 
@@ -21,7 +23,9 @@ use crate::state::{Account, lock};
 
 /// REST routes (without the `/api/v3` prefix).
 pub(crate) fn router() -> Router<Arc<Shared>> {
-    apps::router().merge(actions::router())
+    apps::router()
+        .merge(actions::router())
+        .merge(hook_deliveries::router())
 }
 
 /// The credential of an `Authorization: Bearer|token X` header.

@@ -218,6 +218,26 @@ pub fn openapi_validator(
     )
 }
 
+/// A validator for the component schema `name` of an OpenAPI excerpt (for
+/// answers GitHub gives that the operation does not document, such as a
+/// 401 or 404 `basic-error`).
+pub fn component_validator(file: &str, name: &str) -> jsonschema::Validator {
+    let doc = read_json(format!("openapi/{file}"));
+    assert!(
+        doc["components"]["schemas"][name].is_object(),
+        "{file}: no schema {name}"
+    );
+    let root = json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "components": openapi_to_jsonschema(&doc["components"]),
+        "allOf": [{"$ref": format!("#/components/schemas/{name}")}],
+    });
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&root)
+        .unwrap_or_else(|e| panic!("{file} {name}: {e}"))
+}
+
 /// Checks a REST answer against its OpenAPI response (status must be documented).
 pub async fn check_openapi(
     resp: reqwest::Response,
