@@ -435,3 +435,96 @@ async fn a_full_disk_refuses_work_and_recovers_when_space_returns() {
     );
     berth.stop().await;
 }
+
+/// A PostgreSQL primary with a synchronous streaming standby: the primary
+/// crashes mid-burst, the standby is promoted and berth is restarted on
+/// it. Every delivery berth accepted is on the standby (RPO 0), the
+/// deliveries refused meanwhile are caught up from GitHub's log, and
+/// every job completes. The figures: RPO (accepted deliveries missing
+/// after the failover) and RTO (primary crash → berth ready on the new
+/// primary, including the promotion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promoted_standby_takes_over_with_nothing_accepted_lost() {
+    let world = World::new().await;
+    let primary = PrivatePostgres::start();
+    primary.serve_standbys(true);
+    let standby = PrivatePostgres::standby_of(&primary);
+    let mut config = world.config("max_runners = 3");
+    config.store.url = primary.url();
+    let first = Berth::start(&world, config).await;
+    let n = pick(6, 30);
+    let ids = burst(&world, n, &["sleep 2"]);
+    eventually("every job accepted", Duration::from_secs(60), || async {
+        for id in &ids {
+            if first.job(*id).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eventually("a job running", Duration::from_secs(60), || async {
+        for id in &ids {
+            if first.job(*id).await.is_some_and(|j| j.state == JobState::Running) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+
+    primary.crash();
+    let crashed = Instant::now();
+    standby.promote();
+    // What berth acknowledged (202) against what the new primary has.
+    let accepted: std::collections::BTreeSet<u64> = world
+        .sim
+        .deliveries()
+        .iter()
+        .filter(|d| d.status == Some(202) && d.action == "queued")
+        .map(|d| d.job_id)
+        .collect();
+    let on_standby: std::collections::BTreeSet<u64> = standby
+        .psql("SELECT github_job_id FROM jobs")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost: Vec<_> = accepted.difference(&on_standby).collect();
+    assert!(lost.is_empty(), "accepted but not on the standby: {lost:?}");
+    // A job queued while no primary answers.
+    let during = world.queue(&["echo during"]);
+    first.stop().await;
+
+    let mut config = world.config("max_runners = 3");
+    config.store.url = standby.url();
+    let second = Berth::start(&world, config).await;
+    eventually("ready on the new primary", Duration::from_secs(60), || async {
+        second
+            .http()
+            .get(format!("{}/readyz", second.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let rto = crashed.elapsed();
+    let mut all = ids.clone();
+    all.push(during);
+    let jobs = settle(&second, &all, Duration::from_secs(180)).await;
+    let done = crashed.elapsed();
+    assert_all_completed(&world, &jobs);
+    nothing_left(&world).await;
+    figure("postgres_failover", "jobs", all.len());
+    figure("postgres_failover", "rpo_accepted_lost", lost.len());
+    figure(
+        "postgres_failover",
+        "rto_crash_to_ready_seconds",
+        format!("{:.1}", rto.as_secs_f64()),
+    );
+    figure(
+        "postgres_failover",
+        "crash_to_all_done_seconds",
+        format!("{:.1}", done.as_secs_f64()),
+    );
+    second.stop().await;
+}

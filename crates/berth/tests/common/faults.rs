@@ -76,6 +76,137 @@ impl PrivatePostgres {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs `psql -c sql` as the superuser.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args(["-qAt", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Lets standbys stream from this server (loopback, trust), with
+    /// commits waiting for a standby's flush when `synchronous`.
+    pub fn serve_standbys(&self, synchronous: bool) {
+        let hba = self.data().join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba).unwrap();
+        text.push_str("host replication all 127.0.0.1/32 trust\n");
+        std::fs::write(&hba, text).unwrap();
+        if synchronous {
+            self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'");
+        }
+        self.psql("SELECT pg_reload_conf()");
+    }
+
+    /// A streaming standby of `primary` (pg_basebackup -R), started on a
+    /// port of its own.
+    pub fn standby_of(primary: &PrivatePostgres) -> PrivatePostgres {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-pg-standby-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        as_postgres(&["chown", "postgres:"], dir.path(), true);
+        let out = postgres_user(Command::new(pg_bin("pg_basebackup")))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream", "-D"])
+            .arg(&data)
+            .arg("-p")
+            .arg(primary.port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut standby = PrivatePostgres {
+            dir,
+            port: super::free_port(),
+        };
+        standby.run("start");
+        standby
+    }
+
+    /// Promotes a standby to a primary, waiting until it takes writes.
+    pub fn promote(&self) {
+        let out = postgres_user(Command::new(pg_bin("pg_ctl")))
+            .args(["-w", "promote", "-D"])
+            .arg(self.data())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the server as a crash would (`-m immediate`: no checkpoint,
+    /// sessions cut).
+    pub fn crash(&self) {
+        let _ = postgres_user(Command::new(pg_bin("pg_ctl")))
+            .args(["-m", "immediate", "-w", "stop", "-D"])
+            .arg(self.data())
+            .output();
+    }
+}
+
+/// A PostgreSQL program of the newest installed version.
+fn pg_bin(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.pop()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// `command` run as the `postgres` user when the tests run as root
+/// (PostgreSQL's programs refuse root).
+fn postgres_user(command: Command) -> Command {
+    if nix_is_root() {
+        let mut wrapped = Command::new("runuser");
+        wrapped.args(["-u", "postgres", "--"]);
+        wrapped.arg(command.get_program());
+        wrapped.args(command.get_args());
+        wrapped
+    } else {
+        command
+    }
+}
+
+fn as_postgres(command: &[&str], path: &Path, only_as_root: bool) {
+    if only_as_root && !nix_is_root() {
+        return;
+    }
+    let status = Command::new(command[0])
+        .args(&command[1..])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{command:?} {}", path.display());
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 impl Drop for PrivatePostgres {
