@@ -112,7 +112,7 @@ pub use hooks::JobContainer;
 pub use hosts::{HealthChange, HostRecord};
 pub use jobs::{Placement, PlacementHost};
 pub use rebind::Rebound;
-pub use replicas::SoleReplica;
+pub use replicas::{SoleReplica, SoleReplicaError};
 pub use scaleset::ListenerLease;
 pub use schema::latest_schema_version;
 pub use security::{NewSecurityEvent, SecurityEvent};
