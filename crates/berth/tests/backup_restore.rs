@@ -1,19 +1,26 @@
 //! `berth backup` and `berth restore` (crate::backup), through the binary:
 //! a consistent copy while the store is written, the refusals (an existing
 //! file, a running berth, a newer schema, a file that is no store), both
-//! backends.
+//! backends; and the whole story on SQLite with Docker and the simulator:
+//! back up while serving, run more jobs, kill -9, restore the older backup,
+//! start again, and the reconcilers bring berth and GitHub back in line.
+
+mod common;
 
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth::store::{
-    GithubStatus, JobFilter, JobSource, NewJob, SoleReplica, Store, latest_schema_version,
+    GithubStatus, JobFilter, JobSource, JobState, NewJob, SoleReplica, Store, latest_schema_version,
 };
+use common::{ServeProcess, World, free_port, wait_for_job, write_config};
 use serde_json::Value;
 use sqlx::Connection;
+
+const LIMIT: Duration = Duration::from_secs(90);
 
 /// Runs the berth binary with `args`, its store at `store_url` (given by
 /// the environment, as to `berth token create`; `""`: from the `--config`
@@ -400,4 +407,198 @@ async fn postgres_schema() -> (String, String, String) {
     let separator = if server.contains('?') { '&' } else { '?' };
     let url = format!("{server}{separator}options[search_path]={schema}");
     (server, schema, url)
+}
+
+/// The disaster-recovery story on SQLite, with Docker and the simulator:
+///
+/// 1. berth serves; job A completes; job D is running when `berth backup`
+///    runs (while serving);
+/// 2. after the backup D completes, B starts a long sleep, C completes;
+/// 3. kill -9; the backup is restored over the store; berth starts again.
+///
+/// The backup knows A (completed) and D (running), not B nor C. Then:
+/// B's worker container is removed (an orphan), its runner registration
+/// goes, D is ended from GitHub's view (its container is gone), and every
+/// job berth knows agrees with GitHub. The times to each are printed.
+///
+/// The simulator fails a job whose runner stopped renewing its lock after
+/// `job_lock_timeout` (10 s here; GitHub takes minutes) and only then
+/// lets its registration go: GitHub refuses to delete a runner that is
+/// running a job. So B's registration is gone that long after its
+/// container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_an_older_backup_converges_with_docker_and_github() {
+    let sim_config = ghsim::SimConfig {
+        job_lock_timeout: Duration::from_secs(10),
+        runner_idle_timeout: Duration::from_secs(5),
+        ..ghsim::SimConfig::default()
+    };
+    let world = World::with_sim(sim_config).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(&world, &listen, "");
+    world.point_webhooks_at(&format!("http://{listen}"));
+    let database = world.dir.path().join("berth.db");
+    let url = sqlite_url(&database);
+
+    let first = ServeProcess::start(&world, &config, 1);
+    common::wait_listening(&listen, Duration::from_secs(20)).await;
+    let store = Store::connect(&url).await.unwrap();
+    let a = world.queue(&["echo a"]);
+    wait_for_job(&store, a, LIMIT, "completed", |j| {
+        j.state == JobState::Completed
+    })
+    .await;
+    let d = world.queue(&["sleep 10", "echo d"]);
+    wait_for_job(&store, d, LIMIT, "running its job", |j| {
+        j.state == JobState::Running && j.github_runner_name.is_some()
+    })
+    .await;
+
+    let backup = world.dir.path().join("backup.db");
+    let out = berth(
+        &[
+            "backup",
+            "--config",
+            text(&config),
+            "--out",
+            text(&backup),
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    let report = json_of(&out);
+    assert_eq!(report["jobs"], 2, "A and D: {report}");
+
+    wait_for_job(&store, d, LIMIT, "completed", |j| {
+        j.state == JobState::Completed
+    })
+    .await;
+    let b = world.queue(&["sleep 300"]);
+    let b_job = wait_for_job(&store, b, LIMIT, "running its job", |j| {
+        j.state == JobState::Running && j.github_runner_name.is_some()
+    })
+    .await;
+    let c = world.queue(&["echo c"]);
+    wait_for_job(&store, c, LIMIT, "completed", |j| {
+        j.state == JobState::Completed
+    })
+    .await;
+    let b_container = b_job.container_id.clone().unwrap();
+    let b_runner = b_job.runner_name.clone().unwrap();
+    store.close().await;
+    first.kill_9();
+    assert!(world.containers().contains(&b_container));
+    assert!(world.berth_runners().contains(&b_runner));
+
+    let out = berth(
+        &[
+            "restore",
+            "--config",
+            text(&config),
+            "--from",
+            text(&backup),
+            "--force",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    let restored = json_of(&out);
+    assert_eq!(restored["jobs"], 2);
+
+    let started = Instant::now();
+    let _second = ServeProcess::start(&world, &config, 2);
+    common::wait_listening(&listen, Duration::from_secs(20)).await;
+    let store = Store::connect(&url).await.unwrap();
+
+    let listening = started.elapsed();
+
+    // Each check below, polled together until all hold; the time each
+    // first held is its figure.
+    // * D was running in the backup and its container is gone: it ends,
+    //   as GitHub says it did.
+    // * B's worker, which the backup never knew, is removed, and no
+    //   container of this berth is left.
+    // * No `berth-` registration is left (B's goes once GitHub has failed
+    //   B for its lost runner).
+    // * berth's view and GitHub's agree: every job berth knows has ended,
+    //   with GitHub's status and conclusion.
+    let mut d_ended = None;
+    let mut b_removed = None;
+    let mut containers_gone = None;
+    let mut runners_gone = None;
+    let mut agreed = None;
+    loop {
+        let now = Some(started.elapsed());
+        let jobs = store.job_list(&JobFilter::default()).await.unwrap();
+        let d_job = jobs.iter().find(|j| j.github_job_id == d as i64).unwrap();
+        if d_ended.is_none() && d_job.state.is_terminal() {
+            assert_eq!(d_job.state, JobState::Completed, "{d_job:?}");
+            d_ended = now;
+        }
+        let containers = world.containers();
+        if b_removed.is_none() && !containers.contains(&b_container) {
+            b_removed = now;
+        }
+        if containers_gone.is_none() && containers.is_empty() {
+            containers_gone = now;
+        }
+        if runners_gone.is_none() && world.berth_runners().is_empty() {
+            runners_gone = now;
+        }
+        let agree = jobs.iter().all(|job| {
+            let remote = world.sim.job(job.github_job_id as u64).unwrap();
+            job.state.is_terminal()
+                && remote.status == "completed"
+                && job.github_status == Some(GithubStatus::Completed)
+                && job.github_conclusion == remote.conclusion
+        });
+        if agreed.is_none() && agree {
+            agreed = now;
+        }
+        if [d_ended, b_removed, containers_gone, runners_gone, agreed]
+            .iter()
+            .all(Option::is_some)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "not converged after {LIMIT:?}: D ended {d_ended:?}, B removed {b_removed:?}, \
+             containers gone {containers_gone:?}, runners gone {runners_gone:?} \
+             ({:?}), agreed {agreed:?}: {jobs:?}",
+            world.berth_runners()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        world.sim.job(d).unwrap().conclusion.as_deref(),
+        Some("success")
+    );
+    // B and C, which the backup never knew, are over on GitHub (B failed:
+    // its runner was removed under it); berth does not run them again.
+    for unknown in [b, c] {
+        assert_eq!(world.sim.job(unknown).unwrap().status, "completed");
+        if let Some(job) = store.job_get_by_github_id(unknown as i64).await.unwrap() {
+            assert!(job.state.is_terminal(), "{job:?}");
+        }
+    }
+    let a_job = store.job_get_by_github_id(a as i64).await.unwrap().unwrap();
+    assert_eq!(a_job.state, JobState::Completed);
+    let secs = |d: Option<Duration>| d.unwrap().as_secs_f64();
+    eprintln!(
+        "converged after restoring an older backup, from berth serve's start: listening \
+         {:.1} s; D (running in the backup, its container gone) ended as on GitHub {:.1} s; \
+         B's unknown container removed {:.1} s; no container left {:.1} s; berth and GitHub \
+         agree {:.1} s; no runner registration left {:.1} s (the simulator fails a job whose \
+         runner is gone after 10 s, and only then lets its registration go)",
+        listening.as_secs_f64(),
+        secs(d_ended),
+        secs(b_removed),
+        secs(containers_gone),
+        secs(agreed),
+        secs(runners_gone),
+    );
+    store.close().await;
 }
