@@ -16,6 +16,7 @@
 //! it carries no database, orchestration or Docker-client dependency.
 
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -465,7 +465,11 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost() {
     .await;
     eventually("a job running", Duration::from_secs(60), || async {
         for id in &ids {
-            if first.job(*id).await.is_some_and(|j| j.state == JobState::Running) {
+            if first
+                .job(*id)
+                .await
+                .is_some_and(|j| j.state == JobState::Running)
+            {
                 return true;
             }
         }
@@ -498,14 +502,18 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost() {
     let mut config = world.config("max_runners = 3");
     config.store.url = standby.url();
     let second = Berth::start(&world, config).await;
-    eventually("ready on the new primary", Duration::from_secs(60), || async {
-        second
-            .http()
-            .get(format!("{}/readyz", second.url))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
+    eventually(
+        "ready on the new primary",
+        Duration::from_secs(60),
+        || async {
+            second
+                .http()
+                .get(format!("{}/readyz", second.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
     .await;
     let rto = crashed.elapsed();
     let mut all = ids.clone();

@@ -126,6 +126,7 @@ store_suite!(
     an_exited_worker_frees_its_slot_before_its_job_ends,
     one_replica_holds_a_scale_set_listener_lease_at_a_time,
     security_events_find_their_job_and_act_once,
+    a_store_of_a_newer_schema_is_refused,
 );
 
 // ---- Harness -----------------------------------------------------------------
@@ -2237,6 +2238,62 @@ async fn prune_deletes_finished_jobs_and_their_logs(h: &Harness) {
     assert!(store.job_get(older.id).await.unwrap().is_some());
     assert_eq!(store.jobs_prune_finished(now, 10).await.unwrap(), 2);
     assert!(store.job_get(live.id).await.unwrap().is_some());
+}
+
+/// A database a newer berth migrated (a version this binary does not know)
+/// is refused at connect, before anything is migrated or written, with the
+/// versions and what to do.
+async fn a_store_of_a_newer_schema_is_refused(h: &Harness) {
+    let kind = h.store.kind();
+    let latest = berth::store::latest_schema_version(kind);
+    assert_eq!(h.store.schema_version().await.unwrap(), latest);
+    h.insert(1, "linux").await;
+    let future = latest + 1;
+    let record =
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                  VALUES ($1, 'from a newer berth', TRUE, $2, 0)";
+    match kind {
+        BackendKind::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&h.url).await.unwrap();
+            sqlx::query(record)
+                .bind(future)
+                .bind(vec![0u8; 48])
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+        BackendKind::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&h.url).await.unwrap();
+            sqlx::query(record)
+                .bind(future)
+                .bind(vec![0u8; 48])
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+    }
+    let err = Store::connect_with(&h.url, StoreOptions::default())
+        .await
+        .expect_err("a newer schema is refused");
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { version, latest: l, .. } if version == future && l == latest),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    for part in [
+        format!("schema version {future}, newer than this berth knows (latest {latest})"),
+        "it was written by a newer berth".into(),
+        "Run that version, or restore a backup taken before the upgrade".into(),
+    ] {
+        assert!(message.contains(&part), "{part}: {message}");
+    }
+    // Nothing was changed: the job is still there for the newer berth.
+    assert_eq!(
+        h.store.job_list(&JobFilter::default()).await.unwrap().len(),
+        1
+    );
 }
 
 async fn everything_survives_a_reopen(h: &Harness) {

@@ -78,6 +78,38 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Write a consistent copy of the store while `berth serve` keeps
+    /// running (SQLite: a snapshot file; PostgreSQL: `pg_dump`).
+    Backup {
+        /// The configuration naming the store (`store.url`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where to write the backup.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Replace an existing file at PATH.
+        #[arg(long)]
+        force: bool,
+        /// What was written as JSON instead of sentences.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the store with a backup (`berth serve` must be stopped);
+    /// refuses a backup of a newer schema than this berth knows.
+    Restore {
+        /// The configuration naming the store (`store.url`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The backup to restore (a file `berth backup` wrote).
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        /// Replace the store that is there.
+        #[arg(long)]
+        force: bool,
+        /// What was restored as JSON instead of sentences.
+        #[arg(long)]
+        json: bool,
+    },
     /// Jobs of a running orchestrator.
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -433,6 +465,18 @@ pub async fn run(cli: Cli) -> ExitCode {
             expires_in,
             config,
         }) => token_create(config.as_deref(), &scope, &name, expires_in).await,
+        Command::Backup {
+            config,
+            out,
+            force,
+            json,
+        } => backup(config.as_deref(), &out, force, json).await,
+        Command::Restore {
+            config,
+            from,
+            force,
+            json,
+        } => restore(config.as_deref(), &from, force, json).await,
         Command::Token(TokenCommand::List {
             remote,
             json,
@@ -895,6 +939,57 @@ async fn token_create(
         stored.scope, stored.name, stored.id
     );
     println!("{token}");
+    Ok(())
+}
+
+/// `berth backup`: a copy of the store of the configuration (crate::backup).
+async fn backup(path: Option<&Path>, out: &Path, force: bool, json: bool) -> anyhow::Result<()> {
+    let config = load_config(path, Role::Serve)
+        .map_err(|_| anyhow::anyhow!("fix the configuration first"))?;
+    let report = crate::backup::backup(&config.store.url, out, force).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("backup written: {}", report.path.display());
+    println!("  store:          {}", report.store);
+    println!("  format:         {}", report.format);
+    println!("  schema version: {}", report.schema_version);
+    println!("  jobs:           {}", report.jobs);
+    println!("  size:           {} bytes", report.bytes);
+    println!("  took:           {} ms", report.took_ms);
+    Ok(())
+}
+
+/// `berth restore`: the store of the configuration replaced by a backup
+/// (crate::backup), and what the operator must know next.
+async fn restore(path: Option<&Path>, from: &Path, force: bool, json: bool) -> anyhow::Result<()> {
+    let config = load_config(path, Role::Serve)
+        .map_err(|_| anyhow::anyhow!("fix the configuration first"))?;
+    let report = crate::backup::restore(&config.store.url, from, force).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("restored: {}", report.store);
+    println!("  from:           {}", report.from.display());
+    let migrate = if report.schema_version < report.latest_schema_version {
+        format!(
+            " (berth serve migrates it to {} at start)",
+            report.latest_schema_version
+        )
+    } else {
+        String::new()
+    };
+    println!("  schema version: {}{migrate}", report.schema_version);
+    println!("  jobs:           {}", report.jobs);
+    println!("  took:           {} ms", report.took_ms);
+    println!(
+        "Next: start berth serve. Its reconcilers remove the worker containers and the offline \
+         runner registrations this backup does not know, and finish or requeue, from GitHub's \
+         view, the jobs it has as active whose containers are gone (docs/operations.md, Backup \
+         and restore)."
+    );
     Ok(())
 }
 

@@ -281,7 +281,15 @@ pub async fn decide(ctx: &Context, job: &Job, exit_code: Option<i64>) -> Outcome
     let ran_here = job.runner_name.is_some() && job.github_runner_name == job.runner_name;
     if ran_here {
         // GitHub's word on how the job ended beats the runner's exit code.
-        return match completion_of(ctx, job).await {
+        let conclusion = match completion_of(ctx, job).await {
+            Some(conclusion) => Some(conclusion),
+            // The worker is gone without an exit code and no `completed`
+            // delivery came: removed while berth was down, or a store
+            // restored from a backup that missed the delivery. GitHub knows.
+            None if exit_code.is_none() => completion_on_github(ctx, job).await,
+            None => None,
+        };
+        return match conclusion {
             Some(conclusion) if conclusion == "cancelled" => Outcome::Finish {
                 state: JobState::Cancelled,
                 error: Some("cancelled on GitHub".into()),
@@ -353,6 +361,35 @@ async fn completion_of(ctx: &Context, job: &Job) -> Option<String> {
         }
     }
     None
+}
+
+/// How GitHub's API says the job ended, recorded on the job as its
+/// `completed` delivery would have; `None` while it is not completed there
+/// or GitHub cannot be asked.
+async fn completion_on_github(ctx: &Context, job: &Job) -> Option<String> {
+    let github = ctx.github.as_ref()?;
+    let remote = github
+        .get_job(&job.repository, job.github_job_id as u64)
+        .await
+        .ok()??;
+    if remote.status != "completed" {
+        return None;
+    }
+    let runner_id = remote.runner_id.and_then(|id| i64::try_from(id).ok());
+    if let Err(e) = ctx
+        .store
+        .job_record_github_status(
+            job.github_job_id,
+            GithubStatus::Completed,
+            remote.conclusion.as_deref(),
+            remote.runner_name.as_deref(),
+            runner_id,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "recording GitHub's completion of a job failed");
+    }
+    Some(remote.conclusion.unwrap_or_default())
 }
 
 fn by_exit_code(exit_code: Option<i64>) -> Outcome {

@@ -45,6 +45,23 @@ pub enum StoreError {
         source: sqlx::migrate::MigrateError,
     },
 
+    /// The database's schema was migrated by a newer berth: this binary
+    /// does not know its newest migration (store::schema).
+    #[error(
+        "the {backend} store at {location:?} has schema version {version}, newer than this berth \
+         knows (latest {latest}): it was written by a newer berth. Run that version, or restore \
+         a backup taken before the upgrade (docs/operations.md, Upgrades)"
+    )]
+    SchemaTooNew {
+        backend: BackendKind,
+        /// The URL with any password removed, or a file's path.
+        location: String,
+        /// The database's newest migration.
+        version: i64,
+        /// This binary's newest migration.
+        latest: i64,
+    },
+
     /// A statement failed (connection lost, constraint violated, …).
     #[error("store operation {op} failed: {source}")]
     Query {

@@ -36,7 +36,8 @@
 //! [`Store::connect`] picks the backend from the URL: `sqlite://PATH` (created
 //! if missing; WAL journal, busy timeout, foreign keys on) or
 //! `postgres://…`. Each has its migrations (`migrations/sqlite`,
-//! `migrations/postgres`, run at connect). The SQL is shared wherever the
+//! `migrations/postgres`, run at connect, forward only; a database a newer
+//! berth migrated is refused, see `schema`). The SQL is shared wherever the
 //! two dialects agree (placeholders are `$1`, `$2`, … on both); the claim and
 //! the log append differ, and are written out for each backend.
 //!
@@ -98,6 +99,7 @@ mod logs;
 mod rebind;
 mod replicas;
 mod scaleset;
+pub(crate) mod schema;
 mod security;
 mod tokens;
 mod types;
@@ -110,8 +112,9 @@ pub use hooks::JobContainer;
 pub use hosts::{HealthChange, HostRecord};
 pub use jobs::{Placement, PlacementHost};
 pub use rebind::Rebound;
-pub use replicas::SoleReplica;
+pub use replicas::{SoleReplica, SoleReplicaError};
 pub use scaleset::ListenerLease;
+pub use schema::latest_schema_version;
 pub use security::{NewSecurityEvent, SecurityEvent};
 pub use types::{
     ApiToken, ApiTokenScope, GithubStatus, HostAdmin, HostHealth, Job, JobChanges, JobCount,
@@ -363,7 +366,14 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> Result<Backend> {
         .connect_with(connect_options.clone())
         .await
         .map_err(connect_error)?;
-    sqlx::migrate!("./migrations/sqlite")
+    let applied = {
+        let mut conn = writer.acquire().await.map_err(connect_error)?;
+        schema::applied_sqlite(&mut conn)
+            .await
+            .map_err(StoreError::query("schema_check"))?
+    };
+    schema::check_not_newer(backend, &applied.unwrap_or_default(), &redact(url))?;
+    schema::SQLITE_MIGRATIONS
         .run(&writer)
         .await
         .map_err(|source| StoreError::Migrate { backend, source })?;
@@ -419,7 +429,18 @@ async fn connect_postgres(url: &str, options: &StoreOptions) -> Result<Backend> 
             url: redact(url),
             source,
         })?;
-    sqlx::migrate!("./migrations/postgres")
+    let applied = {
+        let mut conn = pool.acquire().await.map_err(|source| StoreError::Connect {
+            backend,
+            url: redact(url),
+            source,
+        })?;
+        schema::applied_postgres(&mut conn)
+            .await
+            .map_err(StoreError::query("schema_check"))?
+    };
+    schema::check_not_newer(backend, &applied.unwrap_or_default(), &redact(url))?;
+    schema::POSTGRES_MIGRATIONS
         .run(&pool)
         .await
         .map_err(|source| StoreError::Migrate { backend, source })?;
@@ -427,7 +448,7 @@ async fn connect_postgres(url: &str, options: &StoreOptions) -> Result<Backend> 
 }
 
 /// `url` without its password, for error messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             // Only fails for URLs that cannot have a password at all.

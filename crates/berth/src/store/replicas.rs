@@ -42,17 +42,45 @@ pub struct SoleReplica {
     _file: std::fs::File,
 }
 
+/// Why [`SoleReplica::lock`] did not take the lock.
+#[derive(Debug, thiserror::Error)]
+pub enum SoleReplicaError {
+    /// Another process holds it: a `berth serve` (or a `berth restore`).
+    #[error(
+        "another berth serve{} already uses the SQLite store {}: SQLite serves one replica; for \
+         several, use PostgreSQL (store.url = \"postgres://…\", see docs/operations.md, Several \
+         replicas on PostgreSQL)",
+        holder.as_ref().map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        database.display()
+    )]
+    Held {
+        database: PathBuf,
+        /// The holder's process id, as it wrote it in the lock file.
+        holder: Option<String>,
+    },
+    /// The URL or the lock file is unusable.
+    #[error("{0}")]
+    Unusable(String),
+}
+
 impl SoleReplica {
     /// Takes the lock of the SQLite store at `url`; `Ok(None)` for a
     /// PostgreSQL or in-memory store, which need none. The error says who
     /// holds it and what to do instead.
     pub fn acquire(url: &str) -> std::result::Result<Option<SoleReplica>, String> {
+        Self::lock(url).map_err(|e| e.to_string())
+    }
+
+    /// [`SoleReplica::acquire`] with the reason it failed, for callers that
+    /// word a held lock their own way (`berth restore`).
+    pub fn lock(url: &str) -> std::result::Result<Option<SoleReplica>, SoleReplicaError> {
         use std::str::FromStr;
         if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
             return Ok(None);
         }
-        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-            .map_err(|e| format!("store.url is not a SQLite URL: {e}"))?;
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| {
+            SoleReplicaError::Unusable(format!("store.url is not a SQLite URL: {e}"))
+        })?;
         let database = options.get_filename().to_path_buf();
         let mut lock_path = database.clone().into_os_string();
         lock_path.push(".lock");
@@ -63,7 +91,9 @@ impl SoleReplica {
             .read(true)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+            .map_err(|e| {
+                SoleReplicaError::Unusable(format!("cannot open {}: {e}", lock_path.display()))
+            })?;
         use rustix::fs::{FlockOperation, flock};
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
@@ -77,18 +107,13 @@ impl SoleReplica {
                 let mut holder = String::new();
                 let _ = file.rewind();
                 let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim() {
-                    "" => String::new(),
-                    pid => format!(" (pid {pid})"),
-                };
-                Err(format!(
-                    "another berth serve{holder} already uses the SQLite store {}: SQLite serves \
-                     one replica; for several, use PostgreSQL (store.url = \"postgres://…\", \
-                     see docs/operations.md, Several replicas on PostgreSQL)",
-                    database.display()
-                ))
+                let holder = Some(holder.trim().to_owned()).filter(|pid| !pid.is_empty());
+                Err(SoleReplicaError::Held { database, holder })
             }
-            Err(e) => Err(format!("cannot lock {}: {e}", lock_path.display())),
+            Err(e) => Err(SoleReplicaError::Unusable(format!(
+                "cannot lock {}: {e}",
+                lock_path.display()
+            ))),
         }
     }
 }

@@ -84,7 +84,15 @@ impl PrivatePostgres {
     /// Runs `psql -c sql` as the superuser.
     pub fn psql(&self, sql: &str) -> String {
         let out = Command::new(pg_bin("psql"))
-            .args(["-qAt", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-qAt",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-c")
@@ -122,7 +130,16 @@ impl PrivatePostgres {
         let data = dir.path().join("data");
         as_postgres(&["chown", "postgres:"], dir.path(), true);
         let out = postgres_user(Command::new(pg_bin("pg_basebackup")))
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream", "-D"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-D",
+            ])
             .arg(&data)
             .arg("-p")
             .arg(primary.port.to_string())
@@ -168,7 +185,11 @@ impl PrivatePostgres {
 /// A PostgreSQL program of the newest installed version.
 fn pg_bin(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     dirs.pop()
