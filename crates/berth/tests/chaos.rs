@@ -82,7 +82,11 @@ fn assert_all_completed(world: &World, jobs: &[Job]) {
         );
         let runner = on_github.runner_name.clone().unwrap_or_default();
         assert!(runner.starts_with("berth-"), "{on_github:?}\n{job:?}");
-        assert_eq!(job.github_runner_name.as_deref(), Some(runner.as_str()));
+        // berth may have settled it from GitHub's API, never seeing the
+        // webhook that names the runner (a delivery lost in a failover).
+        if let Some(named) = &job.github_runner_name {
+            assert_eq!(named, &runner, "{job:?}");
+        }
         assert!(
             runners.insert(runner),
             "a runner ran two jobs: {on_github:?}"
@@ -480,6 +484,12 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost() {
     primary.crash();
     let crashed = Instant::now();
     standby.promote();
+    // The new primary has no standby yet: with synchronous_standby_names
+    // still set (it came with the base backup) every commit would wait
+    // for one. An operator clears it until a new standby is attached
+    // (docs/operations.md).
+    standby.psql("ALTER SYSTEM RESET synchronous_standby_names");
+    standby.psql("SELECT pg_reload_conf()");
     // What berth acknowledged (202) against what the new primary has.
     let accepted: std::collections::BTreeSet<u64> = world
         .sim
@@ -501,6 +511,9 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost() {
 
     let mut config = world.config("max_runners = 3");
     config.store.url = standby.url();
+    // The delivery catch-up has GitHub redeliver what no primary took;
+    // often here, so the test need not wait for the default 5 minutes.
+    config.reconcile.delivery_catchup_interval = Duration::from_secs(2);
     let second = Berth::start(&world, config).await;
     eventually(
         "ready on the new primary",

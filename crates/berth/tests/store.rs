@@ -1873,6 +1873,9 @@ async fn deliveries_are_recorded_once(h: &Harness) {
         !store.delivery_record("d-1", t0).await.unwrap(),
         "redelivery"
     );
+    // What the delivery catch-up asks.
+    assert!(store.delivery_known("d-1").await.unwrap());
+    assert!(!store.delivery_known("d-unknown").await.unwrap());
     assert!(
         !store
             .delivery_record("d-1", t0 + Duration::from_secs(5))

@@ -32,7 +32,10 @@ impl Store {
     /// pruned by `retention.deliveries`, which keeps at least GitHub's 3 days).
     pub async fn delivery_known(&self, delivery_id: &str) -> Result<bool> {
         let found: Option<i64> = on_reader!(self, pool => {
-            sqlx::query_scalar("SELECT 1 FROM webhook_deliveries WHERE delivery_id = $1")
+            // `CAST(… AS BIGINT)`: PostgreSQL types a bare `1` as INT4.
+            sqlx::query_scalar(
+                "SELECT CAST(1 AS BIGINT) FROM webhook_deliveries WHERE delivery_id = $1",
+            )
                 .bind(delivery_id)
                 .fetch_optional(pool)
                 .await

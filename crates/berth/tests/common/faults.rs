@@ -116,6 +116,9 @@ impl PrivatePostgres {
         std::fs::write(&hba, text).unwrap();
         if synchronous {
             self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'");
+            // The test server runs with synchronous_commit off (speed); a
+            // role's setting wins over the server's for its sessions.
+            self.psql("ALTER ROLE berth SET synchronous_commit = 'on'");
         }
         self.psql("SELECT pg_reload_conf()");
     }
