@@ -433,8 +433,14 @@ async fn a_host_whose_engine_stops_mid_job_is_settled_and_cleaned_when_it_return
     let runner = running.runner_name.clone().unwrap();
 
     edge.engine.stop();
+    let stopped = std::time::Instant::now();
     wait_health(&berth, "edge-1", berth::store::HostHealth::Down).await;
     let settled = berth.wait_terminal(first, Duration::from_secs(60)).await;
+    // The figures of docs/RELIABILITY.md ("Docker engine stops").
+    eprintln!(
+        "FIGURE docker_engine_stop stop_to_job_settled_seconds {:.1}",
+        stopped.elapsed().as_secs_f64()
+    );
     println!(
         "job on the stopped host: {:?} {:?}",
         settled.state, settled.error
@@ -469,6 +475,7 @@ async fn a_host_whose_engine_stops_mid_job_is_settled_and_cleaned_when_it_return
     assert!(scaleset_common::sample(&text, "berth_fleet_jobs_waiting{pool=\"edge\"}") >= 1.0);
 
     edge.engine.start_again().await;
+    let restarted = std::time::Instant::now();
     let back = world
         .sim
         .wait_job_completed(waiting, Duration::from_secs(90))
@@ -479,7 +486,15 @@ async fn a_host_whose_engine_stops_mid_job_is_settled_and_cleaned_when_it_return
         berth.job(waiting).await.unwrap().host.as_deref(),
         Some("edge-1")
     );
+    eprintln!(
+        "FIGURE docker_engine_stop back_to_waiting_job_done_seconds {:.1}",
+        restarted.elapsed().as_secs_f64()
+    );
     wait_nothing_left(&world, &[&edge]).await;
+    eprintln!(
+        "FIGURE docker_engine_stop back_to_nothing_left_seconds {:.1}",
+        restarted.elapsed().as_secs_f64()
+    );
     berth.stop().await;
 }
 
