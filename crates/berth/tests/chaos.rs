@@ -549,3 +549,51 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost() {
     );
     second.stop().await;
 }
+
+/// A rolling restart of two replicas on PostgreSQL, one after the other,
+/// while jobs run (what an upgrade does once the new schema is in: the
+/// schema step itself is tests/schema_upgrade.rs). Nothing is lost or
+/// run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_two_replicas_loses_and_doubles_nothing() {
+    let world = World::new().await;
+    let pg = PrivatePostgres::start();
+    let config = || {
+        let mut config = world.config("max_runners = 4");
+        config.store.url = pg.url();
+        config
+    };
+    let a = Berth::start(&world, config()).await;
+    let b = Berth::start(&world, config()).await;
+    let n = pick(3, 10);
+    let started = Instant::now();
+    let mut ids = burst(&world, n, &["sleep 2"]);
+
+    // Replace a, while b takes the webhooks.
+    world.point_webhooks_at(&b.url);
+    a.stop().await;
+    let a2 = Berth::start(&world, config()).await;
+    ids.extend(burst(&world, n, &["sleep 2"]));
+    // Replace b, while a2 takes them.
+    world.point_webhooks_at(&a2.url);
+    b.stop().await;
+    let b2 = Berth::start(&world, config()).await;
+    ids.extend(burst(&world, n, &["sleep 2"]));
+
+    let jobs = settle(&a2, &ids, Duration::from_secs(180)).await;
+    assert_all_completed(&world, &jobs);
+    nothing_left(&world).await;
+    figure("rolling_restart", "jobs", ids.len());
+    figure(
+        "rolling_restart",
+        "all_done_seconds",
+        format!("{:.1}", started.elapsed().as_secs_f64()),
+    );
+    figure(
+        "rolling_restart",
+        "max_attempts",
+        jobs.iter().map(|j| j.attempts).max().unwrap_or_default(),
+    );
+    a2.stop().await;
+    b2.stop().await;
+}
