@@ -490,6 +490,18 @@ async fn restoring_an_older_backup_converges_with_docker_and_github() {
     first.kill_9();
     assert!(world.containers().contains(&b_container));
     assert!(world.berth_runners().contains(&b_runner));
+    // E is queued on GitHub while berth is down: its delivery fails, and
+    // nothing of it can be in any backup. The delivery catch-up has GitHub
+    // redeliver it once berth is back (reconcile::delivery_catchup).
+    let e = world.queue(&["echo e"]);
+    common::eventually("E's delivery failed", Duration::from_secs(20), || async {
+        world
+            .sim
+            .deliveries()
+            .iter()
+            .any(|d| d.job_id == e && d.status.is_none())
+    })
+    .await;
 
     let out = berth(
         &[
@@ -586,6 +598,14 @@ async fn restoring_an_older_backup_converges_with_docker_and_github() {
     }
     let a_job = store.job_get_by_github_id(a as i64).await.unwrap().unwrap();
     assert_eq!(a_job.state, JobState::Completed);
+    // No job GitHub still had queued is lost: E ran.
+    let e_done = world.sim.wait_job_completed(e, LIMIT).await.unwrap();
+    assert_eq!(e_done.conclusion.as_deref(), Some("success"), "{e_done:?}");
+    let e_job = common::wait_for_job(&store, e, LIMIT, "E completed in berth", |j| {
+        j.state == JobState::Completed
+    })
+    .await;
+    assert!(e_job.runner_name.is_some());
     let secs = |d: Option<Duration>| d.unwrap().as_secs_f64();
     eprintln!(
         "converged after restoring an older backup, from berth serve's start: listening \
