@@ -863,6 +863,18 @@ impl Controller {
     /// waiting at most `limit`. Registry errors come back as `Api` errors
     /// carrying Docker's message.
     pub async fn pull_image(&self, image: &str, limit: Duration) -> Result<(), DockerError> {
+        self.pull_image_with(image, None, limit).await
+    }
+
+    /// [`pull_image`](Self::pull_image) with registry `credentials` (a
+    /// container job's `credentials:`), which go to Docker in the
+    /// `X-Registry-Auth` header and nowhere else.
+    pub async fn pull_image_with(
+        &self,
+        image: &str,
+        credentials: Option<bollard::auth::DockerCredentials>,
+        limit: Duration,
+    ) -> Result<(), DockerError> {
         use futures::TryStreamExt;
         if image.is_empty()
             || image
@@ -876,11 +888,11 @@ impl Controller {
         let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
             .from_image(image)
             .build();
-        let stream = self.docker.create_image(Some(options), None, None);
+        let stream = self.docker.create_image(Some(options), None, credentials);
         let result = self
             .call_within("image_pull", limit, stream.try_collect::<Vec<_>>())
             .await
-            .map(|_| ());
+            .map(drop);
         self.report(result)
     }
 

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
@@ -18,8 +17,8 @@ use bollard::query_parameters::{
     RemoveVolumeOptions,
 };
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
 
 use super::{Controller, DockerError, LABEL_MANAGED, check_container_ref};
 
@@ -411,32 +410,6 @@ impl Controller {
     /// The labels of an image, or `None` when the engine does not have it.
     pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
         self.image_id(image).await.map(|id| id.is_some())
-    }
-
-    /// Pulls `image` with a registry login (never logged), within `limit`.
-    pub async fn pull_image_with(
-        &self,
-        image: &str,
-        credentials: Option<DockerCredentials>,
-        limit: Duration,
-    ) -> Result<(), DockerError> {
-        if credentials.is_none() {
-            return self.pull_image(image, limit).await;
-        }
-        if image.is_empty() || image.chars().any(|c| c.is_whitespace()) {
-            return Err(DockerError::InvalidSpec(format!(
-                "`{image}` is not an image reference"
-            )));
-        }
-        let options = bollard::query_parameters::CreateImageOptionsBuilder::default()
-            .from_image(image)
-            .build();
-        let stream = self.docker.create_image(Some(options), None, credentials);
-        let result = self
-            .call_within("image_pull", limit, stream.try_collect::<Vec<_>>())
-            .await
-            .map(drop);
-        self.report(result)
     }
 
     /// Runs `cmd` in a running container and streams its output; read the
