@@ -88,15 +88,19 @@ impl Priority {
 impl std::str::FromStr for Priority {
     type Err = String;
 
-    /// Any case; `info` for `Informational`, as Falco's rule files allow.
+    /// As Falco writes it (`Critical`), in lowercase or in uppercase, and
+    /// `info` for `Informational` (Falco's rule files say `INFO`): the
+    /// forms the API description lists.
     fn from_str(s: &str) -> Result<Self, String> {
-        let lower = s.trim().to_ascii_lowercase();
-        if lower == "info" {
+        if matches!(s, "info" | "Info" | "INFO") {
             return Ok(Priority::Informational);
         }
         Priority::ALL
             .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(&lower))
+            .find(|p| {
+                let name = p.as_str();
+                s == name || s == name.to_ascii_lowercase() || s == name.to_ascii_uppercase()
+            })
             .ok_or_else(|| {
                 format!(
                     "`{s}` is not a Falco priority (one of: emergency, alert, critical, error, warning, notice, informational, debug)"
@@ -182,7 +186,7 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<FalcoEvent>, String> {
 
 fn parse_event(value: serde_json::Value) -> Result<FalcoEvent, String> {
     let wire: Wire = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    let rule = wire.rule.trim().to_string();
+    let rule = wire.rule;
     if rule.is_empty() {
         return Err("`rule` is empty".into());
     }
@@ -333,8 +337,12 @@ mod tests {
                 "RFC 3339",
             ),
             (
-                r#"{"rule":"  ","priority":"Critical","time":"2026-12-07T10:15:30Z"}"#,
+                r#"{"rule":"","priority":"Critical","time":"2026-12-07T10:15:30Z"}"#,
                 "empty",
+            ),
+            (
+                r#"{"rule":"r","priority":"cRiTiCaL","time":"2026-12-07T10:15:30Z"}"#,
+                "not a Falco priority",
             ),
         ] {
             let e = parse_body(body.as_bytes()).unwrap_err();
