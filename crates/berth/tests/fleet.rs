@@ -884,3 +884,76 @@ async fn a_host_over_mutual_tls_runs_workers_and_refuses_strangers() {
         "an engine certificate from another CA is refused"
     );
 }
+
+/// The fault campaign's engine restart (docs/RELIABILITY.md): a host's
+/// Docker engine is restarted mid-burst, which kills the containers
+/// running on it. berth re-subscribes to the engine's events, and every
+/// job ends as GitHub ended it (the killed ones failed by GitHub for their
+/// lost runner, the others completed); nothing is left on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_engine_restarted_mid_burst_ends_every_job_as_github_says() {
+    let world = World::with_sim(ghsim::SimConfig {
+        job_lock_timeout: Duration::from_secs(10),
+        runner_idle_timeout: Duration::from_secs(5),
+        ..ghsim::SimConfig::default()
+    })
+    .await;
+    let mut edge = FleetHost::start("edge-1").await;
+    // A down_after longer than the restart: the host is never marked down,
+    // berth just finds its engine again.
+    let toml = fleet_toml_with(
+        &world,
+        "127.0.0.1:0",
+        &(edge.toml(&["edge"], 3) + &pool_toml("edge", "edge", "edge")),
+        3,
+        30,
+    );
+    let berth = Berth::start(&world, load(&world, &toml)).await;
+    world.point_webhooks_at(&berth.url);
+    let ids: Vec<u64> = (0..5)
+        .map(|_| queue_for(&world, "edge", &["sleep 4"]))
+        .collect();
+    common::eventually("two jobs running", Duration::from_secs(60), || async {
+        let mut running = 0;
+        for id in &ids {
+            if berth
+                .job(*id)
+                .await
+                .is_some_and(|j| j.state == berth::store::JobState::Running)
+            {
+                running += 1;
+            }
+        }
+        running >= 2
+    })
+    .await;
+    edge.engine.stop();
+    let restarted = std::time::Instant::now();
+    edge.engine.start_again().await;
+    let mut outcomes = BTreeMap::new();
+    for id in &ids {
+        let job = berth.wait_terminal(*id, Duration::from_secs(120)).await;
+        let remote = world
+            .sim
+            .wait_job_completed(*id, Duration::from_secs(120))
+            .await
+            .unwrap();
+        let expected = match remote.conclusion.as_deref() {
+            Some("success") => berth::store::JobState::Completed,
+            Some("cancelled") => berth::store::JobState::Cancelled,
+            _ => berth::store::JobState::Failed,
+        };
+        assert_eq!(remote.status, "completed", "{job:?}\n{remote:?}");
+        assert_eq!(job.state, expected, "{job:?}\n{remote:?}");
+        *outcomes
+            .entry(remote.conclusion.unwrap_or_default())
+            .or_insert(0) += 1;
+    }
+    eprintln!(
+        "FIGURE docker_engine_restart restart_to_all_settled_seconds {:.1}",
+        restarted.elapsed().as_secs_f64()
+    );
+    eprintln!("FIGURE docker_engine_restart outcomes {outcomes:?}");
+    wait_nothing_left(&world, &[&edge]).await;
+    berth.stop().await;
+}
