@@ -232,10 +232,15 @@ async fn steps(
         // orphan reconciler removes. A warm container's fingerprint holds
         // the image ID it was made from, checked against the pool's image
         // every few seconds (crate::dispatch::warm).
+        // A container job's worker volumes are labelled with the runner,
+        // and the orphan_job_object reconciler removes what no recorded
+        // runner holds: they too are made only once the name is recorded
+        // (a pass in between once removed a volume before its container
+        // was created).
+        if (warm_pool || pool.container_jobs) && named_rx.await.is_err() {
+            return Ok(None);
+        }
         if warm_pool {
-            if named_rx.await.is_err() {
-                return Ok(None);
-            }
             if let Some((id, started)) = super::warm::take(ctx, host, pool, runner_name).await {
                 made.container_made(&id);
                 return Ok(Some(Worker {
