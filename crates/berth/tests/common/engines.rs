@@ -147,6 +147,9 @@ impl ExtraEngine {
         self.wait_up().await;
         if let Some(docker0) = docker0 {
             docker0.restore();
+            // The engine restores its networks after it answers: look again.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            docker0.restore();
         }
     }
 
