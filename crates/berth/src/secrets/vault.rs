@@ -315,10 +315,18 @@ impl VaultClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Failure::Unanswered(describe_transport_error(&e)))?;
+        // A pooled connection Vault has closed meanwhile (it restarted, or
+        // an idle timeout) fails the request before any answer: once more,
+        // on a fresh connection, so the error is about Vault, not the pool.
+        let again = request.try_clone();
+        let response = match request.send().await {
+            Err(e) if !e.is_timeout() && !e.is_connect() => match again {
+                Some(again) => again.send().await,
+                None => Err(e),
+            },
+            other => other,
+        }
+        .map_err(|e| Failure::Unanswered(describe_transport_error(&e)))?;
         let status = response.status();
         let bytes = response
             .bytes()
