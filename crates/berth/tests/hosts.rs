@@ -147,7 +147,13 @@ async fn hosts_are_listed_cordoned_uncordoned_and_drained_over_http() {
     let (status, active) = post(&berth, "/v1/hosts/default/uncordon", admin).await;
     assert_eq!(status, 200, "{active}");
     assert_eq!(active["admin"], "active");
-    assert_eq!(active["free"], slots);
+    // Uncordoning wakes the dispatcher: the waiting job may already hold a
+    // slot when the answer counts them.
+    let free = active["free"].as_u64().unwrap();
+    assert!(
+        free == u64::from(slots) || free + 1 == u64::from(slots),
+        "{active}"
+    );
     let done = berth.wait_terminal(gh_job, LIMIT).await;
     assert_eq!(done.id, queued.id);
     assert_eq!(done.state, JobState::Completed, "{done:?}");
