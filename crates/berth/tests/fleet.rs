@@ -431,6 +431,14 @@ async fn a_host_whose_engine_stops_mid_job_is_settled_and_cleaned_when_it_return
     .await;
     assert_eq!(running.host.as_deref(), Some("edge-1"));
     let runner = running.runner_name.clone().unwrap();
+    // The runner has taken the job on GitHub: stopped before that, the job
+    // would rightly go back to the queue instead (its runner never took it).
+    common::eventually(
+        "the job taken on GitHub",
+        Duration::from_secs(60),
+        || async { world.sim.job(first).unwrap().status == "in_progress" },
+    )
+    .await;
 
     edge.engine.stop();
     let stopped = std::time::Instant::now();
