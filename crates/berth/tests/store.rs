@@ -108,6 +108,7 @@ store_suite!(
     invalid_transitions_are_errors,
     finish_is_idempotent,
     requeue_clears_the_runner_and_keeps_attempts,
+    outcomes_decided_for_a_runner_apply_only_while_the_job_holds_it,
     leases_expire_by_the_injected_clock,
     github_status_only_moves_forward,
     reconciler_queries,
@@ -1385,6 +1386,89 @@ async fn requeue_clears_the_runner_and_keeps_attempts(h: &Harness) {
     assert_eq!(job.created_at, running.created_at);
 
     assert_eq!(h.claim("linux").await.unwrap().attempts, 2);
+}
+
+/// A worker's exit is decided on a snapshot of its job; GitHub may give the
+/// runner to another job meanwhile (`job_take_runner`). The snapshot's
+/// outcome then applies to neither job (found in CI: the job that took the
+/// runner was expired by its former runner's exit).
+async fn outcomes_decided_for_a_runner_apply_only_while_the_job_holds_it(h: &Harness) {
+    let mine = provisioning_with_runner(h, 1, "berth-a").await;
+    let theirs = provisioning_with_runner(h, 2, "berth-b").await;
+    for (job, container) in [(&mine, "ca"), (&theirs, "cb")] {
+        let running = JobChanges::new().container_id(container);
+        assert!(
+            h.store
+                .job_transition(job.id, &[Provisioning], Running, running)
+                .await
+                .unwrap()
+        );
+    }
+    let stale_mine = h.job(mine.id).await;
+    let stale_theirs = h.job(theirs.id).await;
+
+    // GitHub gave runner `berth-a` job 2: the two jobs trade runners.
+    let rebound = h.store.job_take_runner(2, "berth-a").await.unwrap();
+    assert_eq!(rebound.map(|r| r.taken_by), Some(theirs.id));
+    assert_eq!(
+        h.job(theirs.id).await.runner_name.as_deref(),
+        Some("berth-a")
+    );
+    assert_eq!(h.job(mine.id).await.runner_name.as_deref(), Some("berth-b"));
+
+    for stale in [&stale_mine, &stale_theirs] {
+        let before = h.job(stale.id).await;
+        let runner = stale.runner_name.as_deref();
+        assert!(
+            !h.store
+                .job_finish_holding(stale.id, runner, Expired, Some(0), Some("stale"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !h.store
+                .job_requeue_holding(stale.id, runner, JobState::ACTIVE, "stale")
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            h.job(stale.id).await,
+            before,
+            "a stale outcome changes nothing"
+        );
+    }
+
+    // Decided again on what the jobs hold now, the outcomes apply.
+    assert!(
+        h.store
+            .job_finish_holding(theirs.id, Some("berth-a"), Completed, Some(0), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.job(theirs.id).await.state, Completed);
+    assert!(
+        h.store
+            .job_requeue_holding(mine.id, Some("berth-b"), JobState::ACTIVE, "again")
+            .await
+            .unwrap()
+    );
+    let requeued = h.job(mine.id).await;
+    assert_eq!((requeued.state, requeued.runner_name), (Queued, None));
+
+    // A job holding no runner is matched by `None`.
+    assert!(
+        !h.store
+            .job_finish_holding(mine.id, Some("berth-b"), Failed, None, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        h.store
+            .job_finish_holding(mine.id, None, Failed, None, Some("gone"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(h.job(mine.id).await.state, Failed);
 }
 
 async fn leases_expire_by_the_injected_clock(h: &Harness) {

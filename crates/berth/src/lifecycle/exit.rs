@@ -137,17 +137,36 @@ async fn settle(
             .ok()
             .and_then(|i| i.exit_code),
     };
-    let outcome = decide(ctx, job, exit_code).await;
-    // The job's end is recorded before anything is cleaned up: should berth
-    // stop right here, the reconcilers remove what a finished job left.
-    apply(ctx, job, outcome, exit_code).await;
+    // Deciding takes a while (GitHub may be asked, a late `completed` waited
+    // for). Meanwhile GitHub's choice of runner may move this container to
+    // another job (crate::lifecycle::binding): the outcome is then not this
+    // job's, and is decided again for the job holding the container now.
+    let mut job = job.clone();
+    for _ in 0..3 {
+        let outcome = decide(ctx, &job, exit_code).await;
+        // The job's end is recorded before anything is cleaned up: should
+        // berth stop right here, the reconcilers remove what it left.
+        if apply(ctx, &job, outcome, exit_code).await != Applied::RunnerMoved {
+            break;
+        }
+        match ctx.store.job_get_by_container_id(container_id).await {
+            Ok(Some(now_holding)) if now_holding.state.is_active() => {
+                tracing::info!(
+                    job_id = %now_holding.id,
+                    "the worker's runner was given to another job while its exit was decided; deciding for that job"
+                );
+                job = now_holding;
+            }
+            _ => break,
+        }
+    }
     resources::remove_container(docker, container_id).await;
     if let Some(name) = job.runner_name.as_deref() {
-        if ctx.pool_of(job).is_ok_and(|p| p.container_jobs) {
+        if ctx.pool_of(&job).is_ok_and(|p| p.container_jobs) {
             // What the hook made and the worker's volumes: the worker is gone.
             crate::container_jobs::runtime::remove_objects(ctx, docker, name, true).await;
         }
-        resources::deregister_job_runner(ctx, job, job.runner_id, name).await;
+        resources::deregister_job_runner(ctx, &job, job.runner_id, name).await;
     }
 }
 
@@ -197,12 +216,29 @@ pub async fn host_lost(ctx: &Context, job: &Job, reason: &str) {
     }
 }
 
-/// Applies an outcome with a conditional update, and counts it.
-pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option<i64>) {
+/// What [`apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The job was finished or requeued.
+    Done,
+    /// Nothing changed: the job had ended already, or the store failed
+    /// (logged; the reconcilers retry).
+    Unchanged,
+    /// Nothing changed: the job no longer holds the runner the outcome was
+    /// decided for (GitHub gave it to another job meanwhile).
+    RunnerMoved,
+}
+
+/// Applies an outcome decided on the snapshot `job` with a conditional
+/// update, and counts it. The update holds only while the job still has
+/// the runner the snapshot shows (see [`Store::job_finish_holding`]).
+///
+/// [`Store::job_finish_holding`]: crate::store::Store::job_finish_holding
+pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option<i64>) -> Applied {
     let now = ctx.store.now();
-    match outcome {
+    let changed = match outcome {
         Outcome::Finish { state, error } => {
-            match super::finish(ctx, job, state, exit_code, error.as_deref()).await {
+            match super::finish_holding(ctx, job, state, exit_code, error.as_deref()).await {
                 Ok(true) => {
                     if let Some(started) = job.started_at {
                         ctx.metrics
@@ -211,10 +247,12 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
                             .observe((now - started).as_seconds_f64().max(0.0));
                     }
                     tracing::info!(state = %state, exit_code, error = error.as_deref().unwrap_or(""), "job finished");
+                    true
                 }
-                Ok(false) => {}
+                Ok(false) => false,
                 Err(e) => {
-                    tracing::error!(error = %e, "finishing a job failed; the reconciler will retry")
+                    tracing::error!(error = %e, "finishing a job failed; the reconciler will retry");
+                    return Applied::Unchanged;
                 }
             }
         }
@@ -222,31 +260,45 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
             let reason = match super::retry_or_give_up(ctx, job, reason) {
                 super::Retry::Requeue(reason) => reason,
                 super::Retry::GiveUp(error) => {
-                    Box::pin(apply(
-                        ctx,
-                        job,
-                        Outcome::Finish {
-                            state: JobState::Failed,
-                            error: Some(error),
-                        },
-                        exit_code,
-                    ))
-                    .await;
-                    return;
+                    let give_up = Outcome::Finish {
+                        state: JobState::Failed,
+                        error: Some(error),
+                    };
+                    return Box::pin(apply(ctx, job, give_up, exit_code)).await;
                 }
             };
             match ctx
                 .store
-                .job_requeue(job.id, JobState::ACTIVE, &reason)
+                .job_requeue_holding(
+                    job.id,
+                    job.runner_name.as_deref(),
+                    JobState::ACTIVE,
+                    &reason,
+                )
                 .await
             {
-                Ok(true) => tracing::info!(reason = %reason, "job goes back to the queue"),
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "requeueing a job failed"),
+                Ok(true) => {
+                    tracing::info!(reason = %reason, "job goes back to the queue");
+                    true
+                }
+                Ok(false) => false,
+                Err(e) => {
+                    tracing::error!(error = %e, "requeueing a job failed");
+                    return Applied::Unchanged;
+                }
             }
         }
-    }
+    };
     ctx.wake_dispatcher();
+    if changed {
+        return Applied::Done;
+    }
+    match ctx.store.job_get(job.id).await {
+        Ok(Some(now)) if now.state.is_active() && now.runner_name != job.runner_name => {
+            Applied::RunnerMoved
+        }
+        _ => Applied::Unchanged,
+    }
 }
 
 /// Decides what a worker exit means for the job it was started for.

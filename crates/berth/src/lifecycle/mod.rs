@@ -59,9 +59,31 @@ pub async fn finish(
         .store
         .job_finish(job.id, state, exit_code, error)
         .await?;
+    Ok(counted(ctx, job, state, finished))
+}
+
+/// [`finish`], only while the job still holds the runner `job` shows
+/// ([`Store::job_finish_holding`]): for outcomes decided on that snapshot.
+///
+/// [`Store::job_finish_holding`]: crate::store::Store::job_finish_holding
+pub async fn finish_holding(
+    ctx: &Context,
+    job: &Job,
+    state: JobState,
+    exit_code: Option<i64>,
+    error: Option<&str>,
+) -> Result<bool, StoreError> {
+    let finished = ctx
+        .store
+        .job_finish_holding(job.id, job.runner_name.as_deref(), state, exit_code, error)
+        .await?;
+    Ok(counted(ctx, job, state, finished))
+}
+
+fn counted(ctx: &Context, job: &Job, state: JobState, finished: bool) -> bool {
     if finished {
         ctx.metrics.job_finished(&job.pool, state);
     }
     ctx.wake_dispatcher();
-    Ok(finished)
+    finished
 }

@@ -578,6 +578,47 @@ impl Store {
         exit_code: Option<i64>,
         error: Option<&str>,
     ) -> Result<bool> {
+        self.finish("job_finish", FINISH, id, None, state, exit_code, error)
+            .await
+    }
+
+    /// [`Store::job_finish`], but only while the job still holds the runner
+    /// `runner_name` (`None`: still holds none). An outcome decided on a
+    /// snapshot of the job is for the runner the snapshot saw: should GitHub
+    /// have given that runner to another job meanwhile
+    /// ([`Store::job_take_runner`]), the job is not the one that runner's
+    /// end says anything about, and nothing changes.
+    pub async fn job_finish_holding(
+        &self,
+        id: Uuid,
+        runner_name: Option<&str>,
+        state: JobState,
+        exit_code: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        self.finish(
+            "job_finish_holding",
+            FINISH_HOLDING,
+            id,
+            Some(runner_name),
+            state,
+            exit_code,
+            error,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        id: Uuid,
+        holding: Option<Option<&str>>,
+        state: JobState,
+        exit_code: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<bool> {
         if !state.is_terminal() {
             return Err(StoreError::InvalidTransition {
                 from: JobState::NON_TERMINAL.to_vec(),
@@ -587,27 +628,18 @@ impl Store {
         }
         let now = to_millis(self.now());
         on_writer!(self, pool => {
-            sqlx::query(
-                "UPDATE jobs
-                 SET state = $2,
-                     exit_code = COALESCE($3, exit_code),
-                     error = CASE WHEN $2 = 'completed' THEN $4 ELSE COALESCE($4, error) END,
-                     finished_at = $5,
-                     updated_at = $5,
-                     lease_owner = NULL,
-                     lease_expires_at = NULL
-                 WHERE id = $1 AND state IN ('queued', 'provisioning', 'starting', 'running')",
-            )
-            .bind(id.to_string())
-            .bind(state.as_str())
-            .bind(exit_code)
-            .bind(error)
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected() == 1)
+            let mut query = sqlx::query(sql)
+                .bind(id.to_string())
+                .bind(state.as_str())
+                .bind(exit_code)
+                .bind(error)
+                .bind(now);
+            if let Some(runner_name) = holding {
+                query = query.bind(runner_name);
+            }
+            query.execute(pool).await.map(|done| done.rows_affected() == 1)
         })
-        .map_err(StoreError::query("job_finish"))
+        .map_err(StoreError::query(op))
     }
 
     /// Puts the job back in its pool's queue, if it is in one of `from`
@@ -615,7 +647,22 @@ impl Store {
     /// `started_at`, records `reason` in `error`, and sets `queued_at` to now
     /// (so it queues behind the jobs already waiting). `attempts` is kept.
     pub async fn job_requeue(&self, id: Uuid, from: &[JobState], reason: &str) -> Result<bool> {
-        self.requeue("job_requeue", id, from, reason, None).await
+        self.requeue("job_requeue", JobKey::Id(id), from, reason, None)
+            .await
+    }
+
+    /// [`Store::job_requeue`], but only while the job still holds the runner
+    /// `runner_name` (see [`Store::job_finish_holding`]).
+    pub async fn job_requeue_holding(
+        &self,
+        id: Uuid,
+        runner_name: Option<&str>,
+        from: &[JobState],
+        reason: &str,
+    ) -> Result<bool> {
+        let key = JobKey::IdHolding(id, runner_name);
+        self.requeue("job_requeue_holding", key, from, reason, None)
+            .await
     }
 
     /// [`Store::job_requeue`], but only while the job's lease is still
@@ -629,8 +676,14 @@ impl Store {
         now: OffsetDateTime,
         reason: &str,
     ) -> Result<bool> {
-        self.requeue("job_requeue_if_lease_expired", id, from, reason, Some(now))
-            .await
+        self.requeue(
+            "job_requeue_if_lease_expired",
+            JobKey::Id(id),
+            from,
+            reason,
+            Some(now),
+        )
+        .await
     }
 
     /// Asks for the job to be cancelled: claims skip it from now on, and the
@@ -860,7 +913,7 @@ impl Store {
     async fn requeue(
         &self,
         op: &'static str,
-        id: Uuid,
+        key: JobKey<'_>,
         from: &[JobState],
         reason: &str,
         only_if_lease_expired_at: Option<OffsetDateTime>,
@@ -883,16 +936,8 @@ impl Store {
             .set(Column::Host, Value::Text(None))
             .set(Column::QueuedAt, Value::Int(Some(to_millis(now))));
         let guard = only_if_lease_expired_at.map(to_millis);
-        self.job_update(
-            op,
-            JobKey::Id(id),
-            from,
-            JobState::Queued,
-            &changes,
-            now,
-            guard,
-        )
-        .await
+        self.job_update(op, key, from, JobState::Queued, &changes, now, guard)
+            .await
     }
 
     /// `UPDATE jobs SET state = to, updated_at = now, <changes>
@@ -926,6 +971,11 @@ impl Store {
             match key {
                 JobKey::Id(id) => sql.push(" WHERE id = ").push_bind(id.to_string()),
                 JobKey::Runner(name) => sql.push(" WHERE runner_name = ").push_bind(name.to_string()),
+                JobKey::IdHolding(id, runner_name) => sql
+                    .push(" WHERE id = ")
+                    .push_bind(id.to_string())
+                    .push(" AND runner_name IS NOT DISTINCT FROM ")
+                    .push_bind(runner_name.map(str::to_string)),
             };
             sql.push(" AND state IN (");
             let mut states = sql.separated(", ");
@@ -1018,9 +1068,33 @@ struct ClaimArgs<'a> {
 #[derive(Debug, Clone, Copy)]
 enum JobKey<'a> {
     Id(Uuid),
+    /// The job with this id, while it holds this runner (`None`: none).
+    IdHolding(Uuid, Option<&'a str>),
     /// The job holding this runner.
     Runner(&'a str),
 }
+
+/// `job_finish`: from any non-terminal state. `job_finish_holding` adds the
+/// runner the caller saw.
+const FINISH: &str = "UPDATE jobs
+     SET state = $2,
+         exit_code = COALESCE($3, exit_code),
+         error = CASE WHEN $2 = 'completed' THEN $4 ELSE COALESCE($4, error) END,
+         finished_at = $5,
+         updated_at = $5,
+         lease_owner = NULL,
+         lease_expires_at = NULL
+     WHERE id = $1 AND state IN ('queued', 'provisioning', 'starting', 'running')";
+const FINISH_HOLDING: &str = "UPDATE jobs
+     SET state = $2,
+         exit_code = COALESCE($3, exit_code),
+         error = CASE WHEN $2 = 'completed' THEN $4 ELSE COALESCE($4, error) END,
+         finished_at = $5,
+         updated_at = $5,
+         lease_owner = NULL,
+         lease_expires_at = NULL
+     WHERE id = $1 AND state IN ('queued', 'provisioning', 'starting', 'running')
+       AND runner_name IS NOT DISTINCT FROM $6";
 
 /// A `jobs` row as stored; [`JobRow::into_job`] checks and converts it.
 #[derive(sqlx::FromRow)]
