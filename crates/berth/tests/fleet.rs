@@ -4,7 +4,7 @@
 mod common;
 mod scaleset_common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use berth::docker::{Controller, WorkerNetwork, WorkerSpec};
@@ -625,8 +625,13 @@ async fn three_replicas_share_hosts_and_take_over_after_kill_9() {
     common::wait_listening(&addrs[2], Duration::from_secs(30)).await;
     world.point_webhooks_at(&format!("http://{}", addrs[2]));
 
-    // Watch the hosts throughout: one live container per job at most, and
-    // no host over its slots.
+    // Watch the hosts throughout: one live container per job and per
+    // runner at most, and no host over its slots. A container counts for
+    // the job holding it in the store: GitHub may give a runner another job
+    // than the one it was started for (its `berth.job` label), and berth
+    // follows (crate::lifecycle::binding), so the label alone would count
+    // the runner's first job twice once that job has a runner of its own
+    // again. Who holds what is read in one query, a consistent snapshot.
     let watching = tokio_util::sync::CancellationToken::new();
     // Also on a failed assertion: the runtime waits for the blocking watcher.
     let _stop_watching = watching.clone().drop_guard();
@@ -639,10 +644,35 @@ async fn three_replicas_share_hosts_and_take_over_after_kill_9() {
                 .collect::<Vec<_>>(),
         );
         let stop = watching.clone();
+        let (store, runtime) = (store.clone(), tokio::runtime::Handle::current());
+        // Container ids and runner names (they never collide) to the job holding them.
+        let holders = move || -> BTreeMap<String, String> {
+            let active = berth::store::JobFilter {
+                states: berth::store::JobState::ACTIVE.to_vec(),
+                ..Default::default()
+            };
+            runtime
+                .block_on(store.job_list(&active))
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|job| {
+                    let id = job.id.to_string();
+                    [job.container_id, job.runner_name]
+                        .into_iter()
+                        .flatten()
+                        .map(move |key| (key, id.clone()))
+                })
+                .collect()
+        };
         tokio::task::spawn_blocking(move || {
             let mut violations = Vec::new();
+            // Docker is listed before the store is read, so a worker whose
+            // job ended in between shows as running and held by nobody: an
+            // unheld container counts for its label's job only when it was
+            // already unheld and running in the sample before.
+            let mut unheld_before = BTreeSet::new();
             while !stop.is_cancelled() {
-                let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
+                let mut live = Vec::new();
                 for engine in &engines {
                     let running: Vec<_> = containers_on(engine, &instance)
                         .into_iter()
@@ -653,18 +683,50 @@ async fn three_replicas_share_hosts_and_take_over_after_kill_9() {
                     if running.len() > 3 {
                         violations.push(format!("{engine} runs {} jobs", running.len()));
                     }
-                    for (_, _, labels) in running {
-                        if let Some(job) = labels.get("berth.job") {
-                            *per_job.entry(job.clone()).or_default() += 1;
-                        }
-                    }
+                    live.extend(running.into_iter().map(|c| (engine.clone(), c)));
                 }
+                let holders = holders();
+                let mut per_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                let mut per_runner: BTreeMap<String, usize> = BTreeMap::new();
+                let mut unheld = BTreeSet::new();
+                for (engine, (id, _, labels)) in live {
+                    let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
+                    *per_runner.entry(label("berth.runner")).or_default() += 1;
+                    // Held by its container id, or, still being created, by
+                    // its runner's name (provisioning follows the runner).
+                    let held_by = holders
+                        .get(&id)
+                        .or_else(|| holders.get(&label("berth.runner")));
+                    let job = match held_by {
+                        Some(job) => job.clone(),
+                        None => {
+                            unheld.insert(id.clone());
+                            if !unheld_before.contains(&id) {
+                                continue;
+                            }
+                            label("berth.job")
+                        }
+                    };
+                    per_job.entry(job).or_default().push(format!(
+                        "{} on {engine} (started for {}, runner {}, held by {held_by:?})",
+                        &id[..12],
+                        label("berth.job"),
+                        label("berth.runner"),
+                    ));
+                }
+                violations.extend(
+                    per_runner
+                        .into_iter()
+                        .filter(|(_, n)| *n > 1)
+                        .map(|(runner, n)| format!("runner {runner} has {n} live containers")),
+                );
                 violations.extend(
                     per_job
                         .into_iter()
-                        .filter(|(_, n)| *n > 1)
-                        .map(|(job, n)| format!("job {job} has {n} live containers")),
+                        .filter(|(_, live)| live.len() > 1)
+                        .map(|(job, live)| format!("job {job} has live containers {live:?}")),
                 );
+                unheld_before = unheld;
                 std::thread::sleep(Duration::from_millis(200));
             }
             violations
@@ -719,7 +781,20 @@ async fn three_replicas_share_hosts_and_take_over_after_kill_9() {
         else {
             panic!("job {id} did not complete\n{}", store_state(&store).await);
         };
-        assert_eq!(job.conclusion.as_deref(), Some("success"), "{job:?}");
+        if job.conclusion.as_deref() != Some("success") {
+            // What the hosts run, for the failure's report.
+            for h in &hosts {
+                for c in containers_on(&h.engine.host, &world.instance) {
+                    eprintln!("on {}: {c:?}", h.engine.host);
+                }
+            }
+        }
+        assert_eq!(
+            job.conclusion.as_deref(),
+            Some("success"),
+            "{job:?}\n{}",
+            store_state(&store).await
+        );
     }
     common::eventually(
         "every berth job is finished",
@@ -750,8 +825,15 @@ async fn store_state(store: &berth::store::Store) -> String {
         .unwrap()
     {
         out += &format!(
-            "job {} pool={} state={} host={:?} lease={:?} error={:?}\n",
-            j.github_job_id, j.pool, j.state, j.host, j.lease_owner, j.error
+            "job {} pool={} state={} host={:?} runner={:?} container={:?} lease={:?} error={:?}\n",
+            j.github_job_id,
+            j.pool,
+            j.state,
+            j.host,
+            j.runner_name,
+            j.container_id.as_deref().map(|c| &c[..12]),
+            j.lease_owner,
+            j.error
         );
     }
     out
