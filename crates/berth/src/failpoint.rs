@@ -73,6 +73,12 @@ pub fn hit(name: &str) {
     }
 }
 
+/// Whether the failpoint `name` is armed at all, for a point that needs a
+/// step of its own to set up the state it crashes in.
+pub fn is_armed(name: &str) -> bool {
+    armed().iter().any(|a| a.name == name)
+}
+
 /// Whether the step at failpoint `name` should report a failure (armed as
 /// `name=error`).
 pub fn fails(name: &str) -> bool {

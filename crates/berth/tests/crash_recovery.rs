@@ -69,7 +69,14 @@ async fn assert_nothing_left(world: &World) {
 
 /// Crashes at `failpoint`, restarts, and checks the job still completes once.
 async fn crash_at(failpoint: &str) {
+    crash_at_with(failpoint, |toml| toml).await;
+}
+
+/// [`crash_at`], with the configuration file edited by `edit`.
+async fn crash_at_with(failpoint: &str, edit: fn(String) -> String) {
     let (world, config, store) = setup().await;
+    let toml = edit(std::fs::read_to_string(&config).unwrap());
+    std::fs::write(&config, toml).unwrap();
     let mut first = ServeProcess::start_with(&world, &config, 1, failpoint);
     // Let the process come up before GitHub delivers the job.
     eventually("berth listening", Duration::from_secs(20), || async {
@@ -109,6 +116,20 @@ async fn crash_after_mint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_create() {
     crash_at("after_create").await;
+}
+
+/// The worker was started but never got its config: it runs, blocked
+/// reading stdin, and would for ever. Running is not proof of a runner, so
+/// it is not adopted: its registration is deleted and the job runs anew.
+/// (The idle-runner reconciler would end it too, after `idle_timeout`: set
+/// past this test's limit, so only the lease's handling can pass it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_start_and_config() {
+    crash_at_with("before_config", |toml| {
+        assert!(toml.contains("idle_timeout = 60"), "{toml}");
+        toml.replace("idle_timeout = 60", "idle_timeout = 3600")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -785,7 +785,14 @@ async fn three_replicas_share_hosts_and_take_over_after_kill_9() {
             // What the hosts run, for the failure's report.
             for h in &hosts {
                 for c in containers_on(&h.engine.host, &world.instance) {
-                    eprintln!("on {}: {c:?}", h.engine.host);
+                    let logs = std::process::Command::new("docker")
+                        .args(["-H", &h.engine.host, "logs", "--tail", "20", &c.0])
+                        .output()
+                        .map(|o| {
+                            String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned()
+                        })
+                        .unwrap_or_default();
+                    eprintln!("on {}: {c:?}\n{logs}", h.engine.host);
                 }
             }
         }

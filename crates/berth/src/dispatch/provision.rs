@@ -320,6 +320,12 @@ async fn steps(
         secret.push(b'\n');
         secret.extend_from_slice(credential.as_bytes());
     }
+    if !started && crate::failpoint::is_armed("before_config") {
+        // Crash tests: the worker runs, its config not yet written (a replica
+        // that dies between Docker's start and the write to stdin).
+        let _ = docker.start_waiting(&container_id).await;
+        crate::failpoint::hit("before_config");
+    }
     let delivered = if started {
         docker.deliver_secret(&container_id, &secret).await
     } else {

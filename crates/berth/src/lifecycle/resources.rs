@@ -36,6 +36,17 @@ pub async fn stop_container(docker: &Controller, container_id: &str, grace: Dura
     }
 }
 
+/// What deleting a runner registration came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deregistration {
+    /// Deleted, or already gone (a runner that ran its job GitHub removes).
+    Deleted,
+    /// GitHub refused: the runner is running a job.
+    Busy,
+    /// GitHub could not be asked (logged; the runner reconciler retries).
+    Failed,
+}
+
 /// Deletes a runner registration (by id, else by name). A runner that already
 /// ran its job was removed by GitHub; that is not an error.
 pub async fn deregister_runner(
@@ -44,8 +55,17 @@ pub async fn deregister_runner(
     runner_id: Option<i64>,
     runner_name: &str,
 ) -> bool {
+    try_deregister_runner(ctx, pool, runner_id, runner_name).await == Deregistration::Deleted
+}
+
+async fn try_deregister_runner(
+    ctx: &Context,
+    pool: &PoolConfig,
+    runner_id: Option<i64>,
+    runner_name: &str,
+) -> Deregistration {
     let Some(github) = ctx.github.as_ref() else {
-        return false;
+        return Deregistration::Failed;
     };
     let id = match runner_id {
         Some(id) if id > 0 => Some(id as u64),
@@ -53,17 +73,55 @@ pub async fn deregister_runner(
             Ok(found) => found.map(|r| r.id),
             Err(e) => {
                 tracing::warn!(runner_name, error = %e, "looking up a runner registration failed; the runner reconciler will retry");
-                return false;
+                return Deregistration::Failed;
             }
         },
     };
-    let Some(id) = id else { return true };
+    let Some(id) = id else {
+        return Deregistration::Deleted;
+    };
     match github.delete_runner(&pool.scope, id).await {
-        Ok(()) => true,
+        Ok(()) => Deregistration::Deleted,
+        // "Bad request - Runner … is still running a job".
+        Err(crate::github::GithubError::Http { status: 422, .. }) => {
+            tracing::info!(
+                runner_name,
+                "the runner is running a job; its registration stays"
+            );
+            Deregistration::Busy
+        }
         Err(e) => {
             tracing::warn!(runner_name, error = %e, "deleting a runner registration failed; the runner reconciler will retry");
-            false
+            Deregistration::Failed
         }
+    }
+}
+
+/// Deletes the registration of the runner `job` holds, unless the runner is
+/// running a job: GitHub refuses that, which is how berth learns that a
+/// worker it cannot otherwise see into took a job (see
+/// crate::reconcile's expired leases).
+pub async fn deregister_job_runner_unless_busy(ctx: &Context, job: &Job) -> Deregistration {
+    let Some(runner_name) = job.runner_name.as_deref() else {
+        return Deregistration::Deleted;
+    };
+    match (&job.scale_set, ctx.pool_of(job)) {
+        (Some(set), _) => {
+            match ctx
+                .scale_sets
+                .remove_runner(set, job.runner_id, runner_name)
+                .await
+            {
+                Ok(()) => Deregistration::Deleted,
+                Err(crate::scaleset::ScaleSetError::RunnerBusy(_)) => Deregistration::Busy,
+                Err(e) => {
+                    tracing::warn!(scale_set = %set, runner_name, error = %e, "deleting a scale-set runner registration failed");
+                    Deregistration::Failed
+                }
+            }
+        }
+        (None, Ok(pool)) => try_deregister_runner(ctx, pool, job.runner_id, runner_name).await,
+        (None, Err(_)) => Deregistration::Failed,
     }
 }
 

@@ -250,7 +250,20 @@ async fn expired_lease(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Re
         let host = ctx.fleet.host_of(job);
         match docker_of(ctx, job)?.inspect(container_id).await {
             Ok(info) if info.running => {
-                // The worker got its config and runs: adopt it.
+                // Running, but it may never have got its config: a replica
+                // that died between starting the worker and writing to its
+                // stdin leaves it blocked reading, for ever. Its runner's
+                // registration tells: GitHub refuses to delete a runner that
+                // runs a job. Deleted, the runner can take none now, and the
+                // job goes back to the queue below (its worker removed).
+                match resources::deregister_job_runner_unless_busy(ctx, job).await {
+                    resources::Deregistration::Busy => {}
+                    resources::Deregistration::Deleted => {
+                        return requeue_expired(ctx, job, now).await;
+                    }
+                    resources::Deregistration::Failed => return Ok(false),
+                }
+                // The runner runs a job: adopt the worker.
                 let changes = JobChanges::new().started_at(now).clear_lease();
                 let adopted = ctx
                     .store
@@ -270,6 +283,12 @@ async fn expired_lease(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Re
             _ => {}
         }
     }
+    requeue_expired(ctx, job, now).await
+}
+
+/// Requeues (or, out of attempts, fails) a job whose claim's lease expired,
+/// and frees what it held.
+async fn requeue_expired(ctx: &Arc<Context>, job: &Job, now: OffsetDateTime) -> Result<bool> {
     let reason = "the claim's lease expired before the worker was running";
     let released = match crate::lifecycle::retry_or_give_up(ctx, job, reason) {
         crate::lifecycle::Retry::GiveUp(error) => {
