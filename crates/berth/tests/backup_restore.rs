@@ -305,7 +305,11 @@ async fn sqlite_store_of_a_newer_schema_is_neither_backed_up_nor_restored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_backup_and_restore_through_pg_dump() {
-    let (server, schema, url) = postgres_schema().await;
+    let common::PostgresSchema {
+        server,
+        schema,
+        url,
+    } = common::postgres_schema_named("berth_backup").await;
     let store = Store::connect(&url).await.unwrap();
     insert_jobs(&store, 1..=3).await;
     let dir = tempfile::tempdir().unwrap();
@@ -389,24 +393,6 @@ fn pg_dump_schema(server: &str, schema: &str, out: &Path) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-/// A schema of its own on the test PostgreSQL server: (server URL, schema,
-/// the URL berth uses).
-async fn postgres_schema() -> (String, String, String) {
-    let server = std::env::var("BERTH_TEST_POSTGRES_URL").expect(
-        "BERTH_TEST_POSTGRES_URL is not set: run scripts/test, or eval \"$(scripts/postgres-test-server)\"",
-    );
-    let schema = format!("berth_backup_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.ok();
-    let separator = if server.contains('?') { '&' } else { '?' };
-    let url = format!("{server}{separator}options[search_path]={schema}");
-    (server, schema, url)
 }
 
 /// The disaster-recovery story on SQLite, with Docker and the simulator:

@@ -96,19 +96,60 @@ fn assert_all_completed(world: &World, jobs: &[Job]) {
 
 /// Requests berth made to GitHub so far (its own count, every endpoint).
 async fn github_calls(berth: &Berth) -> f64 {
-    let text = berth
-        .http()
-        .get(format!("{}/metrics", berth.url))
-        .send()
+    berth
+        .metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("berth_github_api_requests_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Waits until at least `n` of `ids` run on `berth`.
+async fn wait_running(berth: &Berth, ids: &[u64], n: usize) {
+    eventually(
+        &format!("{n} of the jobs running"),
+        Duration::from_secs(60),
+        || async {
+            let mut running = 0;
+            for id in ids {
+                if berth
+                    .job(*id)
+                    .await
+                    .is_some_and(|j| j.state == JobState::Running)
+                {
+                    running += 1;
+                }
+            }
+            running >= n
+        },
+    )
+    .await;
+}
+
+/// Waits until a delivery about GitHub job `job_id` was refused with 503.
+async fn wait_refused_delivery(world: &World, job_id: u64) {
+    eventually("the refused delivery", Duration::from_secs(30), || async {
+        world
+            .sim
+            .deliveries()
+            .iter()
+            .any(|d| d.job_id == job_id && d.status == Some(503))
+    })
+    .await;
+}
+
+/// Waits until `berth` answers `/readyz` with 200.
+async fn wait_ready(berth: &Berth, what: &str) {
+    eventually(what, Duration::from_secs(60), || async {
+        berth
+            .http()
+            .get(format!("{}/readyz", berth.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
 }
 
 async fn nothing_left(world: &World) {
@@ -257,20 +298,7 @@ async fn a_partition_from_the_docker_host_heals() {
     let n = pick(4, 10);
     let outage = pick(Duration::from_secs(10), Duration::from_secs(30));
     let ids = burst(&world, n, &["sleep 3"]);
-    eventually("two jobs running", Duration::from_secs(60), || async {
-        let mut running = 0;
-        for id in &ids {
-            if berth
-                .job(*id)
-                .await
-                .is_some_and(|j| j.state == JobState::Running)
-            {
-                running += 1;
-            }
-        }
-        running >= 2
-    })
-    .await;
+    wait_running(&berth, &ids, 2).await;
     relay.cut();
     tokio::time::sleep(outage).await;
     relay.mend();
@@ -307,32 +335,13 @@ async fn a_postgres_restart_mid_burst_loses_nothing() {
     let n = pick(5, 20);
     let outage = pick(Duration::from_secs(5), Duration::from_secs(30));
     let ids = burst(&world, n, &["sleep 2"]);
-    eventually("a job running", Duration::from_secs(60), || async {
-        for id in &ids {
-            if berth
-                .job(*id)
-                .await
-                .is_some_and(|j| j.state == JobState::Running)
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
+    wait_running(&berth, &ids, 1).await;
     pg.stop();
     let stopped = Instant::now();
     // A job queued on GitHub while the database is down: its delivery is
     // refused with 503, and GitHub keeps it for a redelivery.
     let during = world.queue(&["echo during"]);
-    eventually("the refused delivery", Duration::from_secs(30), || async {
-        world
-            .sim
-            .deliveries()
-            .iter()
-            .any(|d| d.job_id == during && d.status == Some(503))
-    })
-    .await;
+    wait_refused_delivery(&world, during).await;
     let ready = berth
         .http()
         .get(format!("{}/readyz", berth.url))
@@ -344,15 +353,7 @@ async fn a_postgres_restart_mid_burst_loses_nothing() {
     tokio::time::sleep(remaining).await;
     pg.start_again();
     let back = Instant::now();
-    eventually("ready again", Duration::from_secs(60), || async {
-        berth
-            .http()
-            .get(format!("{}/readyz", berth.url))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_ready(&berth, "ready again").await;
     let ready_after = back.elapsed();
     // What the delivery catch-up (or an operator) does: redeliver.
     let refused: Vec<String> = world
@@ -409,14 +410,7 @@ async fn a_full_disk_refuses_work_and_recovers_when_space_returns() {
 
     let filler = fs.fill();
     let refused_job = world.queue(&["echo while full"]);
-    eventually("the refused delivery", Duration::from_secs(30), || async {
-        world
-            .sim
-            .deliveries()
-            .iter()
-            .any(|d| d.job_id == refused_job && d.status == Some(503))
-    })
-    .await;
+    wait_refused_delivery(&world, refused_job).await;
     // The caller is told what is wrong.
     let answer = berth
         .http()
@@ -495,19 +489,7 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost() {
         true
     })
     .await;
-    eventually("a job running", Duration::from_secs(60), || async {
-        for id in &ids {
-            if first
-                .job(*id)
-                .await
-                .is_some_and(|j| j.state == JobState::Running)
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
+    wait_running(&first, &ids, 1).await;
 
     primary.crash();
     let crashed = Instant::now();
@@ -543,19 +525,7 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost() {
     // often here, so the test need not wait for the default 5 minutes.
     config.reconcile.delivery_catchup_interval = Duration::from_secs(2);
     let second = Berth::start(&world, config).await;
-    eventually(
-        "ready on the new primary",
-        Duration::from_secs(60),
-        || async {
-            second
-                .http()
-                .get(format!("{}/readyz", second.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        },
-    )
-    .await;
+    wait_ready(&second, "ready on the new primary").await;
     let rto = crashed.elapsed();
     let mut all = ids.clone();
     all.push(during);

@@ -244,15 +244,7 @@ async fn a_container_job_with_a_service_and_a_container_action_runs_and_leaves_n
     })
     .await;
 
-    let metrics = berth
-        .http()
-        .get(format!("{}/metrics", berth.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = berth.metrics().await;
     for line in [
         "berth_hook_commands_total{command=\"prepare_job\",outcome=\"ok\"} 1",
         "berth_hook_commands_total{command=\"run_container_step\",outcome=\"ok\"} 2",

@@ -29,18 +29,6 @@ async fn assert_one_runner_per_job(berth: &Berth, ran: &[ghsim::JobView]) -> Vec
     one_runner_per_job(berth.store(), ran).await
 }
 
-async fn metrics(berth: &Berth) -> String {
-    berth
-        .http()
-        .get(format!("{}/metrics", berth.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_jobs_run_in_five_fresh_containers() {
     let world = World::new().await;
@@ -84,7 +72,7 @@ async fn five_jobs_run_in_five_fresh_containers() {
         assert_eq!(got["state"], "completed");
     }
     // Runner credentials came from the scale set, never from the REST API.
-    let text = metrics(&berth).await;
+    let text = berth.metrics().await;
     for name in [
         "berth_scaleset_assigned_jobs{scale_set=\"berth-linux\"}",
         "berth_scaleset_running_jobs{scale_set=\"berth-linux\"}",
@@ -106,7 +94,7 @@ async fn five_jobs_run_in_five_fresh_containers() {
         Duration::from_secs(10),
         || async {
             sample(
-                &metrics(&berth).await,
+                &berth.metrics().await,
                 "berth_scaleset_job_execution_duration_seconds_count{scale_set=\"berth-linux\"}",
             ) == 5.0
         },
@@ -149,7 +137,7 @@ async fn older_ghes_jobs_are_acquired_then_run() {
     );
     assert_nothing_left(&world, &berth).await;
     assert_one_runner_per_job(&berth, &ran).await;
-    let text = metrics(&berth).await;
+    let text = berth.metrics().await;
     assert_eq!(
         sample(
             &text,
@@ -202,7 +190,7 @@ async fn a_session_conflict_at_start_is_waited_out() {
     let gh = queue(&world, &["echo after the conflict"]);
     eventually("the listener met the conflict", Duration::from_secs(10), || async {
         sample(
-            &metrics(&berth).await,
+            &berth.metrics().await,
             "berth_scaleset_session_events_total{scale_set=\"berth-linux\",outcome=\"conflict\"}",
         ) >= 1.0
     })
@@ -250,7 +238,7 @@ async fn expiring_tokens_are_refreshed_mid_poll() {
         ran.iter()
             .all(|j| j.conclusion.as_deref() == Some("success"))
     );
-    let text = metrics(&berth).await;
+    let text = berth.metrics().await;
     assert!(
         sample(
             &text,
@@ -334,7 +322,7 @@ async fn runners_beyond_the_desired_count_are_retired_while_idle() {
         .filter(|j| j.error.as_deref() == Some(RETIRED))
         .count();
     assert_eq!(retired, 2, "{:#?}", scale_set_jobs(&berth).await);
-    let text = metrics(&berth).await;
+    let text = berth.metrics().await;
     assert_eq!(
         sample(
             &text,

@@ -13,6 +13,8 @@
 //! PostgreSQL comes from `BERTH_TEST_POSTGRES_URL` (a schema per test),
 //! as in tests/store.rs.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -334,7 +336,11 @@ async fn sqlite_store_of_the_previous_release_upgrades_and_its_jobs_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_of_the_previous_release_upgrades_and_its_jobs_finish() {
-    let (server, schema, url) = postgres_schema().await;
+    let common::PostgresSchema {
+        server,
+        schema,
+        url,
+    } = common::postgres_schema_named("berth_upgrade").await;
     {
         let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
         migrate_by_hand!(
@@ -544,22 +550,4 @@ fn assert_intact(job: &Job, old: &OldJob) {
     assert_eq!(job.exited_at, old.exited_at.map(at), "{what}");
     assert_eq!(job.host.as_deref(), old.host, "{what}");
     assert_eq!(job.stop_reason, None, "{what}: a column this release added");
-}
-
-/// A schema of its own on the test PostgreSQL server: (server URL, schema,
-/// the URL berth uses).
-async fn postgres_schema() -> (String, String, String) {
-    let server = std::env::var("BERTH_TEST_POSTGRES_URL").expect(
-        "BERTH_TEST_POSTGRES_URL is not set: run scripts/test, or eval \"$(scripts/postgres-test-server)\"",
-    );
-    let schema = format!("berth_upgrade_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.ok();
-    let separator = if server.contains('?') { '&' } else { '?' };
-    let url = format!("{server}{separator}options[search_path]={schema}");
-    (server, schema, url)
 }

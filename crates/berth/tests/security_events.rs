@@ -72,31 +72,6 @@ async fn container_exists(docker: &bollard::Docker, id: &str) -> bool {
     docker.inspect_container(id, None).await.is_ok()
 }
 
-async fn metrics(berth: &Berth) -> String {
-    berth
-        .http()
-        .get(format!("{}/metrics", berth.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-async fn job_json(berth: &Berth, id: uuid::Uuid) -> Value {
-    berth
-        .http()
-        .get(format!("{}/v1/jobs/{id}", berth.url))
-        .bearer_auth(&berth.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_critical_alert_kills_the_job_within_a_second_and_cancels_its_run() {
     let world = World::new().await;
@@ -194,7 +169,7 @@ async fn a_critical_alert_kills_the_job_within_a_second_and_cancels_its_run() {
     assert_eq!(other.state, JobState::Cancelled, "{other:?}");
 
     // The event is kept with the job, with the token redacted.
-    let shown = job_json(&berth, running.id).await;
+    let shown = berth.job_json(running.id).await;
     let events = shown["security_events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{shown}");
     assert_eq!(events[0]["rule"], "Berth terminal shell in worker");
@@ -218,15 +193,15 @@ async fn a_critical_alert_kills_the_job_within_a_second_and_cancels_its_run() {
     assert!(page.contains("Berth terminal shell in worker"));
     assert!(!page.contains(leaked));
     let count = r#"berth_security_events_total{rule="Berth terminal shell in worker",priority="Critical",action="kill"} 1"#;
-    assert!(metrics(&berth).await.contains(count));
+    assert!(berth.metrics().await.contains(count));
 
     // The same alert delivered again acts no more, and is not counted again.
     let (status, again) = post(&berth, &token, &alert).await;
     assert_eq!(status, 202);
     assert_eq!(again["events"][0]["outcome"], "duplicate", "{again}");
-    assert!(metrics(&berth).await.contains(count));
+    assert!(berth.metrics().await.contains(count));
     assert_eq!(
-        job_json(&berth, running.id).await["security_events"]
+        berth.job_json(running.id).await["security_events"]
             .as_array()
             .unwrap()
             .len(),
@@ -317,7 +292,7 @@ async fn alerts_below_the_kill_priority_are_recorded_and_bad_input_changes_nothi
     assert_eq!(status, 202);
     assert_eq!(answer["events"][0]["outcome"], "unmatched", "{answer}");
     assert_eq!(answer["events"][0]["job_id"], Value::Null);
-    let metrics = metrics(&berth).await;
+    let metrics = berth.metrics().await;
     // This one and the Basic one.
     assert!(
         metrics.contains(r#"berth_security_events_total{rule="Berth terminal shell in worker",priority="Critical",action="unmatched"} 2"#),
@@ -333,7 +308,7 @@ async fn alerts_below_the_kill_priority_are_recorded_and_bad_input_changes_nothi
     assert_eq!(job.state, JobState::Running, "{job:?}");
     assert!(!job.cancel_requested);
     assert!(container_exists(&docker, &worker).await);
-    let shown = job_json(&berth, running.id).await;
+    let shown = berth.job_json(running.id).await;
     let events = shown["security_events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{shown}");
     assert_eq!(events[0]["action"], "alert");
@@ -353,7 +328,7 @@ async fn alerts_below_the_kill_priority_are_recorded_and_bad_input_changes_nothi
     let job = berth.job(gh_job).await.unwrap();
     assert_eq!(job.state, JobState::Running, "{job:?}");
     assert_eq!(
-        job_json(&berth, running.id).await["security_events"]
+        berth.job_json(running.id).await["security_events"]
             .as_array()
             .unwrap()
             .len(),

@@ -326,6 +326,31 @@ impl Berth {
     pub fn http(&self) -> reqwest::Client {
         reqwest::Client::new()
     }
+
+    /// The Prometheus exposition of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /v1/jobs/{id}` as the admin sees it.
+    pub async fn job_json(&self, id: uuid::Uuid) -> serde_json::Value {
+        self.http()
+            .get(format!("{}/v1/jobs/{id}", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
 }
 
 /// Polls `check` until it returns true.
@@ -502,10 +527,25 @@ pub fn slow_mint(delay_ms: u64, count: Option<u32>) -> ghsim::FaultRule {
 
 /// A database schema of its own on the test PostgreSQL server; its URL.
 pub async fn postgres_schema() -> String {
+    postgres_schema_named("berth_e2e").await.url
+}
+
+/// A schema of its own on the test PostgreSQL server, for tests that also
+/// reach it with PostgreSQL's own tools (`pg_dump`, `psql`).
+pub struct PostgresSchema {
+    /// The server's URL (`BERTH_TEST_POSTGRES_URL`).
+    pub server: String,
+    /// The schema's name: `prefix` and a fresh UUID.
+    pub schema: String,
+    /// The URL berth uses: the server's, with the schema as search path.
+    pub url: String,
+}
+
+pub async fn postgres_schema_named(prefix: &str) -> PostgresSchema {
     use sqlx::Connection;
     let server = std::env::var("BERTH_TEST_POSTGRES_URL")
         .expect("BERTH_TEST_POSTGRES_URL is not set: run scripts/test, or eval \"$(scripts/postgres-test-server)\"");
-    let schema = format!("berth_e2e_{}", uuid::Uuid::now_v7().simple());
+    let schema = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
     let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&mut admin)
@@ -513,5 +553,10 @@ pub async fn postgres_schema() -> String {
         .unwrap();
     admin.close().await.ok();
     let separator = if server.contains('?') { '&' } else { '?' };
-    format!("{server}{separator}options[search_path]={schema}")
+    let url = format!("{server}{separator}options[search_path]={schema}");
+    PostgresSchema {
+        server,
+        schema,
+        url,
+    }
 }
