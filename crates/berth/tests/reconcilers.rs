@@ -77,6 +77,56 @@ async fn a_runner_that_never_gets_a_job_is_removed_after_its_idle_time() {
     berth.stop().await;
 }
 
+/// berth's view of a runner trails GitHub's: a runner may run another job
+/// than its own before GitHub's webhook about it arrives, or without one
+/// arriving at all. Such a runner seems idle, but stopping it would fail
+/// the job it runs: GitHub refuses to delete its registration, and the
+/// idle-runner reconciler leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_running_a_job_berth_was_not_told_of_is_not_removed_as_idle() {
+    let world = World::new().await;
+    let mut config = world.config("");
+    config.pools[0].idle_timeout = Duration::from_secs(2);
+    let berth = Berth::start(&world, config).await;
+    // A job GitHub does not have: its runner is free for any other.
+    berth::intake::accept_delegate(&berth.ctx, delegate(123_457))
+        .await
+        .unwrap();
+    let own = berth
+        .wait_state(123_457, JobState::Running, Duration::from_secs(30))
+        .await;
+    // A job berth never hears of (its webhooks go nowhere): the runner
+    // takes it, and runs it past the idle timeout.
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    world.sim.set_webhook(Some(ghsim::WebhookTarget {
+        url: format!("{dead}/v1/webhooks/github"),
+        secret: Some(common::WEBHOOK_SECRET.into()),
+    }));
+    let unseen = world.queue(&["sleep 6", "echo done"]);
+    let taken = world
+        .sim
+        .wait_job(unseen, Duration::from_secs(30), |j| {
+            j.status == "in_progress"
+        })
+        .await
+        .unwrap();
+    assert_eq!(taken.runner_name, own.runner_name, "{taken:?}");
+    let ran = world
+        .sim
+        .wait_job_completed(unseen, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(ran.conclusion.as_deref(), Some("success"), "{ran:?}");
+    // Its exit settles berth's job, and nothing is left.
+    let done = berth.wait_terminal(123_457, Duration::from_secs(30)).await;
+    assert!(done.state.is_terminal(), "{done:?}");
+    eventually("nothing left", Duration::from_secs(10), || async {
+        world.containers().is_empty() && world.berth_runners().is_empty()
+    })
+    .await;
+    berth.stop().await;
+}
+
 /// berth with a one-runner pool whose runner is busy (`sleep 30`), so
 /// every other job waits in the queue, checked on GitHub after `check_after`.
 async fn busy_berth(world: &World, check_after: Duration) -> Berth {

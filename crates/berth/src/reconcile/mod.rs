@@ -348,6 +348,18 @@ fn docker_of<'a>(ctx: &'a Context, job: &Job) -> Result<&'a Controller> {
         .map_err(|e| crate::error::Error::Config(e.to_string()))
 }
 
+/// Whether the runner `job` holds may be stopped: it has none, or its
+/// registration is deleted now, so it can take no job. Berth's view of a
+/// runner trails GitHub's: one that seems idle, or whose job GitHub ran
+/// elsewhere, may be running another job GitHub has not reported yet.
+/// GitHub refuses to delete a runner running a job: that one is left
+/// alone, and its exit settles the job (crate::lifecycle::exit).
+async fn runner_let_go(ctx: &Context, job: &Job) -> bool {
+    job.runner_name.is_none()
+        || resources::deregister_job_runner_unless_busy(ctx, job).await
+            == resources::Deregistration::Deleted
+}
+
 /// Frees a job's container and runner registration (the job no longer has them).
 async fn release(ctx: &Context, job: &Job) {
     if let Some(container_id) = &job.container_id
@@ -421,6 +433,9 @@ async fn completed_elsewhere(ctx: &Arc<Context>) -> Result<u32> {
         if !done_elsewhere || lease_live {
             continue;
         }
+        if !runner_let_go(ctx, &job).await {
+            continue;
+        }
         let outcome = after_github_completion(
             job.github_conclusion.as_deref(),
             job.github_runner_name.as_deref(),
@@ -484,6 +499,9 @@ async fn idle_runners(ctx: &Arc<Context>) -> Result<u32> {
         let Some(container_id) = &job.container_id else {
             continue;
         };
+        if !runner_let_go(ctx, &job).await {
+            continue;
+        }
         crate::job_span!(job).in_scope(|| {
             tracing::info!(
                 idle_secs = idle_for as u64,
