@@ -252,6 +252,7 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
                 Ok(false) => false,
                 Err(e) => {
                     tracing::error!(error = %e, "finishing a job failed; the reconciler will retry");
+                    ctx.wake_dispatcher();
                     return Applied::Unchanged;
                 }
             }
@@ -284,6 +285,7 @@ pub async fn apply(ctx: &Context, job: &Job, outcome: Outcome, exit_code: Option
                 Ok(false) => false,
                 Err(e) => {
                     tracing::error!(error = %e, "requeueing a job failed");
+                    ctx.wake_dispatcher();
                     return Applied::Unchanged;
                 }
             }
