@@ -386,27 +386,17 @@ async fn health_readiness_and_metrics() {
     assert_eq!(ready["store"], "ok");
     assert_eq!(ready["docker"], "ok");
     // The first reconcile pass lists runners on GitHub, so that family has a series soon.
-    let scrape = || async {
-        client
-            .get(format!("{}/metrics", berth.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     common::eventually(
         "GitHub requests counted",
         Duration::from_secs(10),
         || async {
-            scrape().await.contains(
+            berth.metrics().await.contains(
                 "berth_github_api_requests_total{endpoint=\"list_runners\",status=\"200\"}",
             )
         },
     )
     .await;
-    let metrics = scrape().await;
+    let metrics = berth.metrics().await;
     for name in [
         "berth_job_queue_size",
         "berth_active_worker_containers",

@@ -1075,8 +1075,10 @@ enum JobKey<'a> {
 }
 
 /// `job_finish`: from any non-terminal state. `job_finish_holding` adds the
-/// runner the caller saw.
-const FINISH: &str = "UPDATE jobs
+/// runner the caller saw. (A macro: sqlx wants the whole statement static.)
+macro_rules! finish_sql {
+    () => {
+        "UPDATE jobs
      SET state = $2,
          exit_code = COALESCE($3, exit_code),
          error = CASE WHEN $2 = 'completed' THEN $4 ELSE COALESCE($4, error) END,
@@ -1084,17 +1086,11 @@ const FINISH: &str = "UPDATE jobs
          updated_at = $5,
          lease_owner = NULL,
          lease_expires_at = NULL
-     WHERE id = $1 AND state IN ('queued', 'provisioning', 'starting', 'running')";
-const FINISH_HOLDING: &str = "UPDATE jobs
-     SET state = $2,
-         exit_code = COALESCE($3, exit_code),
-         error = CASE WHEN $2 = 'completed' THEN $4 ELSE COALESCE($4, error) END,
-         finished_at = $5,
-         updated_at = $5,
-         lease_owner = NULL,
-         lease_expires_at = NULL
-     WHERE id = $1 AND state IN ('queued', 'provisioning', 'starting', 'running')
-       AND runner_name IS NOT DISTINCT FROM $6";
+     WHERE id = $1 AND state IN ('queued', 'provisioning', 'starting', 'running')"
+    };
+}
+const FINISH: &str = finish_sql!();
+const FINISH_HOLDING: &str = concat!(finish_sql!(), " AND runner_name IS NOT DISTINCT FROM $6");
 
 /// A `jobs` row as stored; [`JobRow::into_job`] checks and converts it.
 #[derive(sqlx::FromRow)]
